@@ -1,0 +1,37 @@
+# The two commands of the README: `make run` and `make test`.  Both create
+# .venv and install the project; as root on Debian they also install the
+# system packages the servers and tests use (APT_PACKAGES), otherwise they
+# say what to install.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# System tools used by the servers, the tests and the benchmarks.
+APT_PACKAGES ?= openssl ca-certificates curl procps
+
+.PHONY: run test bench sysdeps venv clean
+
+run: sysdeps venv
+	$(PY) -m coursenet.devrun
+
+test: sysdeps venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: sysdeps venv
+	$(VENV)/bin/pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
+	$(PY) -m bench
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	# compat mode: twistd cannot see plugins through PEP 660 import finders.
+	$(PY) -m pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
+	touch $@
+
+sysdeps:
+	@APT_PACKAGES="$(APT_PACKAGES)" sh .ci/sysdeps
+
+clean:
+	rm -rf $(VENV) var build dist *.egg-info

@@ -1,0 +1,1 @@
+"""BFTP, the Braude File Transfer Protocol: server, client and command-line tool."""

@@ -1,0 +1,469 @@
+"""
+A BFTP client for scripts: every method returns a L{Deferred}, which an
+C{async def} can C{await}.
+
+    from twisted.internet.task import react
+    from twisted.internet.defer import Deferred
+    from bftp.client import connect
+
+    async def main(reactor):
+        client = await connect(reactor, "localhost", 9021)
+        await client.login("demo", "secret")
+        for entry in await client.list("/"):
+            print(entry.kind, entry.size, entry.name)
+        await client.get("/notes.txt", "notes.txt")
+        await client.quit()
+
+    react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+"""
+
+from __future__ import annotations
+
+import calendar
+import collections
+import hashlib
+import os
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Callable
+
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import Factory
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from bftp.fs import Entry
+from bftp.transfer import ChunkedFileSender, ChunkSink, hashInThread
+from bftp.wire import (
+    MAX_LINE,
+    VERSION,
+    FramingError,
+    ProtocolError,
+    encodePath,
+    parseReply,
+)
+
+DEFAULT_PORT = 9021
+DEFAULT_TLS_PORT = 9022
+PART_SUFFIX = ".bftp-part"
+
+#: Called with the number of bytes moved since the last call.
+Progress = Callable[[int], None]
+
+
+class BFTPError(Exception):
+    """
+    The server refused a command: C{code} and C{message} are its reply.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+    lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stat:
+    """
+    What STAT says of a path.
+    """
+
+    path: str
+    exists: bool
+    kind: str | None = None
+    size: int | None = None
+    mtime: float | None = None
+    partial: int = 0
+
+
+def _parseTime(text: str) -> float:
+    return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
+
+
+def _facts(text: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in text.split() if "=" in part)
+
+
+class BFTPClient(LineReceiver):
+    """
+    One connection to a BFTP server.  Commands are sent one at a time in
+    the order they are called; each method's L{Deferred} fires with the
+    result or fails with L{BFTPError}.
+    """
+
+    delimiter = b"\r\n"
+    # Replies are at most MAX_LINE; leave room for a generous server.
+    MAX_LENGTH = 4 * MAX_LINE
+
+    def __init__(self, reactor) -> None:
+        self._reactor = reactor
+        self._waiting: collections.deque[Deferred] = collections.deque()
+        self._lines: list[str] = []
+        self._sink: ChunkSink | None = None
+        self._onData: Callable[[int, int], ChunkSink] | None = None
+        self._turn: Deferred = Deferred()
+        self._turn.callback(None)
+        self.greeting: Deferred[Reply] = Deferred()
+        self._waiting.append(self.greeting)
+        self.closed: Deferred[None] = Deferred()
+        self.serverInfo = ""
+
+    # -- wire ---------------------------------------------------------------
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        while self._waiting:
+            self._waiting.popleft().errback(
+                Failure(ConnectionError("connection to the BFTP server lost"))
+            )
+        self.closed.callback(None)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._abort(ProtocolError(500, "server sent an overlong line"))
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            code, last, text = parseReply(line)
+        except ProtocolError as e:
+            self._abort(e)
+            return
+        if not last:
+            self._lines.append(text)
+            return
+        lines, self._lines = tuple(self._lines), []
+        if code == 150 and self._onData is not None:
+            size, offset = (int(x) for x in text.split()[:2])
+            self._sink, self._onData = self._onData(size, offset), None
+            self.setRawMode()
+            return
+        if self._waiting:
+            self._waiting.popleft().callback(Reply(code, text, lines))
+
+    def rawDataReceived(self, data: bytes) -> None:
+        try:
+            self._sink.feed(data)
+        except FramingError as e:
+            self._abort(e)
+            return
+        if self._sink.done:
+            rest = self._sink.rest
+            self.setLineMode(rest)
+
+    def _abort(self, error: Exception) -> None:
+        if self._waiting:
+            self._waiting.popleft().errback(Failure(error))
+        self.transport.abortConnection()
+
+    def _reply(self) -> Deferred[Reply]:
+        d: Deferred[Reply] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    async def _serially(self, coroutine):
+        """
+        Run C{coroutine} once every command before it has finished.
+        """
+        turn, self._turn = self._turn, Deferred()
+        try:
+            await turn
+            return await coroutine
+        finally:
+            self._turn.callback(None)
+
+    def _do(self, coroutine) -> Deferred:
+        return Deferred.fromCoroutine(self._serially(coroutine))
+
+    async def _send(self, line: str, ok: tuple[int, ...] = (200, 299)) -> Reply:
+        self.sendLine(line.encode("utf-8"))
+        return _check(await self._reply(), ok)
+
+    # -- session ------------------------------------------------------------
+
+    def hello(self) -> Deferred[Reply]:
+        """
+        Check the greeting and announce the protocol version.
+        """
+
+        async def hello():
+            _check(await self.greeting, (220, 220))
+            reply = await self._send(f"HELLO {VERSION}")
+            self.serverInfo = reply.text
+            return reply
+
+        return self._do(hello())
+
+    def login(self, user: str, password: str) -> Deferred[Reply]:
+        async def login():
+            await self._send(f"USER {user}", (331, 331))
+            return await self._send(f"PASS {password}")
+
+        return self._do(login())
+
+    def quit(self) -> Deferred[None]:
+        async def quit():
+            await self._send("QUIT")
+            self.transport.loseConnection()
+            await self.closed
+
+        return self._do(quit())
+
+    def noop(self) -> Deferred[Reply]:
+        return self._do(self._send("NOOP"))
+
+    def help(self) -> Deferred[list[str]]:
+        async def help():
+            return list((await self._send("HELP")).lines)
+
+        return self._do(help())
+
+    # -- directories --------------------------------------------------------
+
+    def pwd(self) -> Deferred[str]:
+        async def pwd():
+            return urllib.parse.unquote((await self._send("PWD")).text.split(" ")[0])
+
+        return self._do(pwd())
+
+    def cd(self, path: str) -> Deferred[str]:
+        async def cd():
+            reply = await self._send(f"CD {encodePath(path)}")
+            return urllib.parse.unquote(reply.text.split(" ")[0])
+
+        return self._do(cd())
+
+    def list(self, path: str = ".") -> Deferred[list[Entry]]:
+        """
+        @return: fires with the L{Entry}s of a directory (or of one file).
+        """
+
+        async def list_():
+            reply = await self._send(f"LIST {encodePath(path)}")
+            entries = []
+            for line in reply.lines:
+                kind, size, mtime, name = line.split(" ", 3)
+                entries.append(Entry(urllib.parse.unquote(name), kind, int(size), _parseTime(mtime)))
+            return entries
+
+        return self._do(list_())
+
+    def stat(self, path: str) -> Deferred[Stat]:
+        async def stat():
+            facts = _facts((await self._send(f"STAT {encodePath(path)}")).text)
+            exists = facts.get("exists") == "yes"
+            return Stat(
+                path=urllib.parse.unquote(facts.get("path", path)),
+                exists=exists,
+                kind=facts.get("type"),
+                size=int(facts["size"]) if exists else None,
+                mtime=_parseTime(facts["mtime"]) if exists else None,
+                partial=int(facts.get("partial", 0)),
+            )
+
+        return self._do(stat())
+
+    def hash(self, path: str) -> Deferred[str]:
+        """
+        @return: fires with the SHA-256 of a remote file, in hex.
+        """
+
+        async def hash_():
+            return (await self._send(f"HASH {encodePath(path)}")).text.split(" ")[0]
+
+        return self._do(hash_())
+
+    def delete(self, path: str) -> Deferred[Reply]:
+        return self._do(self._send(f"DELETE {encodePath(path)}"))
+
+    def mkdir(self, path: str) -> Deferred[Reply]:
+        return self._do(self._send(f"MKDIR {encodePath(path)}"))
+
+    def rmdir(self, path: str) -> Deferred[Reply]:
+        return self._do(self._send(f"RMDIR {encodePath(path)}"))
+
+    def rename(self, source: str, target: str) -> Deferred[Reply]:
+        return self._do(self._send(f"RENAME {encodePath(source)} {encodePath(target)}"))
+
+    # -- files --------------------------------------------------------------
+
+    def get(
+        self,
+        remote: str,
+        local: str,
+        resume: bool = True,
+        progress: Progress | None = None,
+        onStart: Callable[[int, int], None] | None = None,
+    ) -> Deferred[str]:
+        """
+        Download C{remote} into the file C{local}.
+
+        Data goes to C{local + ".bftp-part"} and is renamed to C{local} once
+        the SHA-256 the server sends matches; after a cut connection that
+        file stays, and the next C{get} with C{resume} continues from its
+        end.
+
+        @param progress: called with each number of bytes received.
+        @param onStart: called with the file's size and the offset the
+            transfer starts at.
+        @return: fires with the hex SHA-256 of the file.
+        """
+
+        async def get():
+            part = local + PART_SUFFIX
+            offset = os.path.getsize(part) if resume and os.path.exists(part) else 0
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if offset else os.O_TRUNC), 0o644)
+            f = os.fdopen(fd, "r+b", buffering=0)
+            try:
+                hasher = (
+                    await hashInThread(self._reactor, fd, offset) if offset else hashlib.sha256()
+                )
+                f.seek(offset)
+
+                def start(size: int, at: int) -> ChunkSink:
+                    if onStart is not None:
+                        onStart(size, at)
+                    return ChunkSink(f, hasher, progress=progress)
+
+                self._onData = start
+                try:
+                    reply = await self._send(f"GET {encodePath(remote)} {offset}")
+                finally:
+                    self._onData = None
+                sink, self._sink = self._sink, None
+                if sink is None:
+                    raise BFTPError(reply.code, f"no data came before: {reply.text}")
+                if sink.error is not None:
+                    raise BFTPError(451, f"{local}: could not write: {sink.error}")
+                expected = reply.text.split(" ")[0]
+                if sink.hasher.hexdigest() != expected:
+                    f.close()
+                    os.unlink(part)
+                    raise BFTPError(554, f"{remote}: SHA-256 mismatch; the download was discarded")
+                f.close()
+                os.replace(part, local)
+                return expected
+            finally:
+                f.close()
+
+        return self._do(get())
+
+    def put(
+        self,
+        local: str,
+        remote: str,
+        resume: bool = False,
+        progress: Progress | None = None,
+        onStart: Callable[[int, int], None] | None = None,
+    ) -> Deferred[str]:
+        """
+        Upload the file C{local} as C{remote}.  The server replaces
+        C{remote} only once the whole file has arrived and its SHA-256
+        matches.
+
+        @param resume: continue an upload that was cut, from what the server
+            kept (STAT's C{partial}).
+        @return: fires with the hex SHA-256 of the file.
+        """
+
+        async def put():
+            fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                offset = 0
+                if resume:
+                    facts = _facts((await self._send(f"STAT {encodePath(remote)}")).text)
+                    offset = min(int(facts.get("partial", 0)), size)
+                if onStart is not None:
+                    onStart(size, offset)
+                digest = hashInThread(self._reactor, fd, size)
+                await self._send(f"PUT {encodePath(remote)} {offset}", (350, 350))
+                sender = ChunkedFileSender(fd, offset, size, progress=progress)
+                _, hasher = await gatherResults(
+                    [sender.beginSending(self.transport), digest], consumeErrors=True
+                )
+                hexdigest = hasher.hexdigest()
+                self.sendLine(hexdigest.encode("ascii"))
+                _check(await self._reply(), (200, 299))
+                return hexdigest
+            finally:
+                os.close(fd)
+
+        return self._do(put())
+
+
+def _check(reply: Reply, ok: tuple[int, int]) -> Reply:
+    if not ok[0] <= reply.code <= ok[1]:
+        raise BFTPError(reply.code, reply.text)
+    return reply
+
+
+class _ClientFactory(Factory):
+    def __init__(self, reactor) -> None:
+        self.reactor = reactor
+
+    def buildProtocol(self, addr):
+        p = BFTPClient(self.reactor)
+        p.factory = self
+        return p
+
+
+async def _connect(reactor, host, port, tls, cafile, timeout):
+    endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if tls:
+        from coursenet.tls import clientTLSOptions
+
+        endpoint = endpoints.wrapClientTLS(clientTLSOptions(host, cafile), endpoint)
+    client = await endpoint.connect(_ClientFactory(reactor))
+    await client.hello()
+    return client
+
+
+def connect(
+    reactor,
+    host: str,
+    port: int = DEFAULT_PORT,
+    tls: bool = False,
+    cafile: str | None = None,
+    timeout: float = 30,
+) -> Deferred[BFTPClient]:
+    """
+    Connect to a BFTP server and agree on the protocol version.
+
+    @param tls: use TLS and verify that the server's certificate is valid
+        for C{host}.
+    @param cafile: trust these PEM certificates instead of the system's.
+    """
+    return Deferred.fromCoroutine(_connect(reactor, host, port, tls, cafile, timeout))
+
+
+@dataclass(frozen=True)
+class URL:
+    """
+    A C{bftp://USER@HOST:PORT/PATH} or C{bftps://...} address.
+    """
+
+    tls: bool
+    host: str
+    port: int
+    user: str | None
+    path: str
+
+    @classmethod
+    def parse(cls, text: str) -> "URL":
+        u = urllib.parse.urlsplit(text)
+        if u.scheme not in ("bftp", "bftps") or not u.hostname:
+            raise ValueError(f"not a bftp:// or bftps:// URL: {text}")
+        tls = u.scheme == "bftps"
+        try:
+            port = u.port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
+        except ValueError:
+            raise ValueError(f"bad port in {text}")
+        user = urllib.parse.unquote(u.username) if u.username else None
+        return cls(tls, u.hostname, port, user, urllib.parse.unquote(u.path) or "/")

@@ -1,0 +1,152 @@
+"""
+The server's view of its files: a root directory that no path can leave.
+
+Clients name files by virtual paths (C{/docs/a.txt}) that are resolved
+against a current directory, normalised, and mapped below the root.  A path
+is refused, with reply 553, when it climbs above the root, names a reserved
+entry, or leads through a symbolic link to a place outside the root.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat as statmod
+import time
+from dataclasses import dataclass
+
+from bftp.wire import Code, ProtocolError, decodePath
+
+#: Entries whose names start with this belong to the server (partial
+#: uploads); clients can neither see nor name them.
+RESERVED_PREFIX = ".bftp-"
+PARTIAL_PREFIX = RESERVED_PREFIX + "partial."
+
+
+@dataclass(frozen=True)
+class Entry:
+    """
+    What LIST and STAT tell about one directory entry.
+    """
+
+    name: str
+    kind: str  # "file", "dir" or "other"
+    size: int
+    mtime: float
+
+    @classmethod
+    def fromStat(cls, name: str, st: os.stat_result) -> "Entry":
+        if statmod.S_ISREG(st.st_mode):
+            kind = "file"
+        elif statmod.S_ISDIR(st.st_mode):
+            kind = "dir"
+        else:
+            kind = "other"
+        return cls(name, kind, st.st_size, st.st_mtime)
+
+
+def formatTime(t: float) -> str:
+    """
+    UTC time in ISO 8601, as LIST and STAT show it.
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+class Jail:
+    """
+    Map virtual paths to real paths below C{root}, refusing every escape.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+
+    def resolve(self, cwd: str, arg: str) -> str:
+        """
+        Turn a percent-encoded path argument into a normalised virtual path.
+
+        @raise ProtocolError: 553 for a path that climbs above the root or
+            names a reserved entry (and whatever L{decodePath} refuses).
+        """
+        path = decodePath(arg)
+        if not path:
+            raise ProtocolError(Code.BAD_NAME, "empty path")
+        joined = path if path.startswith("/") else posixpath.join(cwd, path)
+        parts: list[str] = []
+        for name in joined.split("/"):
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if not parts:
+                    raise ProtocolError(Code.BAD_NAME, f"{path}: path leads outside the root")
+                parts.pop()
+                continue
+            if name.startswith(RESERVED_PREFIX):
+                raise ProtocolError(Code.BAD_NAME, f"{path}: names starting with {RESERVED_PREFIX} are reserved")
+            parts.append(name)
+        return "/" + "/".join(parts)
+
+    def real(self, vpath: str) -> str:
+        """
+        The real path of C{vpath}, after checking that no symbolic link on
+        the way leads outside the root.  The last component need not exist.
+
+        @raise ProtocolError: 553 if it would leave the root.
+        """
+        real = os.path.join(self.root, vpath.lstrip("/"))
+        resolved = os.path.realpath(real)
+        if not self._inside(resolved):
+            raise ProtocolError(Code.BAD_NAME, f"{vpath}: a symbolic link leads outside the root")
+        return real
+
+    def _inside(self, path: str) -> bool:
+        return path == self.root or path.startswith(self.root + os.sep)
+
+    def stat(self, vpath: str) -> os.stat_result | None:
+        """
+        C{os.stat} of a virtual path, or L{None} if nothing is there.
+        """
+        try:
+            return os.stat(self.real(vpath))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def listdir(self, vpath: str) -> list[Entry]:
+        """
+        The entries of a directory, sorted by name, without reserved
+        entries and without names that are not valid UTF-8 (which no BFTP
+        path could name).
+
+        @raise ProtocolError: 550 if C{vpath} is not a directory.
+        """
+        real = self.real(vpath)
+        entries = []
+        try:
+            with os.scandir(real) as it:
+                for d in it:
+                    name = d.name
+                    if name.startswith(RESERVED_PREFIX) or not _representable(name):
+                        continue
+                    try:
+                        st = d.stat(follow_symlinks=True)
+                    except OSError:
+                        continue
+                    entries.append(Entry.fromStat(name, st))
+        except (FileNotFoundError, NotADirectoryError):
+            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: no such directory")
+        return sorted(entries, key=lambda e: e.name)
+
+    def partialPath(self, vpath: str) -> str:
+        """
+        The real path where an upload to C{vpath} collects its data: a
+        reserved name in the same directory, so the final rename is atomic.
+        """
+        parent, name = posixpath.split(vpath)
+        return os.path.join(self.real(parent), PARTIAL_PREFIX + name)
+
+
+def _representable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return all(c.isprintable() or c == " " for c in name)

@@ -1,0 +1,697 @@
+"""
+The BFTP server: a line protocol for commands, BFTP chunks for file data.
+
+Each command is a C{do_VERB} method.  One that finishes later returns a
+L{Deferred}; until it fires the protocol reads nothing more, so a client
+may pipeline commands and they are answered in order.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import hashlib
+import os
+import posixpath
+import re
+import stat as statmod
+from dataclasses import dataclass, field
+
+from twisted.cred.credentials import Anonymous, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
+from twisted.internet.protocol import Factory
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from bftp.fs import PARTIAL_PREFIX, Entry, Jail, formatTime
+from bftp.interfaces import IAccount
+from bftp.transfer import ChunkedFileSender, ChunkSink, DigestCache, hashInThread
+from bftp.wire import (
+    MAX_CHUNK,
+    MAX_LINE,
+    SUPPORTED_VERSIONS,
+    VERSION,
+    Code,
+    Command,
+    FramingError,
+    ProtocolError,
+    encodePath,
+    decodeOffset,
+    formatMultiline,
+    formatReply,
+    parseCommand,
+)
+
+#: Commands allowed before HELLO, and before login.
+_BEFORE_HELLO = {"HELLO", "HELP", "QUIT", "NOOP"}
+_BEFORE_LOGIN = _BEFORE_HELLO | {"USER", "PASS"}
+_WRITES = {"PUT", "DELETE", "MKDIR", "RMDIR", "RENAME"}
+_DIGEST_LINE = re.compile(rb"^[0-9a-fA-F]{64}$")
+
+HELP = [
+    "HELLO BFTP/1            announce the protocol version (first)",
+    "USER name / PASS secret log in",
+    "PWD                     print the current directory",
+    "CD path                 change directory",
+    "LIST [path]             list a directory: type size mtime name",
+    "STAT path               exists, type, size, mtime, partial upload",
+    "GET path [offset]       download, from offset to resume",
+    "PUT path [offset]       upload, from offset to resume",
+    "HASH path               SHA-256 of a file",
+    "DELETE path             delete a file (and its unfinished upload)",
+    "MKDIR path / RMDIR path make / remove a directory",
+    "RENAME from to          rename a file or directory",
+    "NOOP / HELP / QUIT",
+    "Paths are UTF-8, percent-encoded: a space is %20.",
+]
+
+
+def _osReply(e: OSError, vpath: str) -> ProtocolError:
+    """
+    The reply for a failed file system call.
+    """
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ProtocolError(Code.NO_SPACE, f"{vpath}: no space left on the server")
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        return ProtocolError(Code.NOT_FOUND, f"{vpath}: no such file or directory")
+    if e.errno == errno.EEXIST:
+        return ProtocolError(Code.NOT_FOUND, f"{vpath}: already exists")
+    if e.errno == errno.ENOTEMPTY:
+        return ProtocolError(Code.NOT_FOUND, f"{vpath}: directory not empty")
+    if e.errno == errno.EISDIR:
+        return ProtocolError(Code.NOT_FOUND, f"{vpath}: is a directory")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ProtocolError(Code.NOT_FOUND, f"{vpath}: permission denied by the server's file system")
+    if e.errno in (errno.EINVAL, errno.ELOOP, errno.ENAMETOOLONG):
+        return ProtocolError(Code.BAD_NAME, f"{vpath}: {e.strerror}")
+    return ProtocolError(Code.LOCAL_ERROR, f"{vpath}: server error: {e.strerror}")
+
+
+@dataclass
+class _Upload:
+    vpath: str
+    real: str
+    partial: str
+    file: object
+    sink: ChunkSink | None = None
+    awaitingDigest: bool = False
+
+
+class BFTPServerProtocol(LineReceiver, TimeoutMixin):
+    """
+    One client connection.
+    """
+
+    MAX_LENGTH = MAX_LINE
+    delimiter = b"\r\n"
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self.account: IAccount | None = None
+        self.cwd = "/"
+        self._helloDone = False
+        self._user: str | None = None
+        self._failures = 0
+        self._discarding = False
+        self._upload: _Upload | None = None
+        self._openFiles: set[int] = set()
+        self._lost = False
+        self._admitted = False
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.peer = self.transport.getPeer()
+        refusal = self.factory.admit(self)
+        if refusal is not None:
+            self.reply(Code.CLOSING, refusal)
+            self.transport.loseConnection()
+            return
+        self._admitted = True
+        self.setTimeout(self.factory.idleTimeout)
+        self.reply(Code.READY, f"{VERSION} server ready; send HELLO {VERSION}")
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self._lost = True
+        self.setTimeout(None)
+        if self._admitted:
+            self.factory.release(self)
+        if self._upload is not None:
+            self._log.info(
+                "{peer} left during upload of {path}; {n} bytes kept for resume",
+                peer=self.peer, path=self._upload.vpath,
+                n=self._upload.sink.size if self._upload.sink else "all",
+            )
+            self._endUpload(keepPartial=True)
+        for fd in list(self._openFiles):
+            self._close(fd)
+
+    def timeoutConnection(self) -> None:
+        self._log.info("{peer} idle for {t} s; closing", peer=self.peer, t=self.factory.idleTimeout)
+        self.reply(Code.CLOSING, f"idle for {self.factory.idleTimeout} seconds; closing")
+        # A client that stopped reading would keep loseConnection waiting.
+        self.transport.loseConnection()
+        self.factory.reactor.callLater(5, self.transport.abortConnection)
+
+    def reply(self, code: int, text: str) -> None:
+        self.transport.write(formatReply(code, text))
+
+    # -- input --------------------------------------------------------------
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if not self._discarding:
+            self.reply(Code.SYNTAX, f"line too long: the limit is {self.MAX_LENGTH} bytes")
+        end = line.find(self.delimiter)
+        if end == -1:
+            # The rest of that line is still to come: drop it when it ends.
+            self._discarding = True
+        else:
+            self._discarding = False
+            self._buffer = line[end + len(self.delimiter):]
+            self.factory.reactor.callLater(0, self.dataReceived, b"")
+
+    def lineReceived(self, line: bytes) -> None:
+        self.resetTimeout()
+        if self._discarding:
+            self._discarding = False
+            return
+        if self._upload is not None and self._upload.awaitingDigest:
+            self._run(self._finishUpload, line)
+            return
+        try:
+            command = parseCommand(line)
+        except ProtocolError as e:
+            self.reply(e.code, e.message)
+            return
+        self._run(self._dispatch, command)
+
+    def _run(self, f, *args) -> None:
+        """
+        Run a command; while the L{Deferred} it may return is pending, read
+        no further input.
+        """
+        d = maybeDeferred(f, *args)
+        if d.called:
+            d.addErrback(self._failed)
+            return
+        self.pauseProducing()
+        d.addErrback(self._failed)
+        d.addBoth(lambda _: None if self._lost else self.resumeProducing())
+
+    def _failed(self, failure: Failure) -> None:
+        if self._lost:
+            return
+        if failure.check(ProtocolError):
+            e = failure.value
+            self.reply(e.code, e.message)
+        else:
+            self._log.failure("command failed", failure)
+            self.reply(Code.LOCAL_ERROR, "internal server error; the command was not completed")
+
+    def _dispatch(self, command: Command):
+        verb = command.verb
+        handler = getattr(self, "do_" + verb, None)
+        if handler is None:
+            raise ProtocolError(Code.SYNTAX, f"unknown command {verb}; try HELP")
+        if not self._helloDone and verb not in _BEFORE_HELLO:
+            raise ProtocolError(Code.BAD_SEQUENCE, f"send HELLO {VERSION} first")
+        if self.account is None and verb not in _BEFORE_LOGIN:
+            raise ProtocolError(Code.NOT_LOGGED_IN, "log in first with USER and PASS")
+        if verb in _WRITES and self.account.readOnly:
+            raise ProtocolError(Code.PERMISSION, f"{verb} refused: account {self.account.name} is read-only")
+        self._log.debug("{peer}: {line}", peer=self.peer, line=command.raw)
+        return handler(command)
+
+    # -- argument helpers --------------------------------------------------
+
+    def _args(self, command: Command, least: int, most: int, usage: str) -> tuple[str, ...]:
+        if not least <= len(command.args) <= most:
+            raise ProtocolError(Code.BAD_ARGUMENT, f"usage: {usage}")
+        return command.args
+
+    def _path(self, arg: str) -> str:
+        return self.factory.jail.resolve(self.cwd, arg)
+
+    def _stat(self, vpath: str) -> os.stat_result:
+        st = self.factory.jail.stat(vpath)
+        if st is None:
+            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: no such file or directory")
+        return st
+
+    def _open(self, real: str, flags: int, mode: int = 0o644) -> int:
+        fd = os.open(real, flags | os.O_CLOEXEC, mode)
+        self._openFiles.add(fd)
+        return fd
+
+    def _close(self, fd: int) -> None:
+        if fd in self._openFiles:
+            self._openFiles.discard(fd)
+            os.close(fd)
+
+    # -- session commands ---------------------------------------------------
+
+    def do_HELLO(self, command: Command) -> None:
+        if not command.args:
+            raise ProtocolError(Code.BAD_ARGUMENT, f"usage: HELLO {VERSION}")
+        for version in command.args:
+            if version.upper() in SUPPORTED_VERSIONS:
+                self._helloDone = True
+                self.reply(Code.OK, f"{VERSION} max-line={MAX_LINE} max-chunk={MAX_CHUNK}")
+                return
+        raise ProtocolError(
+            Code.BAD_VERSION,
+            f"version {' '.join(command.args)[:64]} not supported; this server speaks {' '.join(SUPPORTED_VERSIONS)}",
+        )
+
+    def do_USER(self, command: Command) -> None:
+        if self.account is not None:
+            raise ProtocolError(Code.BAD_SEQUENCE, f"already logged in as {self.account.name}")
+        (name,) = self._args(command, 1, 1, "USER name")
+        self._user = name
+        self.reply(Code.NEED_PASSWORD, f"password required for {name}")
+
+    def do_PASS(self, command: Command) -> Deferred:
+        if self.account is not None:
+            raise ProtocolError(Code.BAD_SEQUENCE, f"already logged in as {self.account.name}")
+        if self._user is None:
+            raise ProtocolError(Code.BAD_SEQUENCE, "send USER first")
+        user, self._user = self._user, None
+        if user == "anonymous" and self.factory.anonymous:
+            credentials = Anonymous()
+        else:
+            credentials = UsernamePassword(user, command.rest)
+        d = self.factory.portal.login(credentials, None, IAccount)
+
+        def loggedIn(result):
+            _, account, _ = result
+            self.account = account
+            self._log.info("{peer} logged in as {user}", peer=self.peer, user=account.name)
+            note = " (read-only)" if account.readOnly else ""
+            self.reply(Code.LOGGED_IN, f"logged in as {account.name}{note}")
+
+        def refused(failure):
+            failure.trap(UnauthorizedLogin)
+            self._failures += 1
+            # Slow down password guessing; after a few, hang up.
+            wait: Deferred = Deferred()
+            self.factory.reactor.callLater(self.factory.loginDelay, wait.callback, None)
+
+            def answer(_):
+                if self._failures >= self.factory.maxLoginFailures:
+                    self.reply(Code.CLOSING, "too many failed logins; closing")
+                    self.transport.loseConnection()
+                else:
+                    self.reply(Code.NOT_LOGGED_IN, "login incorrect")
+
+            return wait.addCallback(answer)
+
+        return d.addCallbacks(loggedIn, refused)
+
+    def do_NOOP(self, command: Command) -> None:
+        self.reply(Code.OK, "ok")
+
+    def do_HELP(self, command: Command) -> None:
+        self.transport.write(formatMultiline(Code.HELP, HELP, "end of help"))
+
+    def do_QUIT(self, command: Command) -> None:
+        self.reply(Code.BYE, "goodbye")
+        self.transport.loseConnection()
+
+    # -- directory commands -------------------------------------------------
+
+    def do_PWD(self, command: Command) -> None:
+        self.reply(Code.PATH_CREATED, encodePath(self.cwd))
+
+    def do_CD(self, command: Command) -> None:
+        (arg,) = self._args(command, 1, 1, "CD path")
+        vpath = self._path(arg)
+        if not statmod.S_ISDIR(self._stat(vpath).st_mode):
+            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: not a directory")
+        self.cwd = vpath
+        self.reply(Code.FILE_OK, encodePath(vpath))
+
+    def do_LIST(self, command: Command) -> None:
+        (arg,) = self._args(command, 0, 1, "LIST [path]") or (".",)
+        vpath = self._path(arg)
+        st = self._stat(vpath)
+        if statmod.S_ISDIR(st.st_mode):
+            entries = self.factory.jail.listdir(vpath)
+        else:
+            entries = [Entry.fromStat(posixpath.basename(vpath), st)]
+        lines = [f"{e.kind} {e.size} {formatTime(e.mtime)} {encodePath(e.name)}" for e in entries]
+        self.transport.write(
+            formatMultiline(Code.LISTING, lines, f"{len(entries)} entries in {encodePath(vpath)}")
+        )
+
+    def do_STAT(self, command: Command) -> None:
+        (arg,) = self._args(command, 1, 1, "STAT path")
+        vpath = self._path(arg)
+        st = self.factory.jail.stat(vpath)
+        facts = [f"path={encodePath(vpath)}"]
+        if st is None:
+            facts.append("exists=no")
+        else:
+            e = Entry.fromStat(posixpath.basename(vpath), st)
+            facts += ["exists=yes", f"type={e.kind}", f"size={e.size}", f"mtime={formatTime(e.mtime)}"]
+        if vpath != "/":
+            try:
+                facts.append(f"partial={os.stat(self.factory.jail.partialPath(vpath)).st_size}")
+            except (OSError, ProtocolError):
+                facts.append("partial=0")
+        self.reply(Code.STATUS, " ".join(facts))
+
+    def do_MKDIR(self, command: Command) -> None:
+        (arg,) = self._args(command, 1, 1, "MKDIR path")
+        vpath = self._path(arg)
+        try:
+            os.mkdir(self.factory.jail.real(vpath))
+        except OSError as e:
+            raise _osReply(e, vpath)
+        self.reply(Code.PATH_CREATED, f"{encodePath(vpath)} created")
+
+    def do_RMDIR(self, command: Command) -> None:
+        (arg,) = self._args(command, 1, 1, "RMDIR path")
+        vpath = self._path(arg)
+        if vpath == "/":
+            raise ProtocolError(Code.BAD_NAME, "the root cannot be removed")
+        real = self.factory.jail.real(vpath)
+        if not statmod.S_ISDIR(self._stat(vpath).st_mode):
+            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: not a directory; use DELETE")
+        if not self.factory.jail.listdir(vpath):
+            # Only unfinished uploads may be left; they go with the directory.
+            for name in os.listdir(real):
+                if self._isLocked(posixpath.join(vpath, name)):
+                    raise ProtocolError(Code.BUSY, f"{vpath}: an upload is in progress inside")
+                os.unlink(os.path.join(real, name))
+        try:
+            os.rmdir(real)
+        except OSError as e:
+            raise _osReply(e, vpath)
+        self.reply(Code.FILE_OK, f"{encodePath(vpath)} removed")
+
+    def _isLocked(self, partialVpath: str) -> bool:
+        parent, name = posixpath.split(partialVpath)
+        return name.startswith(PARTIAL_PREFIX) and posixpath.join(parent, name[len(PARTIAL_PREFIX):]) in self.factory.uploads
+
+    def do_DELETE(self, command: Command) -> None:
+        (arg,) = self._args(command, 1, 1, "DELETE path")
+        vpath = self._path(arg)
+        if vpath in self.factory.uploads:
+            raise ProtocolError(Code.BUSY, f"{vpath}: an upload is in progress")
+        jail = self.factory.jail
+        real = jail.real(vpath)
+        removed = []
+        try:
+            os.unlink(jail.partialPath(vpath))
+            removed.append("unfinished upload")
+        except FileNotFoundError:
+            pass
+        st = jail.stat(vpath)
+        if st is not None and statmod.S_ISDIR(st.st_mode):
+            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: is a directory; use RMDIR")
+        if st is not None or os.path.islink(real):
+            try:
+                os.unlink(real)
+            except OSError as e:
+                raise _osReply(e, vpath)
+            removed.insert(0, "file")
+        if not removed:
+            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: no such file")
+        self.reply(Code.FILE_OK, f"{encodePath(vpath)} deleted ({' and '.join(removed)})")
+
+    def do_RENAME(self, command: Command) -> None:
+        src, dst = self._args(command, 2, 2, "RENAME from to")
+        vsrc, vdst = self._path(src), self._path(dst)
+        if "/" in (vsrc, vdst):
+            raise ProtocolError(Code.BAD_NAME, "the root cannot be renamed or replaced")
+        if vsrc in self.factory.uploads or vdst in self.factory.uploads:
+            raise ProtocolError(Code.BUSY, "an upload to that path is in progress")
+        jail = self.factory.jail
+        self._stat(vsrc)
+        if jail.stat(vdst) is not None:
+            raise ProtocolError(Code.NOT_FOUND, f"{vdst}: already exists; DELETE it first")
+        try:
+            os.rename(jail.real(vsrc), jail.real(vdst))
+        except OSError as e:
+            raise _osReply(e, vdst)
+        self.reply(Code.FILE_OK, f"{encodePath(vsrc)} renamed to {encodePath(vdst)}")
+
+    # -- file data ------------------------------------------------------------
+
+    def _openRegular(self, vpath: str) -> tuple[int, os.stat_result]:
+        real = self.factory.jail.real(vpath)
+        try:
+            fd = self._open(real, os.O_RDONLY)
+        except OSError as e:
+            raise _osReply(e, vpath)
+        st = os.fstat(fd)
+        if not statmod.S_ISREG(st.st_mode):
+            self._close(fd)
+            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: not a regular file")
+        return fd, st
+
+    def do_HASH(self, command: Command) -> Deferred:
+        (arg,) = self._args(command, 1, 1, "HASH path")
+        vpath = self._path(arg)
+        fd, st = self._openRegular(vpath)
+        d = self.factory.digests.digest(fd, st)
+        d.addBoth(lambda r: (self._close(fd), r)[1])
+        return d.addCallback(lambda hexdigest: self.reply(Code.DIGEST, f"{hexdigest} {encodePath(vpath)}"))
+
+    def do_GET(self, command: Command) -> Deferred:
+        args = self._args(command, 1, 2, "GET path [offset]")
+        vpath = self._path(args[0])
+        offset = decodeOffset(args[1]) if len(args) > 1 else 0
+        fd, st = self._openRegular(vpath)
+        if offset > st.st_size:
+            self._close(fd)
+            raise ProtocolError(Code.BAD_ARGUMENT, f"offset {offset} is past the end of {vpath} ({st.st_size} bytes)")
+        self.reply(Code.DATA_FOLLOWS, f"{st.st_size} {offset} sending {st.st_size - offset} bytes")
+        sender = ChunkedFileSender(
+            fd, offset, st.st_size,
+            progress=lambda n: self.resetTimeout(),
+            useSendfile=self.factory.sendfile,
+        )
+        done = gatherResults(
+            [sender.beginSending(self.transport), self.factory.digests.digest(fd, st)],
+            consumeErrors=True,
+        )
+
+        def sent(results):
+            n, hexdigest = results
+            self.reply(Code.TRANSFER_DONE, f"{hexdigest} sent {n} bytes")
+
+        def failed(failure):
+            failure.trap(FirstError)
+            if self._lost:
+                self._log.info("{peer} left during download of {path}", peer=self.peer, path=vpath)
+                return None
+            reason = failure.value.subFailure.value
+            raise ProtocolError(Code.LOCAL_ERROR, f"{vpath}: transfer failed: {reason}")
+
+        done.addCallbacks(sent, failed)
+        done.addBoth(lambda r: (self._close(fd), r)[1])
+        return done
+
+    def do_PUT(self, command: Command) -> Deferred | None:
+        args = self._args(command, 1, 2, "PUT path [offset]")
+        vpath = self._path(args[0])
+        offset = decodeOffset(args[1]) if len(args) > 1 else 0
+        jail = self.factory.jail
+        if vpath == "/":
+            raise ProtocolError(Code.BAD_NAME, "the root is a directory")
+        if vpath in self.factory.uploads:
+            raise ProtocolError(Code.BUSY, f"{vpath}: another upload to this path is in progress; try later")
+        parent = jail.stat(posixpath.dirname(vpath))
+        if parent is None or not statmod.S_ISDIR(parent.st_mode):
+            raise ProtocolError(Code.NOT_FOUND, f"{posixpath.dirname(vpath)}: no such directory")
+        real = jail.real(vpath)
+        target = jail.stat(vpath)
+        if target is not None and not statmod.S_ISREG(target.st_mode):
+            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: exists and is not a regular file")
+        limit = self.factory.maxFileSize
+        if limit is not None and offset > limit:
+            raise ProtocolError(Code.TOO_LARGE, f"offset {offset} is past the file size limit of {limit} bytes")
+        partial = jail.partialPath(vpath)
+        flags = os.O_RDWR | os.O_NOFOLLOW
+        try:
+            if offset == 0:
+                fd = self._open(partial, flags | os.O_CREAT | os.O_TRUNC)
+            else:
+                fd = self._open(partial, flags)
+        except FileNotFoundError:
+            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: no unfinished upload to resume; PUT it from offset 0")
+        except OSError as e:
+            raise _osReply(e, vpath)
+        have = os.fstat(fd).st_size
+        if offset > have:
+            self._close(fd)
+            raise ProtocolError(
+                Code.BAD_ARGUMENT,
+                f"offset {offset} is past the {have} bytes received so far; resume from {have}",
+            )
+        os.ftruncate(fd, offset)
+        self.factory.uploads.add(vpath)
+        f = os.fdopen(fd, "wb", buffering=0, closefd=False)
+        f.seek(offset)
+        upload = self._upload = _Upload(vpath, real, partial, f)
+
+        def ready(hasher):
+            upload.sink = ChunkSink(f, hasher, limit=limit, progress=lambda n: self.resetTimeout())
+            self.reply(Code.SEND_DATA, f"{offset} send data from byte {offset}, then the SHA-256 of the whole file")
+            self.setRawMode()
+
+        def failed(failure):
+            self._endUpload(keepPartial=True)
+            return failure
+
+        if offset == 0:
+            ready(hashlib.sha256())
+            return None
+        # The data before the offset is already here: hash it first.
+        return hashInThread(self.factory.reactor, fd, offset).addCallbacks(ready, failed)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        upload = self._upload
+        try:
+            upload.sink.feed(data)
+        except FramingError as e:
+            self.reply(e.code, e.message)
+            self._log.info("{peer}: {error}", peer=self.peer, error=e.message)
+            self._endUpload(keepPartial=True)
+            self.transport.loseConnection()
+            return
+        if upload.sink.done:
+            upload.awaitingDigest = True
+            self.setLineMode(upload.sink.rest)
+
+    def _finishUpload(self, line: bytes) -> Deferred | None:
+        upload = self._upload
+        sink = upload.sink
+        if not _DIGEST_LINE.match(line):
+            self._endUpload(keepPartial=True)
+            raise ProtocolError(
+                Code.BAD_ARGUMENT,
+                "expected the SHA-256 of the file as 64 hex digits after the data; upload kept for resume",
+            )
+        if sink.error is not None:
+            self._endUpload(keepPartial=False)
+            if isinstance(sink.error, OSError):
+                raise _osReply(sink.error, upload.vpath)
+            raise ProtocolError(Code.TOO_LARGE, f"{upload.vpath}: {sink.error}; not stored")
+        computed = sink.hasher.hexdigest()
+        if computed != line.decode("ascii").lower():
+            self._endUpload(keepPartial=False)
+            raise ProtocolError(
+                Code.DIGEST_MISMATCH,
+                f"{upload.vpath}: SHA-256 mismatch, the server received data hashing to {computed}; not stored",
+            )
+        fd = upload.file.fileno()
+
+        def commit():
+            os.fsync(fd)
+            os.replace(upload.partial, upload.real)
+            dirfd = os.open(os.path.dirname(upload.real), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+
+        reactor = self.factory.reactor
+        d = deferToThreadPool(reactor, reactor.getThreadPool(), commit)
+
+        def stored(_):
+            self._endUpload(keepPartial=True)
+            self._log.info("{peer} stored {path} ({n} bytes)", peer=self.peer, path=upload.vpath, n=sink.size)
+            self.reply(Code.TRANSFER_DONE, f"{computed} stored {sink.size} bytes")
+
+        def failed(failure):
+            self._endUpload(keepPartial=True)
+            failure.trap(OSError)
+            raise _osReply(failure.value, upload.vpath)
+
+        return d.addCallbacks(stored, failed)
+
+    def _endUpload(self, keepPartial: bool) -> None:
+        """
+        Close the current upload's file and release its path; keep what was
+        received for a resume, or remove it.
+        """
+        upload, self._upload = self._upload, None
+        fd = upload.file.fileno()
+        upload.file.close()
+        self._close(fd)
+        self.factory.uploads.discard(upload.vpath)
+        if not keepPartial:
+            try:
+                os.unlink(upload.partial)
+            except FileNotFoundError:
+                pass
+        if not self.line_mode:
+            self.setLineMode()
+
+
+class BFTPFactory(Factory):
+    """
+    The BFTP server: its files, accounts and limits.
+    """
+
+    protocol = BFTPServerProtocol
+    _log = Logger()
+
+    def __init__(
+        self,
+        root: str,
+        portal,
+        anonymous: bool = False,
+        reactor=None,
+        idleTimeout: int = 300,
+        maxPerAddress: int = 20,
+        maxConnections: int = 1000,
+        maxFileSize: int | None = None,
+        loginDelay: float = 1.0,
+        maxLoginFailures: int = 3,
+        sendfile: bool = True,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.jail = Jail(root)
+        self.portal = portal
+        self.anonymous = anonymous
+        self.idleTimeout = idleTimeout
+        self.maxPerAddress = maxPerAddress
+        self.maxConnections = maxConnections
+        self.maxFileSize = maxFileSize
+        self.loginDelay = loginDelay
+        self.maxLoginFailures = maxLoginFailures
+        self.sendfile = sendfile
+        self.digests = DigestCache(reactor)
+        self.uploads: set[str] = set()
+        self._perHost: collections.Counter[str] = collections.Counter()
+        self._connections = 0
+
+    def admit(self, proto: BFTPServerProtocol) -> str | None:
+        """
+        Count a new connection, or say why it is refused.
+        """
+        host = getattr(proto.peer, "host", "?")
+        if self._connections >= self.maxConnections:
+            return f"server full ({self.maxConnections} connections); try later"
+        if self._perHost[host] >= self.maxPerAddress:
+            return f"too many connections from {host} (limit {self.maxPerAddress}); try later"
+        self._perHost[host] += 1
+        self._connections += 1
+        return None
+
+    def release(self, proto: BFTPServerProtocol) -> None:
+        host = getattr(proto.peer, "host", "?")
+        self._perHost[host] -= 1
+        if not self._perHost[host]:
+            del self._perHost[host]
+        self._connections -= 1

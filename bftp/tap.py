@@ -1,0 +1,93 @@
+"""
+C{twistd bftp}: the BFTP server as a twistd plugin.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application import service, strports
+from twisted.python import usage
+
+from bftp.auth import makePortal
+from bftp.protocol import BFTPFactory
+from coursenet.accounts import PasswordChecker, parseUserSpec
+from coursenet.tls import tlsListenString
+
+DEFAULT_LISTEN = "tcp:9021:interface=127.0.0.1"
+DEFAULT_TLS_PORT = 9022
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve a directory over BFTP, the Braude File Transfer Protocol. "
+        "With no --listen, listens on " + DEFAULT_LISTEN + "."
+    )
+    optFlags = [
+        ["anonymous", None, "let the user 'anonymous' in with any password, read-only"],
+        ["no-sendfile", None, "send file data through Python instead of os.sendfile"],
+    ]
+    optParameters = [
+        ["root", None, "var/bftp", "the directory to serve (created if missing)"],
+        ["passwd", None, None, "password file of scrypt hashes (see coursenet-passwd)"],
+        ["tls-cert", None, None, "PEM certificate: also listen with TLS"],
+        ["tls-key", None, None, "PEM private key for --tls-cert"],
+        ["tls-port", None, DEFAULT_TLS_PORT, "port of the --tls-cert listener", int],
+        ["idle-timeout", None, 300, "seconds before an idle connection is closed", int],
+        ["max-per-address", None, 20, "connections allowed from one address", int],
+        ["max-connections", None, 1000, "connections allowed in all", int],
+        ["max-file-size", None, 0, "largest file a PUT may store, in bytes (0: no limit)", int],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["users"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Listen on this endpoint (repeatable), e.g. tcp:9021 or
+        ssl:9022:privateKey=key.pem:certKey=cert.pem
+        """
+        self["listen"].append(description)
+
+    def opt_user(self, spec: str) -> None:
+        """
+        Add an account NAME:PASSWORD (repeatable; for quick starts)
+        """
+        try:
+            self["users"].append(parseUserSpec(spec))
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+
+    def postOptions(self) -> None:
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        if not self["passwd"] and not self["users"] and not self["anonymous"]:
+            raise usage.UsageError("no accounts: give --passwd, --user or --anonymous")
+        if not self["listen"]:
+            self["listen"].append(DEFAULT_LISTEN)
+        if self["tls-cert"]:
+            self["listen"].append(
+                tlsListenString(self["tls-port"], self["tls-cert"], self["tls-key"], "127.0.0.1")
+            )
+
+
+def makeService(options: Options) -> service.IService:
+    os.makedirs(options["root"], exist_ok=True)
+    checker = PasswordChecker(options["passwd"], options["users"])
+    factory = BFTPFactory(
+        options["root"],
+        makePortal(checker, anonymous=options["anonymous"]),
+        anonymous=options["anonymous"],
+        idleTimeout=options["idle-timeout"],
+        maxPerAddress=options["max-per-address"],
+        maxConnections=options["max-connections"],
+        maxFileSize=options["max-file-size"] or None,
+        sendfile=not options["no-sendfile"],
+    )
+    top = service.MultiService()
+    for description in options["listen"]:
+        strports.service(description, factory).setServiceParent(top)
+    return top

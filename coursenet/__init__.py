@@ -1,0 +1,1 @@
+"""Shared pieces of the course network suite: accounts and TLS."""

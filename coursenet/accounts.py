@@ -1,0 +1,284 @@
+"""
+Accounts shared by every service: a password file of scrypt hashes behind a
+L{twisted.cred} checker.
+
+The file is plain text, one account a line::
+
+    alice:scrypt$16384$8$1$<salt, base64>$<hash, base64>
+
+Lines starting with C{#} and blank lines are ignored.  Passwords are never
+stored or logged in clear; verification runs in a thread because scrypt is
+deliberately slow and the reactor must not wait for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import hashlib
+import hmac
+import os
+import secrets
+import sys
+from typing import Iterable
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from zope.interface import implementer
+
+_SCHEME = "scrypt"
+_N, _R, _P = 2**14, 8, 1
+_DKLEN = 32
+
+
+def hashPassword(password: str, *, n: int = _N, r: int = _R, p: int = _P) -> str:
+    """
+    Hash C{password} with a fresh random salt.
+
+    @return: the encoded hash, C{scrypt$N$r$p$salt$hash}.
+    """
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=_DKLEN
+    )
+    b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
+    return f"{_SCHEME}${n}${r}${p}${b64(salt)}${b64(digest)}"
+
+
+def verifyPassword(password: str, encoded: str) -> bool:
+    """
+    Check C{password} against an encoded hash in constant time.
+
+    A malformed hash never matches.
+    """
+    try:
+        scheme, n, r, p, salt, digest = encoded.split("$")
+        if scheme != _SCHEME:
+            return False
+        expected = base64.b64decode(digest, validate=True)
+        actual = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=base64.b64decode(salt, validate=True),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+            maxmem=256 * 1024 * 1024,
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def parseUserSpec(spec: str) -> tuple[str, str]:
+    """
+    Split a C{NAME:PASSWORD} command-line value.
+
+    @raise ValueError: if there is no colon or the name is not valid.
+    """
+    name, sep, password = spec.partition(":")
+    if not sep:
+        raise ValueError(f"expected NAME:PASSWORD, got {spec!r}")
+    checkUserName(name)
+    return name, password
+
+
+def checkUserName(name: str) -> None:
+    """
+    @raise ValueError: unless C{name} is 1-64 printable characters with no
+        colon, whitespace or control character.
+    """
+    if not 0 < len(name) <= 64 or any(
+        c == ":" or c.isspace() or not c.isprintable() for c in name
+    ):
+        raise ValueError(
+            f"invalid user name {name!r}: use 1-64 printable characters,"
+            " no colon or white space"
+        )
+
+
+def readPasswordFile(path: str) -> dict[str, str]:
+    """
+    Read a password file into a mapping of user name to encoded hash.
+
+    A missing file reads as no accounts.
+    """
+    accounts: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                name, _, encoded = line.partition(":")
+                if encoded:
+                    accounts[name] = encoded
+    except FileNotFoundError:
+        pass
+    return accounts
+
+
+def writePasswordFile(path: str, accounts: dict[str, str]) -> None:
+    """
+    Replace the password file atomically, readable by its owner only.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for name in sorted(accounts):
+            f.write(f"{name}:{accounts[name]}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def setPassword(path: str, name: str, password: str) -> None:
+    """
+    Add C{name} to the password file at C{path}, or change its password.
+    """
+    checkUserName(name)
+    accounts = readPasswordFile(path)
+    accounts[name] = hashPassword(password)
+    writePasswordFile(path, accounts)
+
+
+@implementer(ICredentialsChecker)
+class PasswordChecker:
+    """
+    Check user names and passwords against a password file and against
+    accounts given on the command line.
+
+    The file is read again whenever its modification time changes, so
+    C{coursenet-passwd} works on a running server.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+    _log = Logger()
+
+    def __init__(
+        self,
+        path: str | None = None,
+        users: Iterable[tuple[str, str]] = (),
+        reactor=None,
+    ) -> None:
+        """
+        @param path: a password file, or L{None}.
+        @param users: C{(name, clear password)} pairs, hashed here at once.
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self._path = path
+        self._stamp: float | None = None
+        self._fromFile: dict[str, str] = {}
+        self._fromArgs = {name: hashPassword(pw) for name, pw in users}
+
+    def _accounts(self) -> dict[str, str]:
+        if self._path is not None:
+            try:
+                stamp = os.stat(self._path).st_mtime_ns
+            except FileNotFoundError:
+                stamp = None
+            if stamp != self._stamp:
+                self._fromFile = readPasswordFile(self._path)
+                self._stamp = stamp
+        return {**self._fromFile, **self._fromArgs}
+
+    def hasUser(self, name: str) -> bool:
+        """
+        Whether C{name} is an account here.
+        """
+        return name in self._accounts()
+
+    def requestAvatarId(self, credentials) -> Deferred:
+        """
+        Verify the password in a thread; fire with the user name or fail
+        with L{UnauthorizedLogin}.
+        """
+        name = credentials.username
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        password = credentials.password
+        if isinstance(password, bytes):
+            password = password.decode("utf-8", "replace")
+        encoded = self._accounts().get(name)
+        if encoded is None:
+            # Hash anyway so that unknown and known names take the same time.
+            encoded = _DUMMY_HASH
+        d = deferToThreadPool(
+            self._reactor,
+            self._reactor.getThreadPool(),
+            verifyPassword,
+            password,
+            encoded,
+        )
+
+        def checked(ok: bool):
+            if ok and encoded is not _DUMMY_HASH:
+                return name
+            self._log.info("failed login for {user}", user=name)
+            raise UnauthorizedLogin("login incorrect")
+
+        return d.addCallback(checked)
+
+
+_DUMMY_HASH = hashPassword(secrets.token_hex(8))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    C{coursenet-passwd FILE NAME}: add an account to a password file or
+    change its password.  The password comes from C{--password-env VAR} or
+    a prompt, never from the command line.
+    """
+    parser = argparse.ArgumentParser(
+        prog="coursenet-passwd",
+        description="Add a user to a password file or change a password.",
+    )
+    parser.add_argument("file", help="the password file (created if missing)")
+    parser.add_argument("name", help="the user name")
+    parser.add_argument(
+        "--password-env",
+        metavar="VAR",
+        help="read the password from this environment variable",
+    )
+    parser.add_argument(
+        "--delete", action="store_true", help="remove the user instead"
+    )
+    args = parser.parse_args(argv)
+    try:
+        checkUserName(args.name)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.delete:
+        accounts = readPasswordFile(args.file)
+        if accounts.pop(args.name, None) is None:
+            print(f"coursenet-passwd: no user {args.name}", file=sys.stderr)
+            return 1
+        writePasswordFile(args.file, accounts)
+        return 0
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            parser.error(f"environment variable {args.password_env} is not set")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if password != getpass.getpass("again: "):
+            print("coursenet-passwd: passwords differ", file=sys.stderr)
+            return 1
+    if not password:
+        parser.error("empty password")
+    setPassword(args.file, args.name, password)
+    print(f"coursenet-passwd: {args.name} saved in {args.file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

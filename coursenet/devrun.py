@@ -1,0 +1,97 @@
+"""
+C{make run}: start every server of the suite on localhost with embedded
+defaults, one C{twistd -n} process each, until Ctrl-C.
+
+Data lives under C{./var}: a self-signed certificate for localhost
+(C{var/tls}), a password file with a demo account (C{var/passwd}), and each
+service's files.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+from coursenet.accounts import readPasswordFile, setPassword
+from coursenet.tls import ensureDevCertificate
+
+VAR = "var"
+DEMO_USER = "demo"
+
+
+def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list[str], str]]:
+    """
+    The servers to start: C{(plugin, its options, how to reach it)}.
+    """
+    return [
+        (
+            "bftp",
+            [
+                "--root", os.path.join(var, "bftp"),
+                "--passwd", passwd,
+                "--listen", "tcp:9021:interface=127.0.0.1",
+                "--tls-cert", cert, "--tls-key", key, "--tls-port", "9022",
+            ],
+            f"bftp://{DEMO_USER}@localhost:9021/  and  bftps://{DEMO_USER}@localhost:9022/ (--cafile {cert})",
+        ),
+    ]
+
+
+def demoPassword(var: str, passwd: str) -> str:
+    """
+    The demo account's password: made on the first run, kept in
+    C{var/demo-password} (mode 0600) so it can be printed every time.
+    """
+    path = os.path.join(var, "demo-password")
+    if os.path.exists(path) and DEMO_USER in readPasswordFile(passwd):
+        with open(path) as f:
+            return f.read().strip()
+    password = secrets.token_urlsafe(9)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    setPassword(passwd, DEMO_USER, password)
+    return password
+
+
+def main() -> int:
+    os.makedirs(VAR, exist_ok=True)
+    cert, key = ensureDevCertificate(os.path.join(VAR, "tls"))
+    passwd = os.path.join(VAR, "passwd")
+    password = demoPassword(VAR, passwd)
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    procs = []
+    print(f"demo account: user {DEMO_USER!r}, password {password!r} (also in {VAR}/demo-password)")
+    print(f"development certificate: {cert}")
+    for name, args, where in services(VAR, cert, key, passwd):
+        log = os.path.join(VAR, f"{name}.log")
+        cmd = [twistd, "-n", "--pidfile=", "--logfile", log, name, *args]
+        procs.append((name, subprocess.Popen(cmd)))
+        print(f"{name:10} {where}   log: {log}")
+    print("Ctrl-C stops them all.")
+    try:
+        while True:
+            for name, p in procs:
+                if p.poll() is not None:
+                    print(f"{name} exited with status {p.returncode}; see {VAR}/{name}.log")
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for _, p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for _, p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
