@@ -8,6 +8,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # System tools used by the servers, the tests and the benchmarks.
 APT_PACKAGES ?= openssl ca-certificates curl procps
+# Peers that only the benchmarks run.
+BENCH_APT_PACKAGES ?=
 
 .PHONY: run test bench sysdeps venv clean
 
@@ -18,8 +20,8 @@ test: sysdeps venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: sysdeps venv
-	$(VENV)/bin/pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
-	$(PY) -m bench
+	@APT_PACKAGES="$(BENCH_APT_PACKAGES)" sh .ci/sysdeps
+	$(PY) -m bench $(BENCH_ARGS)
 
 venv: $(VENV)/.installed
 
