@@ -120,9 +120,10 @@ class BFTPClient(LineReceiver):
     # -- wire ---------------------------------------------------------------
 
     def connectionLost(self, reason: Failure = None) -> None:
+        why = reason.getErrorMessage() if reason is not None else "closed"
         while self._waiting:
             self._waiting.popleft().errback(
-                Failure(ConnectionError("connection to the BFTP server lost"))
+                Failure(ConnectionError(f"connection to the BFTP server lost: {why}"))
             )
         self.closed.callback(None)
 

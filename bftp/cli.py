@@ -1,0 +1,267 @@
+"""
+The C{bftp} command:
+
+    bftp get  bftp://USER@HOST:PORT/REMOTE LOCAL
+    bftp put  LOCAL bftp://USER@HOST:PORT/REMOTE
+    bftp ls   URL          bftp stat URL       bftp rm URL
+    bftp mkdir URL         bftp rmdir URL      bftp hash URL
+    bftp shell URL
+
+C{bftps://} uses TLS and verifies the server's certificate (C{--cafile} to
+trust a certificate of your own).  The password comes from C{BFTP_PASSWORD}
+or a prompt; a URL without a user logs in as C{anonymous}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import posixpath
+import shlex
+import sys
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError, ConnectionLost
+from twisted.internet.task import react
+
+from bftp.client import URL, BFTPError, connect
+from bftp.fs import formatTime
+
+
+class CLIError(Exception):
+    """
+    A one-line error for the user.
+    """
+
+
+def _progressBar(enabled: bool, label: str):
+    """
+    C{(onStart, progress, close)} callbacks that drive a tqdm bar on
+    stderr (shown only when stderr is a terminal unless forced).
+    """
+    if not enabled:
+        return None, None, lambda: None
+    from tqdm import tqdm
+
+    bar = []
+
+    def onStart(size: int, offset: int) -> None:
+        bar.append(
+            tqdm(total=size, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                 desc=label, disable=None, leave=True)
+        )
+
+    def progress(n: int) -> None:
+        if bar:
+            bar[0].update(n)
+
+    def close() -> None:
+        if bar:
+            bar[0].close()
+
+    return onStart, progress, close
+
+
+def _password(url: URL) -> str:
+    if url.user is None or url.user == "anonymous":
+        return "anonymous@"
+    password = os.environ.get("BFTP_PASSWORD")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise CLIError("no password: set BFTP_PASSWORD")
+        password = getpass.getpass(f"password for {url.user}@{url.host}: ")
+    return password
+
+
+async def _session(reactor, url: URL, cafile: str | None):
+    try:
+        client = await connect(reactor, url.host, url.port, tls=url.tls, cafile=cafile)
+    except (ConnectError, OSError) as e:
+        raise CLIError(f"cannot connect to {url.host}:{url.port}: {e}")
+    await client.login(url.user or "anonymous", _password(url))
+    return client
+
+
+def _listing(entries) -> list[str]:
+    return [f"{e.kind:5} {e.size:>12} {formatTime(e.mtime)} {e.name}" for e in entries]
+
+
+async def _run(reactor, args) -> None:
+    out = args.stdout
+    if args.command == "put":
+        url = URL.parse(args.url)
+        remote = url.path
+        if remote.endswith("/"):
+            remote += os.path.basename(args.local)
+        client = await _session(reactor, url, args.cafile)
+        onStart, progress, close = _progressBar(args.progress, os.path.basename(args.local))
+        try:
+            digest = await client.put(args.local, remote, resume=args.resume, progress=progress, onStart=onStart)
+        finally:
+            close()
+        print(f"{remote}: stored, sha256 {digest}", file=out)
+        await client.quit()
+        return
+    url = URL.parse(args.url)
+    client = await _session(reactor, url, args.cafile)
+    if args.command == "get":
+        local = args.local or posixpath.basename(url.path) or "download"
+        if os.path.isdir(local):
+            local = os.path.join(local, posixpath.basename(url.path))
+        onStart, progress, close = _progressBar(args.progress, posixpath.basename(url.path))
+        try:
+            digest = await client.get(url.path, local, resume=not args.no_resume, progress=progress, onStart=onStart)
+        finally:
+            close()
+        print(f"{local}: sha256 {digest}", file=out)
+    elif args.command == "ls":
+        for line in _listing(await client.list(url.path)):
+            print(line, file=out)
+    elif args.command == "stat":
+        st = await client.stat(url.path)
+        if not st.exists:
+            print(f"{st.path}: does not exist" + (f" (unfinished upload: {st.partial} bytes)" if st.partial else ""), file=out)
+        else:
+            print(f"{st.path}: {st.kind}, {st.size} bytes, modified {formatTime(st.mtime)}", file=out)
+    elif args.command == "rm":
+        await client.delete(url.path)
+    elif args.command == "mkdir":
+        await client.mkdir(url.path)
+    elif args.command == "rmdir":
+        await client.rmdir(url.path)
+    elif args.command == "hash":
+        print(f"{await client.hash(url.path)}  {url.path}", file=out)
+    elif args.command == "shell":
+        if url.path != "/":
+            await client.cd(url.path)
+        await Shell(client, args).run()
+    await client.quit()
+
+
+class Shell:
+    """
+    An interactive session: one command a line, like a small FTP client.
+    """
+
+    COMMANDS = "ls [path] | cd path | pwd | get remote [local] | put local [remote] | stat path | hash path | rm path | mkdir path | rmdir path | mv from to | help | quit"
+
+    def __init__(self, client, args) -> None:
+        self.client = client
+        self.args = args
+
+    async def run(self) -> None:
+        from twisted.internet import threads
+
+        print(f"connected: {self.client.serverInfo}. Type help.", file=self.args.stdout)
+        while True:
+            try:
+                line = await threads.deferToThread(input, "bftp> ")
+            except EOFError:
+                return
+            try:
+                words = shlex.split(line)
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                continue
+            if not words:
+                continue
+            if words[0] in ("quit", "exit", "bye"):
+                return
+            try:
+                await self.do(words[0], words[1:])
+            except BFTPError as e:
+                print(f"error: {e}", file=sys.stderr)
+            except (TypeError, ValueError, OSError) as e:
+                print(f"error: {e}", file=sys.stderr)
+
+    async def do(self, verb: str, a: list[str]) -> None:
+        c, out = self.client, self.args.stdout
+        if verb == "help":
+            print(self.COMMANDS, file=out)
+        elif verb == "ls":
+            for line in _listing(await c.list(*a[:1])):
+                print(line, file=out)
+        elif verb == "cd":
+            print(await c.cd(a[0]), file=out)
+        elif verb == "pwd":
+            print(await c.pwd(), file=out)
+        elif verb in ("get", "put"):
+            src = a[0]
+            dst = a[1] if len(a) > 1 else posixpath.basename(src)
+            onStart, progress, close = _progressBar(self.args.progress, posixpath.basename(src))
+            try:
+                method = c.get if verb == "get" else c.put
+                digest = await method(src, dst, progress=progress, onStart=onStart)
+            finally:
+                close()
+            print(f"{dst}: sha256 {digest}", file=out)
+        elif verb == "stat":
+            print(await c.stat(a[0]), file=out)
+        elif verb == "hash":
+            print(await c.hash(a[0]), file=out)
+        elif verb == "rm":
+            await c.delete(a[0])
+        elif verb == "mkdir":
+            await c.mkdir(a[0])
+        elif verb == "rmdir":
+            await c.rmdir(a[0])
+        elif verb == "mv":
+            await c.rename(a[0], a[1])
+        else:
+            print(f"unknown command {verb}; type help", file=sys.stderr)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bftp", description="BFTP client: move files to and from a BFTP server.")
+    p.add_argument("--cafile", help="trust the certificates in this PEM file for bftps:// (default: the system's)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    g = sub.add_parser("get", help="download a file")
+    g.add_argument("url")
+    g.add_argument("local", nargs="?")
+    g.add_argument("--no-resume", action="store_true", help="start over instead of continuing LOCAL.bftp-part")
+    u = sub.add_parser("put", help="upload a file")
+    u.add_argument("local")
+    u.add_argument("url")
+    u.add_argument("--resume", action="store_true", help="continue an upload that was cut")
+    for name, text in [("ls", "list a directory"), ("stat", "does a path exist, its size"),
+                       ("rm", "delete a file"), ("mkdir", "make a directory"),
+                       ("rmdir", "remove an empty directory"), ("hash", "SHA-256 of a remote file"),
+                       ("shell", "interactive session")]:
+        sub.add_parser(name, help=text).add_argument("url")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    args.stdout = sys.stdout
+    status = []
+
+    async def run(reactor):
+        try:
+            await _run(reactor, args)
+        except CLIError as e:
+            print(f"bftp: {e}", file=sys.stderr)
+            status.append(2)
+        except BFTPError as e:
+            print(f"bftp: {e}", file=sys.stderr)
+            status.append(1)
+        except ValueError as e:
+            print(f"bftp: {e}", file=sys.stderr)
+            status.append(2)
+        except (ConnectionError, ConnectionLost, ConnectError, OSError) as e:
+            print(f"bftp: {e}", file=sys.stderr)
+            status.append(1)
+        except Exception as e:  # a TLS verification failure, say
+            print(f"bftp: {type(e).__name__}: {e}", file=sys.stderr)
+            status.append(1)
+
+        if status:
+            raise SystemExit(status[0])
+
+    react(lambda reactor: Deferred.fromCoroutine(run(reactor)))  # exits with the status
+
+
+if __name__ == "__main__":
+    main()
