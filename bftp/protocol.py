@@ -132,6 +132,8 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
             self.transport.loseConnection()
             return
         self._admitted = True
+        # TimeoutMixin schedules on the factory's clock, not the global reactor.
+        self.callLater = self.factory.reactor.callLater
         self.setTimeout(self.factory.idleTimeout)
         self.reply(Code.READY, f"{VERSION} server ready; send HELLO {VERSION}")
 

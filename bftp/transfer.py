@@ -17,7 +17,7 @@ from typing import Callable
 
 from twisted.internet import abstract, tcp
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -40,18 +40,20 @@ def _sendfileSocket(transport) -> int | None:
     return None
 
 
-@implementer(IPullProducer)
+@implementer(IPushProducer, IPullProducer)
 class ChunkedFileSender:
     """
     Send bytes C{[start, end)} of file descriptor C{fd} as BFTP chunks,
-    then the end-of-data chunk.
+    then the end-of-data chunk.  Memory stays flat whatever the file size:
+    the transport's backpressure decides when the next chunk is read.
 
-    It is a pull producer: the transport asks for more only when its buffer
-    is empty, so memory stays flat whatever the file size.  With
-    C{os.sendfile}, the chunk header goes through the transport and the
-    payload straight to the socket once the transport's buffer has drained;
-    when the socket is full the sender asks the transport to call again when
-    it is writable.
+    On a plain TCP transport it is a pull producer and the payload goes with
+    C{os.sendfile}: the transport asks for more only once its buffer is
+    empty, so the chunk header (written through the transport) is on the
+    wire before the payload goes straight to the socket; when the socket is
+    full the sender asks the transport to call again once it is writable.
+    On any other transport (TLS, say) it is a push producer that writes
+    chunks read with C{pread} until the transport pauses it.
     """
 
     def __init__(
@@ -64,7 +66,7 @@ class ChunkedFileSender:
         useSendfile: bool = True,
     ) -> None:
         self._fd = fd
-        self._pos = start
+        self._start = self._pos = start
         self._end = end
         self._chunkSize = chunkSize
         self._chunkLeft = 0
@@ -72,6 +74,8 @@ class ChunkedFileSender:
         self._useSendfile = useSendfile
         self._transport = None
         self._sock: int | None = None
+        self._paused = False
+        self._writing = False
         self.deferred: Deferred[int] = Deferred()
 
     def beginSending(self, transport) -> Deferred[int]:
@@ -83,49 +87,62 @@ class ChunkedFileSender:
             the connection is lost first.
         """
         self._transport = transport
-        self._start = self._pos
         if self._useSendfile:
             self._sock = _sendfileSocket(transport)
-        transport.registerProducer(self, False)
+        if self._sock is not None:
+            transport.registerProducer(self, False)
+        else:
+            transport.registerProducer(self, True)
+            self._writeChunks()
         return self.deferred
+
+    def pauseProducing(self) -> None:
+        self._paused = True
 
     def resumeProducing(self) -> None:
         if self.deferred.called:
             return
-        if self._chunkLeft == 0:
-            if self._pos >= self._end:
-                self._finish()
-                return
-            n = min(self._chunkSize, self._end - self._pos)
-            if self._sock is None:
-                self._sendBuffered(n)
-            else:
-                # The header goes through the transport; it calls again once
-                # its buffer, header included, is on the wire.
-                self._chunkLeft = n
-                self._transport.write(chunkHeader(n))
-            return
-        self._sendfile()
+        if self._sock is None:
+            self._paused = False
+            self._writeChunks()
+        elif self._chunkLeft:
+            self._sendfile()
+        elif self._pos >= self._end:
+            self._finish()
+        else:
+            # The header goes through the transport, which calls again once
+            # its buffer, header included, is on the wire.
+            self._chunkLeft = min(self._chunkSize, self._end - self._pos)
+            self._transport.write(chunkHeader(self._chunkLeft))
 
-    def _sendBuffered(self, n: int) -> None:
-        data = os.pread(self._fd, n, self._pos)
-        if len(data) != n:
-            self._abort(EOFError(f"file shrank while being sent at byte {self._pos + len(data)}"))
+    def _writeChunks(self) -> None:
+        if self._writing:
             return
-        self._transport.write(chunkHeader(n) + data)
-        self._advance(n)
+        self._writing = True
+        try:
+            while not self._paused and not self.deferred.called:
+                if self._pos >= self._end:
+                    self._finish()
+                    break
+                n = min(self._chunkSize, self._end - self._pos)
+                data = os.pread(self._fd, n, self._pos)
+                if len(data) != n:
+                    self._abort(EOFError(f"file shrank while being sent at byte {self._pos + len(data)}"))
+                    break
+                self._transport.write(chunkHeader(n) + data)
+                self._advance(n)
+        finally:
+            self._writing = False
 
     def _sendfile(self) -> None:
         while self._chunkLeft:
             try:
                 sent = os.sendfile(self._sock, self._fd, self._pos, self._chunkLeft)
             except BlockingIOError:
-                sent = None
+                break
             except OSError as e:
                 self._abort(e)
                 return
-            if sent is None:
-                break
             if sent == 0:
                 self._abort(EOFError(f"file shrank while being sent at byte {self._pos}"))
                 return
@@ -150,7 +167,8 @@ class ChunkedFileSender:
         # bytes as a header.  Drop the connection instead.
         self._transport.unregisterProducer()
         self._transport.abortConnection()
-        self.deferred.errback(Failure(reason))
+        if not self.deferred.called:
+            self.deferred.errback(Failure(reason))
 
     def stopProducing(self) -> None:
         if not self.deferred.called:
