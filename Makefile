@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # System tools used by the servers, the tests and the benchmarks.
-APT_PACKAGES ?= openssl ca-certificates curl procps
+APT_PACKAGES ?= openssl ca-certificates curl procps swaks libnet-ssleay-perl isync
 # Peers that only the benchmarks run.
 BENCH_APT_PACKAGES ?=
 

@@ -1,0 +1,411 @@
+"""
+The ESMTP server: L{twisted.mail.smtp.ESMTP} with what it lacks here:
+SIZE, 8BITMIME, PIPELINING and ENHANCEDSTATUSCODES, AUTH offered only under
+TLS, RFC 5321 line limits answered with errors, bare CR/LF refused, local
+delivery into Maildir acknowledged only once fsync'd, and no relaying.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.mail._cred import PLAINCredentials
+from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
+from twisted.mail.smtp import COMMAND, DATA, SMTPServerError
+from zope.interface import implementer
+
+from mail.lines import BoundedLines
+
+#: RFC 5321 4.5.3.1: 512 octets for a command line, 1000 for a text line,
+#: both counting the CRLF.
+COMMAND_LINE_MAX = 510
+TEXT_LINE_MAX = 998
+#: RFC 4954 4: an AUTH exchange line may reach 12288 octets.
+AUTH_LINE_MAX = 12288
+DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
+
+_ENHANCED = re.compile(rb"^[245]\.\d{1,3}\.\d{1,3}( |$)")
+#: The enhanced status code (RFC 3463) given to a reply that has none yet.
+_DEFAULT_ENHANCED = {
+    221: b"2.0.0",
+    235: b"2.7.0",
+    250: b"2.0.0",
+    421: b"4.4.2",
+    451: b"4.3.0",
+    452: b"4.3.1",
+    454: b"4.7.0",
+    500: b"5.5.2",
+    501: b"5.5.4",
+    502: b"5.5.1",
+    503: b"5.5.1",
+    504: b"5.5.4",
+    530: b"5.7.0",
+    535: b"5.7.8",
+    550: b"5.0.0",
+    552: b"5.3.4",
+    553: b"5.1.3",
+    554: b"5.6.0",
+    555: b"5.5.4",
+}
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+@implementer(IMessageSMTP)
+class _MaildirMessage:
+    """
+    One recipient's copy of a message, written into its Maildir as it comes.
+    """
+
+    def __init__(self, delivery) -> None:
+        self._delivery = delivery
+
+    def lineReceived(self, line: bytes) -> None:
+        self._delivery.write(line + b"\n")
+
+    def eomReceived(self):
+        return self._delivery.commit()
+
+    def connectionLost(self) -> None:
+        self._delivery.abort()
+
+
+@implementer(IMessageDelivery)
+class LocalDelivery:
+    """
+    Who may send to whom: anyone to a local account (the MX role); mail
+    for other domains is refused, with a reply that says whether
+    authenticating would help.  This server does not relay.
+    """
+
+    def __init__(self, store, domains, user: str | None = None) -> None:
+        """
+        @param domains: the local domain names, lower case.
+        @param user: the authenticated user, or L{None}.
+        """
+        self._store = store
+        self._domains = frozenset(d.lower() for d in domains)
+        self.user = user
+
+    def receivedHeader(self, helo, origin, recipients):
+        return None  # SMTPServer.receivedHeader writes it
+
+    def validateFrom(self, helo, origin):
+        if len(bytes(origin)) > 254:
+            raise SMTPServerError(553, "5.1.7 Sender address too long")
+        return origin
+
+    def localUser(self, local: str) -> str | None:
+        """
+        The account a local part names (exactly, or in lower case), if any.
+        """
+        for name in (local, local.lower()):
+            if self._store.hasUser(name):
+                return name
+        return None
+
+    def validateTo(self, user: smtp.User):
+        dest = user.dest
+        address = _text(bytes(dest))
+        if len(dest.local) > 64 or len(dest.domain) > 255:
+            raise SMTPServerError(553, f"5.1.3 <{address}>: address too long")
+        domain = _text(dest.domain).lower().rstrip(".")
+        if domain not in self._domains:
+            if self.user is None:
+                raise SMTPServerError(
+                    550,
+                    f"5.7.1 <{address}>: relaying denied: {domain} is not a"
+                    " domain of this server",
+                )
+            raise SMTPServerError(
+                550,
+                f"5.7.1 <{address}>: this server delivers only to its own"
+                " domains and does not relay",
+            )
+        name = self.localUser(_text(dest.local))
+        if name is None:
+            raise SMTPServerError(550, f"5.1.1 <{address}>: no such user here")
+        store = self._store
+        return lambda: _MaildirMessage(store.openDelivery(name))
+
+
+class SMTPServer(BoundedLines, smtp.ESMTP):
+    """
+    One SMTP session.
+    """
+
+    noisy = False
+    _log = Logger()
+
+    def __init__(
+        self,
+        delivery: LocalDelivery,
+        contextFactory=None,
+        maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE,
+        clock=None,
+    ) -> None:
+        smtp.ESMTP.__init__(
+            self,
+            {b"PLAIN": PLAINCredentials, b"LOGIN": smtp.LOGINCredentials},
+            contextFactory,
+        )
+        self.delivery = delivery
+        self.maxMessageSize = maxMessageSize
+        self._dataSize = 0
+        if clock is not None:
+            self.callLater = clock.callLater
+
+    # -- framing and replies --------------------------------------------------
+
+    @property
+    def secure(self) -> bool:
+        """
+        Whether the session runs over TLS (SMTPS, or after STARTTLS).
+        """
+        return self.startedTLS or ISSLTransport.providedBy(self.transport)
+
+    def maxLineLength(self) -> int:
+        if self.mode == DATA:
+            return TEXT_LINE_MAX
+        if self.mode == smtp.AUTH:
+            return AUTH_LINE_MAX
+        return COMMAND_LINE_MAX
+
+    def lineTooLong(self) -> None:
+        if self.mode == DATA:
+            self._failData(
+                500, "5.5.6 Line too long: message lines are limited to 1000 octets"
+            )
+        else:
+            self.mode = COMMAND
+            self.sendCode(500, "5.5.2 Line too long: commands are limited to 512 octets")
+
+    def sendCode(self, code: int, message=b"") -> None:
+        if isinstance(message, str):
+            message = message.encode("utf-8", "replace")
+        # The EHLO reply (the only multi-line one) lists keywords: no codes.
+        if (
+            code in _DEFAULT_ENHANCED
+            and b"\n" not in message
+            and not _ENHANCED.match(message)
+        ):
+            message = _DEFAULT_ENHANCED[code] + b" " + message
+        smtp.ESMTP.sendCode(self, code, message)
+
+    def greeting(self) -> bytes:
+        return self.host + b" ESMTP coursenet post office"
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.mode == DATA:
+            if line != b".":
+                self._dataSize += len(line) + 2
+                if b"\n" in line or b"\r" in line:
+                    self._failData(
+                        550,
+                        "5.6.11 Bare CR or LF in the message: lines must end in CRLF",
+                    )
+                elif self._dataSize > self.maxMessageSize:
+                    self._failData(
+                        552,
+                        f"5.3.4 Message exceeds the maximum size of"
+                        f" {self.maxMessageSize} octets",
+                    )
+        elif b"\n" in line or b"\r" in line:
+            self.resetTimeout()
+            self.sendCode(500, "5.5.2 Bare CR or LF in a command: end lines with CRLF")
+            return
+        smtp.ESMTP.lineReceived(self, line)
+
+    def _failData(self, code: int, text: str) -> None:
+        if self.datafailed is None:
+            self.datafailed = SMTPServerError(code, text)
+            for message in getattr(self, "_SMTP__messages", ()):
+                message.connectionLost()
+
+    # -- commands -------------------------------------------------------------
+
+    def extensions(self) -> dict:
+        ext: dict = {
+            b"SIZE": [b"%d" % self.maxMessageSize],
+            b"8BITMIME": None,
+            b"PIPELINING": None,
+            b"ENHANCEDSTATUSCODES": None,
+        }
+        if self.canStartTLS and not self.secure:
+            ext[b"STARTTLS"] = None
+        if self.secure and self.portal is not None:
+            ext[b"AUTH"] = [b"PLAIN", b"LOGIN"]
+        return ext
+
+    def do_EHLO(self, rest: bytes) -> None:
+        if not rest.strip():
+            self.sendCode(501, "5.5.4 Syntax: EHLO your-host-name")
+            return
+        smtp.ESMTP.do_EHLO(self, rest)
+
+    def do_HELO(self, rest: bytes) -> None:
+        if not rest.strip():
+            self.sendCode(501, "5.5.4 Syntax: HELO your-host-name")
+            return
+        smtp.ESMTP.do_HELO(self, rest)
+
+    def ext_STARTTLS(self, rest: bytes) -> None:
+        if self.secure:
+            self.sendCode(503, "5.5.1 TLS is already active")
+        elif self.ctx is None or not self.canStartTLS:
+            self.sendCode(454, "4.7.0 TLS not available")
+        else:
+            self.sendCode(220, "2.0.0 Ready to start TLS")
+            self.dropPendingInput()
+            self.transport.startTLS(self.ctx)
+            self.startedTLS = True
+            # RFC 3207 4.2: forget everything learnt before TLS.
+            self._helo = (None, self._helo[1])
+            self._from = None
+            self._to = []
+
+    def ext_AUTH(self, rest: bytes) -> None:
+        if not self.secure:
+            self.sendCode(530, "5.7.0 Must issue a STARTTLS command first")
+        elif self.authenticated:
+            self.sendCode(503, "5.5.1 Already authenticated")
+        elif self._from is not None:
+            self.sendCode(503, "5.5.1 AUTH is not allowed during a mail transaction")
+        elif not rest.strip():
+            self.sendCode(501, "5.5.4 Syntax: AUTH mechanism [initial-response]")
+        elif rest.split()[0].upper() not in self.challengers:
+            self.sendCode(504, "5.5.4 Unrecognized authentication type: use PLAIN or LOGIN")
+        else:
+            smtp.ESMTP.ext_AUTH(self, rest)
+
+    def do_MAIL(self, rest: bytes) -> None:
+        if self._helo[0] is None:
+            self.sendCode(503, "5.5.1 Send EHLO or HELO first")
+            return
+        m = self.mail_re.match(rest)
+        if m is not None and m.group("opts"):
+            for option in m.group("opts").split():
+                key, _, value = option.partition(b"=")
+                key = key.upper()
+                if key == b"SIZE":
+                    if not value.isdigit() or len(value) > 20:
+                        self.sendCode(501, "5.5.4 Bad SIZE value: give a number of octets")
+                        return
+                    if int(value) > self.maxMessageSize:
+                        self.sendCode(
+                            552,
+                            f"5.3.4 Message size exceeds fixed maximum message size"
+                            f" ({self.maxMessageSize} octets)",
+                        )
+                        return
+                elif key == b"BODY":
+                    if value.upper() not in (b"7BIT", b"8BITMIME"):
+                        self.sendCode(501, "5.5.4 BODY must be 7BIT or 8BITMIME")
+                        return
+                elif key != b"AUTH":
+                    self.sendCode(
+                        555, f"5.5.4 MAIL parameter {_text(key)} is not supported"
+                    )
+                    return
+        smtp.ESMTP.do_MAIL(self, rest)
+
+    def do_RCPT(self, rest: bytes) -> None:
+        m = self.rcpt_re.match(rest)
+        if m is not None and m.group("opts"):
+            self.sendCode(555, "5.5.4 RCPT parameters are not supported")
+            return
+        if len(self._to) >= 100:
+            self.sendCode(452, "4.5.3 Too many recipients: send the rest in another message")
+            return
+        smtp.ESMTP.do_RCPT(self, rest)
+
+    def do_DATA(self, rest: bytes) -> None:
+        self._dataSize = 0
+        smtp.ESMTP.do_DATA(self, rest)
+
+    def do_NOOP(self, rest: bytes) -> None:
+        self.sendCode(250, "2.0.0 OK")
+
+    def do_VRFY(self, rest: bytes) -> None:
+        self.sendCode(252, "2.5.0 Cannot VRFY user; send mail and it will be delivered")
+
+    def do_UNKNOWN(self, rest: bytes) -> None:
+        self.sendCode(502, "5.5.1 Command not recognized")
+
+    def receivedHeader(self, helo, origin, recipients) -> bytes:
+        peer = self.transport.getPeer()
+        ip = getattr(peer, "host", str(peer))
+        protocol = "ESMTP" if helo[0] else "SMTP"
+        if self.secure:
+            protocol += "S"
+        if self.authenticated:
+            protocol += "A"
+        name = _text(helo[0] or b"unknown")
+        path = _text(bytes(origin)) if origin else ""
+        return (
+            f"Return-Path: <{path}>\n"
+            f"Received: from {name} ([{ip}])\n"
+            f"\tby {_text(self.host)} (coursenet) with {protocol}\n"
+            f"\tfor <{_text(bytes(recipients[0].dest))}>; {_text(smtp.rfc822date())}"
+        ).encode("utf-8", "replace")
+
+    def _messageHandled(self, resultList) -> None:
+        failures = [result for ok, result in resultList if not ok]
+        for failure in failures:
+            self._log.failure("could not store a message", failure)
+        if failures:
+            self.sendCode(
+                451,
+                "4.3.0 Could not store the message; try again later",
+            )
+        else:
+            self.sendCode(250, "2.0.0 Ok: message stored")
+
+    def _cbAuthenticated(self, loginInfo):
+        result = smtp.ESMTP._cbAuthenticated(self, loginInfo)
+        self._log.info("{user} authenticated", user=self.delivery.user)
+        return result
+
+
+class SMTPFactory(smtp.SMTPFactory):
+    """
+    Builds L{SMTPServer}s delivering into a store.
+    """
+
+    protocol = SMTPServer
+
+    def __init__(
+        self,
+        store,
+        domains,
+        portal=None,
+        contextFactory=None,
+        maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE,
+        hostname: str | None = None,
+        timeout: int = 300,
+    ) -> None:
+        smtp.SMTPFactory.__init__(self, portal)
+        self.store = store
+        self.domains = list(domains)
+        self.contextFactory = contextFactory
+        self.maxMessageSize = maxMessageSize
+        self.hostname = hostname or self.domains[0]
+        self.timeout = timeout
+
+    def buildProtocol(self, addr):
+        p = SMTPServer(
+            LocalDelivery(self.store, self.domains),
+            self.contextFactory,
+            self.maxMessageSize,
+        )
+        p.factory = self
+        p.portal = self.portal
+        p.host = self.hostname
+        p.timeout = self.timeout
+        return p
+

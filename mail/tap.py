@@ -1,0 +1,132 @@
+"""
+C{twistd postoffice}: the ESMTP, POP3 and IMAP4rev1 servers over one
+Maildir store, as a twistd plugin.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service, strports
+from twisted.python import usage
+
+from coursenet.accounts import PasswordChecker, parseUserSpec
+from coursenet.tls import serverContextFactory
+from mail.auth import makePortal
+from mail.imap import IMAPFactory
+from mail.maildir import MaildirStore
+from mail.pop3 import POP3Factory
+from mail.smtp import DEFAULT_MAX_MESSAGE_SIZE, SMTPFactory
+
+DEFAULT_LISTENERS = {
+    "smtp": "tcp:2525:interface=127.0.0.1",
+    "pop3": "tcp:1110:interface=127.0.0.1",
+    "imap": "tcp:1143:interface=127.0.0.1",
+}
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "A post office: ESMTP, POP3 and IMAP4rev1 over one Maildir per user. "
+        "Listeners are Twisted endpoint strings (ssl: ones give SMTPS, POP3S, "
+        "IMAPS); with --tls-cert, plain listeners offer STARTTLS/STLS and take "
+        "passwords only after it. With no listener option, listens on "
+        + ", ".join(f"{k} {v}" for k, v in DEFAULT_LISTENERS.items())
+        + "."
+    )
+    optParameters = [
+        ["maildir", None, "var/mail", "root of the mail store: one Maildir per user"],
+        ["passwd", None, None, "password file of scrypt hashes (see coursenet-passwd)"],
+        ["tls-cert", None, None, "PEM certificate: offer STARTTLS/STLS on plain listeners"],
+        ["tls-key", None, None, "PEM private key for --tls-cert"],
+        ["hostname", None, None, "name in greetings and Received: (default: first --domain)"],
+        [
+            "max-message-size",
+            None,
+            DEFAULT_MAX_MESSAGE_SIZE,
+            "largest message accepted by SMTP or IMAP APPEND, in octets",
+            int,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["smtp"] = []
+        self["pop3"] = []
+        self["imap"] = []
+        self["domains"] = []
+        self["users"] = []
+
+    def opt_smtp(self, description: str) -> None:
+        """
+        Serve SMTP on this endpoint (repeatable), e.g. tcp:2525 or
+        ssl:4465:privateKey=key.pem:certKey=cert.pem
+        """
+        self["smtp"].append(description)
+
+    def opt_pop3(self, description: str) -> None:
+        """
+        Serve POP3 on this endpoint (repeatable)
+        """
+        self["pop3"].append(description)
+
+    def opt_imap(self, description: str) -> None:
+        """
+        Serve IMAP4rev1 on this endpoint (repeatable)
+        """
+        self["imap"].append(description)
+
+    def opt_domain(self, name: str) -> None:
+        """
+        A local mail domain (repeatable; default localhost)
+        """
+        self["domains"].append(name.lower().rstrip("."))
+
+    def opt_user(self, spec: str) -> None:
+        """
+        Add an account NAME:PASSWORD (repeatable; for quick starts)
+        """
+        try:
+            self["users"].append(parseUserSpec(spec))
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+
+    def postOptions(self) -> None:
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        if not self["passwd"] and not self["users"]:
+            raise usage.UsageError("no accounts: give --passwd or --user")
+        if self["max-message-size"] < 1024:
+            raise usage.UsageError("--max-message-size must be at least 1024 octets")
+        if not self["domains"]:
+            self["domains"].append("localhost")
+        if not (self["smtp"] or self["pop3"] or self["imap"]):
+            for proto, description in DEFAULT_LISTENERS.items():
+                self[proto].append(description)
+
+
+def makeService(options: Options) -> service.IService:
+    checker = PasswordChecker(options["passwd"], options["users"])
+    store = MaildirStore(
+        options["maildir"], checker.hasUser, maxMessageSize=options["max-message-size"]
+    )
+    portal = makePortal(store, options["domains"], checker)
+    ctx = None
+    if options["tls-cert"]:
+        ctx = serverContextFactory(options["tls-cert"], options["tls-key"])
+    factories = {
+        "smtp": SMTPFactory(
+            store,
+            options["domains"],
+            portal,
+            ctx,
+            options["max-message-size"],
+            options["hostname"],
+        ),
+        "pop3": POP3Factory(portal, ctx, loginNeedsTLS=ctx is not None),
+        "imap": IMAPFactory(portal, ctx, options["max-message-size"]),
+    }
+    top = service.MultiService()
+    for proto, factory in factories.items():
+        for description in options[proto]:
+            strports.service(description, factory).setServiceParent(top)
+    return top
