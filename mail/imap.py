@@ -513,7 +513,7 @@ class MaildirAccount:
         names = self.store.listFolders(self.user)
         result = []
         for name in names:
-            if pattern.match(name) or (name == INBOX and pattern.match("inbox")):
+            if pattern.fullmatch(name) or (name == INBOX and pattern.fullmatch("inbox")):
                 children = any(n.startswith(name + DELIMITER) for n in names)
                 attributes = ["\\HasChildren" if children else "\\HasNoChildren"]
                 result.append((name, _ListEntry(attributes)))

@@ -229,6 +229,12 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
 
     # -- commands -------------------------------------------------------------
 
+    def lookupMethod(self, command: bytes):
+        # Twisted decodes the verb as ASCII and crashes on anything else.
+        if not command.isalpha() or not command.isascii():
+            return None
+        return smtp.ESMTP.lookupMethod(self, command)
+
     def extensions(self) -> dict:
         ext: dict = {
             b"SIZE": [b"%d" % self.maxMessageSize],

@@ -1,0 +1,131 @@
+"""
+The POP3 server without sockets: deletions at QUIT only, RFC 1939
+listings, CAPA, byte-stuffing, limits and the one-session lock.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.mail import pop3
+
+from mail.auth import PostOfficeRealm
+from mail.maildir import Folder, MaildirStore, writeMessageFile
+from mail.pop3 import MailboxInUse, POP3Mailbox, POP3Server
+
+
+@pytest.fixture
+def folder(tmp_path):
+    path = str(tmp_path / "alice")
+    f = Folder(path)
+    for body in (b"Subject: one\n\nfirst\n", b"Subject: two\n\n.dotted\n..two\n", b"Subject: 3\n\nthird\n"):
+        writeMessageFile(path, body)
+    f.scan()
+    return f
+
+
+def session(folder, loggedIn=True):
+    p = POP3Server()
+    p.callLater = Clock().callLater
+    t = StringTransport()
+    p.makeConnection(t)
+    if loggedIn:
+        p.mbox = POP3Mailbox(folder)
+    t.clear()
+    return p, t
+
+
+def say(p, t, data: bytes) -> bytes:
+    t.clear()
+    p.dataReceived(data)
+    while t.producer is not None:  # StringTransport does not pull producers
+        t.producer.resumeProducing()
+    return t.value()
+
+
+def test_dele_takes_effect_only_at_quit(folder):
+    """DELE hides a message in STAT/LIST/UIDL; a dropped connection keeps it; QUIT removes it."""
+    p, t = session(folder)
+    assert say(p, t, b"DELE 1\r\n") == b"+OK message 1 deleted\r\n"
+    assert say(p, t, b"STAT\r\n").startswith(b"+OK 2 ")
+    assert b"\r\n1 " not in say(p, t, b"LIST\r\n")
+    assert say(p, t, b"RETR 1\r\n").startswith(b"-ERR")
+    assert say(p, t, b"DELE 1\r\n").startswith(b"-ERR")
+    p.connectionLost(None)
+    assert len(os.listdir(os.path.join(folder.path, "new"))) == 3
+    p, t = session(folder)
+    say(p, t, b"DELE 2\r\nRSET\r\nDELE 3\r\nQUIT\r\n")
+    assert len(os.listdir(os.path.join(folder.path, "new"))) == 2
+    assert t.disconnecting
+
+
+def test_uidl_forms(folder):
+    """UIDL n answers "+OK n id" and UIDL lists "n id" lines, ids being UIDVALIDITY.UID."""
+    p, t = session(folder)
+    v = folder.uidValidity
+    assert say(p, t, b"UIDL 2\r\n") == b"+OK 2 %d.2\r\n" % v
+    listing = say(p, t, b"UIDL\r\n").split(b"\r\n")
+    assert listing[1:4] == [b"1 %d.1" % v, b"2 %d.2" % v, b"3 %d.3" % v] and listing[4] == b"."
+    assert say(p, t, b"UIDL 9\r\n").startswith(b"-ERR")
+
+
+def test_retr_byte_stuffs_and_sizes_match(folder):
+    """RETR sends CRLF lines with leading dots doubled, and LIST's size counts CRLF octets."""
+    p, t = session(folder)
+    size = int(say(p, t, b"LIST 2\r\n").split()[2])
+    out = say(p, t, b"RETR 2\r\n")
+    assert out.startswith(b"+OK %d\r\n" % size)
+    body = out.split(b"\r\n", 1)[1]
+    assert body.endswith(b"\r\n..dotted\r\n...two\r\n.\r\n")
+    assert len(body[: -len(b".\r\n")].replace(b"\r\n..", b"\r\n.")) == size
+
+
+def test_capa_and_stls_rules(folder):
+    """CAPA uses RFC 2449 names; with TLS offered, USER is refused in clear text and not advertised."""
+    p = POP3Server(contextFactory=object(), loginNeedsTLS=True)
+    p.callLater = Clock().callLater
+    t = StringTransport()
+    p.makeConnection(t)
+    caps = say(p, t, b"CAPA\r\n").split(b"\r\n")
+    assert b"PIPELINING" in caps and b"RESP-CODES" in caps and b"STLS" in caps and b"UIDL" in caps
+    assert b"USER" not in caps
+    assert say(p, t, b"USER alice\r\n").startswith(b"-ERR [AUTH]")
+
+
+def test_line_too_long_and_unknown(folder):
+    """An overlong line or unknown command gets -ERR and the session goes on."""
+    p, t = session(folder)
+    assert say(p, t, b"X" * 400 + b"\r\n").startswith(b"-ERR Line too long")
+    assert say(p, t, b"FROB\r\n").startswith(b"-ERR")
+    assert say(p, t, b"NOOP\r\n") == b"+OK \r\n"
+
+
+def test_one_session_per_mailbox(tmp_path):
+    """The realm refuses a second POP3 mailbox for a user until the first logs out."""
+    store = MaildirStore(str(tmp_path), lambda n: True, reactor=Clock())
+    realm = PostOfficeRealm(store, ["example.test"])
+    _, box, logout = realm.requestAvatar("alice", None, pop3.IMailbox)
+    with pytest.raises(MailboxInUse):
+        realm.requestAvatar("alice", None, pop3.IMailbox)
+    logout()
+    realm.requestAvatar("alice", None, pop3.IMailbox)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(max_size=300).filter(lambda b: b"\r\n" not in b), min_size=1, max_size=6))
+def test_fuzz_commands_answered(tmp_path_factory, lines):
+    """Arbitrary command lines before login each get +OK/-ERR and never crash the session."""
+    f = Folder(str(tmp_path_factory.mktemp("fz")))
+    p, t = session(f, loggedIn=False)
+    for line in lines:
+        if line.upper().startswith(b"QUIT"):
+            continue
+        t.clear()
+        p.dataReceived(line + b"\r\n")
+        out = t.value()
+        assert out.startswith((b"+OK", b"-ERR")) or out == b"", out
+    assert not t.disconnecting
