@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # System tools used by the servers, the tests and the benchmarks.
 APT_PACKAGES ?= openssl ca-certificates curl procps swaks libnet-ssleay-perl isync
 # Peers that only the benchmarks run.
-BENCH_APT_PACKAGES ?=
+BENCH_APT_PACKAGES ?= postfix
 
 .PHONY: run test bench sysdeps venv clean
 

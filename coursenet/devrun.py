@@ -17,7 +17,7 @@ import sys
 import time
 
 from coursenet.accounts import readPasswordFile, setPassword
-from coursenet.tls import ensureDevCertificate
+from coursenet.tls import ensureDevCertificate, tlsListenString
 
 VAR = "var"
 DEMO_USER = "demo"
@@ -37,6 +37,23 @@ def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list
                 "--tls-cert", cert, "--tls-key", key, "--tls-port", "9022",
             ],
             f"bftp://{DEMO_USER}@localhost:9021/  and  bftps://{DEMO_USER}@localhost:9022/ (--cafile {cert})",
+        ),
+        (
+            "postoffice",
+            [
+                "--maildir", os.path.join(var, "mail"),
+                "--passwd", passwd,
+                "--domain", "localhost",
+                "--tls-cert", cert, "--tls-key", key,
+                "--smtp", "tcp:2525:interface=127.0.0.1",
+                "--pop3", "tcp:1110:interface=127.0.0.1",
+                "--imap", "tcp:1143:interface=127.0.0.1",
+                "--smtp", tlsListenString(4465, cert, key, "127.0.0.1"),
+                "--pop3", tlsListenString(1995, cert, key, "127.0.0.1"),
+                "--imap", tlsListenString(1993, cert, key, "127.0.0.1"),
+            ],
+            f"SMTP localhost:2525 (STARTTLS; SMTPS 4465), POP3 1110 (STLS; 1995),"
+            f" IMAP 1143 (STARTTLS; 1993) for {DEMO_USER}@localhost",
         ),
     ]
 

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
+from mail.lines import noDelay
 from mail.maildir import (
     DELIMITER,
     INBOX,
@@ -557,6 +558,7 @@ class IMAPServer(imap4.IMAP4Server):
         self.maxMessageSize = maxMessageSize
 
     def connectionMade(self):
+        noDelay(self.transport)
         if ISSLTransport.providedBy(self.transport) or self.ctx is None:
             self.challengers = {b"PLAIN": imap4.PLAINCredentials, b"LOGIN": imap4.LOGINCredentials}
         imap4.IMAP4Server.connectionMade(self)

@@ -28,6 +28,7 @@ class BoundedLines:
         """
         return 510
 
+
     def lineTooLong(self) -> None:
         """
         A line longer than L{maxLineLength} came and was skipped.
@@ -82,3 +83,16 @@ class BoundedLines:
             self._discarding = True
             rest = rest[-1:] if rest.endswith(b"\r") else b""
         self._lineBuffer = rest
+
+
+def noDelay(transport) -> None:
+    """
+    Turn Nagle's algorithm off: these protocols send a reply, then wait for
+    the next command, and delayed ACKs would add 40 ms to every exchange.
+    """
+    setNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setNoDelay is not None:
+        try:
+            setNoDelay(True)
+        except OSError:
+            pass

@@ -214,29 +214,45 @@ def writeMessageFile(
 @implementer(IDelivery)
 class Delivery:
     """
-    A message being received into a Maildir's C{tmp/}: written as it
-    arrives (page cache, so the reactor does not wait), made durable in a
-    thread by L{commit}.
+    A message being received for a Maildir: kept in memory up to
+    L{SPILL} octets, then in C{tmp/}; made durable in a thread by
+    L{commit}.  Creating files in a directory that other threads are
+    fsyncing can block for milliseconds, so small messages touch the disk
+    only in the thread.
     """
+
+    #: Messages larger than this go to C{tmp/} as they arrive.
+    SPILL = 1024 * 1024
 
     def __init__(self, maildir: str, reactor, threadPool, onCommit=None) -> None:
         self._maildir = maildir
         self._reactor = reactor
         self._pool = threadPool
         self._onCommit = onCommit
-        self._name = uniqueName()
-        self._tmp = os.path.join(maildir, "tmp", self._name)
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._file = os.fdopen(fd, "wb", buffering=256 * 1024)
+        self._chunks: list[bytes] = []
+        self._file = None
+        self._tmp = None
         self.size = 0
         self._lines = 0
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
         self.size += len(data)
         self._lines += data.count(b"\n")
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._chunks.append(data)
+        if self.size > self.SPILL:
+            self._name = uniqueName()
+            self._tmp = os.path.join(self._maildir, "tmp", self._name)
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self._file = os.fdopen(fd, "wb", buffering=256 * 1024)
+            self._file.writelines(self._chunks)
+            self._chunks = []
 
     def _finish(self) -> str:
+        if self._file is None:
+            return writeMessageFile(self._maildir, b"".join(self._chunks))
         try:
             self._file.flush()
             os.fsync(self._file.fileno())
@@ -260,6 +276,9 @@ class Delivery:
         return d
 
     def abort(self) -> None:
+        self._chunks = []
+        if self._file is None:
+            return
         if not self._file.closed:
             self._file.close()
         try:

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from zope.interface import implementer
 
-from mail.lines import BoundedLines
+from mail.lines import BoundedLines, noDelay
 
 #: RFC 2449 section 4: commands are at most 255 octets with the CRLF.
 COMMAND_LINE_MAX = 253
@@ -100,6 +100,10 @@ class POP3Server(BoundedLines, pop3.POP3):
     @property
     def secure(self) -> bool:
         return self.startedTLS or ISSLTransport.providedBy(self.transport)
+
+    def connectionMade(self) -> None:
+        noDelay(self.transport)
+        pop3.POP3.connectionMade(self)
 
     def maxLineLength(self) -> int:
         return COMMAND_LINE_MAX

@@ -17,7 +17,7 @@ from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from twisted.mail.smtp import COMMAND, DATA, SMTPServerError
 from zope.interface import implementer
 
-from mail.lines import BoundedLines
+from mail.lines import BoundedLines, noDelay
 
 #: RFC 5321 4.5.3.1: 512 octets for a command line, 1000 for a text line,
 #: both counting the CRLF.
@@ -196,6 +196,10 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
         ):
             message = _DEFAULT_ENHANCED[code] + b" " + message
         smtp.ESMTP.sendCode(self, code, message)
+
+    def connectionMade(self) -> None:
+        noDelay(self.transport)
+        smtp.ESMTP.connectionMade(self)
 
     def greeting(self) -> bytes:
         return self.host + b" ESMTP coursenet post office"

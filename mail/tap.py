@@ -8,7 +8,8 @@ from __future__ import annotations
 from twisted.application import service, strports
 from twisted.python import usage
 
-from coursenet.accounts import PasswordChecker, parseUserSpec
+from coursenet.accounts import PasswordChecker
+from coursenet.options import AccountOptionsMixin
 from coursenet.tls import serverContextFactory
 from mail.auth import makePortal
 from mail.imap import IMAPFactory
@@ -23,7 +24,7 @@ DEFAULT_LISTENERS = {
 }
 
 
-class Options(usage.Options):
+class Options(AccountOptionsMixin, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "A post office: ESMTP, POP3 and IMAP4rev1 over one Maildir per user. "
@@ -81,18 +82,8 @@ class Options(usage.Options):
         """
         self["domains"].append(name.lower().rstrip("."))
 
-    def opt_user(self, spec: str) -> None:
-        """
-        Add an account NAME:PASSWORD (repeatable; for quick starts)
-        """
-        try:
-            self["users"].append(parseUserSpec(spec))
-        except ValueError as e:
-            raise usage.UsageError(str(e))
-
     def postOptions(self) -> None:
-        if bool(self["tls-cert"]) != bool(self["tls-key"]):
-            raise usage.UsageError("--tls-cert and --tls-key go together")
+        self.checkTLSPair()
         if not self["passwd"] and not self["users"]:
             raise usage.UsageError("no accounts: give --passwd or --user")
         if self["max-message-size"] < 1024:

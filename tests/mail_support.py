@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 
 from twisted.internet import defer, endpoints
 from twisted.internet.threads import deferToThread
 
 from coursenet.accounts import PasswordChecker
+from coursenet.procs import freePort, stopProcess, waitForPort
 from coursenet.tls import serverContextFactory
 from mail.auth import makePortal
 from mail.imap import IMAPFactory
@@ -115,12 +114,6 @@ def message(subject: str = "hello", body: str = "Hi Alice,\r\nhow are you?\r\n")
     ).encode()
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class TwistdPostOffice:
     """
     C{twistd -n postoffice} in a subprocess, for tests that kill it.
@@ -135,17 +128,12 @@ class TwistdPostOffice:
         for name, port in self.ports.items():
             args += [f"--{name}", f"tcp:{port}:interface=127.0.0.1"]
         self.proc = subprocess.Popen(args + list(extra), cwd=root)
-        deadline = time.monotonic() + 30
-        for port in self.ports.values():
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or self.proc.poll() is not None:
-                        self.stop()
-                        raise RuntimeError("twistd postoffice did not start")
-                    time.sleep(0.1)
+        try:
+            for port in self.ports.values():
+                waitForPort(port, self.proc)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -153,9 +141,4 @@ class TwistdPostOffice:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stopProcess(self.proc)

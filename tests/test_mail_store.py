@@ -134,3 +134,23 @@ def test_mime_sections_are_byte_exact():
     assert part.getSubPart(1).rawHeader == b"Content-Type: text/html\r\n\r\n"
     assert part.headerLines([b"SUBJECT"], False) == b"Subject: s\r\n\r\n"
     assert part.getHeaders(False, "subject") == {"subject": "s"}
+
+
+def test_large_delivery_spills_to_tmp_and_aborts_clean(store):
+    """A message over the in-memory limit goes to tmp/ as it arrives; commit moves it to new/ whole, abort leaves nothing."""
+    from mail.maildir import Delivery
+
+    path = store.maildir("alice")
+    d = Delivery(path, None, None)
+    d.SPILL = 100
+    for _ in range(10):
+        d.write(b"x" * 50 + b"\n")
+    assert len(os.listdir(os.path.join(path, "tmp"))) == 1
+    name = d._finish()
+    assert os.listdir(os.path.join(path, "tmp")) == []
+    assert os.path.getsize(os.path.join(path, "new", name)) == 510 and name.endswith(",S=510,W=520")
+    d = Delivery(path, None, None)
+    d.SPILL = 10
+    d.write(b"y" * 50 + b"\n")
+    d.abort()
+    assert os.listdir(os.path.join(path, "tmp")) == []

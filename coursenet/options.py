@@ -1,0 +1,33 @@
+"""
+Command-line pieces every service's twistd C{Options} shares.
+"""
+
+from __future__ import annotations
+
+from twisted.python import usage
+
+from coursenet.accounts import parseUserSpec
+
+
+class AccountOptionsMixin:
+    """
+    C{--user NAME:PASSWORD} (repeatable, collected in C{self["users"]}) and
+    the check that C{--tls-cert} and C{--tls-key} come together.  Mix into
+    a L{usage.Options} subclass before it.
+    """
+
+    def opt_user(self, spec: str) -> None:
+        """
+        Add an account NAME:PASSWORD (repeatable; for quick starts)
+        """
+        try:
+            self.setdefault("users", []).append(parseUserSpec(spec))
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+
+    def checkTLSPair(self) -> None:
+        """
+        @raise usage.UsageError: if only one of --tls-cert, --tls-key is set.
+        """
+        if bool(self.get("tls-cert")) != bool(self.get("tls-key")):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
