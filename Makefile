@@ -7,9 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # System tools used by the servers, the tests and the benchmarks.
-APT_PACKAGES ?= openssl ca-certificates curl procps swaks libnet-ssleay-perl isync
+APT_PACKAGES ?= openssl ca-certificates curl procps swaks libnet-ssleay-perl isync ii
 # Peers that only the benchmarks run.
-BENCH_APT_PACKAGES ?= postfix
+BENCH_APT_PACKAGES ?= postfix ngircd
 
 .PHONY: run test bench sysdeps venv clean
 

@@ -197,6 +197,12 @@ class PasswordChecker:
         """
         return name in self._accounts()
 
+    def userNames(self) -> set[str]:
+        """
+        The names of every account here.
+        """
+        return set(self._accounts())
+
     def requestAvatarId(self, credentials) -> Deferred:
         """
         Verify the password in a thread; fire with the user name or fail

@@ -134,3 +134,17 @@ def _pemBlocks(pem: bytes, label: bytes) -> list[bytes]:
         blocks.append(pem[start : stop + len(end)] + b"\n")
         start = pem.find(begin, stop)
     return blocks
+
+
+def clientEndpoint(reactor, host: str, port: int, tls: bool = False,
+                   cafile: str | None = None, timeout: float = 30):
+    """
+    A client endpoint for C{host}:C{port}; with C{tls}, wrapped in TLS that
+    verifies the server's certificate for C{host} (L{clientTLSOptions}).
+    """
+    from twisted.internet import endpoints
+
+    endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if tls:
+        endpoint = endpoints.wrapClientTLS(clientTLSOptions(host, cafile), endpoint)
+    return endpoint

@@ -1,0 +1,1 @@
+"""The course chat service: rooms, a line protocol, an IRC front door."""

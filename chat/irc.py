@@ -1,0 +1,425 @@
+"""
+The IRC front door: the same rooms and nicknames for IRC clients, on
+L{twisted.words.protocols.irc.IRC}.  Channel C{#room} is room C{room}.
+
+Registration is NICK and USER (PASS first for a registered nickname); then
+JOIN, PART, PRIVMSG, NOTICE, NAMES, TOPIC, LIST, WHO, WHOIS, MODE (read
+only), PING, PONG, AWAY and QUIT.  Limits answer with IRC numerics.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols import irc
+
+from chat.rooms import ChatServer, Event, Room
+from chat.session import Limits, Session
+from chat.wire import MAX_NICK, MAX_ROOM, ChatError, Code, formatLine, formatTime
+
+#: An IRC line is at most 512 bytes, CRLF included.
+MAX_IRC_LINE = 510
+_BEFORE_WELCOME = {"PASS", "NICK", "USER", "PING", "PONG", "QUIT", "CAP"}
+
+#: The IRC numeric for each refusal, unless a command says otherwise.
+_NUMERIC = {
+    Code.NICK_IN_USE: irc.ERR_NICKNAMEINUSE,
+    Code.PASSWORD: irc.ERR_PASSWDMISMATCH,
+    Code.ACCOUNTS_ONLY: irc.ERR_PASSWDMISMATCH,
+    Code.NO_SUCH_NICK: irc.ERR_NOSUCHNICK,
+    Code.NO_SUCH_ROOM: irc.ERR_NOSUCHCHANNEL,
+    Code.NOT_IN_ROOM: irc.ERR_NOTONCHANNEL,
+    Code.LIMIT: irc.ERR_TOOMANYCHANNELS,
+    Code.BAD_ARGUMENT: irc.ERR_NEEDMOREPARAMS,
+    Code.BAD_SEQUENCE: irc.ERR_USERONCHANNEL,
+    Code.BAD_NAME: irc.ERR_NOSUCHCHANNEL,
+    Code.TOO_LONG: irc.ERR_CANNOTSENDTOCHAN,
+}
+
+
+def _mask(nick: str) -> str:
+    return f"{nick}!{nick}@chat"
+
+
+def encodeEvent(event: Event) -> bytes:
+    """
+    An event as IRC clients expect it.
+    """
+    kind, src = event.kind, _mask(event.nick)
+    if kind == "MESSAGE":
+        line = f":{src} PRIVMSG #{event.room} :{event.text}"
+    elif kind == "PRIVATE":
+        line = f":{src} PRIVMSG {event.target} :{event.text}"
+    elif kind == "JOIN":
+        line = f":{src} JOIN #{event.room}"
+    elif kind == "PART":
+        line = f":{src} PART #{event.room} :{event.text}"
+    elif kind == "TOPIC":
+        line = f":{src} TOPIC #{event.room} :{event.text}"
+    elif kind == "NICK":
+        line = f":{src} NICK {event.text}"
+    else:  # QUIT
+        line = f":{src} QUIT :{event.text}"
+    return formatLine(line, MAX_IRC_LINE)
+
+
+class IRCSession(irc.IRC, Session):
+    """
+    One IRC client connection.
+    """
+
+    wire = "irc"
+    MAX_LENGTH = MAX_IRC_LINE
+    _log = Logger()
+
+    def connectionMade(self) -> None:
+        self.channels = []
+        self.hostname = self.factory.hostname
+        self._buf = b""
+        self._lines: collections.deque[bytes] = collections.deque()
+        self._busy = False
+        self._discarding = False
+        self._password: str | None = None
+        self._user: str | None = None
+        self.welcomed = False
+        self._quitReason = "connection lost"
+        factory = self.factory
+        self.startSession(factory.server, factory.limits, factory.reactor)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.endSession(self._quitReason)
+
+    # -- output -------------------------------------------------------------------
+
+    def sendLine(self, line: str) -> None:
+        self.write(formatLine(line, MAX_IRC_LINE))
+
+    def numeric(self, code: str, *params: str) -> None:
+        """
+        A numeric reply; the last parameter is the trailing text.
+        """
+        *middle, text = params
+        self.sendLine(" ".join([f":{self.hostname}", code, self.nick or "*", *middle, ":" + text]))
+
+    encodeEvent = staticmethod(encodeEvent)
+
+    def sendPing(self, token: str) -> None:
+        self.sendLine(f"PING :{token}")
+
+    def sendClosing(self, text: str) -> None:
+        self.transport.write(formatLine(f"ERROR :Closing Link: {text}", MAX_IRC_LINE))
+
+    def refuseFlood(self, text: str) -> None:
+        self.sendLine(f":{self.hostname} NOTICE {self.nick or '*'} :{text}")
+
+    # -- input --------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        lines = (self._buf + data).split(b"\n")
+        self._buf = lines.pop()
+        for line in lines:
+            if self._discarding:
+                self._discarding = False
+            elif len(line) > self.MAX_LENGTH + 1:
+                self._tooLong()
+            else:
+                self._lines.append(line)
+        if len(self._buf) > self.MAX_LENGTH + 1:
+            # The rest of that line is still to come: drop it when it ends.
+            self._buf = b""
+            if not self._discarding:
+                self._tooLong()
+            self._discarding = True
+        self._drain()
+
+    def _tooLong(self) -> None:
+        self.numeric("417", f"Input line was too long (limit {MAX_IRC_LINE + 2} bytes)")
+
+    def _drain(self) -> None:
+        while self._lines and not self._busy and self.connected:
+            line = self._lines.popleft().rstrip(b"\r")
+            if not line.strip() or not self.lineArrived(not line.upper().startswith(b"PONG")):
+                continue
+            text = line.decode("utf-8", "replace")
+            try:
+                prefix, command, params = irc.parsemsg(text)
+            except (ValueError, IndexError, irc.IRCBadMessage):
+                self.numeric(irc.ERR_UNKNOWNCOMMAND, "*", "Malformed message")
+                continue
+            result = self.handleCommand(command.upper(), prefix, params)
+            if isinstance(result, Deferred) and not result.called:
+                self._busy = True
+                self.transport.pauseProducing()
+                result.addBoth(self._resume)
+
+    def _resume(self, _) -> None:
+        self._busy = False
+        if self.connected:
+            self.transport.resumeProducing()
+            self._drain()
+
+    def handleCommand(self, command: str, prefix: str, params: list[str]):
+        method = getattr(self, "irc_" + command, None)
+        if method is None:
+            self.numeric(irc.ERR_UNKNOWNCOMMAND, command[:32], "Unknown command")
+            return None
+        if not self.welcomed and command not in _BEFORE_WELCOME:
+            self.numeric(irc.ERR_NOTREGISTERED, "You have not registered: send NICK and USER")
+            return None
+        target = params[0] if params else "*"
+        try:
+            result = method(prefix, params)
+        except ChatError as e:
+            self.refuse(command, target, e)
+            return None
+        if isinstance(result, Deferred):
+            result.addErrback(self._failed, command, target)
+        return result
+
+    def refuse(self, command: str, target: str, error: ChatError) -> None:
+        code = _NUMERIC.get(error.code, "400")
+        if command == "NICK" and error.code == Code.BAD_NAME:
+            code = irc.ERR_ERRONEUSNICKNAME
+        elif command in ("PRIVMSG", "NOTICE") and error.code == Code.NOT_IN_ROOM:
+            code = irc.ERR_CANNOTSENDTOCHAN
+        if command == "NOTICE":
+            return
+        self.numeric(code, target, error.message)
+
+    def _failed(self, failure: Failure, command: str, target: str) -> None:
+        if not self.connected:
+            return
+        if failure.check(ChatError):
+            self.refuse(command, target, failure.value)
+        else:
+            self._log.failure("IRC {command} failed", failure, command=command)
+            self.numeric("400", command, "internal server error; the command was not completed")
+
+    def _need(self, params: list[str], n: int, command: str) -> None:
+        if len(params) < n:
+            raise ChatError(Code.BAD_ARGUMENT, f"{command}: not enough parameters")
+
+    # -- registration -----------------------------------------------------------
+
+    def irc_CAP(self, prefix, params) -> None:
+        sub = params[0].upper() if params else ""
+        if sub == "LS":
+            self.sendLine(f":{self.hostname} CAP * LS :")
+        elif sub == "REQ":
+            self.sendLine(f":{self.hostname} CAP * NAK :{params[-1] if len(params) > 1 else ''}")
+
+    def irc_PASS(self, prefix, params) -> None:
+        if self.welcomed:
+            self.numeric(irc.ERR_ALREADYREGISTRED, "You may not reregister")
+            return
+        self._need(params, 1, "PASS")
+        self._password = params[-1]
+
+    def irc_NICK(self, prefix, params) -> Deferred | None:
+        if not params or not params[0]:
+            self.numeric(irc.ERR_NONICKNAMEGIVEN, "No nickname given")
+            return None
+        old = self.nick
+
+        def done(_):
+            if self.welcomed and old != self.nick:
+                self.sendLine(f":{_mask(old)} NICK {self.nick}")
+            self._maybeWelcome()
+
+        return self.server.register(self, params[0], self._password).addCallback(done)
+
+    def irc_USER(self, prefix, params) -> None:
+        if self.welcomed:
+            self.numeric(irc.ERR_ALREADYREGISTRED, "You may not reregister")
+            return
+        self._need(params, 4, "USER")
+        self._user = params[0]
+        self._maybeWelcome()
+
+    def _maybeWelcome(self) -> None:
+        if self.welcomed or self.nick is None or self._user is None:
+            return
+        self.welcomed = True
+        self._password = None
+        nick, host = self.nick, self.hostname
+        self.numeric(irc.RPL_WELCOME, f"Welcome to the coursenet chat, {nick}")
+        self.numeric(irc.RPL_YOURHOST, f"Your host is {host}, running coursenet chat")
+        self.numeric(irc.RPL_CREATED, "This server speaks the course chat protocol too (docs/chat.md)")
+        self.sendLine(f":{host} {irc.RPL_MYINFO} {nick} {host} coursenet-chat i t")
+        self.sendLine(
+            f":{host} {irc.RPL_ISUPPORT} {nick} CHANTYPES=# NICKLEN={MAX_NICK}"
+            f" CHANNELLEN={MAX_ROOM + 1} CASEMAPPING=ascii NETWORK=coursenet"
+            " :are supported by this server"
+        )
+        self.numeric(irc.ERR_NOMOTD, "MOTD File is missing")
+
+    def irc_QUIT(self, prefix, params) -> None:
+        self._quitReason = (params[0] if params else "") or "quit"
+        self.sendLine(f"ERROR :Closing Link: {self.nick or '*'} (Quit: {self._quitReason})")
+        self.hangUp()
+
+    def irc_PING(self, prefix, params) -> None:
+        token = params[-1] if params else self.hostname
+        self.sendLine(f":{self.hostname} PONG {self.hostname} :{token}")
+
+    def irc_PONG(self, prefix, params) -> None:
+        """
+        The answer to our PING; the line itself showed the client is alive.
+        """
+
+    # -- rooms ----------------------------------------------------------------------
+
+    def irc_JOIN(self, prefix, params) -> Deferred | None:
+        self._need(params, 1, "JOIN")
+        if params[0] == "0":
+            for room in self.server.roomsOf(self):
+                self._part(room.name, "")
+            return None
+        return Deferred.fromCoroutine(self._joinAll(params[0].split(",")))
+
+    async def _joinAll(self, names: list[str]) -> None:
+        for name in names:
+            try:
+                room = await self.server.join(self, name)
+            except ChatError as e:
+                if e.code != Code.BAD_SEQUENCE:  # already there: IRC says nothing
+                    self.refuse("JOIN", name, e)
+                continue
+            self._joined(room)
+
+    def _joined(self, room: Room) -> None:
+        channel = "#" + room.name
+        self.sendLine(f":{_mask(self.nick)} JOIN {channel}")
+        if room.topic:
+            self.topic(self.nick, channel, room.topic.text)
+        self.names(self.nick, channel, [m.nick for m in room.members.values()])
+        for event in room.history:
+            self.sendLine(
+                f":{self.hostname} NOTICE {channel} :[{formatTime(event.when)}] <{event.nick}> {event.text}"
+            )
+
+    def irc_PART(self, prefix, params) -> None:
+        self._need(params, 1, "PART")
+        reason = params[1] if len(params) > 1 else ""
+        for name in params[0].split(","):
+            try:
+                self._part(name, reason)
+            except ChatError as e:
+                self.refuse("PART", name, e)
+
+    def _part(self, name: str, reason: str) -> None:
+        room = self.server.part(self, name, reason)
+        self.part(_mask(self.nick), "#" + room.name, reason or None)
+
+    def irc_PRIVMSG(self, prefix, params) -> None:
+        if not params:
+            self.numeric(irc.ERR_NORECIPIENT, "No recipient given (PRIVMSG)")
+            return
+        if len(params) < 2 or not params[1]:
+            self.numeric(irc.ERR_NOTEXTTOSEND, "No text to send")
+            return
+        target, text = params[0], params[1]
+        if target.startswith("#"):
+            self.server.say(self, target, text)
+        else:
+            self.server.tell(self, target, text)
+
+    irc_NOTICE = irc_PRIVMSG
+
+    def irc_NAMES(self, prefix, params) -> None:
+        if not params:
+            self.numeric(irc.RPL_ENDOFNAMES, "*", "End of /NAMES list")
+            return
+        for name in params[0].split(","):
+            try:
+                room = self.server.room(name)
+            except ChatError:
+                self.numeric(irc.RPL_ENDOFNAMES, name, "End of /NAMES list")
+                continue
+            self.names(self.nick, "#" + room.name, [m.nick for m in room.members.values()])
+
+    def irc_TOPIC(self, prefix, params) -> None:
+        self._need(params, 1, "TOPIC")
+        if len(params) == 1:
+            room = self.server.room(params[0])
+            self.topic(self.nick, "#" + room.name, room.topic.text if room.topic else None)
+            return
+        event = self.server.setTopic(self, params[0], params[1])
+        self.deliver(event)
+
+    def irc_LIST(self, prefix, params) -> None:
+        self.numeric(irc.RPL_LISTSTART, "Channel", "Users  Name")
+        for room in self.server.listRooms():
+            topic = room.topic.text if room.topic else ""
+            self.numeric(irc.RPL_LIST, "#" + room.name, str(len(room.members)), topic)
+        self.numeric(irc.RPL_LISTEND, "End of /LIST")
+
+    def irc_WHO(self, prefix, params) -> None:
+        mask = params[0] if params else "*"
+        members: list = []
+        if mask.startswith("#"):
+            try:
+                members = list(self.server.room(mask).members.values())
+            except ChatError:
+                pass
+        else:
+            try:
+                members = [self.server.find(mask)]
+            except ChatError:
+                pass
+        self.who(
+            self.nick,
+            mask,
+            [(m.nick, "chat", self.hostname, m.nick, "H", 0, m.nick) for m in members],
+        )
+
+    def irc_WHOIS(self, prefix, params) -> None:
+        self._need(params, 1, "WHOIS")
+        who = self.server.find(params[-1])
+        self.numeric(irc.RPL_WHOISUSER, who.nick, who.nick, "chat", "*", who.nick)
+        rooms = " ".join("#" + r.name for r in self.server.roomsOf(who))
+        if rooms:
+            self.numeric(irc.RPL_WHOISCHANNELS, who.nick, rooms)
+        self.numeric(irc.RPL_ENDOFWHOIS, who.nick, "End of /WHOIS list")
+
+    def irc_MODE(self, prefix, params) -> None:
+        self._need(params, 1, "MODE")
+        if params[0].startswith("#"):
+            room = self.server.room(params[0])
+            if len(params) == 1:
+                self.sendLine(f":{self.hostname} {irc.RPL_CHANNELMODEIS} {self.nick} #{room.name} +t")
+            elif params[1].lstrip("+") == "b":
+                self.numeric(irc.RPL_ENDOFBANLIST, "#" + room.name, "End of channel ban list")
+            else:
+                self.numeric(irc.ERR_CHANOPRIVSNEEDED, "#" + room.name, "Channel modes cannot be changed here")
+        else:
+            self.sendLine(f":{self.hostname} {irc.RPL_UMODEIS} {self.nick} +")
+
+    def irc_AWAY(self, prefix, params) -> None:
+        self.numeric(irc.RPL_UNAWAY, "Away status is not kept here")
+
+
+class IRCFactory(Factory):
+    """
+    IRC connections to a L{ChatServer}.
+    """
+
+    protocol = IRCSession
+
+    def __init__(
+        self,
+        server: ChatServer,
+        limits: Limits = Limits(),
+        hostname: str = "coursenet.chat",
+        reactor=None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.server = server
+        self.limits = limits
+        self.hostname = hostname

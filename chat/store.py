@@ -1,0 +1,171 @@
+"""
+Room history and topics that survive a restart: SQLite through
+L{twisted.enterprise.adbapi}, so no query runs on the reactor thread.
+
+Writes are queued and go to the database in batches: while one batch is
+being written, new messages gather for the next, so a busy room costs one
+transaction per batch rather than one per message.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from chat.interfaces import IHistoryStore
+from chat.rooms import Event, Topic
+
+_SCHEMA = [
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "CREATE TABLE IF NOT EXISTS messages ("
+    " id INTEGER PRIMARY KEY, room TEXT NOT NULL, time REAL NOT NULL,"
+    " nick TEXT NOT NULL, text TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS messages_room ON messages (room, id)",
+    "CREATE TABLE IF NOT EXISTS topics ("
+    " room TEXT PRIMARY KEY, text TEXT NOT NULL, nick TEXT NOT NULL, time REAL NOT NULL)",
+]
+
+
+def _prepare(connection) -> None:
+    for statement in _SCHEMA:
+        connection.execute(statement)
+    connection.commit()
+
+
+@implementer(IHistoryStore)
+class MemoryHistory:
+    """
+    History kept in memory only: for tests, and servers that need no
+    history across restarts.
+    """
+
+    def __init__(self, keep: int = 1000) -> None:
+        self.keep = keep
+        self.messages: dict[str, collections.deque[Event]] = {}
+        self.topics: dict[str, Topic] = {}
+
+    def load(self, room: str, count: int) -> Deferred:
+        messages = list(self.messages.get(room, ()))[-count:] if count else []
+        return succeed((self.topics.get(room), messages))
+
+    def append(self, event: Event) -> None:
+        self.messages.setdefault(event.room, collections.deque(maxlen=self.keep)).append(event)
+
+    def setTopic(self, room: str, topic: Topic | None) -> None:
+        if topic is None:
+            self.topics.pop(room, None)
+        else:
+            self.topics[room] = topic
+
+    def close(self) -> Deferred:
+        return succeed(None)
+
+
+@implementer(IHistoryStore)
+class SQLiteHistory:
+    """
+    History in an SQLite file.
+
+    @param keep: messages kept per room; older ones are deleted.
+    """
+
+    _log = Logger()
+
+    def __init__(self, path: str, keep: int = 1000, reactor=None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.keep = keep
+        # One connection, one thread: SQLite writes one at a time anyway, and
+        # a single worker runs the queued work in order, so a load always
+        # sees the writes queued before it.
+        self._pool = adbapi.ConnectionPool(
+            "sqlite3",
+            path,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=_prepare,
+            cp_reactor=reactor,
+        )
+        self._pending: list[tuple] = []
+        self._writing = 0
+
+    def append(self, event: Event) -> None:
+        self._pending.append(("message", event.room, event.when, event.nick, event.text))
+        self._flush(force=False)
+
+    def setTopic(self, room: str, topic: Topic | None) -> None:
+        self._pending.append(("topic", room, topic))
+        self._flush(force=False)
+
+    def _flush(self, force: bool) -> Deferred | None:
+        if not self._pending or (self._writing and not force):
+            return None
+        batch, self._pending = self._pending, []
+        self._writing += 1
+        d = self._pool.runInteraction(self._write, batch)
+
+        def written(result):
+            self._writing -= 1
+            self._flush(force=False)
+            return result
+
+        d.addBoth(written)
+        d.addErrback(lambda f: self._log.failure("history lost: {n} writes", f, n=len(batch)))
+        return d
+
+    def _write(self, txn, batch: list[tuple]) -> None:
+        rooms = set()
+        for op in batch:
+            if op[0] == "message":
+                txn.execute(
+                    "INSERT INTO messages (room, time, nick, text) VALUES (?, ?, ?, ?)", op[1:]
+                )
+                rooms.add(op[1])
+            elif op[2] is None:
+                txn.execute("DELETE FROM topics WHERE room = ?", (op[1],))
+            else:
+                topic = op[2]
+                txn.execute(
+                    "INSERT OR REPLACE INTO topics (room, text, nick, time) VALUES (?, ?, ?, ?)",
+                    (op[1], topic.text, topic.nick, topic.when),
+                )
+        for room in rooms:
+            txn.execute(
+                "DELETE FROM messages WHERE room = ? AND id <= (SELECT id FROM messages"
+                " WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (room, room, self.keep),
+            )
+
+    def load(self, room: str, count: int) -> Deferred:
+        self._flush(force=True)
+        return self._pool.runInteraction(self._load, room, count)
+
+    @staticmethod
+    def _load(txn, room: str, count: int):
+        txn.execute("SELECT text, nick, time FROM topics WHERE room = ?", (room,))
+        row = txn.fetchone()
+        topic = Topic(*row) if row else None
+        txn.execute(
+            "SELECT time, nick, text FROM messages WHERE room = ? ORDER BY id DESC LIMIT ?",
+            (room, count),
+        )
+        messages = [
+            Event("MESSAGE", nick, room, text, when)
+            for when, nick, text in reversed(txn.fetchall())
+        ]
+        return topic, messages
+
+    def close(self) -> Deferred:
+        """
+        Write what is queued, then close the database.
+        """
+        self._flush(force=True)
+        d = self._pool.runInteraction(lambda txn: None)
+        d.addBoth(lambda _: self._pool.close())
+        return d

@@ -1,0 +1,145 @@
+"""
+C{twistd chat}: the chat server, course protocol and IRC front door, as a
+twistd plugin.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application import service, strports
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python import usage
+
+from chat.interfaces import IHistoryStore
+from chat.irc import IRCFactory
+from chat.protocol import ChatFactory
+from chat.rooms import ChatServer
+from chat.session import Limits
+from chat.store import MemoryHistory, SQLiteHistory
+from coursenet.accounts import PasswordChecker, parseUserSpec
+from coursenet.tls import tlsListenString
+
+DEFAULT_LISTEN = "tcp:6665:interface=127.0.0.1"
+DEFAULT_TLS_PORT = 6666
+DEFAULT_HISTORY_DB = "var/chat/history.sqlite"
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "A multi-room chat server: the course chat protocol (docs/chat.md) on"
+        " --listen endpoints, the same rooms for IRC clients on --irc endpoints."
+        " With no --listen, listens on " + DEFAULT_LISTEN + "."
+    )
+    optFlags = [
+        ["accounts-only", None, "refuse nicknames that are not accounts"],
+    ]
+    optParameters = [
+        ["passwd", None, None, "password file of scrypt hashes: its accounts are registered nicknames"],
+        ["tls-cert", None, None, "PEM certificate: also listen with TLS on --tls-port"],
+        ["tls-key", None, None, "PEM private key for --tls-cert"],
+        ["tls-port", None, DEFAULT_TLS_PORT, "port of the --tls-cert listener", int],
+        ["history-db", None, DEFAULT_HISTORY_DB, "SQLite file for room history and topics (:memory: for none)"],
+        ["history", None, 50, "messages replayed to whoever joins a room", int],
+        ["flood-rate", None, 10.0, "lines a second a connection may send (0: no limit)", float],
+        ["flood-burst", None, 20, "lines a connection may send at once", int],
+        ["max-output", None, 256 * 1024, "bytes waiting for a client that does not read before it is cut off", int],
+        ["idle-timeout", None, 120.0, "seconds of silence before PING", float],
+        ["ping-timeout", None, 60.0, "seconds to answer PING", float],
+        ["max-connections", None, 20000, "connections allowed in all", int],
+        ["max-rooms", None, 1000, "rooms on the server", int],
+        ["irc-hostname", None, "coursenet.chat", "server name the IRC front door announces"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["irc"] = []
+        self["users"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Serve the course protocol on this endpoint (repeatable), e.g.
+        tcp:6665 or ssl:6666:privateKey=key.pem:certKey=cert.pem
+        """
+        self["listen"].append(description)
+
+    def opt_irc(self, description: str) -> None:
+        """
+        Serve IRC clients on this endpoint (repeatable), e.g. tcp:6667
+        """
+        self["irc"].append(description)
+
+    def opt_user(self, spec: str) -> None:
+        """
+        Add an account NAME:PASSWORD (repeatable; for quick starts)
+        """
+        try:
+            self["users"].append(parseUserSpec(spec))
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+
+    def postOptions(self) -> None:
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        if self["accounts-only"] and not (self["passwd"] or self["users"]):
+            raise usage.UsageError("--accounts-only needs accounts: give --passwd or --user")
+        if not self["listen"]:
+            self["listen"].append(DEFAULT_LISTEN)
+        if self["tls-cert"]:
+            self["listen"].append(
+                tlsListenString(self["tls-port"], self["tls-cert"], self["tls-key"], "127.0.0.1")
+            )
+
+
+class ChatService(service.MultiService):
+    """
+    The listeners, and the history store, closed after them.
+    """
+
+    def __init__(self, store: IHistoryStore) -> None:
+        super().__init__()
+        self.store = store
+
+    def stopService(self) -> Deferred:
+        d = maybeDeferred(super().stopService)
+        return d.addBoth(lambda _: self.store.close())
+
+
+def makeStore(path: str) -> IHistoryStore:
+    if path == ":memory:":
+        return MemoryHistory()
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    return SQLiteHistory(path)
+
+
+def makeService(options: Options) -> service.IService:
+    checker = None
+    if options["passwd"] or options["users"]:
+        checker = PasswordChecker(options["passwd"], options["users"])
+    store = makeStore(options["history-db"])
+    server = ChatServer(
+        store,
+        checker=checker,
+        anonymous=not options["accounts-only"],
+        historySize=options["history"],
+        maxRooms=options["max-rooms"],
+        maxConnections=options["max-connections"],
+    )
+    limits = Limits(
+        floodRate=options["flood-rate"],
+        floodBurst=options["flood-burst"],
+        maxOutput=options["max-output"],
+        idleTimeout=options["idle-timeout"],
+        pingTimeout=options["ping-timeout"],
+    )
+    top = ChatService(store)
+    chat = ChatFactory(server, limits)
+    for description in options["listen"]:
+        strports.service(description, chat).setServiceParent(top)
+    irc = IRCFactory(server, limits, hostname=options["irc-hostname"])
+    for description in options["irc"]:
+        strports.service(description, irc).setServiceParent(top)
+    return top

@@ -1,0 +1,73 @@
+"""
+Test support for chat: a server on a L{Clock} with history in memory, and
+peers that talk to it through L{StringTransport}s, with no socket at all.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from chat.irc import IRCFactory
+from chat.protocol import ChatFactory
+from chat.rooms import ChatServer
+from chat.session import Limits
+from chat.store import MemoryHistory
+
+
+class World:
+    """
+    One chat server with both front doors, on a clock.
+    """
+
+    def __init__(self, limits: Limits = Limits(floodRate=0), store=None, **serverArgs) -> None:
+        self.clock = Clock()
+        self.store = store if store is not None else MemoryHistory()
+        self.server = ChatServer(self.store, reactor=self.clock, **serverArgs)
+        self.chat = ChatFactory(self.server, limits, reactor=self.clock)
+        self.irc = IRCFactory(self.server, limits, reactor=self.clock)
+        self._port = 40000
+
+    def connect(self, irc: bool = False) -> "Peer":
+        self._port += 1
+        return Peer(self.irc if irc else self.chat, self._port)
+
+    def user(self, nick: str, *rooms: str) -> "Peer":
+        """
+        A course-protocol peer called C{nick}, in C{rooms}, output cleared.
+        """
+        peer = self.connect()
+        peer.send(f"NICK {nick}")
+        for room in rooms:
+            peer.send(f"JOIN {room}")
+        peer.lines()
+        return peer
+
+
+class Peer:
+    def __init__(self, factory, port: int) -> None:
+        addr = IPv4Address("TCP", "127.0.0.1", port)
+        self.proto = factory.buildProtocol(addr)
+        self.transport = StringTransport(peerAddress=addr)
+        self.proto.makeConnection(self.transport)
+
+    def send(self, line: str | bytes) -> None:
+        if isinstance(line, str):
+            line = line.encode("utf-8")
+        self.proto.dataReceived(line + b"\r\n")
+
+    def lines(self) -> list[str]:
+        """
+        The lines received since the last call.
+        """
+        data = self.transport.value()
+        self.transport.clear()
+        return data.decode("utf-8").split("\r\n")[:-1]
+
+    def lose(self) -> None:
+        self.proto.connectionLost(None)
+
+
+def codes(lines: list[str]) -> list[int]:
+    return [int(line[:3]) for line in lines if line[:3].isdigit()]

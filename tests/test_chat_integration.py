@@ -1,0 +1,335 @@
+"""
+The chat server over real loopback sockets: the scripting client in plain
+TCP and TLS, history in SQLite across a restart, the twistd plugin with a
+real IRC client (ii), the terminal client, and 1000 clients in one room.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, endpoints
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+
+from chat.client import ChatClient, ChatReplyError, connect
+from chat.protocol import ChatFactory
+from chat.rooms import ChatServer
+from chat.session import Limits
+from chat.store import MemoryHistory, SQLiteHistory
+from coursenet.tls import ensureDevCertificate, serverContextFactory
+from tests.conftest import skipOrFail
+
+BIN = os.path.dirname(sys.executable)
+
+
+async def listen(reactor, store=None, tls=None, limits=Limits(floodRate=0)):
+    """
+    A chat server on 127.0.0.1, port 0: C{(port, server)}.
+    """
+    server = ChatServer(store or MemoryHistory(), reactor=reactor)
+    factory = ChatFactory(server, limits, reactor=reactor)
+    if tls:
+        endpoint = endpoints.SSL4ServerEndpoint(reactor, 0, serverContextFactory(*tls), interface="127.0.0.1")
+    else:
+        endpoint = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port = await endpoint.listen(factory)
+    return port, server
+
+
+async def closeAll(port, *clients):
+    for client in clients:
+        if client.transport.connected:
+            client.transport.abortConnection()
+            await client.closed
+    await port.stopListening()
+
+
+async def wait(predicate, reactor, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        await deferLater(reactor, 0.05)
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_clients_chat_over_tcp(reactor):
+    """Over loopback, one client's SAY reaches the other as a MESSAGE event."""
+    port, _ = await listen(reactor)
+    n = port.getHost().port
+    ada = await connect(reactor, "127.0.0.1", n)
+    bob = await connect(reactor, "127.0.0.1", n)
+    try:
+        await ada.nick("ada")
+        await bob.nick("bob")
+        await ada.join("lab")
+        joined = ada.nextEvent("JOIN", room="lab")
+        await bob.join("lab")
+        assert (await joined).nick == "bob"
+        got = bob.nextEvent("MESSAGE", room="lab")
+        await ada.say("lab", "hello, lab")
+        event = await got
+        assert (event.nick, event.text) == ("ada", "hello, lab")
+        assert await bob.who("lab") == ["ada", "bob"]
+        with pytest.raises(ChatReplyError) as e:
+            await bob.nick("ADA")
+        assert e.value.code == 433
+        await ada.quit("done")
+    finally:
+        await closeAll(port, ada, bob)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_with_verification(reactor, devCert, tmp_path):
+    """TLS works when the client trusts the certificate, and fails against another CA."""
+    port, _ = await listen(reactor, tls=devCert)
+    n = port.getHost().port
+    try:
+        client = await connect(reactor, "127.0.0.1", n, tls=True, cafile=devCert[0])
+        await client.nick("secure")
+        assert client.transport.getPeerCertificate() is not None
+        await client.quit()
+        otherCA, _ = ensureDevCertificate(str(tmp_path / "other"))
+        with pytest.raises(Exception):
+            await connect(reactor, "127.0.0.1", n, tls=True, cafile=otherCA, timeout=5)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_survives_restart(reactor, tmp_path):
+    """Messages stored in SQLite by one server are replayed on join by the next."""
+    db = str(tmp_path / "history.sqlite")
+    store = SQLiteHistory(db, reactor=reactor)
+    port, _ = await listen(reactor, store)
+    ada = await connect(reactor, "127.0.0.1", port.getHost().port)
+    await ada.nick("ada")
+    await ada.join("lab")
+    await ada.topic("lab", "persistence")
+    for n in range(3):
+        await ada.say("lab", f"note {n}")
+    await closeAll(port, ada)
+    await store.close()
+
+    store = SQLiteHistory(db, reactor=reactor)
+    port, _ = await listen(reactor, store)
+    bob = await connect(reactor, "127.0.0.1", port.getHost().port)
+    try:
+        await bob.nick("bob")
+        history = await bob.join("lab")
+        assert [(e.nick, e.text) for e in history] == [("ada", f"note {n}") for n in range(3)]
+        assert await bob.topic("lab") == "persistence"
+    finally:
+        await closeAll(port, bob)
+        await store.close()
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self):
+        self.out = b""
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.out += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
+
+
+@pytest_twisted.ensureDeferred
+async def test_terminal_client(reactor):
+    """The chat console script joins a room, says typed lines there and quits on /quit."""
+    port, _ = await listen(reactor)
+    n = port.getHost().port
+    watcher = await connect(reactor, "127.0.0.1", n)
+    proto = _Collect()
+    try:
+        await watcher.nick("watcher")
+        await watcher.join("lab")
+        joined = watcher.nextEvent("JOIN", room="lab")
+        said = watcher.nextEvent("MESSAGE", room="lab")
+        reactor.spawnProcess(
+            proto, os.path.join(BIN, "chat"),
+            ["chat", "127.0.0.1", "terminal", "--port", str(n), "--room", "lab"],
+            env=dict(os.environ),
+        )
+        await joined
+        proto.transport.write(b"hello from the terminal\n")
+        event = await said
+        assert (event.nick, event.text) == ("terminal", "hello from the terminal")
+        await watcher.msg("terminal", "psst")
+        await wait(lambda: b"*watcher* psst" in proto.out, reactor)
+        proto.transport.write(b"/quit\n")
+        assert await proto.ended == 0
+    finally:
+        if proto.transport is not None and proto.transport.pid is not None:
+            proto.transport.signalProcess("KILL")
+        await closeAll(port, watcher)
+
+
+class _Twistd:
+    """
+    C{twistd -n chat} in a subprocess, with the ports it bound.
+    """
+
+    def __init__(self, tmp_path, *args):
+        self.log = tmp_path / "twistd.log"
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "--logfile", str(self.log), "chat",
+             "--history-db", str(tmp_path / "h.sqlite"), *args],
+            cwd=str(tmp_path),
+        )
+
+    async def ports(self, reactor):
+        found = {}
+
+        def ready():
+            text = self.log.read_text() if self.log.exists() else ""
+            found.update(re.findall(r"(ChatFactory|IRCFactory) starting on (\d+)", text))
+            assert self.proc.poll() is None, text
+            return len(found) == 2
+
+        await wait(ready, reactor)
+        return int(found["ChatFactory"]), int(found["IRCFactory"])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_plugin_serves_course_and_irc_clients(reactor, tmp_path):
+    """twistd -n chat --listen --irc: the ii IRC client and a course client share a room both ways."""
+    ii = shutil.which("ii")
+    if ii is None:
+        skipOrFail("the ii IRC client is not installed (make sysdeps)")
+    server = _Twistd(tmp_path, "--listen", "tcp:0:interface=127.0.0.1", "--irc", "tcp:0:interface=127.0.0.1")
+    irc = None
+    course = None
+    try:
+        chatPort, ircPort = await server.ports(reactor)
+        course = await connect(reactor, "127.0.0.1", chatPort)
+        await course.nick("course")
+        await course.join("lab")
+        ircdir = tmp_path / "irc"
+        irc = subprocess.Popen([ii, "-s", "127.0.0.1", "-p", str(ircPort), "-n", "iiuser", "-i", str(ircdir)])
+        base = ircdir / "127.0.0.1"
+        await wait(lambda: (base / "in").exists() and b"Welcome" in _read(base / "out"), reactor)
+        joined = course.nextEvent("JOIN", room="lab")
+        _fifo(base / "in", b"/j #lab\n")
+        assert (await joined).nick == "iiuser"
+        await course.say("lab", "hello IRC")
+        await wait(lambda: b"<course> hello IRC" in _read(base / "#lab" / "out"), reactor)
+        heard = course.nextEvent("MESSAGE", room="lab")
+        _fifo(base / "#lab" / "in", b"hello course\n")
+        event = await heard
+        assert (event.nick, event.text) == ("iiuser", "hello course")
+        assert await course.who("lab") == ["course", "iiuser"]
+        private = course.nextEvent("PRIVATE")
+        _fifo(base / "in", b"/j course psst\n")
+        assert (await private).text == "psst"
+        quit = course.nextEvent("QUIT", nick="iiuser")
+        _fifo(base / "in", b"/q bye\n")
+        assert (await quit).text == "bye"
+    finally:
+        if irc is not None and irc.poll() is None:
+            irc.terminate()
+            irc.wait(10)
+        if course is not None:
+            course.transport.abortConnection()
+            await course.closed
+        server.stop()
+
+
+def _read(path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def _fifo(path, data: bytes) -> None:
+    fd = os.open(str(path), os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+class _Counter(ChatClient):
+    """
+    A light client that counts MESSAGE events per sender and checks order.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seen: dict[str, list[int]] = {}
+
+    def lineReceived(self, line: bytes) -> None:
+        if line.startswith(b"MESSAGE "):
+            _, _, nick, text = line.split(b" ", 3)
+            self.seen.setdefault(nick.decode(), []).append(int(text))
+        else:
+            super().lineReceived(line)
+
+
+@pytest_twisted.ensureDeferred
+async def test_thousand_clients_in_one_room(reactor):
+    """1000 clients in one room: every message reaches every other member once, in order per sender."""
+    from twisted.internet.protocol import Factory
+
+    port, server = await listen(reactor)
+    n = port.getHost().port
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", n)
+    clients: list[_Counter] = []
+    try:
+        for batch in range(10):
+            made = await defer.gatherResults(
+                [endpoint.connect(Factory.forProtocol(_Counter)) for _ in range(100)]
+            )
+            await defer.gatherResults([c.greeting.deferred for c in made])
+            await defer.gatherResults(
+                [c.nick(f"u{batch * 100 + i}") for i, c in enumerate(made)]
+            )
+            await defer.gatherResults([c.join("crowd") for c in made])
+            clients.extend(made)
+        assert len(server.rooms["crowd"].members) == 1000
+        senders, count = clients[:5], 20
+        await defer.gatherResults(
+            [s.say("crowd", str(i)) for i in range(count) for s in senders]
+        )
+        expected = count * len(senders)
+
+        def done():
+            return all(
+                sum(len(v) for v in c.seen.values()) >= expected - (count if c in senders else 0)
+                for c in clients
+            )
+
+        await wait(done, reactor, timeout=60)
+        for c in clients:
+            for s in senders:
+                if s is c:
+                    assert s.nickname not in c.seen
+                else:
+                    assert c.seen[s.nickname] == list(range(count))
+    finally:
+        for c in clients:
+            c.transport.abortConnection()
+        await defer.gatherResults([c.closed for c in clients])
+        await port.stopListening()
