@@ -55,6 +55,17 @@ def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list
             f"SMTP localhost:2525 (STARTTLS; SMTPS 4465), POP3 1110 (STLS; 1995),"
             f" IMAP 1143 (STARTTLS; 1993) for {DEMO_USER}@localhost",
         ),
+        (
+            "chat",
+            [
+                "--passwd", passwd,
+                "--history-db", os.path.join(var, "chat", "history.sqlite"),
+                "--listen", "tcp:6665:interface=127.0.0.1",
+                "--tls-cert", cert, "--tls-key", key, "--tls-port", "6666",
+                "--irc", "tcp:6667:interface=127.0.0.1",
+            ],
+            f"chat localhost:6665 (TLS 6666, --cafile {cert}), IRC localhost:6667",
+        ),
     ]
 
 
