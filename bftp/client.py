@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -386,10 +386,8 @@ class BFTPClient(LineReceiver):
                 digest = hashInThread(self._reactor, fd, size)
                 await self._send(f"PUT {encodePath(remote)} {offset}", (350, 350))
                 sender = ChunkedFileSender(fd, offset, size, progress=progress)
-                _, hasher = await gatherResults(
-                    [sender.beginSending(self.transport), digest], consumeErrors=True
-                )
-                hexdigest = hasher.hexdigest()
+                await sender.beginSending(self.transport)
+                hexdigest = (await digest).hexdigest()
                 self.sendLine(hexdigest.encode("ascii"))
                 _check(await self._reply(), (200, 299))
                 return hexdigest

@@ -5,6 +5,7 @@ once, and a server and client joined by iosim, with no sockets at all.
 
 from __future__ import annotations
 
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -86,3 +87,18 @@ def result(d, pump):
     if isinstance(out[0], Failure):
         out[0].raiseException()
     return out[0]
+
+
+class Raw(Protocol):
+    """
+    A client that records what the server says, to send it raw bytes.
+    """
+
+    def __init__(self):
+        self.data = b""
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def lines(self):
+        return self.data.decode("utf-8").split("\r\n")[:-1]

@@ -9,7 +9,6 @@ import hashlib
 import os
 
 import pytest
-from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
@@ -18,7 +17,7 @@ from bftp.client import BFTPClient, BFTPError
 from bftp.fs import PARTIAL_PREFIX
 from bftp.wire import Code
 from coursenet.tls import clientTLSOptions, serverContextFactory
-from tests.bftp_support import PASSWORD, USER, FakeReactor, connected, makeFactory, result
+from tests.bftp_support import PASSWORD, USER, FakeReactor, Raw, connected, makeFactory, result
 
 
 @pytest.fixture
@@ -42,21 +41,6 @@ def session(root, fake, login=True, **kwargs):
     if login:
         result(client.login(USER, PASSWORD), pump)
     return client, server, pump
-
-
-class Raw(Protocol):
-    """
-    A client that records what the server says, to send it raw bytes.
-    """
-
-    def __init__(self):
-        self.data = b""
-
-    def dataReceived(self, data):
-        self.data += data
-
-    def lines(self):
-        return self.data.decode("utf-8").split("\r\n")[:-1]
 
 
 def raw(root, fake, *sends, **kwargs):
