@@ -35,7 +35,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from bftp.fs import Entry
-from bftp.transfer import ChunkedFileSender, ChunkSink, hashInThread
+from bftp.transfer import ChunkedFileSender, ChunkSink, hashInThread, setReadSize
 from bftp.wire import (
     MAX_LINE,
     VERSION,
@@ -48,6 +48,7 @@ from bftp.wire import (
 DEFAULT_PORT = 9021
 DEFAULT_TLS_PORT = 9022
 PART_SUFFIX = ".bftp-part"
+_TRANSFER_READ = 1 << 20
 
 #: Called with the number of bytes moved since the last call.
 Progress = Callable[[int], None]
@@ -319,41 +320,65 @@ class BFTPClient(LineReceiver):
         async def get():
             part = local + PART_SUFFIX
             offset = os.path.getsize(part) if resume and os.path.exists(part) else 0
-            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if offset else os.O_TRUNC), 0o644)
-            f = os.fdopen(fd, "r+b", buffering=0)
             try:
-                hasher = (
-                    await hashInThread(self._reactor, fd, offset) if offset else hashlib.sha256()
-                )
-                f.seek(offset)
-
-                def start(size: int, at: int) -> ChunkSink:
-                    if onStart is not None:
-                        onStart(size, at)
-                    return ChunkSink(f, hasher, progress=progress)
-
-                self._onData = start
-                try:
-                    reply = await self._send(f"GET {encodePath(remote)} {offset}")
-                finally:
-                    self._onData = None
-                sink, self._sink = self._sink, None
-                if sink is None:
-                    raise BFTPError(reply.code, f"no data came before: {reply.text}")
-                if sink.error is not None:
-                    raise BFTPError(451, f"{local}: could not write: {sink.error}")
-                expected = reply.text.split(" ")[0]
-                if sink.hasher.hexdigest() != expected:
-                    f.close()
-                    os.unlink(part)
-                    raise BFTPError(554, f"{remote}: SHA-256 mismatch; the download was discarded")
-                f.close()
-                os.replace(part, local)
-                return expected
-            finally:
-                f.close()
+                return await self._get(remote, local, part, offset, progress, onStart)
+            except BFTPError as e:
+                if e.code != 501 or not offset:
+                    raise
+            # The remote file is now shorter than what we kept: it changed,
+            # so start over.
+            os.unlink(part)
+            return await self._get(remote, local, part, 0, progress, onStart)
 
         return self._do(get())
+
+    async def _get(self, remote, local, part, offset, progress, onStart) -> str:
+        hasher = hashlib.sha256()
+        if offset:
+            fd = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                hasher = await hashInThread(self._reactor, fd, offset)
+            finally:
+                os.close(fd)
+        files = []
+
+        def start(size: int, at: int) -> ChunkSink:
+            # The part file is made only once the server agrees to send.
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if at else os.O_TRUNC)
+            f = os.fdopen(os.open(part, flags, 0o644), "r+b", buffering=0)
+            f.truncate(at)
+            f.seek(at)
+            files.append(f)
+            if onStart is not None:
+                onStart(size, at)
+            setReadSize(self.transport, _TRANSFER_READ)
+            return ChunkSink(self._reactor, f, hasher if at else hashlib.sha256(), progress=progress)
+
+        self._onData = start
+        ok = False
+        try:
+            reply = await self._send(f"GET {encodePath(remote)} {offset}")
+            ok = True
+        finally:
+            self._onData = None
+            setReadSize(self.transport, None)
+            sink, self._sink = self._sink, None
+            if sink is not None and not ok:
+                sink.close()
+            for f in files:
+                f.close()
+        if sink is None:
+            raise BFTPError(reply.code, f"no data came before: {reply.text}")
+        if sink.error is not None:
+            sink.close()
+            raise BFTPError(451, f"{local}: could not write: {sink.error}")
+        digest = await sink.digest()
+        expected = reply.text.split(" ")[0]
+        if digest != expected:
+            os.unlink(part)
+            raise BFTPError(554, f"{remote}: SHA-256 mismatch; the download was discarded")
+        os.replace(part, local)
+        return digest
 
     def put(
         self,
@@ -377,6 +402,9 @@ class BFTPClient(LineReceiver):
             fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 size = os.fstat(fd).st_size
+                limit = int(_facts(self.serverInfo).get("max-file-size", 0))
+                if limit and size > limit:
+                    raise BFTPError(552, f"{local} has {size} bytes; the server takes at most {limit}")
                 offset = 0
                 if resume:
                     facts = _facts((await self._send(f"STAT {encodePath(remote)}")).text)

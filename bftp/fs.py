@@ -9,13 +9,14 @@ entry, or leads through a symbolic link to a place outside the root.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat as statmod
 import time
 from dataclasses import dataclass
 
-from bftp.wire import Code, ProtocolError, decodePath
+from bftp.wire import MAX_PATH, Code, ProtocolError, decodePath
 
 #: Entries whose names start with this belong to the server (partial
 #: uploads); clients can neither see nor name them.
@@ -36,13 +37,34 @@ class Entry:
 
     @classmethod
     def fromStat(cls, name: str, st: os.stat_result) -> "Entry":
+        """
+        The entry for C{st}; only regular files have a size, others show 0.
+        """
         if statmod.S_ISREG(st.st_mode):
-            kind = "file"
-        elif statmod.S_ISDIR(st.st_mode):
-            kind = "dir"
-        else:
-            kind = "other"
-        return cls(name, kind, st.st_size, st.st_mtime)
+            return cls(name, "file", st.st_size, st.st_mtime)
+        kind = "dir" if statmod.S_ISDIR(st.st_mode) else "other"
+        return cls(name, kind, 0, st.st_mtime)
+
+
+def osReply(e: OSError, vpath: str) -> ProtocolError:
+    """
+    The reply for a failed file system call on C{vpath}.
+    """
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ProtocolError(Code.NO_SPACE, f"{vpath}: no space left on the server")
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        return ProtocolError(Code.NOT_FOUND, f"{vpath}: no such file or directory")
+    if e.errno == errno.EEXIST:
+        return ProtocolError(Code.EXISTS, f"{vpath}: already exists")
+    if e.errno == errno.ENOTEMPTY:
+        return ProtocolError(Code.WRONG_TYPE, f"{vpath}: directory not empty")
+    if e.errno == errno.EISDIR:
+        return ProtocolError(Code.WRONG_TYPE, f"{vpath}: is a directory")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ProtocolError(Code.PERMISSION, f"{vpath}: permission denied by the server's file system")
+    if e.errno in (errno.EINVAL, errno.ELOOP, errno.ENAMETOOLONG):
+        return ProtocolError(Code.BAD_NAME, f"{vpath}: {e.strerror}")
+    return ProtocolError(Code.LOCAL_ERROR, f"{vpath}: server error: {e.strerror}")
 
 
 def formatTime(t: float) -> str:
@@ -83,7 +105,10 @@ class Jail:
             if name.startswith(RESERVED_PREFIX):
                 raise ProtocolError(Code.BAD_NAME, f"{path}: names starting with {RESERVED_PREFIX} are reserved")
             parts.append(name)
-        return "/" + "/".join(parts)
+        resolved = "/" + "/".join(parts)
+        if len(resolved.encode("utf-8")) > MAX_PATH:
+            raise ProtocolError(Code.BAD_NAME, f"path longer than {MAX_PATH} bytes once resolved")
+        return resolved
 
     def real(self, vpath: str) -> str:
         """
@@ -109,6 +134,8 @@ class Jail:
             return os.stat(self.real(vpath))
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as e:
+            raise osReply(e, vpath)
 
     def listdir(self, vpath: str) -> list[Entry]:
         """
@@ -126,6 +153,9 @@ class Jail:
                     name = d.name
                     if name.startswith(RESERVED_PREFIX) or not _representable(name):
                         continue
+                    # A link leading out of the root shows nothing of where it leads.
+                    if d.is_symlink() and not self._inside(os.path.realpath(d.path)):
+                        continue
                     try:
                         st = d.stat(follow_symlinks=True)
                     except OSError:
@@ -133,6 +163,8 @@ class Jail:
                     entries.append(Entry.fromStat(name, st))
         except (FileNotFoundError, NotADirectoryError):
             raise ProtocolError(Code.NOT_FOUND, f"{vpath}: no such directory")
+        except OSError as e:
+            raise osReply(e, vpath)
         return sorted(entries, key=lambda e: e.name)
 
     def partialPath(self, vpath: str) -> str:

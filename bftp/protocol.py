@@ -9,17 +9,16 @@ may pipeline commands and they are answered in order.
 from __future__ import annotations
 
 import collections
-import errno
 import hashlib
 import os
 import posixpath
 import re
 import stat as statmod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.cred.credentials import Anonymous, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -27,9 +26,16 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from bftp.fs import PARTIAL_PREFIX, Entry, Jail, formatTime
+from bftp.fs import PARTIAL_PREFIX, Entry, Jail, formatTime, osReply
 from bftp.interfaces import IAccount
-from bftp.transfer import ChunkedFileSender, ChunkSink, DigestCache, hashInThread
+from bftp.transfer import (
+    ChunkedFileSender,
+    ChunkSink,
+    DigestCache,
+    hashInThread,
+    setReadSize,
+    storeDigest,
+)
 from bftp.wire import (
     MAX_CHUNK,
     MAX_LINE,
@@ -50,7 +56,9 @@ from bftp.wire import (
 _BEFORE_HELLO = {"HELLO", "HELP", "QUIT", "NOOP"}
 _BEFORE_LOGIN = _BEFORE_HELLO | {"USER", "PASS"}
 _WRITES = {"PUT", "DELETE", "MKDIR", "RMDIR", "RENAME"}
-_DIGEST_LINE = re.compile(rb"^[0-9a-fA-F]{64}$")
+_DIGEST_LINE = re.compile(rb"[0-9a-fA-F]{64}")
+#: How much a connection reads at a time while file data streams in.
+_TRANSFER_READ = 1 << 20
 
 HELP = [
     "HELLO BFTP/1            announce the protocol version (first)",
@@ -70,27 +78,6 @@ HELP = [
 ]
 
 
-def _osReply(e: OSError, vpath: str) -> ProtocolError:
-    """
-    The reply for a failed file system call.
-    """
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ProtocolError(Code.NO_SPACE, f"{vpath}: no space left on the server")
-    if e.errno in (errno.ENOENT, errno.ENOTDIR):
-        return ProtocolError(Code.NOT_FOUND, f"{vpath}: no such file or directory")
-    if e.errno == errno.EEXIST:
-        return ProtocolError(Code.NOT_FOUND, f"{vpath}: already exists")
-    if e.errno == errno.ENOTEMPTY:
-        return ProtocolError(Code.NOT_FOUND, f"{vpath}: directory not empty")
-    if e.errno == errno.EISDIR:
-        return ProtocolError(Code.NOT_FOUND, f"{vpath}: is a directory")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return ProtocolError(Code.NOT_FOUND, f"{vpath}: permission denied by the server's file system")
-    if e.errno in (errno.EINVAL, errno.ELOOP, errno.ENAMETOOLONG):
-        return ProtocolError(Code.BAD_NAME, f"{vpath}: {e.strerror}")
-    return ProtocolError(Code.LOCAL_ERROR, f"{vpath}: server error: {e.strerror}")
-
-
 @dataclass
 class _Upload:
     vpath: str
@@ -107,7 +94,9 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
     """
 
     MAX_LENGTH = MAX_LINE
-    delimiter = b"\r\n"
+    # Lines end with CRLF; splitting at LF lets a bare LF get a diagnostic
+    # instead of leaving the client waiting for a reply.
+    delimiter = b"\n"
     _log = Logger()
 
     def __init__(self) -> None:
@@ -121,6 +110,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         self._openFiles: set[int] = set()
         self._lost = False
         self._admitted = False
+        self._loginDeadline = None
 
     # -- connection ---------------------------------------------------------
 
@@ -135,11 +125,19 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         # TimeoutMixin schedules on the factory's clock, not the global reactor.
         self.callLater = self.factory.reactor.callLater
         self.setTimeout(self.factory.idleTimeout)
+        self._loginDeadline = self.callLater(self.factory.loginTimeout, self._loginTimedOut)
         self.reply(Code.READY, f"{VERSION} server ready; send HELLO {VERSION}")
+
+    def _loginTimedOut(self) -> None:
+        self._loginDeadline = None
+        self.reply(Code.CLOSING, f"not logged in after {self.factory.loginTimeout} seconds; closing")
+        self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._lost = True
         self.setTimeout(None)
+        if self._loginDeadline is not None and self._loginDeadline.active():
+            self._loginDeadline.cancel()
         if self._admitted:
             self.factory.release(self)
         if self._upload is not None:
@@ -181,6 +179,10 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         if self._discarding:
             self._discarding = False
             return
+        if not line.endswith(b"\r"):
+            self.reply(Code.SYNTAX, "lines must end with CRLF (\\r\\n); line ignored")
+            return
+        line = line[:-1]
         if self._upload is not None and self._upload.awaitingDigest:
             self._run(self._finishUpload, line)
             return
@@ -262,7 +264,11 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         for version in command.args:
             if version.upper() in SUPPORTED_VERSIONS:
                 self._helloDone = True
-                self.reply(Code.OK, f"{VERSION} max-line={MAX_LINE} max-chunk={MAX_CHUNK}")
+                self.reply(
+                    Code.OK,
+                    f"{VERSION} max-line={MAX_LINE} max-chunk={MAX_CHUNK}"
+                    f" max-file-size={self.factory.maxFileSize or 0}",
+                )
                 return
         raise ProtocolError(
             Code.BAD_VERSION,
@@ -282,6 +288,12 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         if self._user is None:
             raise ProtocolError(Code.BAD_SEQUENCE, "send USER first")
         user, self._user = self._user, None
+        host = getattr(self.peer, "host", "?")
+        wait = self.factory.lockedOut(host)
+        if wait:
+            self.reply(Code.CLOSING, f"too many failed logins from {host}; try again in {wait} seconds")
+            self.transport.loseConnection()
+            return None
         if user == "anonymous" and self.factory.anonymous:
             credentials = Anonymous()
         else:
@@ -291,6 +303,8 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         def loggedIn(result):
             _, account, _ = result
             self.account = account
+            if self._loginDeadline is not None and self._loginDeadline.active():
+                self._loginDeadline.cancel()
             self._log.info("{peer} logged in as {user}", peer=self.peer, user=account.name)
             note = " (read-only)" if account.readOnly else ""
             self.reply(Code.LOGGED_IN, f"logged in as {account.name}{note}")
@@ -298,6 +312,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         def refused(failure):
             failure.trap(UnauthorizedLogin)
             self._failures += 1
+            self.factory.loginFailed(host)
             # Slow down password guessing; after a few, hang up.
             wait: Deferred = Deferred()
             self.factory.reactor.callLater(self.factory.loginDelay, wait.callback, None)
@@ -332,7 +347,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         (arg,) = self._args(command, 1, 1, "CD path")
         vpath = self._path(arg)
         if not statmod.S_ISDIR(self._stat(vpath).st_mode):
-            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: not a directory")
+            raise ProtocolError(Code.WRONG_TYPE, f"{vpath}: not a directory")
         self.cwd = vpath
         self.reply(Code.FILE_OK, encodePath(vpath))
 
@@ -346,7 +361,10 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
             entries = [Entry.fromStat(posixpath.basename(vpath), st)]
         lines = [f"{e.kind} {e.size} {formatTime(e.mtime)} {encodePath(e.name)}" for e in entries]
         self.transport.write(
-            formatMultiline(Code.LISTING, lines, f"{len(entries)} entries in {encodePath(vpath)}")
+            formatMultiline(
+                Code.LISTING, lines,
+                f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'} in {encodePath(vpath)}",
+            )
         )
 
     def do_STAT(self, command: Command) -> None:
@@ -372,7 +390,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         try:
             os.mkdir(self.factory.jail.real(vpath))
         except OSError as e:
-            raise _osReply(e, vpath)
+            raise osReply(e, vpath)
         self.reply(Code.PATH_CREATED, f"{encodePath(vpath)} created")
 
     def do_RMDIR(self, command: Command) -> None:
@@ -380,24 +398,29 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         vpath = self._path(arg)
         if vpath == "/":
             raise ProtocolError(Code.BAD_NAME, "the root cannot be removed")
-        real = self.factory.jail.real(vpath)
         if not statmod.S_ISDIR(self._stat(vpath).st_mode):
-            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: not a directory; use DELETE")
-        if not self.factory.jail.listdir(vpath):
-            # Only unfinished uploads may be left; they go with the directory.
-            for name in os.listdir(real):
-                if self._isLocked(posixpath.join(vpath, name)):
-                    raise ProtocolError(Code.BUSY, f"{vpath}: an upload is in progress inside")
-                os.unlink(os.path.join(real, name))
+            raise ProtocolError(Code.WRONG_TYPE, f"{vpath}: not a directory; use DELETE")
+        if self._uploadsBelow(vpath):
+            raise ProtocolError(Code.BUSY, f"{vpath}: an upload is in progress inside")
+        real = self.factory.jail.real(vpath)
+        names = os.listdir(real)
+        if not all(n.startswith(PARTIAL_PREFIX) for n in names):
+            raise ProtocolError(Code.WRONG_TYPE, f"{vpath}: directory not empty")
+        # Only unfinished uploads are left; they go with the directory.
         try:
+            for name in names:
+                os.unlink(os.path.join(real, name))
             os.rmdir(real)
         except OSError as e:
-            raise _osReply(e, vpath)
+            raise osReply(e, vpath)
         self.reply(Code.FILE_OK, f"{encodePath(vpath)} removed")
 
-    def _isLocked(self, partialVpath: str) -> bool:
-        parent, name = posixpath.split(partialVpath)
-        return name.startswith(PARTIAL_PREFIX) and posixpath.join(parent, name[len(PARTIAL_PREFIX):]) in self.factory.uploads
+    def _uploadsBelow(self, vpath: str) -> bool:
+        """
+        Whether an upload runs to C{vpath} or anywhere below it.
+        """
+        prefix = vpath.rstrip("/") + "/"
+        return any(u == vpath or u.startswith(prefix) for u in self.factory.uploads)
 
     def do_DELETE(self, command: Command) -> None:
         (arg,) = self._args(command, 1, 1, "DELETE path")
@@ -406,21 +429,20 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
             raise ProtocolError(Code.BUSY, f"{vpath}: an upload is in progress")
         jail = self.factory.jail
         real = jail.real(vpath)
+        st = jail.stat(vpath)
+        if st is not None and statmod.S_ISDIR(st.st_mode):
+            raise ProtocolError(Code.WRONG_TYPE, f"{vpath}: is a directory; use RMDIR")
         removed = []
         try:
+            if st is not None or os.path.islink(real):
+                os.unlink(real)
+                removed.append("file")
             os.unlink(jail.partialPath(vpath))
             removed.append("unfinished upload")
         except FileNotFoundError:
             pass
-        st = jail.stat(vpath)
-        if st is not None and statmod.S_ISDIR(st.st_mode):
-            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: is a directory; use RMDIR")
-        if st is not None or os.path.islink(real):
-            try:
-                os.unlink(real)
-            except OSError as e:
-                raise _osReply(e, vpath)
-            removed.insert(0, "file")
+        except OSError as e:
+            raise osReply(e, vpath)
         if not removed:
             raise ProtocolError(Code.NOT_FOUND, f"{vpath}: no such file")
         self.reply(Code.FILE_OK, f"{encodePath(vpath)} deleted ({' and '.join(removed)})")
@@ -430,30 +452,33 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         vsrc, vdst = self._path(src), self._path(dst)
         if "/" in (vsrc, vdst):
             raise ProtocolError(Code.BAD_NAME, "the root cannot be renamed or replaced")
-        if vsrc in self.factory.uploads or vdst in self.factory.uploads:
-            raise ProtocolError(Code.BUSY, "an upload to that path is in progress")
+        if self._uploadsBelow(vsrc) or self._uploadsBelow(vdst):
+            raise ProtocolError(Code.BUSY, "an upload to that path is in progress; try later")
         jail = self.factory.jail
         self._stat(vsrc)
         if jail.stat(vdst) is not None:
-            raise ProtocolError(Code.NOT_FOUND, f"{vdst}: already exists; DELETE it first")
+            raise ProtocolError(Code.EXISTS, f"{vdst}: already exists; DELETE it first")
         try:
             os.rename(jail.real(vsrc), jail.real(vdst))
         except OSError as e:
-            raise _osReply(e, vdst)
+            raise osReply(e, vdst)
         self.reply(Code.FILE_OK, f"{encodePath(vsrc)} renamed to {encodePath(vdst)}")
 
     # -- file data ------------------------------------------------------------
 
     def _openRegular(self, vpath: str) -> tuple[int, os.stat_result]:
-        real = self.factory.jail.real(vpath)
+        # Check the type before opening: opening a FIFO would block the
+        # whole server.  O_NONBLOCK covers a swap between the two.
+        if not statmod.S_ISREG(self._stat(vpath).st_mode):
+            raise ProtocolError(Code.WRONG_TYPE, f"{vpath}: not a regular file")
         try:
-            fd = self._open(real, os.O_RDONLY)
+            fd = self._open(self.factory.jail.real(vpath), os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
-            raise _osReply(e, vpath)
+            raise osReply(e, vpath)
         st = os.fstat(fd)
         if not statmod.S_ISREG(st.st_mode):
             self._close(fd)
-            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: not a regular file")
+            raise ProtocolError(Code.WRONG_TYPE, f"{vpath}: not a regular file")
         return fd, st
 
     def do_HASH(self, command: Command) -> Deferred:
@@ -461,7 +486,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         vpath = self._path(arg)
         fd, st = self._openRegular(vpath)
         d = self.factory.digests.digest(fd, st)
-        d.addBoth(lambda r: (self._close(fd), r)[1])
+        self._close(fd)  # the digest reads a duplicate
         return d.addCallback(lambda hexdigest: self.reply(Code.DIGEST, f"{hexdigest} {encodePath(vpath)}"))
 
     def do_GET(self, command: Command) -> Deferred:
@@ -478,26 +503,24 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
             progress=lambda n: self.resetTimeout(),
             useSendfile=self.factory.sendfile,
         )
-        done = gatherResults(
-            [sender.beginSending(self.transport), self.factory.digests.digest(fd, st)],
-            consumeErrors=True,
-        )
+        digest = self.factory.digests.digest(fd, st)
+        sending = sender.beginSending(self.transport)
+        # The digest may fail while chunks are still going out: the stream
+        # must then be cut, not interrupted by a reply.
+        digest.addErrback(lambda f: (self.transport.abortConnection(), f)[1])
 
-        def sent(results):
-            n, hexdigest = results
-            self.reply(Code.TRANSFER_DONE, f"{hexdigest} sent {n} bytes")
-
-        def failed(failure):
-            failure.trap(FirstError)
+        def settled(results):
+            self._close(fd)
+            (sentOK, n), (digestOK, hexdigest) = results
             if self._lost:
                 self._log.info("{peer} left during download of {path}", peer=self.peer, path=vpath)
-                return None
-            reason = failure.value.subFailure.value
-            raise ProtocolError(Code.LOCAL_ERROR, f"{vpath}: transfer failed: {reason}")
+            elif sentOK and digestOK:
+                self.reply(Code.TRANSFER_DONE, f"{hexdigest} sent {n} bytes")
+            else:
+                why = (n if not sentOK else hexdigest).getErrorMessage()
+                self._log.warn("download of {path} failed: {why}", path=vpath, why=why)
 
-        done.addCallbacks(sent, failed)
-        done.addBoth(lambda r: (self._close(fd), r)[1])
-        return done
+        return DeferredList([sending, digest], consumeErrors=True).addCallback(settled)
 
     def do_PUT(self, command: Command) -> Deferred | None:
         args = self._args(command, 1, 2, "PUT path [offset]")
@@ -505,7 +528,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         offset = decodeOffset(args[1]) if len(args) > 1 else 0
         jail = self.factory.jail
         if vpath == "/":
-            raise ProtocolError(Code.BAD_NAME, "the root is a directory")
+            raise ProtocolError(Code.WRONG_TYPE, "the root is a directory")
         if vpath in self.factory.uploads:
             raise ProtocolError(Code.BUSY, f"{vpath}: another upload to this path is in progress; try later")
         parent = jail.stat(posixpath.dirname(vpath))
@@ -514,7 +537,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         real = jail.real(vpath)
         target = jail.stat(vpath)
         if target is not None and not statmod.S_ISREG(target.st_mode):
-            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: exists and is not a regular file")
+            raise ProtocolError(Code.WRONG_TYPE, f"{vpath}: exists and is not a regular file")
         limit = self.factory.maxFileSize
         if limit is not None and offset > limit:
             raise ProtocolError(Code.TOO_LARGE, f"offset {offset} is past the file size limit of {limit} bytes")
@@ -528,7 +551,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         except FileNotFoundError:
             raise ProtocolError(Code.NOT_FOUND, f"{vpath}: no unfinished upload to resume; PUT it from offset 0")
         except OSError as e:
-            raise _osReply(e, vpath)
+            raise osReply(e, vpath)
         have = os.fstat(fd).st_size
         if offset > have:
             self._close(fd)
@@ -538,23 +561,28 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
             )
         os.ftruncate(fd, offset)
         self.factory.uploads.add(vpath)
-        f = os.fdopen(fd, "wb", buffering=0, closefd=False)
+        f = os.fdopen(fd, "r+b", buffering=0, closefd=False)
         f.seek(offset)
         upload = self._upload = _Upload(vpath, real, partial, f)
 
         def ready(hasher):
-            upload.sink = ChunkSink(f, hasher, limit=limit, progress=lambda n: self.resetTimeout())
+            if self._upload is not upload:
+                return  # the connection went meanwhile
+            upload.sink = ChunkSink(
+                self.factory.reactor, f, hasher, limit=limit, progress=lambda n: self.resetTimeout()
+            )
             self.reply(Code.SEND_DATA, f"{offset} send data from byte {offset}, then the SHA-256 of the whole file")
+            setReadSize(self.transport, _TRANSFER_READ)
             self.setRawMode()
-
-        def failed(failure):
-            self._endUpload(keepPartial=True)
-            return failure
 
         if offset == 0:
             ready(hashlib.sha256())
             return None
         # The data before the offset is already here: hash it first.
+        def failed(failure):
+            self._endUpload(keepPartial=True)
+            return failure
+
         return hashInThread(self.factory.reactor, fd, offset).addCallbacks(ready, failed)
 
     def rawDataReceived(self, data: bytes) -> None:
@@ -570,12 +598,13 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
             return
         if upload.sink.done:
             upload.awaitingDigest = True
+            setReadSize(self.transport, None)
             self.setLineMode(upload.sink.rest)
 
-    def _finishUpload(self, line: bytes) -> Deferred | None:
+    async def _finishUpload(self, line: bytes) -> None:
         upload = self._upload
         sink = upload.sink
-        if not _DIGEST_LINE.match(line):
+        if not _DIGEST_LINE.fullmatch(line):
             self._endUpload(keepPartial=True)
             raise ProtocolError(
                 Code.BAD_ARGUMENT,
@@ -584,9 +613,13 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         if sink.error is not None:
             self._endUpload(keepPartial=False)
             if isinstance(sink.error, OSError):
-                raise _osReply(sink.error, upload.vpath)
+                raise osReply(sink.error, upload.vpath)
             raise ProtocolError(Code.TOO_LARGE, f"{upload.vpath}: {sink.error}; not stored")
-        computed = sink.hasher.hexdigest()
+        try:
+            computed = await sink.digest()
+        except Exception as e:
+            self._endUpload(keepPartial=True)
+            raise ProtocolError(Code.LOCAL_ERROR, f"{upload.vpath}: could not read back the data: {e}")
         if computed != line.decode("ascii").lower():
             self._endUpload(keepPartial=False)
             raise ProtocolError(
@@ -597,44 +630,48 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
 
         def commit():
             os.fsync(fd)
+            storeDigest(fd, computed)
             os.replace(upload.partial, upload.real)
             dirfd = os.open(os.path.dirname(upload.real), os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(dirfd)
             finally:
                 os.close(dirfd)
+            return os.fstat(fd)
 
         reactor = self.factory.reactor
-        d = deferToThreadPool(reactor, reactor.getThreadPool(), commit)
-
-        def stored(_):
+        try:
+            st = await deferToThreadPool(reactor, reactor.getThreadPool(), commit)
+        except OSError as e:
             self._endUpload(keepPartial=True)
-            self._log.info("{peer} stored {path} ({n} bytes)", peer=self.peer, path=upload.vpath, n=sink.size)
-            self.reply(Code.TRANSFER_DONE, f"{computed} stored {sink.size} bytes")
-
-        def failed(failure):
-            self._endUpload(keepPartial=True)
-            failure.trap(OSError)
-            raise _osReply(failure.value, upload.vpath)
-
-        return d.addCallbacks(stored, failed)
+            raise osReply(e, upload.vpath)
+        self.factory.digests.remember(st, computed)
+        self._endUpload(keepPartial=True)
+        self._log.info("{peer} stored {path} ({n} bytes)", peer=self.peer, path=upload.vpath, n=sink.size)
+        self.reply(Code.TRANSFER_DONE, f"{computed} stored {sink.size} bytes")
 
     def _endUpload(self, keepPartial: bool) -> None:
         """
         Close the current upload's file and release its path; keep what was
-        received for a resume, or remove it.
+        received for a resume (unless it is nothing), or remove it.
         """
         upload, self._upload = self._upload, None
+        if upload is None:
+            return
+        if upload.sink is not None:
+            upload.sink.close()
         fd = upload.file.fileno()
+        empty = os.fstat(fd).st_size == 0
         upload.file.close()
         self._close(fd)
         self.factory.uploads.discard(upload.vpath)
-        if not keepPartial:
+        if not keepPartial or empty:
             try:
                 os.unlink(upload.partial)
             except FileNotFoundError:
                 pass
         if not self.line_mode:
+            setReadSize(self.transport, None)
             self.setLineMode()
 
 
@@ -658,8 +695,20 @@ class BFTPFactory(Factory):
         maxFileSize: int | None = None,
         loginDelay: float = 1.0,
         maxLoginFailures: int = 3,
+        loginTimeout: int = 60,
+        lockoutFailures: int = 10,
+        lockoutSeconds: int = 600,
         sendfile: bool = True,
     ) -> None:
+        """
+        @param loginDelay: seconds before a failed login is answered.
+        @param maxLoginFailures: failed logins after which a connection is
+            closed.
+        @param loginTimeout: seconds a connection may stay without logging in.
+        @param lockoutFailures: failed logins from one address, within
+            C{lockoutSeconds}, after which that address may not log in
+            until the oldest of them is that old.
+        """
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -672,7 +721,11 @@ class BFTPFactory(Factory):
         self.maxFileSize = maxFileSize
         self.loginDelay = loginDelay
         self.maxLoginFailures = maxLoginFailures
+        self.loginTimeout = loginTimeout
+        self.lockoutFailures = lockoutFailures
+        self.lockoutSeconds = lockoutSeconds
         self.sendfile = sendfile
+        self._failedLogins: dict[str, collections.deque[float]] = {}
         self.digests = DigestCache(reactor)
         self.uploads: set[str] = set()
         self._perHost: collections.Counter[str] = collections.Counter()
@@ -697,3 +750,27 @@ class BFTPFactory(Factory):
         if not self._perHost[host]:
             del self._perHost[host]
         self._connections -= 1
+
+    def loginFailed(self, host: str) -> None:
+        """
+        Count a failed login from C{host}.
+        """
+        self._failedLogins.setdefault(host, collections.deque()).append(self.reactor.seconds())
+
+    def lockedOut(self, host: str) -> int:
+        """
+        @return: seconds until C{host} may try to log in again; 0 if it may
+            now.
+        """
+        failures = self._failedLogins.get(host)
+        if not failures:
+            return 0
+        now = self.reactor.seconds()
+        while failures and failures[0] <= now - self.lockoutSeconds:
+            failures.popleft()
+        if not failures:
+            del self._failedLogins[host]
+            return 0
+        if len(failures) < self.lockoutFailures:
+            return 0
+        return int(failures[0] + self.lockoutSeconds - now) + 1

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bftp.wire import CHUNK_SIZE, END_OF_DATA, ChunkDecoder, chunkHeader
+from coursenet.coalesce import Coalescer
 
 Progress = Callable[[int], None]
 
@@ -175,9 +176,102 @@ class ChunkedFileSender:
             self.deferred.errback(Failure(ConnectionError("connection lost during transfer")))
 
 
+class BackgroundHasher:
+    """
+    The SHA-256 of a file being written, computed in the reactor's thread
+    pool a little behind the writer.
+
+    The writer only says how far it got (L{wrote}); a job in a thread reads
+    the new bytes back from the page cache and hashes them, with the GIL
+    released, while the reactor goes on receiving.  At most one job runs
+    per file, and no thread ever waits for data, so a stalled upload holds
+    no thread.
+    """
+
+    STEP = 4 << 20
+
+    def __init__(self, reactor, fd: int, hasher, position: int) -> None:
+        """
+        @param fd: the file being written; the hasher reads its own
+            duplicate, so the caller may close C{fd} at any time.
+        @param hasher: a C{hashlib} object already fed with the bytes
+            before C{position}.
+        """
+        self._reactor = reactor
+        self._fd = os.dup(fd)
+        self._hasher = hasher
+        self._hashed = self._written = position
+        self._job: Deferred | None = None
+        self._failure: Failure | None = None
+        self._finished: Deferred | None = None
+        self._closed = False
+
+    def wrote(self, n: int) -> None:
+        self._written += n
+        if self._job is None and self._written - self._hashed >= self.STEP:
+            self._startJob()
+
+    def _startJob(self) -> None:
+        start, end = self._hashed, self._written
+        pool = self._reactor.getThreadPool()
+        self._job = deferToThreadPool(self._reactor, pool, hashRange, self._fd, end, self._hasher, start)
+        self._job.addCallbacks(self._jobDone, self._jobFailed, callbackArgs=(end,))
+
+    def _jobDone(self, _, end: int) -> None:
+        self._job = None
+        self._hashed = end
+        self._next()
+
+    def _jobFailed(self, failure: Failure) -> None:
+        self._job = None
+        self._failure = failure
+        self._next()
+
+    def _next(self) -> None:
+        if self._closed:
+            self._release()
+        elif self._failure is None and self._written > self._hashed and (
+            self._finished is not None or self._written - self._hashed >= self.STEP
+        ):
+            self._startJob()
+        elif self._finished is not None:
+            d, self._finished = self._finished, None
+            self._release()
+            if self._failure is not None:
+                d.errback(self._failure)
+            else:
+                d.callback(self._hasher.hexdigest())
+
+    def finish(self) -> Deferred[str]:
+        """
+        @return: fires with the hex digest once every byte written has been
+            hashed.
+        """
+        self._finished = Deferred()
+        d = self._finished
+        if self._job is None:
+            self._next()
+        return d
+
+    def close(self) -> None:
+        """
+        Give up (the transfer failed): release the descriptor once no job
+        is using it.
+        """
+        self._closed = True
+        if self._job is None:
+            self._release()
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class ChunkSink:
     """
-    Receive chunk payloads into a file, hashing them on the way.
+    Receive chunk payloads into a file, hashing them on the way in a
+    thread (L{BackgroundHasher}).
 
     A write error (a full disk, say) does not stop the stream: the rest of
     the data is read and discarded so the connection stays in step, and
@@ -186,24 +280,26 @@ class ChunkSink:
 
     def __init__(
         self,
+        reactor,
         f,
         hasher,
         limit: int | None = None,
         progress: Progress | None = None,
     ) -> None:
         """
-        @param f: a binary file open for writing at the right offset.
+        @param f: a binary file open for reading and writing, positioned
+            where the data goes.
         @param hasher: a C{hashlib} object already fed with the bytes before
-            that offset.
+            that position.
         @param limit: refuse to write past this many bytes in the file.
         """
         self._f = f
-        self.hasher = hasher
+        self.size = f.tell()
+        self._hashing = BackgroundHasher(reactor, f.fileno(), hasher, self.size)
         self._limit = limit
         self._progress = progress
         self._decoder = ChunkDecoder()
         self.error: OSError | str | None = None
-        self.size = f.tell()
 
     @property
     def done(self) -> bool:
@@ -231,21 +327,34 @@ class ChunkSink:
                         self._f.write(piece)
                     except OSError as e:
                         self.error = e
-            if self.error is None:
-                self.hasher.update(piece)
-                self.size += n
+                    else:
+                        self.size += n
+                        self._hashing.wrote(n)
             if self._progress is not None:
                 self._progress(n)
 
+    def digest(self) -> Deferred[str]:
+        """
+        @return: fires with the hex SHA-256 of the whole file once the end
+            chunk has come and every byte is hashed.
+        """
+        return self._hashing.finish()
 
-def hashRange(fd: int, end: int, hasher=None):
+    def close(self) -> None:
+        """
+        Stop hashing (the transfer failed or was refused).
+        """
+        self._hashing.close()
+
+
+def hashRange(fd: int, end: int, hasher=None, start: int = 0):
     """
-    Feed bytes C{[0, end)} of C{fd} to C{hasher} (a new SHA-256 by default)
-    and return it.  Blocking: call it in a thread.
+    Feed bytes C{[start, end)} of C{fd} to C{hasher} (a new SHA-256 by
+    default) and return it.  Blocking: call it in a thread.
     """
     if hasher is None:
         hasher = hashlib.sha256()
-    pos = 0
+    pos = start
     while pos < end:
         data = os.pread(fd, min(_READ, end - pos), pos)
         if not data:
@@ -257,58 +366,122 @@ def hashRange(fd: int, end: int, hasher=None):
 
 def hashInThread(reactor, fd: int, end: int) -> Deferred:
     """
-    L{hashRange} in the reactor's thread pool.
+    L{hashRange} from the start of the file in the reactor's thread pool,
+    on a duplicate of C{fd} so the caller may close it meanwhile.
 
     @return: fires with the C{hashlib} object.
     """
-    return deferToThreadPool(reactor, reactor.getThreadPool(), hashRange, fd, end)
+    own = os.dup(fd)
+    d = deferToThreadPool(reactor, reactor.getThreadPool(), hashRange, own, end)
+
+    def release(result):
+        os.close(own)
+        return result
+
+    return d.addBoth(release)
+
+
+#: Extended attribute where a verified digest is kept with the file:
+#: C{size:mtime_ns:hex}, valid only while size and mtime still match.
+DIGEST_XATTR = "user.bftp.sha256"
+
+
+def storeDigest(fd: int, hexdigest: str) -> None:
+    """
+    Keep C{hexdigest} in the file's extended attributes, where the file
+    system allows it.  Blocking: call it in a thread.
+    """
+    st = os.fstat(fd)
+    try:
+        os.setxattr(fd, DIGEST_XATTR, f"{st.st_size}:{st.st_mtime_ns}:{hexdigest}".encode())
+    except OSError:
+        pass
+
+
+def _storedDigest(fd: int, st: os.stat_result) -> str | None:
+    try:
+        size, mtime, hexdigest = os.getxattr(fd, DIGEST_XATTR).decode().split(":")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if (int(size), int(mtime)) == (st.st_size, st.st_mtime_ns) and len(hexdigest) == 64:
+        return hexdigest
+    return None
+
+
+def _digestOf(fd: int, st: os.stat_result) -> str:
+    stored = _storedDigest(fd, st)
+    if stored is not None:
+        return stored
+    hexdigest = hashRange(fd, st.st_size).hexdigest()
+    storeDigest(fd, hexdigest)
+    return hexdigest
 
 
 class DigestCache:
     """
     Whole-file SHA-256 digests, computed in a thread and remembered by
-    device, inode, size and modification time; a digest being computed is
-    shared by everyone who asks for it meanwhile.
+    device, inode, size and modification time (in memory, and in an
+    extended attribute of the file where the file system allows); a digest
+    being computed is shared by everyone who asks for it meanwhile.
     """
 
     def __init__(self, reactor, size: int = 1024) -> None:
         self._reactor = reactor
         self._size = size
         self._done: collections.OrderedDict[tuple, str] = collections.OrderedDict()
-        self._pending: dict[tuple, list[Deferred]] = {}
+        self._running = Coalescer()
+
+    @staticmethod
+    def _key(st: os.stat_result) -> tuple:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def remember(self, st: os.stat_result, hexdigest: str) -> None:
+        """
+        Record a digest already known, for the file whose C{stat} is C{st}.
+        """
+        key = self._key(st)
+        self._done[key] = hexdigest
+        self._done.move_to_end(key)
+        while len(self._done) > self._size:
+            self._done.popitem(last=False)
 
     def digest(self, fd: int, st: os.stat_result) -> Deferred[str]:
         """
         @return: fires with the hex digest of the file open as C{fd}, whose
             C{fstat} is C{st}.
         """
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        key = self._key(st)
         if key in self._done:
             self._done.move_to_end(key)
             return succeed(self._done[key])
-        waiters = self._pending.get(key)
-        d: Deferred[str] = Deferred()
-        if waiters is not None:
-            waiters.append(d)
-            return d
-        self._pending[key] = [d]
-        # The thread reads its own descriptor: the caller may close fd
-        # before the digest is done.
-        own = os.dup(fd)
+        def compute() -> Deferred[str]:
+            # The thread reads its own descriptor: the caller may close fd
+            # before the digest is done.
+            own = os.dup(fd)
 
-        def done(result):
-            os.close(own)
-            if not isinstance(result, Failure):
-                result = result.hexdigest()
-                self._done[key] = result
-                while len(self._done) > self._size:
-                    self._done.popitem(last=False)
-            for w in self._pending.pop(key):
-                if isinstance(result, Failure):
-                    w.errback(result)
-                else:
-                    w.callback(result)
+            def done(result):
+                os.close(own)
+                if not isinstance(result, Failure):
+                    self.remember(st, result)
+                return result
 
-        hashInThread(self._reactor, own, st.st_size).addBoth(done)
-        return d
+            pool = self._reactor.getThreadPool()
+            return deferToThreadPool(self._reactor, pool, _digestOf, own, st).addBoth(done)
 
+        return self._running.run(key, compute)
+
+
+def setReadSize(transport, size: int | None) -> None:
+    """
+    Make the TCP connection under C{transport} (through a TLS layer, if
+    any) read up to C{size} bytes at a time, or go back to its default
+    with L{None}.  Large reads during a transfer cut the calls per byte.
+    """
+    for _ in range(4):
+        if isinstance(transport, tcp.Connection):
+            if size is None:
+                transport.__dict__.pop("bufferSize", None)
+            else:
+                transport.bufferSize = size
+            return
+        transport = getattr(transport, "transport", None)

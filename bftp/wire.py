@@ -17,14 +17,14 @@ VERSION = "BFTP/1"
 SUPPORTED_VERSIONS = (VERSION,)
 
 #: The longest command or reply line, CRLF excluded.
-MAX_LINE = 1024
+MAX_LINE = 4096
 #: The largest chunk a peer may send; both sides enforce it.
 MAX_CHUNK = 1 << 20
 #: The chunk size senders use.
 CHUNK_SIZE = 1 << 20
-#: Limits on names, in UTF-8 bytes.
+#: Limits on names and on whole (resolved) paths, in UTF-8 bytes.
 MAX_NAME = 255
-MAX_PATH = 4096
+MAX_PATH = 1024
 
 HEADER_LEN = 8
 END_OF_DATA = b"00000000"
@@ -62,9 +62,11 @@ class Code(enum.IntEnum):
     NOT_LOGGED_IN = 530
     PERMISSION = 534
     NOT_FOUND = 550
+    EXISTS = 551
     TOO_LARGE = 552
     BAD_NAME = 553
     DIGEST_MISMATCH = 554
+    WRONG_TYPE = 555
 
 
 class ProtocolError(Exception):
@@ -91,7 +93,9 @@ def formatReply(code: int, text: str) -> bytes:
     """
     clean = "".join(c if c.isprintable() else "?" for c in text)
     line = f"{int(code)} {clean}".encode("utf-8")
-    return line[:MAX_LINE] + b"\r\n"
+    if len(line) > MAX_LINE:
+        line = line[:MAX_LINE].decode("utf-8", "ignore").encode("utf-8")
+    return line + b"\r\n"
 
 
 def formatMultiline(code: int, lines: list[str], last: str) -> bytes:
@@ -164,15 +168,16 @@ def parseCommand(line: bytes) -> Command:
     return Command(verb, args, rest, "PASS ***" if verb == "PASS" else text)
 
 
-_SAFE = "/-._~!$&'()*+,;=:@"
-
-
 def encodePath(path: str) -> str:
     """
-    Percent-encode a path for a command or listing (RFC 3986 style): spaces,
-    C{%} and anything not printable ASCII become C{%XX} of the UTF-8 bytes.
+    Percent-encode a path for a command or listing: a space, C{%} and any
+    character that is not printable become C{%XX} of their UTF-8 bytes;
+    everything else, non-ASCII letters included, stays as it is.
     """
-    return urllib.parse.quote(path, safe=_SAFE)
+    return "".join(
+        c if c.isprintable() and c not in " %" else urllib.parse.quote(c, safe="")
+        for c in path
+    )
 
 
 def decodePath(arg: str) -> str:

@@ -26,10 +26,12 @@ from typing import Iterable
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from coursenet.coalesce import Coalescer
 
 _SCHEME = "scrypt"
 _N, _R, _P = 2**14, 8, 1
@@ -157,6 +159,13 @@ class PasswordChecker:
 
     The file is read again whenever its modification time changes, so
     C{coursenet-passwd} works on a running server.
+
+    scrypt costs tens of milliseconds and 16 MiB a check, so at most
+    C{concurrency} checks run at once; checks of the same name and password
+    that arrive together share one; and a password once verified is
+    remembered, as an HMAC under a key that lives only in this process, so
+    the same user logging in again costs a hash, not an scrypt.  Wrong
+    passwords always pay the full price.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -167,10 +176,12 @@ class PasswordChecker:
         path: str | None = None,
         users: Iterable[tuple[str, str]] = (),
         reactor=None,
+        concurrency: int = 2,
     ) -> None:
         """
         @param path: a password file, or L{None}.
         @param users: C{(name, clear password)} pairs, hashed here at once.
+        @param concurrency: scrypt checks allowed to run at once.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -179,6 +190,10 @@ class PasswordChecker:
         self._stamp: float | None = None
         self._fromFile: dict[str, str] = {}
         self._fromArgs = {name: hashPassword(pw) for name, pw in users}
+        self._secret = secrets.token_bytes(32)
+        self._verified: dict[tuple[str, str], bytes] = {}
+        self._checks = Coalescer()
+        self._slots = DeferredSemaphore(concurrency)
 
     def _accounts(self) -> dict[str, str]:
         if self._path is not None:
@@ -215,24 +230,35 @@ class PasswordChecker:
         if isinstance(password, bytes):
             password = password.decode("utf-8", "replace")
         encoded = self._accounts().get(name)
-        if encoded is None:
-            # Hash anyway so that unknown and known names take the same time.
+        known = encoded is not None
+        if not known:
+            # Check anyway so that unknown and known names take the same time.
             encoded = _DUMMY_HASH
-        d = deferToThreadPool(
-            self._reactor,
-            self._reactor.getThreadPool(),
-            verifyPassword,
-            password,
-            encoded,
-        )
+        tag = hmac.new(self._secret, password.encode("utf-8"), "sha256").digest()
+        remembered = self._verified.get((name, encoded))
+        if known and remembered is not None and hmac.compare_digest(remembered, tag):
+            return succeed(name)
 
         def checked(ok: bool):
-            if ok and encoded is not _DUMMY_HASH:
+            if ok and known:
+                if len(self._verified) >= 10_000:
+                    self._verified.clear()
+                self._verified[(name, encoded)] = tag
                 return name
             self._log.info("failed login for {user}", user=name)
             raise UnauthorizedLogin("login incorrect")
 
-        return d.addCallback(checked)
+        return self._verify(name, encoded, password, tag).addCallback(checked)
+
+    def _verify(self, name: str, encoded: str, password: str, tag: bytes) -> Deferred[bool]:
+        """
+        scrypt in a thread, one check for all who ask the same meanwhile.
+        """
+        pool = self._reactor.getThreadPool()
+        return self._checks.run(
+            (name, encoded, tag),
+            lambda: self._slots.run(deferToThreadPool, self._reactor, pool, verifyPassword, password, encoded),
+        )
 
 
 _DUMMY_HASH = hashPassword(secrets.token_hex(8))

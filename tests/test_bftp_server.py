@@ -411,3 +411,166 @@ def test_stringTransportGreeting(root, fake):
     transport = StringTransport()
     proto.makeConnection(transport)
     assert transport.value() == b"220 BFTP/1 server ready; send HELLO BFTP/1\r\n"
+
+
+def test_bareLineFeedGetsDiagnostic(root, fake):
+    """A command ended by a bare LF is answered with a 500 that says lines end with CRLF, not silence."""
+    lines, *_ = raw(root, fake, b"NOOP\n", b"NOOP\r\n")
+    assert codes(lines[1:]) == [500, 200]
+    assert "CRLF" in lines[1]
+
+
+def test_overlongLineSplitBetweenCRAndLF(root, fake):
+    """An overlong line whose CR and LF arrive in different reads does not swallow the next command."""
+    lines, *_ = raw(root, fake, b"Z" * 5000 + b"\r", b"\nNOOP\r\n")
+    fake.advance(0)
+    assert codes(lines[1:]) == [500, 200]
+
+
+def test_digestLineWithTrailingGarbageRefused(root, fake):
+    """A digest line with anything after the 64 hex digits is a 501, and the upload is kept for resume."""
+    data = b"abc"
+    digest = hashlib.sha256(data).hexdigest().encode()
+    lines, *_ = raw(
+        root, fake, b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n",
+        b"PUT f\r\n", b"00000003abc00000000" + digest + b"x\r\n",
+    )
+    assert codes(lines[4:]) == [350, 501]
+    assert (root / (PARTIAL_PREFIX + "f")).read_bytes() == b"abc"
+
+
+def test_fifoRefusedWithoutBlocking(root, fake):
+    """GET and HASH of a FIFO answer 555 at once instead of blocking the server on open()."""
+    os.mkfifo(root / "pipe")
+    lines, *_ = raw(root, fake, b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n", b"GET pipe\r\n", b"HASH pipe\r\n")
+    assert codes(lines[4:]) == [555, 555]
+
+
+def test_listHidesLinksLeadingOut(root, fake, tmp_path):
+    """LIST shows nothing of a symbolic link that leads outside the root, but lists links that stay inside."""
+    (tmp_path / "secret").write_bytes(b"x" * 1234)
+    os.symlink(tmp_path / "secret", root / "out")
+    os.symlink("a.txt", root / "in")
+    client, server, pump = session(root, fake)
+    names = [e.name for e in result(client.list("/"), pump)]
+    assert names == ["a.txt", "docs", "in"]
+
+
+def test_rmdirKeepsHiddenEntries(root, fake):
+    """RMDIR of a directory holding entries clients cannot see refuses with 555 and deletes nothing."""
+    (root / "docs" / b"\xffhidden".decode("utf-8", "surrogateescape")).write_bytes(b"keep")
+    client, server, pump = session(root, fake)
+    with pytest.raises(BFTPError) as e:
+        result(client.rmdir("docs"), pump)
+    assert e.value.code == Code.WRONG_TYPE
+    assert len(os.listdir(root / "docs")) == 1
+
+
+def test_rmdirTakesUnfinishedUploads(root, fake):
+    """RMDIR of a directory holding only unfinished uploads removes them with it."""
+    (root / "docs" / (PARTIAL_PREFIX + "x")).write_bytes(b"part")
+    client, server, pump = session(root, fake)
+    result(client.rmdir("docs"), pump)
+    assert not (root / "docs").exists()
+
+
+def test_deleteDirectoryKeepsPartial(root, fake):
+    """DELETE of a directory is refused before it touches anything, an unfinished upload of that name included."""
+    (root / (PARTIAL_PREFIX + "docs")).write_bytes(b"part")
+    client, server, pump = session(root, fake)
+    with pytest.raises(BFTPError) as e:
+        result(client.delete("docs"), pump)
+    assert e.value.code == Code.WRONG_TYPE
+    assert (root / (PARTIAL_PREFIX + "docs")).exists()
+
+
+def test_renameRefusedDuringUpload(root, fake):
+    """RENAME of a directory with an upload running inside it gets 450."""
+    factory = makeFactory(root, fake)
+    c1, s1, p1 = connected(factory, fake, Raw)
+    c1.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\nPUT docs/f\r\n")
+    p1.flush()
+    c2, s2, p2 = connected(factory, fake, Raw)
+    c2.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\nRENAME docs d2\r\nRMDIR docs\r\n")
+    p2.flush()
+    assert codes(c2.lines()[4:]) == [450, 450]
+    assert (root / "docs").is_dir()
+
+
+def test_loginDeadline(root, fake):
+    """A connection that does not log in within the login timeout gets 421 and is closed, even if it keeps sending NOOP."""
+    lines, server, pump, client = raw(root, fake, loginTimeout=30)
+    for _ in range(4):
+        fake.advance(10)
+        client.transport.write(b"NOOP\r\n")
+        pump.flush()
+    assert codes(client.lines())[-1] == 421
+    assert "not logged in" in client.lines()[-1]
+
+
+def test_lockoutPerAddress(root, fake):
+    """After too many failed logins from one address, further connections from it are refused until the window passes."""
+    factory = makeFactory(root, fake, lockoutFailures=4, lockoutSeconds=60)
+    for _ in range(2):
+        client, _, pump = connected(factory, fake, Raw)
+        client.transport.write(b"HELLO BFTP/1\r\n" + b"USER alice\r\nPASS bad\r\n" * 2)
+        pump.flush()
+    client, _, pump = connected(factory, fake, Raw)
+    client.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n")
+    pump.flush()
+    assert codes(client.lines()) == [220, 200, 331, 421]
+    assert "too many failed logins" in client.lines()[-1]
+    fake.advance(61)
+    client, _, pump = connected(factory, fake, Raw)
+    client.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n")
+    pump.flush()
+    assert codes(client.lines()) == [220, 200, 331, 230]
+
+
+def test_helloAdvertisesLimits(root, fake):
+    """HELLO's reply names the line, chunk and file size limits, and the client refuses a file over the limit before sending it."""
+    client, server, pump = session(root, fake, maxFileSize=10)
+    assert "max-file-size=10" in client.serverInfo
+    with pytest.raises(BFTPError) as e:
+        result(client.put(str(root / "a.txt"), "/b.txt"), pump)
+    assert e.value.code == 552
+    assert not (root / "b.txt").exists()
+
+
+def test_refusedGetLeavesNoPartFile(root, fake, tmp_path):
+    """A GET the server refuses leaves no empty .bftp-part file behind."""
+    client, server, pump = session(root, fake)
+    with pytest.raises(BFTPError):
+        result(client.get("/nope", str(tmp_path / "x")), pump)
+    assert os.listdir(tmp_path) == ["root"]
+
+
+def test_getRestartsWhenRemoteShrank(root, fake, tmp_path):
+    """A resumed GET whose part file is longer than the remote file starts over and still ends with the right file."""
+    (tmp_path / "a.txt.bftp-part").write_bytes(b"x" * 100)
+    client, server, pump = session(root, fake)
+    result(client.get("/a.txt", str(tmp_path / "a.txt")), pump)
+    assert (tmp_path / "a.txt").read_bytes() == b"hello world\n"
+
+
+def test_emptyPartialNotKept(root, fake):
+    """A PUT cut before any data leaves no partial upload behind."""
+    factory = makeFactory(root, fake)
+    client, server, pump = connected(factory, fake, Raw)
+    client.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\nPUT f\r\n")
+    pump.flush()
+    client.transport.loseConnection()
+    pump.flush()
+    assert sorted(os.listdir(root)) == ["a.txt", "docs"]
+
+
+def test_pathTooLongOnceResolved(root, fake):
+    """CD cannot build a current directory longer than the path limit: a clear 553, not a cut reply."""
+    client, server, pump = session(root, fake)
+    name = "d" * 200
+    with pytest.raises(BFTPError) as e:
+        for _ in range(10):
+            result(client.mkdir(name), pump)
+            result(client.cd(name), pump)
+    assert e.value.code == Code.BAD_NAME
+    assert len(result(client.pwd(), pump)) <= 1024
