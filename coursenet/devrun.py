@@ -86,7 +86,13 @@ def demoPassword(var: str, passwd: str) -> str:
     return password
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # A SIGTERM (from a supervisor, say) stops the servers as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     os.makedirs(VAR, exist_ok=True)
     cert, key = ensureDevCertificate(os.path.join(VAR, "tls"))
     passwd = os.path.join(VAR, "passwd")
