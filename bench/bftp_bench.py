@@ -31,6 +31,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from coursenet.procs import freePort, stopProcess
+
 MB = 1_000_000
 USER, PASSWORD = "bench", "bench-secret"
 HOST = "127.0.0.1"
@@ -45,12 +47,6 @@ NEEDS = 3 * BIG
 
 
 # -- the bench process ---------------------------------------------------------
-
-
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _moreFiles() -> None:
@@ -158,13 +154,7 @@ class Server:
         return stop
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stopProcess(self.proc)
         self._logFile.close()
 
 
@@ -238,7 +228,7 @@ class Bench:
     # servers
 
     def bftpServer(self, tls: bool = False) -> tuple[Server, int]:
-        port = _freePort()
+        port = freePort()
         listen = (
             f"ssl:{port}:interface={HOST}:privateKey={self.key}:certKey={self.cert}:backlog=1024"
             if tls else f"tcp:{port}:interface={HOST}:backlog=1024"
@@ -253,14 +243,14 @@ class Bench:
         return s, port
 
     def ftpServer(self, tls: bool = False) -> tuple[Server, int]:
-        port = _freePort()
+        port = freePort()
         spec = {"port": port, "root": self.root, "tls": tls, "cert": self.cert, "key": self.key}
         s = Server("ftp-server", None, port, os.path.join(self.logs, "pyftpdlib.log"), spec)
         self.servers.append(s)
         return s, port
 
     def rawServer(self, path: str) -> tuple[Server, int]:
-        port = _freePort()
+        port = freePort()
         s = Server("raw-server", None, port, os.path.join(self.logs, "raw.log"), {"port": port, "path": path})
         self.servers.append(s)
         return s, port

@@ -11,14 +11,15 @@ from twisted.python import usage
 
 from bftp.auth import makePortal
 from bftp.protocol import BFTPFactory
-from coursenet.accounts import PasswordChecker, parseUserSpec
+from coursenet.accounts import PasswordChecker
+from coursenet.options import AccountOptionsMixin
 from coursenet.tls import tlsListenString
 
 DEFAULT_LISTEN = "tcp:9021:interface=127.0.0.1"
 DEFAULT_TLS_PORT = 9022
 
 
-class Options(usage.Options):
+class Options(AccountOptionsMixin, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve a directory over BFTP, the Braude File Transfer Protocol. "
@@ -52,18 +53,8 @@ class Options(usage.Options):
         """
         self["listen"].append(description)
 
-    def opt_user(self, spec: str) -> None:
-        """
-        Add an account NAME:PASSWORD (repeatable; for quick starts)
-        """
-        try:
-            self["users"].append(parseUserSpec(spec))
-        except ValueError as e:
-            raise usage.UsageError(str(e))
-
     def postOptions(self) -> None:
-        if bool(self["tls-cert"]) != bool(self["tls-key"]):
-            raise usage.UsageError("--tls-cert and --tls-key go together")
+        self.checkTLSPair()
         if not self["passwd"] and not self["users"] and not self["anonymous"]:
             raise usage.UsageError("no accounts: give --passwd, --user or --anonymous")
         if not self["listen"]:

@@ -21,6 +21,7 @@ from bftp.client import BFTPError, connect
 from bftp.fs import PARTIAL_PREFIX
 from bftp.protocol import BFTPFactory
 from coursenet.accounts import PasswordChecker
+from coursenet.procs import freePort
 from coursenet.tls import tlsListenString
 
 USER, PASSWORD = "bob", "s3cret pw"
@@ -342,12 +343,6 @@ async def test_cliWrongPassword(reactor, root):
         assert code == 1 and err.strip() == "bftp: 530 login incorrect"
     finally:
         await server.stop()
-
-
-def freePort():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest_twisted.ensureDeferred
