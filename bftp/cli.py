@@ -212,16 +212,30 @@ class Shell:
             print(f"unknown command {verb}; type help", file=sys.stderr)
 
 
+def _common(defaults: bool) -> argparse.ArgumentParser:
+    """
+    The options every subcommand takes, before or after its name.  After
+    it, they have no defaults of their own, so they do not undo one given
+    before it.
+    """
+    p = argparse.ArgumentParser(add_help=False)
+    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    p.add_argument("--cafile", help="trust the certificates in this PEM file for bftps:// (default: the system's)", **unset)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar", **unset)
+    return p
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bftp", description="BFTP client: move files to and from a BFTP server.")
-    p.add_argument("--cafile", help="trust the certificates in this PEM file for bftps:// (default: the system's)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p = argparse.ArgumentParser(
+        prog="bftp", description="BFTP client: move files to and from a BFTP server.", parents=[_common(True)]
+    )
+    common = [_common(False)]
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    g = sub.add_parser("get", help="download a file")
+    g = sub.add_parser("get", help="download a file", parents=common)
     g.add_argument("url")
     g.add_argument("local", nargs="?")
     g.add_argument("--no-resume", action="store_true", help="start over instead of continuing LOCAL.bftp-part")
-    u = sub.add_parser("put", help="upload a file")
+    u = sub.add_parser("put", help="upload a file", parents=common)
     u.add_argument("local")
     u.add_argument("url")
     u.add_argument("--resume", action="store_true", help="continue an upload that was cut")
@@ -229,7 +243,7 @@ def parser() -> argparse.ArgumentParser:
                        ("rm", "delete a file"), ("mkdir", "make a directory"),
                        ("rmdir", "remove an empty directory"), ("hash", "SHA-256 of a remote file"),
                        ("shell", "interactive session")]:
-        sub.add_parser(name, help=text).add_argument("url")
+        sub.add_parser(name, help=text, parents=common).add_argument("url")
     return p
 
 

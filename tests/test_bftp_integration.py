@@ -295,7 +295,7 @@ async def runBftp(*args, password=PASSWORD):
 
 @pytest_twisted.ensureDeferred
 async def test_cliBothWays(reactor, root, tmp_path, mode, devCert):
-    """The bftp command puts and gets a file with matching digests, lists and deletes, plain and TLS."""
+    """The bftp command puts and gets a file with matching digests, lists and deletes, plain and TLS, with options before or after the subcommand."""
     server = await startServer(reactor, root, mode, devCert)
     try:
         scheme = "bftps" if mode == "tls" else "bftp"
@@ -310,7 +310,8 @@ async def test_cliBothWays(reactor, root, tmp_path, mode, devCert):
         out, err, code = await runBftp(*tls, "ls", base + "/")
         assert code == 0 and "notes.txt" in out and "3000000" in out
         dst = tmp_path / "copy.txt"
-        out, err, code = await runBftp(*tls, "get", base + "/notes.txt", str(dst))
+        # Options also work after the subcommand, as the README writes them.
+        out, err, code = await runBftp("get", base + "/notes.txt", str(dst), *tls)
         assert code == 0, err
         assert digest in out and dst.read_bytes() == src.read_bytes()
         out, err, code = await runBftp(*tls, "rm", base + "/notes.txt")
