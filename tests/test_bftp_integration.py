@@ -384,3 +384,43 @@ async def test_twistdPlugin(reactor, tmp_path, devCert):
     finally:
         proc.signalProcess("TERM")
         await ended
+
+
+@pytest_twisted.ensureDeferred
+async def test_cliShell(reactor, root, tmp_path):
+    """`bftp shell` runs commands typed on its standard input: mkdir, put, ls, cd, get, a refused escape, quit."""
+    from twisted.internet.protocol import ProcessProtocol
+
+    (tmp_path / "up.txt").write_bytes(b"typed\n")
+    server = await startServer(reactor, root, "plain", None)
+    done = defer.Deferred()
+    out = []
+
+    class P(ProcessProtocol):
+        def connectionMade(self):
+            self.transport.write(
+                b"mkdir box\nput up.txt box/up.txt\nls box\ncd box\nget up.txt back.txt\nget ../../x\nquit\n"
+            )
+            self.transport.closeStdin()
+
+        def outReceived(self, data):
+            out.append(data)
+
+        def errReceived(self, data):
+            out.append(data)
+
+        def processEnded(self, reason):
+            done.callback(reason.value.exitCode)
+
+    try:
+        env = dict(os.environ, BFTP_PASSWORD=PASSWORD)
+        url = f"bftp://{USER}@127.0.0.1:{server.portNumber}/"
+        reactor.spawnProcess(P(), os.path.join(BIN, "bftp"), ["bftp", "--no-progress", "shell", url], env=env, path=str(tmp_path))
+        code = await done
+        text = b"".join(out).decode()
+        assert code == 0, text
+        assert (root / "box" / "up.txt").read_bytes() == b"typed\n"
+        assert (tmp_path / "back.txt").read_bytes() == b"typed\n"
+        assert "up.txt" in text and "553" in text
+    finally:
+        await server.stop()
