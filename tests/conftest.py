@@ -11,8 +11,16 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import settings
 
 from coursenet.tls import ensureDevCertificate
+
+# In CI the fuzzers replay the same examples every run, so a red build
+# means a change broke something, not that the dice rolled differently.
+# Elsewhere they keep exploring.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 #: Set by .ci/run: a test that would skip for want of root, /dev/net/tun or
 #: network namespaces fails instead, so CI proves it ran.
