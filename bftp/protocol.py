@@ -86,6 +86,9 @@ class _Upload:
     file: object
     sink: ChunkSink | None = None
     awaitingDigest: bool = False
+    #: The data is being made durable and renamed into place: the commit,
+    #: not a lost connection, ends the upload.
+    committing: bool = False
 
 
 class BFTPServerProtocol(LineReceiver, TimeoutMixin):
@@ -93,10 +96,11 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
     One client connection.
     """
 
-    MAX_LENGTH = MAX_LINE
     # Lines end with CRLF; splitting at LF lets a bare LF get a diagnostic
-    # instead of leaving the client waiting for a reply.
+    # instead of leaving the client waiting for a reply.  The CR is then
+    # part of what the receiver counts.
     delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE + 1
     _log = Logger()
 
     def __init__(self) -> None:
@@ -140,7 +144,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
             self._loginDeadline.cancel()
         if self._admitted:
             self.factory.release(self)
-        if self._upload is not None:
+        if self._upload is not None and not self._upload.committing:
             self._log.info(
                 "{peer} left during upload of {path}; {n} bytes kept for resume",
                 peer=self.peer, path=self._upload.vpath,
@@ -172,7 +176,11 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         else:
             self._discarding = False
             self._buffer = line[end + len(self.delimiter):]
-            self.factory.reactor.callLater(0, self.dataReceived, b"")
+            self.factory.reactor.callLater(0, self._resumeAfterLongLine)
+
+    def _resumeAfterLongLine(self) -> None:
+        if not self._lost:
+            self.dataReceived(b"")
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
@@ -199,7 +207,11 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         no further input.
         """
         d = maybeDeferred(f, *args)
-        if d.called:
+        # Not d.called: a Deferred that fired but waits on another one (the
+        # delay after a wrong password) is called and still pending.
+        finished: list = []
+        d.addBoth(lambda result: (finished.append(True), result)[1])
+        if finished:
             d.addErrback(self._failed)
             return
         self.pauseProducing()
@@ -398,6 +410,8 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         vpath = self._path(arg)
         if vpath == "/":
             raise ProtocolError(Code.BAD_NAME, "the root cannot be removed")
+        if os.path.islink(self.factory.jail.real(vpath)):
+            raise ProtocolError(Code.WRONG_TYPE, f"{vpath}: a symbolic link; use DELETE")
         if not statmod.S_ISDIR(self._stat(vpath).st_mode):
             raise ProtocolError(Code.WRONG_TYPE, f"{vpath}: not a directory; use DELETE")
         if self._uploadsBelow(vpath):
@@ -429,12 +443,13 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
             raise ProtocolError(Code.BUSY, f"{vpath}: an upload is in progress")
         jail = self.factory.jail
         real = jail.real(vpath)
+        link = os.path.islink(real)
         st = jail.stat(vpath)
-        if st is not None and statmod.S_ISDIR(st.st_mode):
+        if st is not None and statmod.S_ISDIR(st.st_mode) and not link:
             raise ProtocolError(Code.WRONG_TYPE, f"{vpath}: is a directory; use RMDIR")
         removed = []
         try:
-            if st is not None or os.path.islink(real):
+            if st is not None or link:
                 os.unlink(real)
                 removed.append("file")
             os.unlink(jail.partialPath(vpath))
@@ -462,7 +477,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
             os.rename(jail.real(vsrc), jail.real(vdst))
         except OSError as e:
             raise osReply(e, vdst)
-        self.reply(Code.FILE_OK, f"{encodePath(vsrc)} renamed to {encodePath(vdst)}")
+        self.reply(Code.FILE_OK, f"renamed to {encodePath(vdst)}")
 
     # -- file data ------------------------------------------------------------
 
@@ -505,9 +520,15 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         )
         digest = self.factory.digests.digest(fd, st)
         sending = sender.beginSending(self.transport)
-        # The digest may fail while chunks are still going out: the stream
-        # must then be cut, not interrupted by a reply.
-        digest.addErrback(lambda f: (self.transport.abortConnection(), f)[1])
+
+        def digestFailed(failure):
+            # While chunks are still going out no reply can be slipped in:
+            # the stream must be cut.  After the end chunk, 451 says it.
+            if not sending.called:
+                self.transport.abortConnection()
+            return failure
+
+        digest.addErrback(digestFailed)
 
         def settled(results):
             self._close(fd)
@@ -519,6 +540,8 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
             else:
                 why = (n if not sentOK else hexdigest).getErrorMessage()
                 self._log.warn("download of {path} failed: {why}", path=vpath, why=why)
+                if sentOK:
+                    self.reply(Code.LOCAL_ERROR, f"{vpath}: could not compute the digest: {why}")
 
         return DeferredList([sending, digest], consumeErrors=True).addCallback(settled)
 
@@ -626,18 +649,24 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
                 Code.DIGEST_MISMATCH,
                 f"{upload.vpath}: SHA-256 mismatch, the server received data hashing to {computed}; not stored",
             )
-        fd = upload.file.fileno()
+        upload.committing = True
+        # The thread has its own descriptor, whatever happens to the
+        # connection meanwhile.
+        fd = os.dup(upload.file.fileno())
 
         def commit():
-            os.fsync(fd)
-            storeDigest(fd, computed)
-            os.replace(upload.partial, upload.real)
-            dirfd = os.open(os.path.dirname(upload.real), os.O_RDONLY | os.O_DIRECTORY)
             try:
-                os.fsync(dirfd)
+                os.fsync(fd)
+                storeDigest(fd, computed)
+                os.replace(upload.partial, upload.real)
+                dirfd = os.open(os.path.dirname(upload.real), os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dirfd)
+                finally:
+                    os.close(dirfd)
+                return os.fstat(fd)
             finally:
-                os.close(dirfd)
-            return os.fstat(fd)
+                os.close(fd)
 
         reactor = self.factory.reactor
         try:
@@ -756,6 +785,9 @@ class BFTPFactory(Factory):
         Count a failed login from C{host}.
         """
         self._failedLogins.setdefault(host, collections.deque()).append(self.reactor.seconds())
+        if len(self._failedLogins) > 10_000:
+            for other in list(self._failedLogins):
+                self.lockedOut(other)  # drops addresses whose failures are old
 
     def lockedOut(self, host: str) -> int:
         """

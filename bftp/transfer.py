@@ -34,7 +34,16 @@ def _sendfileSocket(transport) -> int | None:
     """
     The socket descriptor to C{sendfile} to, if C{transport} is a plain TCP
     connection whose write buffer this module may bypass; else L{None}.
+
+    A transport that is not a reactor's may offer the same through a
+    C{sendfileSocket()} method (L{coursenet.blocking.BlockingTransport}),
+    with C{startWriting()} to be resumed once the socket is writable.  It
+    is looked up on the class: a wrapper (TLS) that forwards attributes to
+    the transport below must not offer it.
     """
+    hook = getattr(type(transport), "sendfileSocket", None)
+    if hook is not None:
+        return hook(transport)
     if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
         if isinstance(transport, abstract.FileDescriptor):
             return transport.fileno()
@@ -230,6 +239,9 @@ class BackgroundHasher:
     def _next(self) -> None:
         if self._closed:
             self._release()
+            if self._finished is not None:
+                d, self._finished = self._finished, None
+                d.errback(Failure(ConnectionError("hashing abandoned: the transfer was given up")))
         elif self._failure is None and self._written > self._hashed and (
             self._finished is not None or self._written - self._hashed >= self.STEP
         ):
@@ -260,7 +272,7 @@ class BackgroundHasher:
         """
         self._closed = True
         if self._job is None:
-            self._release()
+            self._next()
 
     def _release(self) -> None:
         if self._fd is not None:
@@ -409,12 +421,11 @@ def _storedDigest(fd: int, st: os.stat_result) -> str | None:
 
 
 def _digestOf(fd: int, st: os.stat_result) -> str:
+    # Reading does not write the attribute: only a verified upload does.
     stored = _storedDigest(fd, st)
     if stored is not None:
         return stored
-    hexdigest = hashRange(fd, st.st_size).hexdigest()
-    storeDigest(fd, hexdigest)
-    return hexdigest
+    return hashRange(fd, st.st_size).hexdigest()
 
 
 class DigestCache:
@@ -433,7 +444,7 @@ class DigestCache:
 
     @staticmethod
     def _key(st: os.stat_result) -> tuple:
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def remember(self, st: os.stat_result, hexdigest: str) -> None:
         """
@@ -476,7 +487,12 @@ def setReadSize(transport, size: int | None) -> None:
     Make the TCP connection under C{transport} (through a TLS layer, if
     any) read up to C{size} bytes at a time, or go back to its default
     with L{None}.  Large reads during a transfer cut the calls per byte.
+    A transport that is not a reactor's may offer a C{setReadSize} method.
     """
+    hook = getattr(type(transport), "setReadSize", None)
+    if hook is not None:
+        hook(transport, size)
+        return
     for _ in range(4):
         if isinstance(transport, tcp.Connection):
             if size is None:

@@ -574,3 +574,42 @@ def test_pathTooLongOnceResolved(root, fake):
             result(client.cd(name), pump)
     assert e.value.code == Code.BAD_NAME
     assert len(result(client.pwd(), pump)) <= 1024
+
+
+def test_lineOfExactlyMaxLength(root, fake):
+    """A command line of exactly the announced max-line bytes (CRLF excluded) is accepted; one byte more is refused."""
+    from bftp.wire import MAX_LINE
+
+    ok = b"NOOP " + b"x" * (MAX_LINE - 5)
+    lines, *_ = raw(root, fake, ok + b"\r\n", ok + b"x\r\n", b"NOOP\r\n")
+    fake.advance(0)
+    assert codes(lines[1:]) == [200, 500, 200]
+
+
+def test_noCommandRunAfterLossFollowingLongLine(root, fake):
+    """Commands queued behind an overlong line are not run once the connection is gone: no upload lock is left behind."""
+    factory = makeFactory(root, fake)
+    client, server, pump = connected(factory, fake, Raw)
+    client.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n")
+    pump.flush()
+    client.transport.write(b"Q" * 5000 + b"\r\nPUT x.txt\r\n")
+    pump.flush()
+    client.transport.loseConnection()
+    pump.flush()
+    fake.advance(1)
+    assert not factory.uploads
+    assert not (root / (PARTIAL_PREFIX + "x.txt")).exists()
+
+
+def test_symlinkToDirectory(root, fake):
+    """RMDIR refuses a symbolic link to a directory without touching the target; DELETE removes the link only."""
+    (root / "docs" / (PARTIAL_PREFIX + "p")).write_bytes(b"part")
+    os.symlink("docs", root / "alias")
+    client, server, pump = session(root, fake)
+    with pytest.raises(BFTPError) as e:
+        result(client.rmdir("alias"), pump)
+    assert e.value.code == Code.WRONG_TYPE
+    assert (root / "docs" / (PARTIAL_PREFIX + "p")).exists()
+    result(client.delete("alias"), pump)
+    assert not os.path.lexists(root / "alias")
+    assert (root / "docs").is_dir()
