@@ -1,0 +1,223 @@
+"""
+The tether server in memory: sessions, addresses, refusals and the packet
+path, on a L{Clock} with a list for a TUN and fake WebSocket transports.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.pair.testing import MemoryIOSystem, Tunnel
+from twisted.pair.tuntap import _TUN_KO_PATH
+
+from tests.tether_support import (
+    Logged,
+    RecordingRunner,
+    connect,
+    formatted,
+    ip4,
+    lose,
+    makeServer,
+    welcomed,
+)
+from tether.netconf import ServerNetwork, natTable
+from tether.server import ServerService
+from tether.wire import Close, Hello, encodePacketText
+
+
+def test_helloGetsAddressAndLink():
+    """A good hello is welcomed with the pool's first client address, the gateway, MTU and routes."""
+    server = makeServer(Clock(), mtu=1300, routes=["0.0.0.0/0"])
+    _, _, welcome = welcomed(server)
+    assert (welcome["address"], welcome["prefix"], welcome["gateway"]) == ("198.18.100.2", 24, "198.18.100.1")
+    assert welcome["mtu"] == 1300 and welcome["routes"] == ["0.0.0.0/0"]
+    _, _, second = welcomed(server, "other", "pw")
+    assert second["address"] == "198.18.100.3"
+
+
+def test_wrongTokenRefusedWithReason():
+    """A wrong token is answered by an error message and close 4401, and the refusal is logged."""
+    server = makeServer(Clock())
+    with Logged() as events:
+        link, ws = connect(server)
+        link.textMessageReceived(Hello("lap", "wrong").encode())
+    assert ws.controls() == [{"type": "error", "code": 4401, "reason": "authentication failed: wrong name or token"}]
+    assert ws.closed[0] == Close.AUTH
+    assert "refused 198.18.0.1:40000: authentication failed" in formatted(events)
+
+
+def test_plainTokenRefusedUnlessAllowed():
+    """Over plain ws:// a hello is refused with 4403 unless the server allows plain links."""
+    from tests.tether_support import FakeRequest
+    link, ws = connect(makeServer(Clock()), FakeRequest(secure=False))
+    link.textMessageReceived(Hello("lap", "secret").encode())
+    assert ws.closed[0] == Close.PLAIN
+    _, _, welcome = welcomed(makeServer(Clock(), allowPlain=True), request=FakeRequest(secure=False))
+    assert welcome["address"] == "198.18.100.2"
+
+
+def test_dataBeforeHelloRefused():
+    """A packet before the welcome closes the link with 4400 and reaches no TUN."""
+    server = makeServer(Clock())
+    link, ws = connect(server)
+    link.bytesMessageReceived(ip4("198.18.100.2", "198.18.2.2"))
+    assert ws.closed[0] == Close.BAD_MESSAGE
+    assert server.tun.written == []
+
+
+def test_helloTimeout():
+    """A connection that says nothing is closed with 4408 after the hello timeout."""
+    clock = Clock()
+    link, ws = connect(makeServer(clock, helloTimeout=5))
+    clock.advance(4.9)
+    assert ws.closed is None
+    clock.advance(0.2)
+    assert ws.closed[0] == Close.TIMEOUT
+
+
+def test_goodPacketToTun():
+    """A packet from the client's own address goes to the TUN device unchanged and is counted."""
+    server = makeServer(Clock())
+    link, _, _ = welcomed(server)
+    packet = ip4("198.18.100.2", "198.18.2.2")
+    link.bytesMessageReceived(packet)
+    assert server.tun.written == [packet]
+    assert (link.lease.counters.packetsIn, link.lease.counters.bytesIn) == (1, len(packet))
+
+
+def test_spoofedSourceDroppedCountedLoggedOnce():
+    """A packet whose source is not the client's address is dropped, counted each time, logged once."""
+    server = makeServer(Clock())
+    link, _, _ = welcomed(server)
+    with Logged() as events:
+        for _ in range(3):
+            link.bytesMessageReceived(ip4("198.18.100.77", "198.18.2.2"))
+    assert server.tun.written == []
+    assert link.lease.counters.drops == {"spoofed source": 3}
+    assert formatted(events).count("spoofed source: 198.18.100.77") == 1
+
+
+def test_isolationAndEgressPolicy():
+    """Client-to-client, loopback and configured networks are dropped; the gateway is reachable."""
+    server = makeServer(Clock(), deny=["198.18.9.0/24"])
+    link, _, _ = welcomed(server)
+    for dst in ("198.18.100.3", "127.0.0.1", "198.18.9.9", "224.0.0.1"):
+        link.bytesMessageReceived(ip4("198.18.100.2", dst))
+    link.bytesMessageReceived(ip4("198.18.100.2", "198.18.100.1"))
+    assert len(server.tun.written) == 1
+    assert link.lease.counters.drops == {"client to client": 1, "denied destination": 3}
+    open_ = makeServer(Clock(), isolate=False)
+    other, _, _ = welcomed(open_)
+    other.bytesMessageReceived(ip4("198.18.100.2", "198.18.100.3"))
+    assert len(open_.tun.written) == 1
+
+
+def test_tunPacketsReachTheirClientBinaryOrBase64():
+    """Packets the TUN reads go to the client owning the destination: binary, or base64 text if asked."""
+    server = makeServer(Clock())
+    _, binaryWS, _ = welcomed(server)
+    _, textWS, _ = welcomed(server, "other", "pw", binary=False)
+    toFirst, toSecond = ip4("198.18.2.2", "198.18.100.2"), ip4("198.18.2.2", "198.18.100.3")
+    server.fromTun(toFirst)
+    server.fromTun(toSecond)
+    server.fromTun(ip4("198.18.2.2", "198.18.100.99"))
+    assert binaryWS.sent[-1] == toFirst
+    assert textWS.sent[-1] == encodePacketText(toSecond)
+    assert server.counters.drops == {"no client for destination": 1}
+
+
+def test_base64DataFromClient():
+    """A client's base64 text message is a packet like a binary one."""
+    server = makeServer(Clock())
+    link, _, _ = welcomed(server, binary=False)
+    packet = ip4("198.18.100.2", "198.18.2.2")
+    link.textMessageReceived(encodePacketText(packet))
+    assert server.tun.written == [packet]
+
+
+def test_resumeWithinGraceKeepsAddressAndReplacesOldLink():
+    """A reconnect naming its session within the grace period gets the same address; a live old link is closed 4409."""
+    clock = Clock()
+    server = makeServer(clock, grace=30)
+    first, firstWS, welcome = welcomed(server)
+    second, _, again = welcomed(server, session=welcome["session"])
+    assert again["address"] == welcome["address"]
+    assert firstWS.closed[0] == Close.REPLACED
+    lose(first)
+    server.fromTun(ip4("198.18.2.2", welcome["address"]))
+    assert second.lease.counters.packetsOut == 1
+    lose(second)
+    clock.advance(29)
+    _, _, third = welcomed(server, session=welcome["session"])
+    assert third["address"] == welcome["address"]
+
+
+def test_addressReleasedAfterGrace():
+    """After the grace period a lost client's address returns to the pool and its session is forgotten."""
+    clock = Clock()
+    server = makeServer(clock, grace=30, pool="198.18.100.0/30")
+    link, _, welcome = welcomed(server)
+    lose(link)
+    refused, ws = connect(server)
+    refused.textMessageReceived(Hello("other", "pw").encode())
+    assert ws.closed[0] == Close.POOL
+    clock.advance(31)
+    _, _, fresh = welcomed(server, session=welcome["session"])
+    assert fresh["address"] == welcome["address"] and fresh["session"] != welcome["session"]
+
+
+def test_keepalivePingsThenTimesOut():
+    """The server pings every keepalive interval and closes 4408 after the timeout with nothing heard."""
+    clock = Clock()
+    server = makeServer(clock, keepalive=10, timeout=25)
+    link, ws, _ = welcomed(server)
+    clock.advance(10)
+    assert ws.controls()[-1] == {"type": "ping", "id": 1}
+    link.textMessageReceived('{"type":"pong","id":1}')
+    clock.advance(20)
+    assert ws.closed is None
+    clock.advance(15)
+    assert ws.closed[0] == Close.TIMEOUT
+
+
+def test_pingAnswered():
+    """A ping from the client is answered with a pong carrying its id."""
+    link, ws, _ = welcomed(makeServer(Clock()))
+    link.textMessageReceived('{"type":"ping","id":7}')
+    assert ws.controls()[-1] == {"type": "pong", "id": 7}
+
+
+def test_stopClosesLinksGoingAway():
+    """Stopping the server closes every link with 1001 and frees every address."""
+    server = makeServer(Clock())
+    _, ws, _ = welcomed(server)
+    server.stop()
+    assert ws.closed[0] == Close.GOING_AWAY
+    assert server.pool.take().exploded == "198.18.100.3"
+
+
+def test_serviceConfiguresTunAndNatThenUndoesIt():
+    """The service opens the TUN, configures it and NAT, carries TUN reads to clients, and removes NAT on stop."""
+    clock = MemoryReactorClock()
+    server = makeServer(clock)
+    system = MemoryIOSystem()
+    system.registerSpecialDevice(_TUN_KO_PATH, Tunnel)
+    runner = RecordingRunner({("sysctl", "-n"): "0\n"})
+    svc = ServerService(server, "tether0", lambda tun: ServerNetwork(
+        runner, tun, "198.18.100.1", "198.18.100.0/24", 1400, nat=True, deny=[]), system=system)
+    svc.startService()
+    tun = svc._port.interface.decode()
+    assert ["ip", "addr", "add", "198.18.100.1/24", "dev", tun] in runner.commands
+    assert any(c[0] == "nft" and "masquerade" in c[1] for c in runner.commands)
+    assert ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"] in runner.commands
+    _, ws, _ = welcomed(server)
+    packet = ip4("198.18.2.2", "198.18.100.2")
+    system.getTunnel(svc._port).addToReadBuffer(packet)
+    svc._port.doRead()
+    assert ws.sent[-1] == packet
+    runner.commands.clear()
+    svc.stopService()
+    clock.advance(1)
+    assert ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"] in runner.commands
+    assert ["nft", "delete", "table", "ip", natTable(tun)] in runner.commands
+    assert ws.closed[0] == Close.GOING_AWAY

@@ -1,0 +1,324 @@
+"""
+The tether wire over Twisted's WebSocket: one link class both ends share
+(framing, keepalive, refusals), a WebSocket resource that negotiates the
+subprotocol and bounds message size, and a client connect that bounds it
+too.
+
+Twisted 26.10's L{WebSocketResource} neither echoes a subprotocol (so a
+browser that offers one would fail the handshake) nor limits how much a
+peer may buffer in one message.  Both are added here around Twisted's own
+wire protocol rather than by reimplementing RFC 6455.
+"""
+
+from __future__ import annotations
+
+from hyperlink import URL
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import AbstractDatagramProtocol, Factory
+from twisted.logger import Logger
+from twisted.pair.raw import IRawPacketProtocol
+from twisted.python.failure import Failure
+from twisted.web import _websocket_impl as _ws
+from twisted.web.client import URI, BrowserLikePolicyForHTTPS, _StandardEndpointFactory
+from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.websocket import WebSocketTransport
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, Request as WSRequest, TextMessage
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError
+from zope.interface import implementer
+
+from coursenet.tls import clientTLSOptions
+from tether.wire import (
+    MAX_MESSAGE,
+    SUBPROTOCOL,
+    Close,
+    ProtocolError,
+    decodeText,
+    encodeControl,
+    encodePacketText,
+    errorMessage,
+)
+
+_log = Logger()
+
+
+class _LimitedWire(_ws._WebSocketWireProtocol):
+    """
+    Twisted's WebSocket wire protocol, refusing with 1009 any message that
+    would grow past C{maxMessage} before it is buffered.
+    """
+
+    maxMessage = MAX_MESSAGE
+    #: Whether a connect waits on C{_done}: a client's does, and must hear
+    #: of a connection lost before the handshake (a TLS failure, say).
+    awaited = False
+
+    def connectionLost(self, reason: Failure) -> None:
+        done = self.__dict__.pop("_done", None)
+        super().connectionLost(reason)
+        if done is not None and self.awaited:
+            done.errback(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._wsconn.receive_data(data)
+        for event in self._wsconn.events():
+            if isinstance(event, (TextMessage, BytesMessage)):
+                held = self._textBuffer if isinstance(event, TextMessage) else self._bytesBuffer
+                if len(held.data) + len(event.data) > self.maxMessage:
+                    held.done()
+                    reason = f"message larger than {self.maxMessage} bytes"
+                    _log.warn("refused from {peer}: {reason}",
+                              peer=self.transport.getPeer(), reason=reason)
+                    self._wsp.refuse(ProtocolError(Close.TOO_BIG, reason))
+                    return
+            _ws._handleEvent(event, self)
+
+
+class TetherResource(Resource):
+    """
+    The WebSocket endpoint: like L{twisted.web.websocket.WebSocketResource},
+    plus the C{tether.v1} subprotocol and a message-size limit.
+
+    @param factory: C{refusal(request)} says why a request may not
+        connect (403), or L{None}; C{buildProtocol(request)} returns a
+        L{TetherLink}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, factory, maxMessage: int = MAX_MESSAGE) -> None:
+        super().__init__()
+        self.factory = factory
+        self.maxMessage = maxMessage
+
+    def render_GET(self, request: Request) -> bytes | int:
+        offered = [
+            p.strip() for h in request.requestHeaders.getRawHeaders("sec-websocket-protocol", [])
+            for p in h.split(",") if p.strip()
+        ]
+        if offered and SUBPROTOCOL not in offered:
+            return _refuseHTTP(request, 400, f"unsupported subprotocol; offer {SUBPROTOCOL} or none")
+        refusal = self.factory.refusal(request)
+        if refusal is not None:
+            return _refuseHTTP(request, 403, refusal)
+        handshake = H11Handshake(ConnectionType.SERVER)
+        headers = [(k, v) for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs]
+        try:
+            handshake.initiate_upgrade_connection(headers, request.path)
+        except RemoteProtocolError as e:
+            return _refuseHTTP(request, 400, f"not a WebSocket handshake: {e}")
+        link = self.factory.buildProtocol(request)
+        toSend = handshake.send(AcceptConnection(subprotocol=SUBPROTOCOL if offered else None))
+        wire = _LimitedWire(handshake.connection, _ws.serverBootstrap, link)
+        wire.maxMessage = self.maxMessage
+        request.channel._protocolUpgradeForWebsockets(wire)
+        request.channel.transport.write(toSend)
+        link.negotiationFinished()
+        return NOT_DONE_YET
+
+
+def _refuseHTTP(request: Request, code: int, reason: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader("content-type", "application/json")
+    return (errorMessage(code, reason) + "\n").encode("utf-8")
+
+
+@implementer(IPolicyForHTTPS)
+class VerifyingPolicy:
+    """
+    wss:// trust: the platform's roots, or the certificates in C{cafile},
+    and the server's name checked through service_identity.
+    """
+
+    def __init__(self, cafile: str | None = None) -> None:
+        self._cafile = cafile
+
+    def creatorForNetloc(self, hostname: bytes, port: int):
+        return clientTLSOptions(hostname.decode("ascii"), self._cafile)
+
+
+async def connectWebSocket(reactor, url: str, link: TetherLink, *, cafile: str | None = None,
+                           timeout: int = 30, maxMessage: int = MAX_MESSAGE) -> TetherLink:
+    """
+    Open a WebSocket to C{url} (C{ws://} or C{wss://}) carrying C{link}.
+
+    Like L{twisted.web.websocket.WebSocketClientEndpoint.connect}, with the
+    message-size limit of L{_LimitedWire}.
+
+    @raise twisted.web.websocket.ConnectionRejected: on an HTTP refusal.
+    """
+    endpointFactory = _StandardEndpointFactory(
+        reactor, VerifyingPolicy(cafile) if cafile else BrowserLikePolicyForHTTPS(), timeout, None
+    )
+    endpoint = endpointFactory.endpointForURI(
+        URI.fromBytes(url.replace("ws", "http", 1).encode("utf-8"))
+    )
+    wire = await endpoint.connect(Factory.forProtocol(lambda: clientWire(url, link, maxMessage)))
+    return await wire._done
+
+
+def clientWire(url: str, link: TetherLink, maxMessage: int = MAX_MESSAGE) -> _LimitedWire:
+    """
+    The client side of a WebSocket to C{url} carrying C{link}, ready to be
+    connected to any transport; its C{_done} fires once the server accepts.
+    """
+    parsed = URL.fromText(url)
+    target = str(parsed.replace(scheme="", host="", port=None)) or "/"
+
+    def bootstrap(wsc, transport) -> None:
+        transport.write(wsc.send(WSRequest(parsed.host, target)))
+
+    wire = _LimitedWire(WSConnection(ConnectionType.CLIENT), bootstrap, link)
+    wire.maxMessage = maxMessage
+    wire.awaited = True
+    return wire
+
+
+class TetherLink:
+    """
+    One end of a tether WebSocket: packets and control messages in, the
+    same out, with keepalive pings and refusals that say why.
+
+    Subclasses handle L{controlReceived}, L{packetReceived} and
+    L{linkLost}.  Until L{startKeepalive}, no timer runs.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.transport: WebSocketTransport | None = None
+        self.connected = False
+        self.binary = True
+        self._pingID = 0
+        self._lastHeard = 0.0
+        self._timer = None
+        self._keepalive = 15.0
+        self._timeout = 45.0
+        self.closeReason: ProtocolError | None = None
+
+    # WebSocketProtocol
+
+    def negotiationStarted(self, transport: WebSocketTransport) -> None:
+        self.transport = transport
+
+    def negotiationFinished(self) -> None:
+        self.connected = True
+        self._lastHeard = self.clock.seconds()
+        self.linkMade()
+
+    def pongReceived(self, payload: bytes) -> None:
+        self._lastHeard = self.clock.seconds()
+
+    def textMessageReceived(self, message: str) -> None:
+        self._lastHeard = self.clock.seconds()
+        try:
+            control, packet = decodeText(message)
+            if control is None:
+                self.packetReceived(packet)
+            elif control["type"] == "ping":
+                self.sendControl({"type": "pong", "id": control.get("id")})
+            elif control["type"] == "error":
+                self.closeReason = ProtocolError(control.get("code", 0), str(control.get("reason", ""))[:200])
+            elif control["type"] != "pong":
+                self.controlReceived(control)
+        except ProtocolError as e:
+            self.refuse(e)
+
+    def bytesMessageReceived(self, data: bytes) -> None:
+        self._lastHeard = self.clock.seconds()
+        try:
+            self.packetReceived(bytes(data))
+        except ProtocolError as e:
+            self.refuse(e)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.connected = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.linkLost(reason)
+
+    # Sending
+
+    def sendControl(self, message: dict | str) -> None:
+        if self.connected:
+            self.transport.sendTextMessage(message if isinstance(message, str) else encodeControl(message))
+
+    def sendPacket(self, packet: bytes) -> None:
+        if self.binary:
+            self.transport.sendBytesMessage(packet)
+        else:
+            self.transport.sendTextMessage(encodePacketText(packet))
+
+    def refuse(self, error: ProtocolError) -> None:
+        """
+        Say why in an C{error} message (it crosses a relay, close codes may
+        not), then close with its code.
+        """
+        if not self.connected:
+            return
+        level = self._log.info if error.code in (Close.NORMAL, Close.GOING_AWAY) else self._log.warn
+        level("closing link: {code} {reason}", code=int(error.code), reason=error.reason)
+        self.closeReason = error
+        self.sendControl(errorMessage(error.code, error.reason))
+        self.connected = False
+        self.transport.loseConnection(int(error.code), error.reason[:120])
+
+    # Keepalive
+
+    def startKeepalive(self, interval: float, timeout: float) -> None:
+        """
+        Ping every C{interval} seconds; close with 4408 after C{timeout}
+        seconds without a message from the peer.
+        """
+        self._keepalive, self._timeout = interval, timeout
+        self._lastHeard = self.clock.seconds()
+        if self._timer is None:
+            self._timer = self.clock.callLater(interval, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if not self.connected:
+            return
+        silent = self.clock.seconds() - self._lastHeard
+        if silent >= self._timeout:
+            self.refuse(ProtocolError(Close.TIMEOUT, f"keepalive timeout: nothing heard for {silent:.0f} s"))
+            return
+        self._pingID += 1
+        self.sendControl({"type": "ping", "id": self._pingID})
+        self._timer = self.clock.callLater(min(self._keepalive, self._timeout - silent), self._tick)
+
+    # For subclasses
+
+    def linkMade(self) -> None:
+        pass
+
+    def controlReceived(self, message: dict) -> None:
+        raise ProtocolError(Close.BAD_MESSAGE, f"unexpected control message {message['type']!r}")
+
+    def packetReceived(self, packet: bytes) -> None:
+        raise NotImplementedError
+
+    def linkLost(self, reason: Failure) -> None:
+        pass
+
+
+@implementer(IRawPacketProtocol)
+class TunProtocol(AbstractDatagramProtocol):
+    """
+    What a L{twisted.pair.tuntap.TuntapPort} reads: every IP packet goes to
+    C{deliver}.
+    """
+
+    def __init__(self, deliver) -> None:
+        self.deliver = deliver
+
+    def datagramReceived(self, data, partial=0, dest=None, source=None, protocol=None) -> None:
+        self.deliver(data)
+
+    def addProto(self, num, proto) -> None:
+        raise NotImplementedError("a tether TUN carries IP only")

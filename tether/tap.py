@@ -1,0 +1,206 @@
+"""
+C{twistd tether server} and C{twistd tether client}: IP over WebSocket as
+a twistd plugin.  Both need root (or CAP_NET_ADMIN) and /dev/net/tun.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+
+from hyperlink import URL
+from twisted.application import service, strports
+from twisted.python import usage
+
+from coursenet.accounts import PasswordChecker
+from coursenet.options import AccountOptionsMixin
+from coursenet.tls import tlsListenString
+from tether.client import Backoff, ClientService, DirectConnector, TetherClient, relayResource
+from tether.netconf import ClientNetwork, ProcessRunner, ServerNetwork
+from tether.server import ServerService, TetherServer
+from tether.wire import PATH
+
+DEFAULT_LISTEN = "tcp:8780:interface=127.0.0.1"
+
+
+def _tls(description: str, cert: str, key: str) -> str:
+    """
+    The TLS listener for a C{tcp:PORT[:interface=ADDR]} description.
+    """
+    kind, _, rest = description.partition(":")
+    args = rest.split(":")
+    if kind != "tcp" or not args[0].isdigit() or any(
+        not a.startswith("interface=") for a in args[1:]
+    ):
+        raise usage.UsageError(f"with --tls-cert, --listen takes tcp:PORT[:interface=ADDR], not {description!r}")
+    interface = args[1].partition("=")[2] if len(args) > 1 else None
+    return tlsListenString(int(args[0]), cert, key, interface)
+
+
+class ServerOptions(AccountOptionsMixin, usage.Options):
+    synopsis = "--pool CIDR --token-file FILE [--listen ENDPOINT] [options]"
+    longdesc = (
+        "Serve the tether WebSocket (docs/tether.md) at " + PATH + ": clients get an"
+        " address from --pool; their packets leave through a TUN device, NATed to"
+        " the server's own addresses unless --no-nat. With no --listen, listens on "
+        + DEFAULT_LISTEN + "."
+    )
+    optFlags = [
+        ["nat", None, "forward and masquerade the pool with nftables (the default)"],
+        ["no-nat", None, "no forwarding or NAT: the operator routes the pool"],
+        ["allow-client-to-client", None, "let clients reach each other (isolated by default)"],
+        ["allow-plain", None, "accept tokens over plain ws:// (tests, trusted links only)"],
+    ]
+    optParameters = [
+        ["pool", None, None, "client addresses, e.g. 198.18.100.0/24; the first is the server's"],
+        ["token-file", None, None, "tokens: a password file of scrypt hashes (coursenet-passwd FILE NAME)"],
+        ["tls-cert", None, None, "PEM certificate: the --listen tcp: endpoints use TLS (wss://)"],
+        ["tls-key", None, None, "PEM private key for --tls-cert"],
+        ["tun", None, "tether0", "name of the TUN device"],
+        ["mtu", None, 1400, "MTU of the tunnel", int],
+        ["keepalive", None, 15.0, "seconds between pings", float],
+        ["timeout", None, 45.0, "seconds of silence before a link is closed", float],
+        ["grace", None, 60.0, "seconds a lost client keeps its address", float],
+        ["stats-interval", None, 60.0, "seconds between per-client counter logs (0: never)", float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["routes"] = []
+        self["deny"] = []
+        self["users"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Listen on this endpoint (repeatable), e.g. tcp:8780:interface=198.18.2.1
+        """
+        self["listen"].append(description)
+
+    def opt_route(self, cidr: str) -> None:
+        """
+        A route clients send through the tunnel (repeatable; default 0.0.0.0/0)
+        """
+        self["routes"].append(str(ipaddress.IPv4Network(cidr)))
+
+    def opt_deny(self, cidr: str) -> None:
+        """
+        A network clients may not reach (repeatable), besides loopback,
+        link-local and multicast
+        """
+        self["deny"].append(str(ipaddress.IPv4Network(cidr)))
+
+    def postOptions(self) -> None:
+        self.checkTLSPair()
+        if not self["pool"]:
+            raise usage.UsageError("--pool CIDR is required")
+        try:
+            ipaddress.IPv4Network(self["pool"])
+        except ValueError as e:
+            raise usage.UsageError(f"--pool: {e}")
+        if not self["token-file"] and not self["users"]:
+            raise usage.UsageError("no tokens: give --token-file (or --user NAME:TOKEN)")
+        if self["nat"] and self["no-nat"]:
+            raise usage.UsageError("--nat and --no-nat exclude each other")
+        self["listen"] = self["listen"] or [DEFAULT_LISTEN]
+        if self["tls-cert"]:
+            self["listen"] = [_tls(d, self["tls-cert"], self["tls-key"]) for d in self["listen"]]
+        self["routes"] = self["routes"] or ["0.0.0.0/0"]
+
+
+class ClientOptions(usage.Options):
+    synopsis = "--server URL --token-file FILE [--relay ENDPOINT] [options]"
+    longdesc = (
+        "Carry this machine's IP through a TUN device to a tether server: directly,"
+        " or, with --relay, through the relay page a phone's browser opens here."
+    )
+    optFlags = [
+        ["allow-plain", None, "send the token over plain ws:// (tests, trusted links only)"],
+        ["text-frames", None, "ask for base64 text messages instead of binary"],
+    ]
+    optParameters = [
+        ["server", None, None, "the server's URL, ws://HOST:PORT/tether/v1 or wss://..."],
+        ["token-file", None, None, "a file with one line NAME:TOKEN"],
+        ["relay", None, None, "serve the relay page on this endpoint instead of connecting"],
+        ["relay-key", None, None, "the key the relay page must present (default: random, logged)"],
+        ["cafile", None, None, "PEM certificates to trust for wss:// instead of the system's"],
+        ["tun", None, "tether0", "name of the TUN device"],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["server"] or not self["token-file"]:
+            raise usage.UsageError("--server and --token-file are required")
+        url = URL.fromText(self["server"])
+        if url.scheme not in ("ws", "wss") or not url.host:
+            raise usage.UsageError("--server takes a ws:// or wss:// URL")
+        if url.scheme == "ws" and not self["allow-plain"]:
+            raise usage.UsageError("ws:// would send the token in clear: use wss:// or --allow-plain")
+        try:
+            with open(self["token-file"], encoding="utf-8") as f:
+                name, sep, token = f.readline().strip().partition(":")
+        except OSError as e:
+            raise usage.UsageError(f"--token-file: {e.strerror}: {self['token-file']}")
+        if not sep or not name or not token:
+            raise usage.UsageError("--token-file must hold one line NAME:TOKEN")
+        self["name"], self["token"] = name, token
+        self["relay-key"] = self["relay-key"] or secrets.token_urlsafe(12)
+
+
+class Options(usage.Options):
+    synopsis = "server|client [options]"
+    longdesc = "IP over WebSocket: a TUN device, an optional browser relay, a NAT server (docs/tether.md)."
+    subCommands = [
+        ["server", None, ServerOptions, "run the server: WebSocket endpoint, address pool, TUN, NAT"],
+        ["client", None, ClientOptions, "run the client: TUN, routes, direct or relay link"],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("say server or client")
+
+
+def makeServerService(options: ServerOptions, reactor=None, runner=None, system=None) -> service.IService:
+    from twisted.web.server import Site
+
+    server = TetherServer(
+        PasswordChecker(options["token-file"], options["users"]), options["pool"],
+        mtu=options["mtu"], routes=options["routes"], deny=options["deny"],
+        isolate=not options["allow-client-to-client"], keepalive=options["keepalive"],
+        timeout=options["timeout"], grace=options["grace"], allowPlain=options["allow-plain"],
+        reactor=reactor,
+    )
+    runner = runner or ProcessRunner(reactor)
+    network = lambda tun: ServerNetwork(  # noqa: E731
+        runner, tun, str(server.pool.gateway), options["pool"], options["mtu"],
+        nat=not options["no-nat"], deny=options["deny"],
+    )
+    top = ServerService(server, options["tun"], network, system=system,
+                        statsInterval=options["stats-interval"])
+    site = Site(server.resource())
+    for description in options["listen"]:
+        strports.service(description, site).setServiceParent(top)
+    return top
+
+
+def makeClientService(options: ClientOptions, reactor=None, runner=None, system=None) -> service.IService:
+    from twisted.web.server import Site
+
+    client = TetherClient(options["name"], options["token"],
+                          ClientNetwork(runner or ProcessRunner(reactor), options["tun"]),
+                          binary=not options["text-frames"], reactor=reactor)
+    client.onFatal = lambda error: client.reactor.stop()
+    if options["relay"]:
+        top = ClientService(client, options["tun"], system=system)
+        site = Site(relayResource(client, options["server"], options["relay-key"]))
+        strports.service(options["relay"], site).setServiceParent(top)
+        client._log.info("relay page: open http://ADDRESS:PORT/?key={key} on the phone ({endpoint})",
+                         key=options["relay-key"], endpoint=options["relay"])
+        return top
+    connector = DirectConnector(client, options["server"], cafile=options["cafile"], backoff=Backoff())
+    return ClientService(client, options["tun"], connector=connector, system=system)
+
+
+def makeService(options: Options) -> service.IService:
+    if options.subCommand == "server":
+        return makeServerService(options.subOptions)
+    return makeClientService(options.subOptions)
