@@ -24,6 +24,7 @@ from chat.protocol import ChatFactory
 from chat.rooms import ChatServer
 from chat.session import Limits
 from chat.store import MemoryHistory, SQLiteHistory
+from coursenet.procs import stopProcess
 from coursenet.tls import ensureDevCertificate, serverContextFactory
 from tests.conftest import skipOrFail
 
@@ -203,13 +204,7 @@ class _Twistd:
         return int(found["ChatFactory"]), int(found["IRCFactory"])
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stopProcess(self.proc)
 
 
 @pytest_twisted.ensureDeferred
@@ -247,9 +242,8 @@ async def test_twistd_plugin_serves_course_and_irc_clients(reactor, tmp_path):
         _fifo(base / "in", b"/q bye\n")
         assert (await quit).text == "bye"
     finally:
-        if irc is not None and irc.poll() is None:
-            irc.terminate()
-            irc.wait(10)
+        if irc is not None:
+            stopProcess(irc)
         if course is not None:
             course.transport.abortConnection()
             await course.closed

@@ -1,0 +1,323 @@
+"""
+Chat benchmark: fan-out throughput (messages delivered per second) with 10,
+100 and 1000 clients in one room, and server memory per idle connection
+with 10,000 connections; our server through its course protocol and its
+IRC front door, ngircd (Debian's C IRC server) through IRC, in the same
+run.  Both servers run with their flood penalties off, so the figures are
+capacity, not policy.
+
+Each server is a separate process; the load comes from this one (Twisted,
+one reactor), the same load code for every server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+from twisted.internet import defer, endpoints
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater, react
+
+from coursenet.procs import freePort, stopProcess
+
+SIZES = (10, 100, 1000)
+IDLE = 10_000
+SENDERS = 10
+MESSAGES = 20
+TIMEOUT = 120.0
+
+
+class Dialect:
+    """
+    How a load client registers, joins and counts messages on one wire.
+    """
+
+    def __init__(self, irc: bool) -> None:
+        self.irc = irc
+        self.welcome = b" 001 " if irc else b"230 "
+        self.joined = b" 366 " if irc else b"250 "
+        self.message = b" PRIVMSG #" if irc else b"MESSAGE "
+
+    def register(self, nick: str) -> bytes:
+        if self.irc:
+            return f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n".encode()
+        return f"NICK {nick}\r\n".encode()
+
+    def join(self, room: str) -> bytes:
+        return f"JOIN #{room}\r\n".encode() if self.irc else f"JOIN {room}\r\n".encode()
+
+    def say(self, room: str, text: str) -> bytes:
+        if self.irc:
+            return f"PRIVMSG #{room} :{text}\r\n".encode()
+        return f"SAY {room} {text}\r\n".encode()
+
+    def pong(self, line: bytes) -> bytes:
+        return b"PONG " + line.split(b" ", 1)[1].lstrip(b":") + b"\r\n"
+
+
+class LoadClient(Protocol):
+    def __init__(self, dialect: Dialect, nick: str, room: str | None) -> None:
+        self.dialect = dialect
+        self.nick = nick
+        self.room = room
+        self.ready: defer.Deferred = defer.Deferred()
+        self.received = 0
+        self._buf = b""
+        self._state = "welcome"
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.dialect.register(self.nick))
+
+    def dataReceived(self, data: bytes) -> None:
+        lines = (self._buf + data).split(b"\n")
+        self._buf = lines.pop()
+        d = self.dialect
+        for line in lines:
+            if d.message in line:
+                self.received += 1
+            elif line.startswith(b"PING"):
+                self.transport.write(d.pong(line))
+            elif self._state == "welcome" and d.welcome in line:
+                if self.room is None:
+                    self._ready()
+                else:
+                    self._state = "join"
+                    self.transport.write(d.join(self.room))
+            elif self._state == "join" and d.joined in line:
+                self._ready()
+
+    def _ready(self) -> None:
+        self._state = "ready"
+        self.ready.callback(self)
+
+    def connectionLost(self, reason=None) -> None:
+        if not self.ready.called:
+            self.ready.errback(reason)
+
+
+def _factory(dialect: Dialect, nick: str, room: str | None) -> Factory:
+    factory = Factory()
+    factory.protocol = lambda: LoadClient(dialect, nick, room)
+    return factory
+
+
+async def crowd(reactor, port: int, dialect: Dialect, n: int, room: str | None, prefix: str,
+                limit: float = TIMEOUT):
+    """
+    C{n} registered clients (in C{room} if given), connected 100 at a time.
+    A client the server drops while joining is left out and reported.
+    """
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=30)
+    clients: list[LoadClient] = []
+    deadline = time.monotonic() + limit
+    for start in range(0, n, 100):
+        if time.monotonic() > deadline:
+            print(f"   (stopped at {start} clients: the server took over {limit:.0f} s)", flush=True)
+            break
+        made = await defer.gatherResults(
+            [endpoint.connect(_factory(dialect, f"{prefix}{i}", room)) for i in range(start, min(n, start + 100))]
+        )
+        remaining = max(1.0, deadline - time.monotonic())
+        results = await defer.DeferredList(
+            [c.ready.addTimeout(remaining, reactor) for c in made], consumeErrors=True
+        )
+        for c, (ok, _) in zip(made, results):
+            if ok:
+                clients.append(c)
+            else:
+                c.transport.abortConnection()
+    if len(clients) < n:
+        print(f"   ({n - len(clients)} of {n} clients not registered: dropped or too slow)", flush=True)
+    return clients
+
+
+async def hangUp(reactor, clients) -> None:
+    for c in clients:
+        c.transport.abortConnection()
+    await deferLater(reactor, 0.5)
+
+
+async def fanout(reactor, port: int, dialect: Dialect, n: int) -> float:
+    """
+    Messages delivered per second: SENDERS members each say MESSAGES lines
+    at once to a room of C{n}; time until every member has every message.
+    """
+    room = f"bench{n}"
+    clients = await crowd(reactor, port, dialect, n, room, f"f{n}x")
+    await deferLater(reactor, 1.0)  # let the JOIN storm settle
+    senders = clients[: min(SENDERS, n)]
+    expected = len(senders) * MESSAGES * (len(clients) - 1)
+    start = time.perf_counter()
+    for s in senders:
+        s.transport.write(b"".join(dialect.say(room, f"m{i} from {s.nick}") for i in range(MESSAGES)))
+    deadline = start + TIMEOUT
+    while sum(c.received for c in clients) < expected and time.perf_counter() < deadline:
+        await deferLater(reactor, 0.01)
+    elapsed = time.perf_counter() - start
+    got = sum(c.received for c in clients)
+    await hangUp(reactor, clients)
+    if got < expected:
+        print(f"   (only {got} of {expected} delivered in {TIMEOUT:.0f} s)", flush=True)
+    return got / elapsed
+
+
+async def idle(reactor, port: int, dialect: Dialect, pid: int) -> float:
+    """
+    Server RSS growth per registered idle connection, in bytes.
+    """
+    proc = psutil.Process(pid)
+    await deferLater(reactor, 0.5)
+    before = proc.memory_info().rss
+    clients = await crowd(reactor, port, dialect, IDLE, None, "i", limit=90)
+    await deferLater(reactor, 1.0)
+    after = proc.memory_info().rss
+    await hangUp(reactor, clients)
+    if not clients:
+        return 0.0
+    return (after - before) / len(clients)
+
+
+class Server:
+    def __init__(self, name: str, argv: list[str], ports: dict[str, int], cwd: str) -> None:
+        self.name = name
+        self.ports = ports
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def ready(self, reactor) -> None:
+        deadline = time.monotonic() + 20
+        for port in self.ports.values():
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{self.name} does not listen on {port}")
+                    await deferLater(reactor, 0.1)
+
+    def stop(self) -> None:
+        stopProcess(self.proc)
+
+
+def ours(tmp: str) -> Server:
+    chat, irc = freePort(), freePort()
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    argv = [
+        twistd, "-n", "--pidfile=", "--logfile", os.path.join(tmp, f"chat-{chat}.log"), "chat",
+        "--listen", f"tcp:{chat}:interface=127.0.0.1", "--irc", f"tcp:{irc}:interface=127.0.0.1",
+        "--history-db", os.path.join(tmp, f"history-{chat}.sqlite"),
+        "--flood-rate", "0", "--idle-timeout", "600",
+    ]
+    return Server("coursenet chat", argv, {"chat": chat, "irc": irc}, tmp)
+
+
+def ngircd(tmp: str, binary: str) -> Server:
+    port = freePort()
+    conf = os.path.join(tmp, f"ngircd-{port}.conf")
+    with open(conf, "w") as f:
+        f.write(
+            f"""[Global]
+Name = bench.ngircd
+Info = bench
+Listen = 127.0.0.1
+Ports = {port}
+MotdPhrase = bench
+[Limits]
+MaxConnections = 0
+MaxConnectionsIP = 0
+MaxJoins = 0
+MaxNickLength = 20
+MaxPenaltyTime = 0
+PingTimeout = 600
+PongTimeout = 600
+[Options]
+DNS = no
+Ident = no
+PAM = no
+"""
+        )
+    return Server("ngircd", [binary, "-n", "-f", conf], {"irc": port}, tmp)
+
+
+async def run(reactor, results: dict) -> None:
+    tmp = tempfile.mkdtemp(prefix="chat-bench-")
+    binary = shutil.which("ngircd") or "/usr/sbin/ngircd"
+    have = os.path.exists(binary)
+    if not have:
+        print("ngircd not found (apt-get install ngircd): ours only", flush=True)
+    course, irc = Dialect(irc=False), Dialect(irc=True)
+    kinds = [("ours/chat", "chat", course), ("ours/irc", "irc", irc)] + ([("ngircd", "irc", irc)] if have else [])
+
+    def start(kind: str) -> Server:
+        return ngircd(tmp, binary) if kind == "ngircd" else ours(tmp)
+
+    for kind, wire, dialect in kinds:
+        server = start(kind)
+        try:
+            await server.ready(reactor)
+            for n in SIZES:
+                rate = await fanout(reactor, server.ports[wire], dialect, n)
+                results[(kind, f"fanout {n}")] = rate
+                print(f"{kind:10} fan-out {n:5} clients: {rate:12,.0f} msg/s", flush=True)
+        finally:
+            server.stop()
+        server = start(kind)
+        try:
+            await server.ready(reactor)
+            per = await idle(reactor, server.ports[wire], dialect, server.proc.pid)
+            results[(kind, "idle")] = per
+            print(f"{kind:10} idle connections: {per / 1024:8.1f} KiB each", flush=True)
+        finally:
+            server.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def table(results: dict) -> str:
+    kinds = ["ours/chat", "ours/irc", "ngircd"]
+    rows = ["| measure | ours (course protocol) | ours (IRC front door) | ngircd | ours IRC / ngircd |",
+            "| --- | ---: | ---: | ---: | ---: |"]
+    for n in SIZES:
+        vals = [results.get((k, f"fanout {n}")) for k in kinds]
+        ratio = f"{vals[1] / vals[2]:.2f}" if vals[1] and vals[2] else "-"
+        cells = [f"{v:,.0f}" if v else "-" for v in vals]
+        rows.append(f"| fan-out, {n} clients (msg/s) | {' | '.join(cells)} | {ratio} |")
+    vals = [results.get((k, "idle")) for k in kinds]
+    ratio = f"{vals[1] / vals[2]:.2f}" if vals[1] and vals[2] else "-"
+    cells = [f"{v / 1024:.1f}" if v else "-" for v in vals]
+    rows.append(f"| {IDLE:,} idle connections (KiB each) | {' | '.join(cells)} | {ratio} |")
+    return "\n".join(rows)
+
+
+def measure() -> int:
+    """
+    Run every measurement in this process's reactor and print the table.
+    """
+    results: dict = {}
+    status = 0
+    try:
+        react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor, results)), [])
+    except SystemExit as e:
+        status = 1 if e.code else 0
+    print(table(results), flush=True)
+    return status
+
+
+def main() -> int:
+    """
+    The reactor cannot be restarted, so the measurements run in a child
+    process, whatever else C{python -m bench} runs.
+    """
+    return subprocess.call([sys.executable, "-m", "bench.chat_bench"], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+if __name__ == "__main__":
+    sys.exit(measure())
