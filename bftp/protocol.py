@@ -126,6 +126,11 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
             self.transport.loseConnection()
             return
         self._admitted = True
+        # Replies are small and follow the client's command: do not let
+        # Nagle hold one back until the previous segment is acknowledged.
+        noDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if noDelay is not None:
+            noDelay(True)
         # TimeoutMixin schedules on the factory's clock, not the global reactor.
         self.callLater = self.factory.reactor.callLater
         self.setTimeout(self.factory.idleTimeout)
@@ -159,7 +164,11 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         self.reply(Code.CLOSING, f"idle for {self.factory.idleTimeout} seconds; closing")
         # A client that stopped reading would keep loseConnection waiting.
         self.transport.loseConnection()
-        self.factory.reactor.callLater(5, self.transport.abortConnection)
+        self.factory.reactor.callLater(5, self._abortIfStillThere)
+
+    def _abortIfStillThere(self) -> None:
+        if not self._lost:
+            self.transport.abortConnection()
 
     def reply(self, code: int, text: str) -> None:
         self.transport.write(formatReply(code, text))
