@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.static import Data, File
 
 from tether.netconf import CommandFailed
-from tether.protocol import TetherLink, TetherResource, TunProtocol, connectWebSocket
+from tether.protocol import TetherLink, TetherResource, TunProtocol, connectWebSocket, describePeer
 from tether.wire import (
     MAX_MESSAGE,
     MAX_PACKET,
@@ -261,12 +261,12 @@ class RelayLinks:
     def refusal(self, request) -> str | None:
         if secrets.compare_digest(request.args.get(b"key", [b""])[0], self.key):
             return None
-        self._log.warn("refused a relay page from {peer}: wrong key", peer=str(request.getClientAddress()))
+        self._log.warn("refused a relay page from {peer}: wrong key", peer=describePeer(request.getClientAddress()))
         return "wrong relay key: open the URL this client printed"
 
     def buildProtocol(self, request) -> ClientLink:
         link = ClientLink(self.client)
-        self._log.info("relay page connected from {peer}", peer=str(request.getClientAddress()))
+        self._log.info("relay page connected from {peer}", peer=describePeer(request.getClientAddress()))
         self.client.attach(link)
         return link
 

@@ -203,7 +203,10 @@ class ClientNetwork:
         for argv in linkUp(self.device, address, prefix, mtu):
             await self._runner.run(argv)
         wanted = [r for route in routes for r in tunnelRoutes(route)]
-        if server is not None and self._hostRoute is None and _covered(server, wanted):
+        if server is not None and self._hostRoute is None and _covered(server, wanted) and not (
+            await self._runner.run(["ip", "route", "show", "exact", f"{server}/32"])
+        ).strip():
+            # A host route the operator made stays as it is, and is not ours to remove.
             gateway, dev = parseRouteGet(await self._runner.run(["ip", "route", "get", server]))
             via = ["via", gateway] if gateway else []
             self._hostRoute = [f"{server}/32", *via, "dev", dev]

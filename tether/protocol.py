@@ -45,6 +45,14 @@ from tether.wire import (
 _log = Logger()
 
 
+def describePeer(address) -> str:
+    """
+    C{HOST:PORT} for a TCP address, else its C{str}.
+    """
+    port = getattr(address, "port", None)
+    return f"{address.host}:{port}" if port is not None else str(address)
+
+
 class _LimitedWire(_ws._WebSocketWireProtocol):
     """
     Twisted's WebSocket wire protocol, refusing with 1009 any message that

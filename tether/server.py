@@ -21,7 +21,7 @@ from twisted.pair.tuntap import TuntapPort
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from tether.protocol import TetherLink, TetherResource, TunProtocol
+from tether.protocol import TetherLink, TetherResource, TunProtocol, describePeer
 from tether.wire import (
     MAX_MESSAGE,
     MAX_PACKET,
@@ -131,9 +131,7 @@ class TetherServer:
         return None
 
     def buildProtocol(self, request) -> ServerLink:
-        peer = request.getClientAddress()
-        where = f"{peer.host}:{peer.port}" if hasattr(peer, "port") else str(peer)
-        return ServerLink(self, request.isSecure(), where, self.reactor)
+        return ServerLink(self, request.isSecure(), describePeer(request.getClientAddress()), self.reactor)
 
     def resource(self) -> Resource:
         """
