@@ -27,7 +27,17 @@ def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list
     """
     The servers to start: C{(plugin, its options, how to reach it)}.
     """
-    return [
+    tether = [] if tetherUnavailable() else [
+        (
+            "tether",
+            [
+                "server", "--token-file", passwd, "--pool", "198.18.100.0/24", "--no-nat",
+                "--listen", "tcp:8780:interface=127.0.0.1", "--tls-cert", cert, "--tls-key", key,
+            ],
+            f"tether wss://localhost:8780/tether/v1 (--cafile {cert}), pool 198.18.100.0/24, TUN tether0, no NAT",
+        )
+    ]
+    return tether + [
         (
             "bftp",
             [
@@ -69,6 +79,19 @@ def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list
     ]
 
 
+def tetherUnavailable() -> str | None:
+    """
+    Why the tether server cannot start here, or L{None}: it needs root (for
+    its TUN device) and /dev/net/tun.  C{make run} starts it with
+    C{--no-nat}, so the host's forwarding and nftables stay untouched.
+    """
+    if os.geteuid() != 0:
+        return "tether not started: its TUN device needs root (run make run as root)"
+    if not os.path.exists("/dev/net/tun"):
+        return "tether not started: no /dev/net/tun"
+    return None
+
+
 def demoPassword(var: str, passwd: str) -> str:
     """
     The demo account's password: made on the first run, kept in
@@ -101,6 +124,8 @@ def main() -> int:
     procs = []
     print(f"demo account: user {DEMO_USER!r}, password {password!r} (also in {VAR}/demo-password)")
     print(f"development certificate: {cert}")
+    if tetherUnavailable():
+        print(tetherUnavailable())
     for name, args, where in services(VAR, cert, key, passwd):
         log = os.path.join(VAR, f"{name}.log")
         cmd = [twistd, "-n", "--pidfile=", "--logfile", log, name, *args]
