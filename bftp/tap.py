@@ -65,19 +65,28 @@ class Options(AccountOptionsMixin, usage.Options):
             )
 
 
-def makeService(options: Options) -> service.IService:
+def makeFactory(options: Options, reactor=None) -> BFTPFactory:
+    """
+    The server the options describe, on C{reactor} (the global one by
+    default); shared by twistd and the threaded and forking twins.
+    """
     os.makedirs(options["root"], exist_ok=True)
-    checker = PasswordChecker(options["passwd"], options["users"])
-    factory = BFTPFactory(
+    checker = PasswordChecker(options["passwd"], options["users"], reactor=reactor)
+    return BFTPFactory(
         options["root"],
         makePortal(checker, anonymous=options["anonymous"]),
         anonymous=options["anonymous"],
+        reactor=reactor,
         idleTimeout=options["idle-timeout"],
         maxPerAddress=options["max-per-address"],
         maxConnections=options["max-connections"],
         maxFileSize=options["max-file-size"] or None,
         sendfile=not options["no-sendfile"],
     )
+
+
+def makeService(options: Options) -> service.IService:
+    factory = makeFactory(options)
     top = service.MultiService()
     for description in options["listen"]:
         strports.service(description, factory).setServiceParent(top)

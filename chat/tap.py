@@ -107,26 +107,31 @@ class ChatService(service.MultiService):
         return d.addBoth(lambda _: self.store.close())
 
 
-def makeStore(path: str) -> IHistoryStore:
+def makeStore(path: str, reactor=None) -> IHistoryStore:
     if path == ":memory:":
         return MemoryHistory()
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    return SQLiteHistory(path)
+    return SQLiteHistory(path, reactor=reactor)
 
 
-def makeService(options: Options) -> service.IService:
+def makeServer(options: Options, reactor=None) -> tuple[ChatServer, Limits]:
+    """
+    The rooms and the per-connection limits the options describe, on
+    C{reactor} (the global one by default); shared by twistd and the
+    threaded and forking twins (L{chat.threaded}).
+    """
     checker = None
     if options["passwd"] or options["users"]:
-        checker = PasswordChecker(options["passwd"], options["users"])
-    store = makeStore(options["history-db"])
+        checker = PasswordChecker(options["passwd"], options["users"], reactor=reactor)
     server = ChatServer(
-        store,
+        makeStore(options["history-db"], reactor),
         checker=checker,
         anonymous=not options["accounts-only"],
         historySize=options["history"],
         maxRooms=options["max-rooms"],
         maxConnections=options["max-connections"],
+        reactor=reactor,
     )
     limits = Limits(
         floodRate=options["flood-rate"],
@@ -135,7 +140,12 @@ def makeService(options: Options) -> service.IService:
         idleTimeout=options["idle-timeout"],
         pingTimeout=options["ping-timeout"],
     )
-    top = ChatService(store)
+    return server, limits
+
+
+def makeService(options: Options) -> service.IService:
+    server, limits = makeServer(options)
+    top = ChatService(server.store)
     chat = ChatFactory(server, limits)
     for description in options["listen"]:
         strports.service(description, chat).setServiceParent(top)

@@ -1,0 +1,462 @@
+"""
+C{concurrency-demo}: event-driven against threaded and forking servers,
+measured (docs/event-vs-threads.md).
+
+For a service (chat or bftp), each implementation (Twisted under the
+epoll, poll and select reactors; the thread-per-connection and the
+process-per-connection twins) runs in its own process on 127.0.0.1, and N
+clients, spread over a few load processes, drive it for a bounded time.
+Throughput, latency, errors, and the server's memory and CPU go to
+C{DIR/results.csv}, and figures to C{DIR/*.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+from coursenet.procs import freePort, stopProcess, waitForPort
+
+IMPLEMENTATIONS = ("twisted-epoll", "twisted-select", "twisted-poll", "threaded", "forking")
+SERVICES = ("chat", "bftp")
+COLUMNS = ("implementation", "clients", "throughput", "p50_ms", "p99_ms", "errors", "rss_mb", "cpu_s")
+#: Load processes at most, and clients per load process at least.
+MAX_LOADERS = 4
+#: The size of the file BFTP clients fetch.
+BFTP_FILE = 16 * 1024
+#: Chat clients per room: every message goes to the others in its room.
+ROOM_SIZE = 10
+BIN = os.path.dirname(sys.executable)
+
+
+def serverCommand(service: str, implementation: str, port: int, data: list[str]) -> list[str]:
+    """
+    The command line that runs C{service} as C{implementation} on
+    127.0.0.1:C{port}, with the service's data options C{data}.
+    """
+    if implementation.startswith("twisted-"):
+        reactor = implementation.split("-", 1)[1]
+        return [
+            os.path.join(BIN, "twistd"), "--reactor", reactor, "-n", "--pidfile=", "--logfile=-",
+            service, "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024", *data,
+        ]
+    if implementation not in ("threaded", "forking"):
+        raise ValueError(f"unknown implementation {implementation!r}; choose from {', '.join(IMPLEMENTATIONS)}")
+    forking = ["--forking"] if implementation == "forking" else []
+    return [sys.executable, "-m", f"{service}.threaded", "--listen", f"127.0.0.1:{port}", *forking, *data]
+
+
+class RunningServer:
+    """
+    One implementation of a service in a process of its own, on 127.0.0.1.
+    """
+
+    def __init__(self, service: str, implementation: str, data: list[str], log) -> None:
+        self.port = freePort()
+        self.proc = subprocess.Popen(
+            serverCommand(service, implementation, self.port, data),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        try:
+            waitForPort(self.port, self.proc, timeout=30)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        stopProcess(self.proc, timeout=10)
+
+
+# -- the load processes -------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    ops: int
+    errors: int
+    latencies: list[float]
+
+
+_FAILURES = (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError)
+
+
+async def _replyLine(reader: asyncio.StreamReader) -> bytes:
+    """
+    The next line that starts with a reply code (chat events skipped).
+    """
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        if line[:3].isdigit():
+            return line
+
+
+async def _chatStart(reader, writer, index: int) -> str:
+    """
+    A nickname and a room of L{ROOM_SIZE}: every SAY goes to 9 others.
+    """
+    room = f"r{index // ROOM_SIZE}"
+    writer.write(f"NICK c{index}\r\nJOIN {room}\r\n".encode())
+    for expect in (b"220", b"230", b"250"):
+        if not (await _replyLine(reader)).startswith(expect):
+            raise ConnectionError("refused")
+    return room
+
+
+async def _chatRequest(reader, writer, room: str) -> bool:
+    """
+    One SAY, until its 200.
+    """
+    writer.write(f"SAY {room} a message for the room\r\n".encode())
+    return (await _replyLine(reader)).startswith(b"200")
+
+
+async def _bftpStart(reader, writer, index: int) -> None:
+    writer.write(b"HELLO BFTP/1\r\nUSER anonymous\r\nPASS load\r\n")
+    for expect in (b"220", b"200", b"331", b"230"):
+        if not (await _replyLine(reader)).startswith(expect):
+            raise ConnectionError("refused")
+
+
+async def _bftpRequest(reader, writer, _) -> bool:
+    """
+    One GET of the small file, until its 226.
+    """
+    writer.write(b"GET /file.bin\r\n")
+    if not (await _replyLine(reader)).startswith(b"150"):
+        return False
+    got = 0
+    while n := int(await reader.readexactly(8), 16):
+        got += len(await reader.readexactly(n))
+    return (await _replyLine(reader)).startswith(b"226") and got == BFTP_FILE
+
+
+_WORKLOADS = {"chat": (_chatStart, _chatRequest), "bftp": (_bftpStart, _bftpRequest)}
+
+
+async def _client(service: str, port: int, index: int, go: asyncio.Event, stop: list, result: LoadResult, ready) -> None:
+    """
+    One client: connect and log in, say it is ready, then from C{go} until
+    C{stop} one request after another, each timed until its answer.
+    """
+    start, request = _WORKLOADS[service]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        context = await start(reader, writer, index)
+    except _FAILURES:
+        result.errors += 1
+        return
+    finally:
+        ready()
+    await go.wait()
+    try:
+        while not stop:
+            t = time.perf_counter()
+            if await request(reader, writer, context):
+                result.latencies.append((time.perf_counter() - t) * 1000)
+                result.ops += 1
+            else:
+                result.errors += 1
+    except _FAILURES:
+        result.errors += 1
+    finally:
+        writer.close()
+
+
+async def _load(service: str, port: int, first: int, count: int, seconds: float, connectTimeout: float) -> LoadResult:
+    import json
+
+    result = LoadResult(0, 0, [])
+    go, stop = asyncio.Event(), []
+    left = [count]
+    allReady = asyncio.Event()
+
+    def ready():
+        left[0] -= 1
+        if not left[0]:
+            allReady.set()
+
+    tasks = []
+    for i in range(first, first + count):
+        tasks.append(asyncio.create_task(_client(service, port, i, go, stop, result, ready)))
+        if len(tasks) % 50 == 0:
+            await asyncio.sleep(0.01)  # a gentle ramp: the listen backlog is finite
+    try:
+        await asyncio.wait_for(allReady.wait(), connectTimeout)
+    except asyncio.TimeoutError:
+        pass
+    print(json.dumps({"ready": count - left[0]}), flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)
+    go.set()
+    await asyncio.sleep(seconds)
+    stop.append(True)
+    done, pending = await asyncio.wait(tasks, timeout=5)
+    for task in pending:
+        task.cancel()
+    result.errors += left[0]  # neither ready nor failed in time
+    return result
+
+
+def _loaderMain(spec: str) -> int:
+    import json
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    service, port, first, count, seconds, connectTimeout = json.loads(spec)
+    result = asyncio.run(_load(service, port, first, count, seconds, connectTimeout))
+    print(json.dumps({"ops": result.ops, "errors": result.errors, "latencies": result.latencies}), flush=True)
+    return 0
+
+
+# -- the measurements ---------------------------------------------------------------
+
+
+def _tree(pid: int):
+    import psutil
+
+    try:
+        top = psutil.Process(pid)
+        return [top, *top.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _cpuSeconds(pid: int) -> dict[int, float]:
+    import psutil
+
+    times = {}
+    for p in _tree(pid):
+        try:
+            t = p.cpu_times()
+            times[p.pid] = t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return times
+
+
+def _memoryMB(pid: int) -> float:
+    """
+    The server's memory: the proportional set size summed over its
+    processes, so that pages forked children share count once.
+    """
+    import psutil
+
+    total = 0
+    for p in _tree(pid):
+        try:
+            info = p.memory_full_info()
+            total += getattr(info, "pss", info.rss)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total / 2**20
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _dataOptions(service: str, workdir: str) -> list[str]:
+    if service == "chat":
+        return ["--history-db", ":memory:", "--flood-rate", "0", "--idle-timeout", "600"]
+    root = os.path.join(workdir, "root")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "file.bin"), "wb") as f:
+        f.write(hashlib.sha256(b"demo").digest() * (BFTP_FILE // 32))
+    return [
+        "--root", root, "--anonymous", "--max-per-address", "100000",
+        "--max-connections", "100000", "--idle-timeout", "600",
+    ]
+
+
+def measure(service: str, implementation: str, clients: int, seconds: float, workdir: str, log) -> dict:
+    """
+    One point: start the server, connect C{clients} clients from a few load
+    processes, let them work C{seconds}, stop everything.
+
+    @return: a row of L{COLUMNS}.
+    """
+    import json
+
+    data = _dataOptions(service, workdir)
+    server = RunningServer(service, implementation, data, log)
+    loaders: list[subprocess.Popen] = []
+    try:
+        n = min(MAX_LOADERS, clients)
+        shares = [clients // n + (1 if i < clients % n else 0) for i in range(n)]
+        first = 0
+        connectTimeout = 10 + clients / 50
+        for share in shares:
+            spec = json.dumps([service, server.port, first, share, seconds, connectTimeout])
+            loaders.append(subprocess.Popen(
+                [sys.executable, "-m", "coursenet.demo", "--loader", spec],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+            ))
+            first += share
+        for loader in loaders:
+            loader.stdout.readline()  # ready (bounded by the loader's connect timeout)
+        before = _cpuSeconds(server.proc.pid)
+        for loader in loaders:
+            loader.stdin.write("go\n")
+            loader.stdin.flush()
+        time.sleep(seconds * 0.9)
+        memory = _memoryMB(server.proc.pid)
+        after = _cpuSeconds(server.proc.pid)
+        ops, errors, latencies = 0, 0, []
+        for loader in loaders:
+            try:
+                out, _ = loader.communicate(timeout=seconds + 30)
+                result = json.loads(out.strip().splitlines()[-1])
+            except (subprocess.TimeoutExpired, ValueError, IndexError):
+                errors += shares[loaders.index(loader)]
+                continue
+            ops += result["ops"]
+            errors += result["errors"]
+            latencies += result["latencies"]
+        alive = server.proc.poll() is None
+    finally:
+        for loader in loaders:
+            stopProcess(loader, timeout=5)
+        server.stop()
+    return {
+        "implementation": implementation,
+        "clients": clients,
+        "throughput": round(ops / seconds, 1),
+        "p50_ms": round(_percentile(latencies, 0.50), 3),
+        "p99_ms": round(_percentile(latencies, 0.99), 3),
+        "errors": errors + (0 if alive else clients),
+        "rss_mb": round(memory, 1),
+        "cpu_s": round(sum(after.get(pid, 0) - before.get(pid, 0) for pid in after), 3),
+    }
+
+
+# -- the figures ----------------------------------------------------------------------
+
+
+FIGURES = (
+    ("throughput", "throughput.png", "requests answered per second"),
+    ("p99_ms", "latency_p99.png", "99th percentile latency (ms)"),
+    ("rss_mb", "memory.png", "server memory, PSS (MB)"),
+)
+
+
+def plot(rows: list[dict], out: str, service: str) -> list[str]:
+    """
+    One PNG per measure against the number of clients, one line per
+    implementation.
+
+    @return: the paths written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    paths = []
+    implementations = list(dict.fromkeys(r["implementation"] for r in rows))
+    for column, name, label in FIGURES:
+        fig, ax = pyplot.subplots(figsize=(6.4, 4.2), dpi=100)
+        for impl in implementations:
+            points = sorted((r["clients"], r[column]) for r in rows if r["implementation"] == impl)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=impl)
+        ax.set_xscale("log")
+        if column == "p99_ms":
+            ax.set_yscale("log")
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+        ax.set_title(f"{service}: {label}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        path = os.path.join(out, name)
+        fig.savefig(path)
+        pyplot.close(fig)
+        paths.append(path)
+    return paths
+
+
+def writeCSV(rows: list[dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _list(text: str, allowed=None, kind=str) -> list:
+    items = [kind(x) for x in text.split(",") if x]
+    if allowed is not None:
+        bad = [x for x in items if x not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown: {', '.join(map(str, bad))}; choose from {', '.join(allowed)}")
+    if not items:
+        raise argparse.ArgumentTypeError("empty list")
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="concurrency-demo",
+        description="Measure the Twisted servers (epoll, select, poll reactors) against their"
+        " thread-per-connection and process-per-connection twins, on 127.0.0.1.",
+    )
+    parser.add_argument("--service", type=lambda t: _list(t, SERVICES), default=list(SERVICES),
+                        help="chat, bftp or both, comma-separated (default: both; with both,"
+                        " each gets a subdirectory of --out)")
+    parser.add_argument("--clients", type=lambda t: _list(t, kind=int), default=[10, 100, 1000],
+                        help="concurrency levels, comma-separated (default 10,100,1000)")
+    parser.add_argument("--impl", type=lambda t: _list(t, IMPLEMENTATIONS), default=list(IMPLEMENTATIONS),
+                        help=f"implementations, comma-separated (default: {','.join(IMPLEMENTATIONS)})")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per point (0.5-30, default 3)")
+    parser.add_argument("--out", help="directory for results.csv and the PNG figures")
+    parser.add_argument("--loader", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.loader:
+        return _loaderMain(args.loader)
+    if not args.out:
+        parser.error("--out DIR is required")
+    if not 0.5 <= args.seconds <= 30:
+        parser.error("--seconds must be between 0.5 and 30")
+    if any(not 1 <= n <= 5000 for n in args.clients):
+        parser.error("--clients must be between 1 and 5000")
+    from coursenet.blocking import raiseFileLimit
+
+    raiseFileLimit()
+    started = time.monotonic()
+    for service in args.service:
+        out = args.out if len(args.service) == 1 else os.path.join(args.out, service)
+        os.makedirs(out, exist_ok=True)
+        rows = []
+        workdir = tempfile.mkdtemp(prefix="concurrency-demo-")
+        try:
+            with open(os.path.join(workdir, "servers.log"), "wb") as log:
+                for impl in args.impl:
+                    for clients in args.clients:
+                        row = measure(service, impl, clients, args.seconds, workdir, log)
+                        rows.append(row)
+                        print(f"{service:5} {impl:15} {clients:5} clients: {row['throughput']:9.1f}/s"
+                              f" p50 {row['p50_ms']:8.2f} ms p99 {row['p99_ms']:8.2f} ms"
+                              f" errors {row['errors']:4} {row['rss_mb']:8.1f} MB cpu {row['cpu_s']:6.2f} s",
+                              flush=True)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        writeCSV(rows, os.path.join(out, "results.csv"))
+        for path in plot(rows, out, service):
+            print(f"wrote {path}")
+    print(f"done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
