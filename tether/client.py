@@ -14,24 +14,13 @@ from twisted.application import service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.pair.tuntap import TuntapPort
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.static import Data, File
 
 from tether.netconf import CommandFailed
-from tether.protocol import TetherLink, TetherResource, TunProtocol, connectWebSocket, describePeer
-from tether.wire import (
-    MAX_MESSAGE,
-    MAX_PACKET,
-    Close,
-    Counters,
-    Hello,
-    ProtocolError,
-    Welcome,
-    encodeControl,
-    parseWelcome,
-)
+from tether.protocol import TetherLink, TetherResource, connectWebSocket, describePeer, openTun
+from tether.wire import MAX_MESSAGE, Close, Counters, Hello, ProtocolError, Welcome, encodeControl, parseWelcome
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 
@@ -304,9 +293,7 @@ class ClientService(service.MultiService):
         self._port = None
 
     def startService(self) -> None:
-        self._port = TuntapPort(self._tunName.encode(), TunProtocol(self.client.fromTun),
-                                maxPacketSize=MAX_PACKET, reactor=self.client.reactor, system=self._system)
-        self._port.startListening()
+        self._port = openTun(self._tunName, self.client.fromTun, self.client.reactor, self._system)
         self.client.tun = self._port
         self.client.network.device = self._port.interface.decode()
         super().startService()

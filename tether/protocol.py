@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import AbstractDatagramProtocol, Factory
 from twisted.logger import Logger
 from twisted.pair.raw import IRawPacketProtocol
+from twisted.pair.tuntap import TuntapPort
 from twisted.python.failure import Failure
 from twisted.web import _websocket_impl as _ws
 from twisted.web.client import URI, BrowserLikePolicyForHTTPS, _StandardEndpointFactory
@@ -33,6 +34,7 @@ from zope.interface import implementer
 from coursenet.tls import clientTLSOptions
 from tether.wire import (
     MAX_MESSAGE,
+    MAX_PACKET,
     SUBPROTOCOL,
     Close,
     ProtocolError,
@@ -216,6 +218,11 @@ class TetherLink:
     def negotiationFinished(self) -> None:
         self.connected = True
         self._lastHeard = self.clock.seconds()
+        # Each message is a packet someone waits for: Nagle's delay would
+        # add to every round trip through the tunnel.
+        setNoDelay = getattr(getattr(self.transport, "transport", None), "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            setNoDelay(True)
         self.linkMade()
 
     def pongReceived(self, payload: bytes) -> None:
@@ -330,3 +337,18 @@ class TunProtocol(AbstractDatagramProtocol):
 
     def addProto(self, num, proto) -> None:
         raise NotImplementedError("a tether TUN carries IP only")
+
+
+def openTun(name: str, deliver, reactor, system=None):
+    """
+    Open (creating it) the TUN device C{name}; every packet it reads goes
+    to C{deliver}.
+
+    @param system: L{twisted.pair.testing.MemoryIOSystem} in tests.
+    @return: the started L{TuntapPort}; C{write} sends a packet into it and
+        C{interface} is the device's name as the kernel gave it.
+    """
+    port = TuntapPort(name.encode(), TunProtocol(deliver), maxPacketSize=MAX_PACKET,
+                      reactor=reactor, system=system)
+    port.startListening()
+    return port

@@ -17,22 +17,11 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.pair.tuntap import TuntapPort
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from tether.protocol import TetherLink, TetherResource, TunProtocol, describePeer
-from tether.wire import (
-    MAX_MESSAGE,
-    MAX_PACKET,
-    Close,
-    Counters,
-    Hello,
-    ProtocolError,
-    Welcome,
-    ipv4Addresses,
-    parseHello,
-)
+from tether.protocol import TetherLink, TetherResource, describePeer, openTun
+from tether.wire import MAX_MESSAGE, MAX_PACKET, Close, Counters, Hello, ProtocolError, Welcome, ipv4Addresses, parseHello
 
 #: Destinations no client may reach, whatever the options: the server's
 #: loopback, "this network", link-local, multicast and broadcast.
@@ -385,9 +374,7 @@ class ServerService(service.MultiService):
 
     async def _start(self) -> None:
         reactor = self.server.reactor
-        self._port = TuntapPort(self._tunName.encode(), TunProtocol(self.server.fromTun),
-                                maxPacketSize=MAX_PACKET, reactor=reactor, system=self._system)
-        self._port.startListening()
+        self._port = openTun(self._tunName, self.server.fromTun, reactor, self._system)
         self.server.tun = self._port
         name = self._port.interface.decode()
         self._net = self._network(name)
