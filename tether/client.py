@@ -20,7 +20,20 @@ from twisted.web.static import Data, File
 
 from tether.netconf import CommandFailed
 from tether.protocol import TetherLink, TetherResource, connectWebSocket, describePeer, openTun
-from tether.wire import MAX_MESSAGE, Close, Counters, Hello, ProtocolError, Welcome, encodeControl, parseWelcome
+from tether.offload import OffloadError, tunMessages, writeTun
+from tether.wire import (
+    EXTENSIONS,
+    GSO,
+    MAX_MESSAGE,
+    VNET_HDR_LEN,
+    Close,
+    Counters,
+    Hello,
+    ProtocolError,
+    Welcome,
+    encodeControl,
+    parseWelcome,
+)
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 
@@ -71,13 +84,14 @@ class ClientLink(TetherLink):
             raise ProtocolError(Close.BAD_MESSAGE, f"unexpected control message {message['type']!r}")
         welcome = parseWelcome(message)
         self.welcomed = True
+        self.offload = GSO in welcome.offload
         self.startKeepalive(welcome.keepalive, welcome.timeout)
         self.client.welcomed(self, welcome)
 
     def packetReceived(self, packet: bytes) -> None:
         if not self.welcomed:
             raise ProtocolError(Close.BAD_MESSAGE, "data before welcome")
-        self.client.fromLink(packet)
+        self.client.fromLink(packet, self.offload)
 
     def linkLost(self, reason: Failure) -> None:
         self.client.linkLost(self, reason)
@@ -93,7 +107,8 @@ class TetherClient:
 
     _log = Logger()
 
-    def __init__(self, name: str, token: str, network, *, binary: bool = True, reactor=None) -> None:
+    def __init__(self, name: str, token: str, network, *, binary: bool = True, offload: bool = True,
+                 reactor=None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -101,6 +116,8 @@ class TetherClient:
         self.token = token
         self.network = network
         self.binary = binary
+        #: The extensions a hello offers.
+        self.extensions = EXTENSIONS if offload else ()
         self.tun = None
         self.link: ClientLink | None = None
         self.session: str | None = None
@@ -111,7 +128,7 @@ class TetherClient:
         self._configuring: Deferred | None = None
 
     def hello(self) -> Hello:
-        return Hello(self.name, self.token, self.session, self.binary)
+        return Hello(self.name, self.token, self.session, self.binary, self.extensions)
 
     def attach(self, link: ClientLink) -> None:
         """
@@ -123,9 +140,11 @@ class TetherClient:
 
     def welcomed(self, link: ClientLink, welcome: Welcome) -> None:
         self.session = welcome.session
-        self._log.info("tunnel up: address {address}/{prefix}, mtu {mtu}, routes {routes}",
+        if getattr(self.tun, "vnet", False) and self.tun.offload != link.offload:
+            self.tun.setOffload(link.offload)
+        self._log.info("tunnel up: address {address}/{prefix}, mtu {mtu}, routes {routes}, offload {offload}",
                        address=welcome.address, prefix=welcome.prefix, mtu=welcome.mtu,
-                       routes=" ".join(welcome.routes))
+                       routes=" ".join(welcome.routes), offload=" ".join(welcome.offload) or "none")
         config = (welcome.address, welcome.prefix, welcome.mtu, welcome.routes)
         if config != self.config:
             self.config = config
@@ -138,8 +157,10 @@ class TetherClient:
         self._log.error("cannot configure the tunnel: {error}", error=str(failure.value))
         self.config = None
 
-    def fromTun(self, packet: bytes) -> None:
-        if not packet or packet[0] >> 4 != 4:
+    def fromTun(self, data: bytes) -> None:
+        vnet = getattr(self.tun, "vnet", False)
+        start = VNET_HDR_LEN if vnet else 0
+        if len(data) <= start or data[start] >> 4 != 4:
             # The kernel's own IPv6 chatter (router solicitations): v1 is IPv4.
             self.counters.drop("not IPv4")
             return
@@ -147,16 +168,22 @@ class TetherClient:
         if link is None or not link.welcomed or not link.connected:
             self.counters.drop("link down")
             return
-        self.counters.packetsOut += 1
-        self.counters.bytesOut += len(packet)
-        link.sendPacket(packet)
-
-    def fromLink(self, packet: bytes) -> None:
-        self.counters.packetsIn += 1
-        self.counters.bytesIn += len(packet)
         try:
-            self.tun.write(packet)
-        except OSError as e:
+            messages = tunMessages(data, vnet, link.offload)
+        except OffloadError as e:
+            self.counters.drop(f"bad offload header from the kernel: {e}")
+            return
+        for message in messages:
+            self.counters.packetsOut += 1
+            self.counters.bytesOut += len(message)
+            link.sendPacket(message)
+
+    def fromLink(self, message: bytes, offload: bool = False) -> None:
+        self.counters.packetsIn += 1
+        self.counters.bytesIn += len(message)
+        try:
+            writeTun(self.tun, message, offload)
+        except (OSError, OffloadError) as e:
             if self.counters.drop("TUN write failed"):
                 self._log.warn("cannot write to the TUN device: {error}", error=str(e))
 
@@ -293,7 +320,8 @@ class ClientService(service.MultiService):
         self._port = None
 
     def startService(self) -> None:
-        self._port = openTun(self._tunName, self.client.fromTun, self.client.reactor, self._system)
+        self._port = openTun(self._tunName, self.client.fromTun, self.client.reactor, self._system,
+                             vnet=bool(self.client.extensions))
         self.client.tun = self._port
         self.client.network.device = self._port.interface.decode()
         super().startService()

@@ -12,12 +12,15 @@ wire protocol rather than by reimplementing RFC 6455.
 
 from __future__ import annotations
 
+import fcntl
+import os
+
 from hyperlink import URL
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import AbstractDatagramProtocol, Factory
 from twisted.logger import Logger
 from twisted.pair.raw import IRawPacketProtocol
-from twisted.pair.tuntap import TuntapPort
+from twisted.pair.tuntap import TunnelFlags, TuntapPort
 from twisted.python.failure import Failure
 from twisted.web import _websocket_impl as _ws
 from twisted.web.client import URI, BrowserLikePolicyForHTTPS, _StandardEndpointFactory
@@ -32,6 +35,7 @@ from wsproto.utilities import RemoteProtocolError
 from zope.interface import implementer
 
 from coursenet.tls import clientTLSOptions
+from tether.offload import PLAIN_HDR, VNET_HDR_LEN
 from tether.wire import (
     MAX_MESSAGE,
     MAX_PACKET,
@@ -203,6 +207,8 @@ class TetherLink:
         self.transport: WebSocketTransport | None = None
         self.connected = False
         self.binary = True
+        #: Whether data messages carry a virtio-net header (the C{gso} extension).
+        self.offload = False
         self._pingID = 0
         self._lastHeard = 0.0
         self._timer = None
@@ -339,16 +345,79 @@ class TunProtocol(AbstractDatagramProtocol):
         raise NotImplementedError("a tether TUN carries IP only")
 
 
-def openTun(name: str, deliver, reactor, system=None):
+#: ioctl(TUNSETOFFLOAD) and its flags, from linux/if_tun.h.
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
+TUN_F_USO4, TUN_F_USO6 = 0x20, 0x40
+_TSO = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+
+
+class OffloadTunPort(TuntapPort):
+    """
+    A TUN device opened with C{IFF_VNET_HDR}: every read and write starts
+    with a virtio-net header (L{tether.offload}), and once L{setOffload} is
+    on, the kernel hands over GSO super-packets of up to 64 KiB with partial
+    checksums instead of one MTU-sized packet per read.
+
+    @ivar vnet: always true here; L{TuntapPort} has no such attribute.
+    @ivar offload: whether the kernel may hand over super-packets now.
+    """
+
+    vnet = True
+    offload = False
+
+    def _openTunnel(self, name, mode):
+        return super()._openTunnel(name, mode | TunnelFlags.IFF_VNET_HDR)
+
+    def setOffload(self, on: bool) -> bool:
+        """
+        Ask the kernel for super-packets (checksum offload, TSO and, where
+        the kernel has it, USO), or for none.
+
+        @return: whether offload is now on.
+        """
+        flags = (_TSO | TUN_F_USO4 | TUN_F_USO6, _TSO) if on else (0,)
+        for value in flags:
+            try:
+                fcntl.ioctl(self._fileno, TUNSETOFFLOAD, value)
+            except OSError:
+                continue
+            self.offload = on
+            return on
+        fcntl.ioctl(self._fileno, TUNSETOFFLOAD, 0)
+        self.offload = False
+        return False
+
+    def writePlain(self, packet: bytes) -> int:
+        """
+        Write a complete IP packet, behind a header that says so.
+        """
+        return self.writeSequence((PLAIN_HDR, packet))
+
+    def writeSequence(self, seq) -> int:
+        while True:
+            try:
+                return os.writev(self._fileno, seq)
+            except InterruptedError:
+                continue
+
+
+def openTun(name: str, deliver, reactor, system=None, vnet: bool = False):
     """
     Open (creating it) the TUN device C{name}; every packet it reads goes
     to C{deliver}.
 
     @param system: L{twisted.pair.testing.MemoryIOSystem} in tests.
+    @param vnet: open it with virtio-net headers (L{OffloadTunPort}); only
+        for a real device (C{system} L{None}).
     @return: the started L{TuntapPort}; C{write} sends a packet into it and
         C{interface} is the device's name as the kernel gave it.
     """
-    port = TuntapPort(name.encode(), TunProtocol(deliver), maxPacketSize=MAX_PACKET,
-                      reactor=reactor, system=system)
+    if vnet and system is None:
+        port = OffloadTunPort(name.encode(), TunProtocol(deliver), maxPacketSize=MAX_PACKET + VNET_HDR_LEN,
+                              reactor=reactor)
+    else:
+        port = TuntapPort(name.encode(), TunProtocol(deliver), maxPacketSize=MAX_PACKET,
+                          reactor=reactor, system=system)
     port.startListening()
     return port

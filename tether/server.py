@@ -20,8 +20,23 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
+from tether.offload import OffloadError, VnetHeader, checkHeader, isPlain, tunMessages, writeTun
 from tether.protocol import TetherLink, TetherResource, describePeer, openTun
-from tether.wire import MAX_MESSAGE, MAX_PACKET, Close, Counters, Hello, ProtocolError, Welcome, ipv4Addresses, parseHello
+from tether.wire import (
+    EXTENSIONS,
+    GSO,
+    MAX_MESSAGE,
+    MAX_PACKET,
+    VNET_HDR_LEN,
+    Close,
+    Counters,
+    Hello,
+    ProtocolError,
+    Welcome,
+    agree,
+    ipv4Addresses,
+    parseHello,
+)
 
 #: Destinations no client may reach, whatever the options: the server's
 #: loopback, "this network", link-local, multicast and broadcast.
@@ -88,7 +103,7 @@ class TetherServer:
     def __init__(self, checker, pool: str, *, mtu: int = 1400, routes=("0.0.0.0/0",),
                  deny=(), isolate: bool = True, keepalive: float = 15.0, timeout: float = 45.0,
                  grace: float = 60.0, helloTimeout: float = 10.0, allowPlain: bool = False,
-                 maxMessage: int = MAX_MESSAGE, reactor=None) -> None:
+                 maxMessage: int = MAX_MESSAGE, offload: bool = True, reactor=None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -103,6 +118,8 @@ class TetherServer:
         self.helloTimeout = helloTimeout
         self.allowPlain = allowPlain
         self.maxMessage = maxMessage
+        #: The extensions a welcome may accept.
+        self.extensions = EXTENSIONS if offload else ()
         self.tun = None
         self.counters = Counters()
         self._denied = [_netmask(n) for n in (*ALWAYS_DENIED, *deny)]
@@ -168,12 +185,13 @@ class TetherServer:
         lease.link = link
         return lease
 
-    def welcome(self, lease: Lease, binary: bool) -> Welcome:
+    def welcome(self, lease: Lease, hello: Hello) -> Welcome:
         return Welcome(
             address=str(lease.address), prefix=self.pool.network.prefixlen,
             gateway=str(self.pool.gateway), mtu=self.mtu, session=lease.session,
             routes=self.routes, keepalive=self.keepalive, timeout=self.timeout,
-            maxMessage=self.maxMessage, binary=binary,
+            maxMessage=self.maxMessage, binary=hello.binary,
+            offload=agree(hello.offload, self.extensions),
         )
 
     def linkLost(self, link: ServerLink, bye: bool = False) -> None:
@@ -201,13 +219,18 @@ class TetherServer:
 
     # The packet path
 
-    def fromClient(self, lease: Lease, packet: bytes) -> None:
+    def fromClient(self, lease: Lease, message: bytes, offload: bool = False) -> None:
         """
         A packet from a client: checked, then written to the TUN device.
+
+        @param offload: whether C{message} is a virtio-net header and a
+            (super-)packet, the C{gso} extension; the checks apply to the
+            packet's IPv4 header, which every segment of it will carry.
         """
         counters = lease.counters
         counters.packetsIn += 1
-        counters.bytesIn += len(packet)
+        counters.bytesIn += len(message)
+        packet = message[VNET_HDR_LEN:] if offload else message
         addresses = ipv4Addresses(packet)
         if addresses is None:
             return self._drop(lease, "not IPv4", f"{len(packet)} bytes")
@@ -222,22 +245,35 @@ class TetherServer:
             if dst & mask == net:
                 return self._drop(lease, "denied destination", str(ipaddress.IPv4Address(destination)))
         try:
-            self.tun.write(packet)
+            if offload and not isPlain(message):
+                checkHeader(VnetHeader.parse(message), packet)
+            writeTun(self.tun, message, offload)
+        except OffloadError as e:
+            self._drop(lease, "bad offload header", str(e))
         except OSError as e:
             self._drop(lease, "TUN write failed", e.strerror or str(e))
 
-    def fromTun(self, packet: bytes) -> None:
+    def fromTun(self, data: bytes) -> None:
         """
-        A packet the kernel routed to the TUN device: to its client, if any.
+        A packet the kernel routed to the TUN device: to its client, if any,
+        as a super-packet if its link carries them, else cut up here.
         """
-        addresses = ipv4Addresses(packet)
+        vnet = getattr(self.tun, "vnet", False)
+        addresses = ipv4Addresses(data[VNET_HDR_LEN:] if vnet else data)
         lease = self._byAddress.get(addresses[1]) if addresses else None
         if lease is None or lease.link is None:
             self.counters.drop("no client for destination")
             return
-        lease.counters.packetsOut += 1
-        lease.counters.bytesOut += len(packet)
-        lease.link.sendPacket(packet)
+        link = lease.link
+        try:
+            messages = tunMessages(data, vnet, link.offload)
+        except OffloadError as e:
+            self.counters.drop(f"bad offload header from the kernel: {e}")
+            return
+        for message in messages:
+            lease.counters.packetsOut += 1
+            lease.counters.bytesOut += len(message)
+            link.sendPacket(message)
 
     def _drop(self, lease: Lease, reason: str, detail: str) -> None:
         if lease.counters.drop(reason):
@@ -317,7 +353,9 @@ class ServerLink(TetherLink):
             self._helloTimer.cancel()
         self.lease = lease
         self.binary = hello.binary
-        self.sendControl(self.server.welcome(lease, hello.binary).encode())
+        welcome = self.server.welcome(lease, hello)
+        self.offload = GSO in welcome.offload
+        self.sendControl(welcome.encode())
         self.startKeepalive(self.server.keepalive, self.server.timeout)
         self._log.info("{name} connected from {peer}: address {address}, session {session}",
                        name=lease.name, peer=self.peer, address=str(lease.address),
@@ -334,9 +372,9 @@ class ServerLink(TetherLink):
     def packetReceived(self, packet: bytes) -> None:
         if self.lease is None:
             raise ProtocolError(Close.BAD_MESSAGE, "data before welcome: send a hello first")
-        if len(packet) > MAX_PACKET:
+        if len(packet) > MAX_PACKET + (VNET_HDR_LEN if self.offload else 0):
             raise ProtocolError(Close.TOO_BIG, f"packet larger than {MAX_PACKET} bytes")
-        self.server.fromClient(self.lease, packet)
+        self.server.fromClient(self.lease, packet, self.offload)
 
     def linkLost(self, reason) -> None:
         if self._helloTimer is not None and self._helloTimer.active():
@@ -374,9 +412,15 @@ class ServerService(service.MultiService):
 
     async def _start(self) -> None:
         reactor = self.server.reactor
-        self._port = openTun(self._tunName, self.server.fromTun, reactor, self._system)
+        self._port = openTun(self._tunName, self.server.fromTun, reactor, self._system,
+                             vnet=bool(self.server.extensions))
         self.server.tun = self._port
         name = self._port.interface.decode()
+        if getattr(self._port, "vnet", False):
+            # One device for every client: super-packets for those whose
+            # links take them, cut up in fromTun for the others.
+            on = self._port.setOffload(True)
+            self._log.info("TUN offloads (GSO super-packets): {state}", state="on" if on else "unavailable")
         self._net = self._network(name)
         await self._net.start()
         self.server.start(self._statsInterval)

@@ -50,6 +50,7 @@ class ServerOptions(AccountOptionsMixin, usage.Options):
         ["no-nat", None, "no forwarding or NAT: the operator routes the pool"],
         ["allow-client-to-client", None, "let clients reach each other (isolated by default)"],
         ["allow-plain", None, "accept tokens over plain ws:// (tests, trusted links only)"],
+        ["no-offload", None, "no TUN offloads: refuse the gso extension, one packet per message"],
     ]
     optParameters = [
         ["pool", None, None, "client addresses, e.g. 198.18.100.0/24; the first is the server's"],
@@ -117,6 +118,7 @@ class ClientOptions(usage.Options):
     optFlags = [
         ["allow-plain", None, "send the token over plain ws:// (tests, trusted links only)"],
         ["text-frames", None, "ask for base64 text messages instead of binary"],
+        ["no-offload", None, "no TUN offloads: do not offer the gso extension"],
     ]
     optParameters = [
         ["server", None, None, "the server's URL, ws://HOST:PORT/tether/v1 or wss://..."],
@@ -167,7 +169,7 @@ def makeServerService(options: ServerOptions, reactor=None, runner=None, system=
         mtu=options["mtu"], routes=options["routes"], deny=options["deny"],
         isolate=not options["allow-client-to-client"], keepalive=options["keepalive"],
         timeout=options["timeout"], grace=options["grace"], allowPlain=options["allow-plain"],
-        reactor=reactor,
+        offload=not options["no-offload"], reactor=reactor,
     )
     runner = runner or ProcessRunner(reactor)
     network = lambda tun: ServerNetwork(  # noqa: E731
@@ -187,7 +189,8 @@ def makeClientService(options: ClientOptions, reactor=None, runner=None, system=
 
     client = TetherClient(options["name"], options["token"],
                           ClientNetwork(runner or ProcessRunner(reactor), options["tun"]),
-                          binary=not options["text-frames"], reactor=reactor)
+                          binary=not options["text-frames"], offload=not options["no-offload"],
+                          reactor=reactor)
     client.onFatal = lambda error: client.reactor.stop()
     if options["relay"]:
         top = ClientService(client, options["tun"], system=system)

@@ -25,8 +25,16 @@ SUBPROTOCOL = "tether.v1"
 
 #: The largest IP packet either side may send (the IPv4 total-length limit).
 MAX_PACKET = 65535
-#: The largest message, in bytes or characters: a base64 packet at most.
-MAX_MESSAGE = 4 * ((MAX_PACKET + 2) // 3)
+#: The C{gso} extension (docs/tether.md, section 3.1) and the length of
+#: the virtio-net header (C{struct virtio_net_hdr}, the TUN default) it
+#: puts in front of each packet.
+GSO = "gso"
+VNET_HDR_LEN = 10
+#: The largest message, in bytes or characters: a base64 packet, with its
+#: virtio-net header when the C{gso} extension is on, at most.
+MAX_MESSAGE = 4 * ((VNET_HDR_LEN + MAX_PACKET + 2) // 3)
+#: The extensions this implementation knows (docs/tether.md, section 3.1).
+EXTENSIONS = (GSO,)
 #: The longest JSON control message, in characters.
 MAX_CONTROL = 4096
 MAX_NAME = 64
@@ -75,12 +83,15 @@ class Hello:
     token: str
     session: str | None = None
     binary: bool = True
+    offload: tuple[str, ...] = ()
 
     def encode(self) -> str:
         message = {"type": "hello", "version": VERSION, "name": self.name,
                    "token": self.token, "binary": self.binary}
         if self.session:
             message["session"] = self.session
+        if self.offload:
+            message["offload"] = list(self.offload)
         return encodeControl(message)
 
 
@@ -100,9 +111,11 @@ class Welcome:
     timeout: float = 45.0
     maxMessage: int = MAX_MESSAGE
     binary: bool = True
+    offload: tuple[str, ...] = ()
 
     def encode(self) -> str:
-        return encodeControl({
+        extra = {"offload": list(self.offload)} if self.offload else {}
+        return encodeControl({**extra,
             "type": "welcome", "version": VERSION, "address": self.address,
             "prefix": self.prefix, "gateway": self.gateway, "mtu": self.mtu,
             "routes": list(self.routes), "session": self.session,
@@ -185,7 +198,28 @@ def parseHello(message: dict) -> Hello:
         token=_string(message, "token", MAX_TOKEN),
         session=session,
         binary=binary,
+        offload=_offload(message, "hello"),
     )
+
+
+def _offload(message: dict, kind: str) -> tuple[str, ...]:
+    """
+    The extensions named in C{message}'s C{offload} list that this side
+    knows, in their order; unknown names are ignored.
+    """
+    names = message.get("offload", [])
+    if not isinstance(names, list) or len(names) > 16 or not all(
+        isinstance(n, str) and len(n) <= 32 for n in names
+    ):
+        raise ProtocolError(Close.BAD_MESSAGE, f"{kind}: \"offload\" must be a list of short strings")
+    return tuple(n for n in EXTENSIONS if n in names)
+
+
+def agree(offered: tuple[str, ...], supported: tuple[str, ...]) -> tuple[str, ...]:
+    """
+    The extensions a welcome accepts: those offered that this side supports.
+    """
+    return tuple(n for n in offered if n in supported)
 
 
 def parseWelcome(message: dict) -> Welcome:
@@ -207,6 +241,7 @@ def parseWelcome(message: dict) -> Welcome:
             timeout=float(message.get("timeout", 45.0)),
             maxMessage=int(message.get("maxMessage", MAX_MESSAGE)),
             binary=bool(message.get("binary", True)),
+            offload=_offload(message, "welcome"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ProtocolError(Close.BAD_MESSAGE, f"bad welcome: {e}")
