@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from tether.offload import OffloadError, VnetHeader, checkHeader, isPlain, tunMessages, writeTun
+from tether.offload import PLAIN_HDR, OffloadError, VnetHeader, checkHeader, tunMessages, writeTun
 from tether.protocol import TetherLink, TetherResource, describePeer, openTun
 from tether.wire import (
     EXTENSIONS,
@@ -245,7 +245,7 @@ class TetherServer:
             if dst & mask == net:
                 return self._drop(lease, "denied destination", str(ipaddress.IPv4Address(destination)))
         try:
-            if offload and not isPlain(message):
+            if offload and message[:VNET_HDR_LEN] != PLAIN_HDR:
                 checkHeader(VnetHeader.parse(message), packet)
             writeTun(self.tun, message, offload)
         except OffloadError as e:
