@@ -286,3 +286,4 @@ def test_tunMessagesAndWriteTunWithoutVnet():
     writeTun(tun, PLAIN_HDR + packet, offload=True)
     writeTun(tun, packet, offload=False)
     assert tun.written == [packet, packet]
+

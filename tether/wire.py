@@ -2,7 +2,9 @@
 The tether wire format, pure: no transport, no reactor.
 
 Data is one IPv4 packet per binary WebSocket message, or per text message
-in base64 (RFC 4648, section 4) for relays that cannot pass binary.
+in base64 (RFC 4648, section 4) for relays that cannot pass binary; with
+the C{gso} extension (L{tether.offload}) a virtio-net header comes first
+and the packet may be a GSO super-packet.
 Control messages are JSON objects in text messages; a text message is JSON
 exactly when it starts with C{{}}, a character base64 never uses.
 docs/tether.md is the specification this module follows.
@@ -115,12 +117,12 @@ class Welcome:
 
     def encode(self) -> str:
         extra = {"offload": list(self.offload)} if self.offload else {}
-        return encodeControl({**extra,
+        return encodeControl({
             "type": "welcome", "version": VERSION, "address": self.address,
             "prefix": self.prefix, "gateway": self.gateway, "mtu": self.mtu,
             "routes": list(self.routes), "session": self.session,
             "keepalive": self.keepalive, "timeout": self.timeout,
-            "maxMessage": self.maxMessage, "binary": self.binary,
+            "maxMessage": self.maxMessage, "binary": self.binary, **extra,
         })
 
 
