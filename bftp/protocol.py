@@ -131,11 +131,6 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         noDelay = getattr(self.transport, "setTcpNoDelay", None)
         if noDelay is not None:
             noDelay(True)
-        # Replies are small and follow the client's command: do not let
-        # Nagle hold one back until the previous segment is acknowledged.
-        noDelay = getattr(self.transport, "setTcpNoDelay", None)
-        if noDelay is not None:
-            noDelay(True)
         # TimeoutMixin schedules on the factory's clock, not the global reactor.
         self.callLater = self.factory.reactor.callLater
         self.setTimeout(self.factory.idleTimeout)

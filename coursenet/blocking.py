@@ -31,10 +31,12 @@ No lock is ever held across a blocking socket operation.
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import os
 import pickle
 import select
+import selectors
 import signal
 import socket
 import socketserver
@@ -628,6 +630,10 @@ class ForkingServer(_ServerMixin, socketserver.ForkingTCPServer):
 
     def process_request(self, request, client_address) -> None:
         self.beforeFork(request)
+        # Without this the child's garbage collector writes to every object
+        # it inherited, and copy-on-write copies the parent's whole heap
+        # into every child.
+        gc.freeze()
         super().process_request(request, client_address)
         self.afterForkInParent(request)
 
@@ -749,11 +755,12 @@ class HubForkingServer(ForkingServer):
     """
     A forking server whose children share state through the parent.
 
-    Each child gets one end of a socket pair; in the parent a thread per
-    child reads its requests and answers them with C{hub.handle(link,
-    message)}, run with the reactor lock.  Forked processes share no
-    memory: this link is how the state of the whole server (who is in
-    which room) stays in one place.
+    Each child gets one end of a socket pair; in the parent one thread
+    waits on all the other ends (an event loop: a thread per child would
+    make every later fork copy every thread's state) and answers each
+    request with C{hub.handle(link, message)}, run with the reactor lock.
+    Forked processes share no memory: this link is how the state of the
+    whole server (who is in which room) stays in one place.
 
     @param hub: has C{handle(link, message)}, returning the reply, and
         C{linkLost(link)}.
@@ -767,7 +774,9 @@ class HubForkingServer(ForkingServer):
         self._links: set[Link] = set()
         self._pair: tuple[socket.socket, socket.socket] | None = None
         self._prepare = None
+        self._selector = selectors.DefaultSelector()
         super().__init__(address, None, reactor, maxChildren)
+        threading.Thread(target=self._serveLinks, daemon=True).start()
 
     def beforeFork(self, request) -> None:
         self._pair = socket.socketpair()
@@ -777,7 +786,7 @@ class HubForkingServer(ForkingServer):
         childEnd.close()
         link = Link(parentEnd)
         self._links.add(link)
-        threading.Thread(target=self._serveLink, args=(link,), daemon=True).start()
+        self._selector.register(parentEnd, selectors.EVENT_READ, link)
 
     def afterForkInChild(self, request) -> None:
         parentEnd, childEnd = self._pair
@@ -785,26 +794,29 @@ class HubForkingServer(ForkingServer):
         for link in list(self._links):
             link.sock.close()
         self._links.clear()
+        self._selector = None
         self.factory, self._prepare = self._childFactory(childEnd)
 
     def serveRequest(self, sock: socket.socket) -> None:
         serveConnection(sock, self.factory, self.reactor, self._prepare)
 
-    def _serveLink(self, link: Link) -> None:
+    def _serveLinks(self) -> None:
         Link.collecting()
-        try:
-            while True:
-                message = recvMessage(link.sock)
+        while True:
+            for key, _ in self._selector.select(timeout=0.5):
+                link = key.data
+                try:
+                    message = recvMessage(link.sock)
+                except (EOFError, OSError):
+                    self._selector.unregister(link.sock)
+                    self.reactor.inside(self.hub.linkLost, link)
+                    Link.flush()
+                    self._links.discard(link)
+                    link.sock.close()
+                    continue
                 reply = self.reactor.inside(self.hub.handle, link, message)
                 Link.flush()
                 link.send(reply)
-        except (EOFError, OSError):
-            pass
-        finally:
-            self.reactor.inside(self.hub.linkLost, link)
-            Link.flush()
-            self._links.discard(link)
-            link.sock.close()
 
 
 class SharedNameSet:

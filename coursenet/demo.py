@@ -142,10 +142,11 @@ async def _bftpRequest(reader, writer, _) -> bool:
 _WORKLOADS = {"chat": (_chatStart, _chatRequest), "bftp": (_bftpStart, _bftpRequest)}
 
 
-async def _client(service: str, port: int, index: int, go: asyncio.Event, stop: list, result: LoadResult, ready) -> None:
+async def _client(service: str, port: int, index: int, go: asyncio.Event, stop: list, result: LoadResult, ready, writers: list) -> None:
     """
     One client: connect and log in, say it is ready, then from C{go} until
-    C{stop} one request after another, each timed until its answer.
+    C{stop} one request after another, each timed until its answer.  The
+    connection stays open (in C{writers}) for the caller to close.
     """
     start, request = _WORKLOADS[service]
     try:
@@ -156,6 +157,7 @@ async def _client(service: str, port: int, index: int, go: asyncio.Event, stop: 
         return
     finally:
         ready()
+    writers.append(writer)
     await go.wait()
     try:
         while not stop:
@@ -167,15 +169,13 @@ async def _client(service: str, port: int, index: int, go: asyncio.Event, stop: 
                 result.errors += 1
     except _FAILURES:
         result.errors += 1
-    finally:
-        writer.close()
 
 
 async def _load(service: str, port: int, first: int, count: int, seconds: float, connectTimeout: float) -> LoadResult:
     import json
 
     result = LoadResult(0, 0, [])
-    go, stop = asyncio.Event(), []
+    go, stop, writers = asyncio.Event(), [], []
     left = [count]
     allReady = asyncio.Event()
 
@@ -186,7 +186,7 @@ async def _load(service: str, port: int, first: int, count: int, seconds: float,
 
     tasks = []
     for i in range(first, first + count):
-        tasks.append(asyncio.create_task(_client(service, port, i, go, stop, result, ready)))
+        tasks.append(asyncio.create_task(_client(service, port, i, go, stop, result, ready, writers)))
         if len(tasks) % 50 == 0:
             await asyncio.sleep(0.01)  # a gentle ramp: the listen backlog is finite
     try:
@@ -203,6 +203,14 @@ async def _load(service: str, port: int, first: int, count: int, seconds: float,
     for task in pending:
         task.cancel()
     result.errors += left[0]  # neither ready nor failed in time
+    print(json.dumps({"ops": result.ops, "errors": result.errors, "latencies": result.latencies}), flush=True)
+    # The connections stay open until the server's memory is measured.
+    try:
+        await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), 60)
+    except asyncio.TimeoutError:
+        pass
+    for writer in writers:
+        writer.close()
     return result
 
 
@@ -213,8 +221,7 @@ def _loaderMain(spec: str) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     service, port, first, count, seconds, connectTimeout = json.loads(spec)
-    result = asyncio.run(_load(service, port, first, count, seconds, connectTimeout))
-    print(json.dumps({"ops": result.ops, "errors": result.errors, "latencies": result.latencies}), flush=True)
+    asyncio.run(_load(service, port, first, count, seconds, connectTimeout))
     return 0
 
 
@@ -232,15 +239,30 @@ def _tree(pid: int):
 
 
 def _cpuSeconds(pid: int) -> dict[int, float]:
+    """
+    CPU seconds used so far by each of the server's processes.
+
+    From C{/proc/PID/task/*/schedstat}, in nanoseconds, where Linux has it
+    (threads that end meanwhile are missed): the
+    clock-tick counts of C{/proc/PID/stat} (10 ms) round a thousand forked
+    children that each ran a few milliseconds down to nothing.
+    """
     import psutil
 
     times = {}
     for p in _tree(pid):
         try:
-            t = p.cpu_times()
-            times[p.pid] = t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
+            total = 0
+            for task in os.listdir(f"/proc/{p.pid}/task"):
+                with open(f"/proc/{p.pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            times[p.pid] = total / 1e9
+        except (OSError, ValueError, IndexError):
+            try:
+                t = p.cpu_times()
+                times[p.pid] = t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
     return times
 
 
@@ -311,21 +333,26 @@ def measure(service: str, implementation: str, clients: int, seconds: float, wor
         for loader in loaders:
             loader.stdin.write("go\n")
             loader.stdin.flush()
-        time.sleep(seconds * 0.9)
-        memory = _memoryMB(server.proc.pid)
+        time.sleep(seconds)
         after = _cpuSeconds(server.proc.pid)
         ops, errors, latencies = 0, 0, []
-        for loader in loaders:
+        for loader, share in zip(loaders, shares):
             try:
-                out, _ = loader.communicate(timeout=seconds + 30)
-                result = json.loads(out.strip().splitlines()[-1])
-            except (subprocess.TimeoutExpired, ValueError, IndexError):
-                errors += shares[loaders.index(loader)]
+                result = json.loads(loader.stdout.readline())
+            except ValueError:
+                errors += share
                 continue
             ops += result["ops"]
             errors += result["errors"]
             latencies += result["latencies"]
+        # Measured with every client still connected.
+        memory = _memoryMB(server.proc.pid)
         alive = server.proc.poll() is None
+        for loader in loaders:
+            try:
+                loader.communicate("close\n", timeout=30)
+            except subprocess.TimeoutExpired:
+                pass  # stopped below
     finally:
         for loader in loaders:
             stopProcess(loader, timeout=5)
