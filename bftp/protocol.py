@@ -51,6 +51,7 @@ from bftp.wire import (
     formatReply,
     parseCommand,
 )
+from coursenet.transport import noDelay
 
 #: Commands allowed before HELLO, and before login.
 _BEFORE_HELLO = {"HELLO", "HELP", "QUIT", "NOOP"}
@@ -128,9 +129,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         self._admitted = True
         # Replies are small and follow the client's command: do not let
         # Nagle hold one back until the previous segment is acknowledged.
-        noDelay = getattr(self.transport, "setTcpNoDelay", None)
-        if noDelay is not None:
-            noDelay(True)
+        noDelay(self.transport)
         # TimeoutMixin schedules on the factory's clock, not the global reactor.
         self.callLater = self.factory.reactor.callLater
         self.setTimeout(self.factory.idleTimeout)

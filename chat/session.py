@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from chat.interfaces import IParticipant
 from chat.rooms import ChatServer, Event
+from coursenet.transport import noDelay
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class Session:
             self.transport.loseConnection()
             return False
         self.connected = True
+        noDelay(self.transport)
         self._bucket = (
             TokenBucket(limits.floodRate, limits.floodBurst, clock) if limits.floodRate else None
         )

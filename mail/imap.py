@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
-from mail.lines import noDelay
+from coursenet.transport import noDelay
 from mail.maildir import (
     DELIMITER,
     INBOX,

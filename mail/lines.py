@@ -85,14 +85,3 @@ class BoundedLines:
         self._lineBuffer = rest
 
 
-def noDelay(transport) -> None:
-    """
-    Turn Nagle's algorithm off: these protocols send a reply, then wait for
-    the next command, and delayed ACKs would add 40 ms to every exchange.
-    """
-    setNoDelay = getattr(transport, "setTcpNoDelay", None)
-    if setNoDelay is not None:
-        try:
-            setNoDelay(True)
-        except OSError:
-            pass

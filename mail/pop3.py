@@ -18,7 +18,8 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from zope.interface import implementer
 
-from mail.lines import BoundedLines, noDelay
+from coursenet.transport import noDelay
+from mail.lines import BoundedLines
 
 #: RFC 2449 section 4: commands are at most 255 octets with the CRLF.
 COMMAND_LINE_MAX = 253

@@ -17,7 +17,8 @@ from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from twisted.mail.smtp import COMMAND, DATA, SMTPServerError
 from zope.interface import implementer
 
-from mail.lines import BoundedLines, noDelay
+from coursenet.transport import noDelay
+from mail.lines import BoundedLines
 
 #: RFC 5321 4.5.3.1: 512 octets for a command line, 1000 for a text line,
 #: both counting the CRLF.

@@ -35,6 +35,7 @@ from wsproto.utilities import RemoteProtocolError
 from zope.interface import implementer
 
 from coursenet.tls import clientTLSOptions
+from coursenet.transport import noDelay
 from tether.offload import PLAIN_HDR, VNET_HDR_LEN
 from tether.wire import (
     MAX_MESSAGE,
@@ -226,9 +227,7 @@ class TetherLink:
         self._lastHeard = self.clock.seconds()
         # Each message is a packet someone waits for: Nagle's delay would
         # add to every round trip through the tunnel.
-        setNoDelay = getattr(getattr(self.transport, "transport", None), "setTcpNoDelay", None)
-        if setNoDelay is not None:
-            setNoDelay(True)
+        noDelay(self.transport)
         self.linkMade()
 
     def pongReceived(self, payload: bytes) -> None:
