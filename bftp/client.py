@@ -44,6 +44,7 @@ from bftp.wire import (
     encodePath,
     parseReply,
 )
+from coursenet.errors import ReplyError
 
 DEFAULT_PORT = 9021
 DEFAULT_TLS_PORT = 9022
@@ -54,15 +55,10 @@ _TRANSFER_READ = 1 << 20
 Progress = Callable[[int], None]
 
 
-class BFTPError(Exception):
+class BFTPError(ReplyError):
     """
     The server refused a command: C{code} and C{message} are its reply.
     """
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"{code} {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
+from coursenet.errors import ReplyError
+
 VERSION = "BFTP/1"
 SUPPORTED_VERSIONS = (VERSION,)
 
@@ -69,15 +71,10 @@ class Code(enum.IntEnum):
     WRONG_TYPE = 555
 
 
-class ProtocolError(Exception):
+class ProtocolError(ReplyError):
     """
     Input that breaks the protocol.  Carries the reply that explains it.
     """
-
-    def __init__(self, code: Code, message: str) -> None:
-        super().__init__(f"{int(code)} {message}")
-        self.code = code
-        self.message = message
 
 
 class FramingError(ProtocolError):

@@ -29,6 +29,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from chat.wire import MAX_LINE, ChatError, Reply, ServerEvent, parseServerLine
+from coursenet.errors import ReplyError
 from coursenet.tls import clientEndpoint
 
 DEFAULT_PORT = 6665
@@ -37,15 +38,10 @@ DEFAULT_TLS_PORT = 6666
 Listener = Callable[[ServerEvent], None]
 
 
-class ChatReplyError(Exception):
+class ChatReplyError(ReplyError):
     """
     The server refused a command: C{code} and C{message} are its reply.
     """
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"{code} {message}")
-        self.code = code
-        self.message = message
 
 
 class _Pending:

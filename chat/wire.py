@@ -14,6 +14,8 @@ import re
 import time
 from dataclasses import dataclass
 
+from coursenet.errors import ReplyError
+
 VERSION = "CHAT/1"
 
 #: The longest line either side may send, CRLF excluded.  IRC's limit too,
@@ -59,15 +61,10 @@ class Code(enum.IntEnum):
     BAD_NAME = 553
 
 
-class ChatError(Exception):
+class ChatError(ReplyError):
     """
     A refusal: carries the reply that explains it.
     """
-
-    def __init__(self, code: Code, message: str) -> None:
-        super().__init__(f"{int(code)} {message}")
-        self.code = code
-        self.message = message
 
 
 def clean(text: str) -> str:

@@ -20,6 +20,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from coursenet.errors import ReplyError
+
 VERSION = 1
 #: The path of the WebSocket endpoint, and the subprotocol a browser may offer.
 PATH = "/tether/v1"
@@ -64,15 +66,14 @@ class Close(enum.IntEnum):
     POOL = 4503
 
 
-class ProtocolError(Exception):
+class ProtocolError(ReplyError):
     """
     A refusal: the close code and the reason that explains it.
     """
 
-    def __init__(self, code: Close, reason: str) -> None:
-        super().__init__(f"{int(code)} {reason}")
-        self.code = code
-        self.reason = reason
+    @property
+    def reason(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
