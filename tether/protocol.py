@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from coursenet.tls import clientTLSOptions
 from coursenet.transport import noDelay
+from tether import masking
 from tether.offload import PLAIN_HDR, VNET_HDR_LEN
 from tether.wire import (
     MAX_MESSAGE,
@@ -58,6 +59,10 @@ def describePeer(address) -> str:
     """
     port = getattr(address, "port", None)
     return f"{address.host}:{port}" if port is not None else str(address)
+
+
+# 64 KiB frames make wsproto's byte-wise masking the bottleneck.
+masking.install()
 
 
 class _LimitedWire(_ws._WebSocketWireProtocol):
