@@ -17,7 +17,7 @@ from twisted.internet import defer, endpoints, utils
 from twisted.internet.task import deferLater
 
 from bftp.auth import makePortal
-from bftp.client import BFTPError, connect
+from bftp.client import connect
 from bftp.fs import PARTIAL_PREFIX
 from bftp.protocol import BFTPFactory
 from coursenet.accounts import PasswordChecker

@@ -235,7 +235,7 @@ def test_slow_consumer_recovers_when_drained():
     for _ in range(5):
         slow.transport.producer.pauseProducing()
         for n in range(8):
-            ada.send(f"SAY lab " + "m" * 60)
+            ada.send("SAY lab " + "m" * 60)
         slow.transport.producer.resumeProducing()
     assert slow.proto.connected
 

@@ -14,7 +14,6 @@ import socket
 import ssl
 import textwrap
 
-import pytest
 import pytest_twisted
 
 from tests.mail_support import DOMAIN, PASSWORD, USER, inThread, message, run, startPostOffice

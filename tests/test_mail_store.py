@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 from twisted.mail import imap4
 
-from mail.imap import MaildirAccount, MaildirMailbox, _Part
+from mail.imap import MaildirAccount, _Part
 from mail.maildir import BadFolderName, Folder, MaildirStore, writeMessageFile
 
 

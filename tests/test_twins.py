@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import time
 
 import pytest
 import pytest_twisted
@@ -19,7 +18,6 @@ import pytest_twisted
 from bftp.client import BFTPError
 from bftp.client import connect as bftpConnect
 from bftp.wire import chunkHeader
-from chat.client import ChatReplyError
 from chat.client import connect as chatConnect
 from coursenet.demo import RunningServer
 

@@ -20,7 +20,7 @@ from twisted.web.static import Data, File
 
 from tether.netconf import CommandFailed
 from tether.protocol import TetherLink, TetherResource, connectWebSocket, describePeer, openTun
-from tether.offload import OffloadError, tunMessages, writeTun
+from tether.offload import OffloadError, writeTun
 from tether.wire import (
     EXTENSIONS,
     GSO,
@@ -168,15 +168,9 @@ class TetherClient:
         if link is None or not link.welcomed or not link.connected:
             self.counters.drop("link down")
             return
-        try:
-            messages = tunMessages(data, vnet, link.offload)
-        except OffloadError as e:
-            self.counters.drop(f"bad offload header from the kernel: {e}")
-            return
-        for message in messages:
-            self.counters.packetsOut += 1
-            self.counters.bytesOut += len(message)
-            link.sendPacket(message)
+        refusal = link.sendFromTun(data, vnet, self.counters)
+        if refusal is not None:
+            self.counters.drop(refusal)
 
     def fromLink(self, message: bytes, offload: bool = False) -> None:
         self.counters.packetsIn += 1

@@ -16,7 +16,6 @@ import fcntl
 import os
 
 from hyperlink import URL
-from twisted.internet.defer import Deferred
 from twisted.internet.protocol import AbstractDatagramProtocol, Factory
 from twisted.logger import Logger
 from twisted.pair.raw import IRawPacketProtocol
@@ -37,7 +36,7 @@ from zope.interface import implementer
 from coursenet.tls import clientTLSOptions
 from coursenet.transport import noDelay
 from tether import masking
-from tether.offload import PLAIN_HDR, VNET_HDR_LEN
+from tether.offload import PLAIN_HDR, VNET_HDR_LEN, OffloadError, tunMessages
 from tether.wire import (
     MAX_MESSAGE,
     MAX_PACKET,
@@ -278,6 +277,24 @@ class TetherLink:
             self.transport.sendBytesMessage(packet)
         else:
             self.transport.sendTextMessage(encodePacketText(packet))
+
+    def sendFromTun(self, data: bytes, vnet: bool, counters) -> str | None:
+        """
+        Send what the TUN device read: whole where this link carries
+        super-packets, else cut up here; each message counted as out in
+        C{counters}.
+
+        @return: why nothing was sent, or L{None}.
+        """
+        try:
+            messages = tunMessages(data, vnet, self.offload)
+        except OffloadError as e:
+            return f"bad offload header from the kernel: {e}"
+        for message in messages:
+            counters.packetsOut += 1
+            counters.bytesOut += len(message)
+            self.sendPacket(message)
+        return None
 
     def refuse(self, error: ProtocolError) -> None:
         """

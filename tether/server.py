@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from tether.offload import PLAIN_HDR, OffloadError, VnetHeader, checkHeader, tunMessages, writeTun
+from tether.offload import PLAIN_HDR, OffloadError, VnetHeader, checkHeader, writeTun
 from tether.protocol import TetherLink, TetherResource, describePeer, openTun
 from tether.wire import (
     EXTENSIONS,
@@ -264,16 +264,9 @@ class TetherServer:
         if lease is None or lease.link is None:
             self.counters.drop("no client for destination")
             return
-        link = lease.link
-        try:
-            messages = tunMessages(data, vnet, link.offload)
-        except OffloadError as e:
-            self.counters.drop(f"bad offload header from the kernel: {e}")
-            return
-        for message in messages:
-            lease.counters.packetsOut += 1
-            lease.counters.bytesOut += len(message)
-            link.sendPacket(message)
+        refusal = lease.link.sendFromTun(data, vnet, lease.counters)
+        if refusal is not None:
+            self.counters.drop(refusal)
 
     def _drop(self, lease: Lease, reason: str, detail: str) -> None:
         if lease.counters.drop(reason):
