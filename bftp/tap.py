@@ -39,6 +39,9 @@ class Options(AccountOptionsMixin, usage.Options):
         ["max-per-address", None, 20, "connections allowed from one address", int],
         ["max-connections", None, 1000, "connections allowed in all", int],
         ["max-file-size", None, 0, "largest file a PUT may store, in bytes (0: no limit)", int],
+        ["login-timeout", None, 60, "seconds a connection may take to log in", int],
+        ["lockout-failures", None, 10, "failed logins from one address that lock it out", int],
+        ["lockout-seconds", None, 600, "how long failed logins count towards a lockout", int],
     ]
 
     def __init__(self) -> None:
@@ -81,6 +84,9 @@ def makeFactory(options: Options, reactor=None) -> BFTPFactory:
         maxPerAddress=options["max-per-address"],
         maxConnections=options["max-connections"],
         maxFileSize=options["max-file-size"] or None,
+        loginTimeout=options["login-timeout"],
+        lockoutFailures=options["lockout-failures"],
+        lockoutSeconds=options["lockout-seconds"],
         sendfile=not options["no-sendfile"],
     )
 

@@ -623,3 +623,16 @@ def test_idleClientThatStopsReadingIsCut(root, fake):
     assert not server.transport.disconnecting
     fake.advance(5)
     assert server.transport.disconnecting
+
+
+def test_tapOptionsReachTheFactory(tmp_path):
+    """The twistd options for the login deadline and the lockout set the factory's limits."""
+    from bftp import tap
+
+    options = tap.Options()
+    options.parseOptions([
+        "--root", str(tmp_path), "--user", "a:b", "--login-timeout", "7",
+        "--lockout-failures", "3", "--lockout-seconds", "90",
+    ])
+    factory = tap.makeFactory(options, FakeReactor())
+    assert (factory.loginTimeout, factory.lockoutFailures, factory.lockoutSeconds) == (7, 3, 90)
