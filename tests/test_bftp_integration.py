@@ -78,6 +78,21 @@ async def settle(reactor, t=0.05):
     await deferLater(reactor, t, lambda: None)
 
 
+def cutAfter(client, limit: int):
+    """
+    A progress callback that cuts C{client}'s connection once C{limit}
+    bytes have moved: a network failure in the middle of a transfer.
+    """
+    moved = [0]
+
+    def progress(n: int) -> None:
+        moved[0] += n
+        if moved[0] >= limit and client.transport.connected:
+            client.transport.abortConnection()
+
+    return progress
+
+
 def openFds():
     return len(os.listdir("/proc/self/fd"))
 
@@ -136,13 +151,7 @@ async def test_getResumesAfterCut(reactor, root, tmp_path, mode, devCert):
     server = await startServer(reactor, root, mode, devCert)
     try:
         client = await server.client()
-        got = [0]
-
-        def progress(n):
-            got[0] += n
-            if got[0] >= 3 * 1024 * 1024 and client.transport.connected:
-                client.transport.abortConnection()
-
+        progress = cutAfter(client, 3 * 1024 * 1024)
         local = tmp_path / "f.bin"
         with pytest.raises(ConnectionError):
             await client.get("/f.bin", str(local), progress=progress)
@@ -167,13 +176,7 @@ async def test_putResumesAfterCut(reactor, root, tmp_path, mode, devCert):
     server = await startServer(reactor, root, mode, devCert)
     try:
         client = await server.client()
-        sent = [0]
-
-        def progress(n):
-            sent[0] += n
-            if sent[0] >= 3 * 1024 * 1024 and client.transport.connected:
-                client.transport.abortConnection()
-
+        progress = cutAfter(client, 3 * 1024 * 1024)
         with pytest.raises(ConnectionError):
             await client.put(str(src), "/f.bin", progress=progress)
         await settle(reactor, 0.2)
@@ -225,13 +228,7 @@ async def test_disconnectMidGetLeaksNothing(reactor, root, tmp_path, mode, devCe
         before = openFds()
         for _ in range(3):
             client = await server.client()
-            got = [0]
-
-            def progress(n, client=client):
-                got[0] += n
-                if got[0] >= 1024 * 1024 and client.transport.connected:
-                    client.transport.abortConnection()
-
+            progress = cutAfter(client, 1024 * 1024)
             with pytest.raises(ConnectionError):
                 await client.get("/f.bin", str(tmp_path / "f.bin"), resume=False, progress=progress)
         await settle(reactor, 0.5)
