@@ -16,6 +16,8 @@ from bftp.protocol import BFTPFactory
 from coursenet.accounts import PasswordChecker
 
 USER, PASSWORD = "alice", "correct horse"
+#: What a raw client sends to say hello and log in as USER.
+LOGIN = f"HELLO BFTP/1\r\nUSER {USER}\r\nPASS {PASSWORD}\r\n".encode()
 
 
 class SyncThreadPool:

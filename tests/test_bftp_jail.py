@@ -11,7 +11,7 @@ import pytest
 
 from bftp.fs import Jail
 from bftp.wire import Code, ProtocolError
-from tests.bftp_support import FakeReactor, Raw, connected, makeFactory
+from tests.bftp_support import LOGIN, FakeReactor, Raw, connected, makeFactory
 
 ESCAPES = [
     "..",
@@ -66,7 +66,7 @@ def test_escapesRefused(tree, escape):
     fake = FakeReactor()
     factory = makeFactory(root, fake)
     client, server, pump = connected(factory, fake, Raw)
-    client.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n")
+    client.transport.write(LOGIN)
     pump.flush()
     for template in COMMANDS:
         client.data = b""

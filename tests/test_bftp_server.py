@@ -17,7 +17,7 @@ from bftp.client import BFTPClient, BFTPError
 from bftp.fs import PARTIAL_PREFIX
 from bftp.wire import Code
 from coursenet.tls import clientTLSOptions, serverContextFactory
-from tests.bftp_support import PASSWORD, USER, FakeReactor, Raw, connected, makeFactory, result
+from tests.bftp_support import LOGIN, PASSWORD, USER, FakeReactor, Raw, connected, makeFactory, result
 
 
 @pytest.fixture
@@ -218,7 +218,7 @@ def test_putAndReplaceAtomically(root, fake, tmp_path):
 def test_putDigestMismatch(root, fake):
     """A PUT whose digest line does not match gets 554, and the old file is kept."""
     lines, *_ = raw(
-        root, fake, b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n",
+        root, fake, LOGIN,
         b"PUT a.txt\r\n", b"00000003new00000000" + b"0" * 64 + b"\r\n", b"NOOP\r\n",
     )
     assert codes(lines[4:]) == [350, 554, 200]
@@ -230,7 +230,7 @@ def test_putDigestMismatch(root, fake):
 def test_putBadChunkHeader(root, fake, header):
     """A bogus, negative or huge chunk header mid-PUT gets a 5xx reply, the connection is closed, the old file is intact."""
     lines, server, pump, client = raw(
-        root, fake, b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n",
+        root, fake, LOGIN,
         b"PUT a.txt\r\n", header + b"rest",
     )
     assert codes(lines[4:5]) == [350]
@@ -244,7 +244,7 @@ def test_putSizeLimit(root, fake):
     data = b"x" * 100
     digest = hashlib.sha256(data).hexdigest().encode()
     lines, *_ = raw(
-        root, fake, b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n",
+        root, fake, LOGIN,
         b"PUT big\r\n", b"00000064" + data + b"00000000" + digest + b"\r\n", b"NOOP\r\n",
         maxFileSize=50,
     )
@@ -258,7 +258,7 @@ def test_putCutAndResume(root, fake, tmp_path):
     data = os.urandom(300_000)
     factory = makeFactory(root, fake)
     client, server, pump = connected(factory, fake, Raw)
-    client.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\nPUT a.txt\r\n")
+    client.transport.write(LOGIN + b"PUT a.txt\r\n")
     pump.flush()
     client.transport.write(b"%08x" % 100_000 + data[:100_000] + b"%08x" % 50_000 + data[100_000:120_000])
     pump.flush()
@@ -280,7 +280,7 @@ def test_putCutAndResume(root, fake, tmp_path):
 def test_resumePastReceived(root, fake):
     """Resuming a PUT past what the server kept gets 501 naming the offset to use."""
     (root / (PARTIAL_PREFIX + "f")).write_bytes(b"12345")
-    lines, *_ = raw(root, fake, b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n", b"PUT f 9\r\n", b"PUT g 3\r\n")
+    lines, *_ = raw(root, fake, LOGIN, b"PUT f 9\r\n", b"PUT g 3\r\n")
     assert codes(lines[4:]) == [501, 550]
     assert "resume from 5" in lines[4]
 
@@ -289,10 +289,10 @@ def test_concurrentPutSamePath(root, fake):
     """A second PUT to a path being uploaded gets 450; the first is not disturbed."""
     factory = makeFactory(root, fake)
     c1, s1, p1 = connected(factory, fake, Raw)
-    c1.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\nPUT f\r\n")
+    c1.transport.write(LOGIN + b"PUT f\r\n")
     p1.flush()
     c2, s2, p2 = connected(factory, fake, Raw)
-    c2.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\nPUT f\r\nDELETE f\r\n")
+    c2.transport.write(LOGIN + b"PUT f\r\nDELETE f\r\n")
     p2.flush()
     assert codes(c2.lines()[4:]) == [450, 450]
     data = b"abc"
@@ -349,7 +349,7 @@ def test_pipelinedCommandsAnsweredInOrder(root, fake):
     data = b"hello world\n"
     lines, *_ = raw(
         root, fake,
-        b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\nGET a.txt\r\nSTAT a.txt\r\nNOOP\r\n",
+        LOGIN + b"GET a.txt\r\nSTAT a.txt\r\nNOOP\r\n",
     )
     blob = "\r\n".join(lines)
     digest = hashlib.sha256(data).hexdigest()
@@ -432,7 +432,7 @@ def test_digestLineWithTrailingGarbageRefused(root, fake):
     data = b"abc"
     digest = hashlib.sha256(data).hexdigest().encode()
     lines, *_ = raw(
-        root, fake, b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n",
+        root, fake, LOGIN,
         b"PUT f\r\n", b"00000003abc00000000" + digest + b"x\r\n",
     )
     assert codes(lines[4:]) == [350, 501]
@@ -442,7 +442,7 @@ def test_digestLineWithTrailingGarbageRefused(root, fake):
 def test_fifoRefusedWithoutBlocking(root, fake):
     """GET and HASH of a FIFO answer 555 at once instead of blocking the server on open()."""
     os.mkfifo(root / "pipe")
-    lines, *_ = raw(root, fake, b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n", b"GET pipe\r\n", b"HASH pipe\r\n")
+    lines, *_ = raw(root, fake, LOGIN, b"GET pipe\r\n", b"HASH pipe\r\n")
     assert codes(lines[4:]) == [555, 555]
 
 
@@ -488,10 +488,10 @@ def test_renameRefusedDuringUpload(root, fake):
     """RENAME of a directory with an upload running inside it gets 450."""
     factory = makeFactory(root, fake)
     c1, s1, p1 = connected(factory, fake, Raw)
-    c1.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\nPUT docs/f\r\n")
+    c1.transport.write(LOGIN + b"PUT docs/f\r\n")
     p1.flush()
     c2, s2, p2 = connected(factory, fake, Raw)
-    c2.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\nRENAME docs d2\r\nRMDIR docs\r\n")
+    c2.transport.write(LOGIN + b"RENAME docs d2\r\nRMDIR docs\r\n")
     p2.flush()
     assert codes(c2.lines()[4:]) == [450, 450]
     assert (root / "docs").is_dir()
@@ -516,13 +516,13 @@ def test_lockoutPerAddress(root, fake):
         client.transport.write(b"HELLO BFTP/1\r\n" + b"USER alice\r\nPASS bad\r\n" * 2)
         pump.flush()
     client, _, pump = connected(factory, fake, Raw)
-    client.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n")
+    client.transport.write(LOGIN)
     pump.flush()
     assert codes(client.lines()) == [220, 200, 331, 421]
     assert "too many failed logins" in client.lines()[-1]
     fake.advance(61)
     client, _, pump = connected(factory, fake, Raw)
-    client.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n")
+    client.transport.write(LOGIN)
     pump.flush()
     assert codes(client.lines()) == [220, 200, 331, 230]
 
@@ -557,7 +557,7 @@ def test_emptyPartialNotKept(root, fake):
     """A PUT cut before any data leaves no partial upload behind."""
     factory = makeFactory(root, fake)
     client, server, pump = connected(factory, fake, Raw)
-    client.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\nPUT f\r\n")
+    client.transport.write(LOGIN + b"PUT f\r\n")
     pump.flush()
     client.transport.loseConnection()
     pump.flush()
@@ -590,7 +590,7 @@ def test_noCommandRunAfterLossFollowingLongLine(root, fake):
     """Commands queued behind an overlong line are not run once the connection is gone: no upload lock is left behind."""
     factory = makeFactory(root, fake)
     client, server, pump = connected(factory, fake, Raw)
-    client.transport.write(b"HELLO BFTP/1\r\nUSER alice\r\nPASS correct horse\r\n")
+    client.transport.write(LOGIN)
     pump.flush()
     client.transport.write(b"Q" * 5000 + b"\r\nPUT x.txt\r\n")
     pump.flush()
