@@ -14,6 +14,7 @@ import os
 import posixpath
 import re
 import stat as statmod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.cred.credentials import Anonymous, UsernamePassword
@@ -662,14 +663,16 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         # connection meanwhile.
         fd = os.dup(upload.file.fileno())
 
+        fsync = self.factory.fsync
+
         def commit():
             try:
-                os.fsync(fd)
+                fsync(fd)
                 storeDigest(fd, computed)
                 os.replace(upload.partial, upload.real)
                 dirfd = os.open(os.path.dirname(upload.real), os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    os.fsync(dirfd)
+                    fsync(dirfd)
                 finally:
                     os.close(dirfd)
                 return os.fstat(fd)
@@ -736,6 +739,7 @@ class BFTPFactory(Factory):
         lockoutFailures: int = 10,
         lockoutSeconds: int = 600,
         sendfile: bool = True,
+        fsync: Callable[[int], None] = os.fsync,
     ) -> None:
         """
         @param loginDelay: seconds before a failed login is answered.
@@ -745,6 +749,8 @@ class BFTPFactory(Factory):
         @param lockoutFailures: failed logins from one address, within
             C{lockoutSeconds}, after which that address may not log in
             until the oldest of them is that old.
+        @param fsync: how a finished upload and its directory are made
+            durable (a seam for tests that check the order of the steps).
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -761,6 +767,7 @@ class BFTPFactory(Factory):
         self.loginTimeout = loginTimeout
         self.lockoutFailures = lockoutFailures
         self.lockoutSeconds = lockoutSeconds
+        self.fsync = fsync
         self.sendfile = sendfile
         self._failedLogins: dict[str, collections.deque[float]] = {}
         self.digests = DigestCache(reactor)
