@@ -9,6 +9,11 @@ The file is plain text, one account a line::
 Lines starting with C{#} and blank lines are ignored.  Passwords are never
 stored or logged in clear; verification runs in a thread because scrypt is
 deliberately slow and the reactor must not wait for it.
+
+Every check goes through the password-guess throttle
+(L{coursenet.throttle}), keyed by the client's address: services give it
+with L{PasswordFrom} credentials, or by logging in through
+L{PeerPortal} where Twisted builds the credentials.
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ import sys
 from typing import Iterable
 
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 from coursenet.coalesce import Coalescer
+from coursenet.throttle import GuessRule, Throttle, hostOf
 
 _SCHEME = "scrypt"
 _N, _R, _P = 2**14, 8, 1
@@ -151,6 +157,57 @@ def setPassword(path: str, name: str, password: str) -> None:
     writePasswordFile(path, accounts)
 
 
+class IClientAddress(Interface):
+    """
+    Credentials that say where the client connected from.
+    """
+
+    address = Attribute("The client's host, C{str}, or L{None} if unknown.")
+
+
+@implementer(IClientAddress)
+class PasswordFrom(UsernamePassword):
+    """
+    A user name and password, and the address of the client that sent them,
+    by which L{PasswordChecker} throttles guessing.
+    """
+
+    def __init__(self, username, password, address: str | None) -> None:
+        super().__init__(username, password)
+        self.address = address
+
+
+class PeerPortal:
+    """
+    A portal for one connection: logs in through C{portal}, turning
+    user-name-and-password credentials into L{PasswordFrom} ones from the
+    connection's address.  For protocols whose credentials Twisted builds
+    (IMAP LOGIN and AUTHENTICATE, SMTP AUTH).
+    """
+
+    def __init__(self, portal, address) -> None:
+        """
+        @param address: the connection's peer, an C{IAddress}.
+        """
+        self.portal = portal
+        self.address = hostOf(address)
+
+    @classmethod
+    def forPeer(cls, portal, address) -> "PeerPortal | None":
+        """
+        A L{PeerPortal} for C{portal}, or L{None} if there is no portal.
+        """
+        return None if portal is None else cls(portal, address)
+
+    def login(self, credentials, mind, *interfaces) -> Deferred:
+        if IUsernamePassword.providedBy(credentials) and not IClientAddress.providedBy(credentials):
+            credentials = PasswordFrom(credentials.username, credentials.password, self.address)
+        return self.portal.login(credentials, mind, *interfaces)
+
+    def listCredentialsInterfaces(self) -> list:
+        return self.portal.listCredentialsInterfaces()
+
+
 @implementer(ICredentialsChecker)
 class PasswordChecker:
     """
@@ -166,6 +223,11 @@ class PasswordChecker:
     remembered, as an HMAC under a key that lives only in this process, so
     the same user logging in again costs a hash, not an scrypt.  Wrong
     passwords always pay the full price.
+
+    Every check, remembered or not, first passes L{throttle}: a
+    L{coursenet.throttle.Throttle} whose counts live beside the password
+    file (C{PATH.throttle}), so every service and process reading the file
+    shares them; in memory when there is no file.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -177,15 +239,18 @@ class PasswordChecker:
         users: Iterable[tuple[str, str]] = (),
         reactor=None,
         concurrency: int = 2,
+        rule: GuessRule = GuessRule(),
     ) -> None:
         """
         @param path: a password file, or L{None}.
         @param users: C{(name, clear password)} pairs, hashed here at once.
         @param concurrency: scrypt checks allowed to run at once.
+        @param rule: how failed logins slow down the next ones.
         """
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self.throttle = Throttle.besidePasswordFile(path, rule, reactor)
         self._path = path
         self._stamp: float | None = None
         self._fromFile: dict[str, str] = {}
@@ -220,8 +285,12 @@ class PasswordChecker:
 
     def requestAvatarId(self, credentials) -> Deferred:
         """
-        Verify the password in a thread; fire with the user name or fail
-        with L{UnauthorizedLogin}.
+        When the throttle allows, verify the password in a thread; fire with
+        the user name or fail with L{UnauthorizedLogin}.
+
+        @param credentials: L{IUsernamePassword}; if they provide
+            L{IClientAddress} (L{PasswordFrom}), throttled by account and
+            address, else by account and an unknown address.
         """
         name = credentials.username
         if isinstance(name, bytes):
@@ -229,6 +298,10 @@ class PasswordChecker:
         password = credentials.password
         if isinstance(password, bytes):
             password = password.decode("utf-8", "replace")
+        address = credentials.address if IClientAddress.providedBy(credentials) else None
+        return self.throttle.guard(name, address, lambda: self._check(name, password, address))
+
+    def _check(self, name: str, password: str, address: str | None) -> Deferred:
         encoded = self._accounts().get(name)
         known = encoded is not None
         if not known:
@@ -245,7 +318,7 @@ class PasswordChecker:
                     self._verified.clear()
                 self._verified[(name, encoded)] = tag
                 return name
-            self._log.info("failed login for {user}", user=name)
+            self._log.info("failed login for {user} from {address}", user=name, address=address)
             raise UnauthorizedLogin("login incorrect")
 
         return self._verify(name, encoded, password, tag).addCallback(checked)
