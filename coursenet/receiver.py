@@ -1,0 +1,444 @@
+"""
+The one command receiver every line-based server of the project is built
+on: line framing, in-order pipelining and output back-pressure, whatever
+the client does.
+
+L{CommandReceiver} is mixed in first, before the protocol's own classes
+(ours or Twisted's C{LineReceiver}, C{LineOnlyReceiver}, C{IRC}, C{SMTP},
+C{POP3}, C{IMAP4Server}), and keeps their API: C{lineReceived},
+C{rawDataReceived}, C{setRawMode}, C{setLineMode}, C{pauseProducing},
+C{resumeProducing}, C{clearLineBuffer}.
+
+Input:
+  - a line ends at LF; a CR before it is part of the line ending, not of
+    the line, so C{maxLineLength} counts the same bytes whichever ending
+    the client uses;
+  - an overlong line is reported once (L{CommandReceiver.lineLengthExceeded})
+    and skipped up to its end; the lines after it are read as usual;
+  - a C{lineReceived} that returns an unfired L{Deferred} holds every
+    later line until it fires, so pipelined commands are answered in
+    order;
+  - a client that has too much output waiting is not read from until the
+    output drains (see below), so a flood of cheap commands whose answers
+    are never read costs no more than one transport buffer.
+
+Output goes through an L{Outbox}, the transport as the protocol sees it.
+It stays registered with the real transport as a streaming producer, so it
+knows when the transport's own buffer is full (the high-water mark) and
+when it has drained.  While it is full:
+  - reading from this connection stops;
+  - bytes written are counted, and past C{outputLimit} the client is cut
+    off with C{abortConnection};
+  - if it stays full for C{drainTimeout} seconds, the client is cut off.
+And C{loseConnection} is bounded too: a client that does not read what is
+left is aborted C{closeTimeout} seconds later.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer, providedBy
+
+from coursenet.admission import Admission
+
+
+@implementer(IPushProducer)
+class Outbox:
+    """
+    A transport in front of a connection's real one: everything is passed
+    through, and unsent output is bounded.
+
+    @ivar wrappedTransport: the real transport.
+    @ivar full: whether the real transport's buffer is past its high-water
+        mark (it asked its producer to pause).
+    @ivar waiting: bytes written since it became full.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        transport: Any,
+        clock: Any,
+        limit: int,
+        drainTimeout: float,
+        closeTimeout: float,
+        onFull: Callable[[], None] = lambda: None,
+        onDrained: Callable[[], None] = lambda: None,
+        onCutOff: Callable[[str], None] = lambda why: None,
+    ) -> None:
+        self.wrappedTransport = transport
+        self.limit = limit
+        self.drainTimeout = drainTimeout
+        self.closeTimeout = closeTimeout
+        self.full = False
+        self.waiting = 0
+        self.closing = False
+        self.cutOff = False
+        self._clock = clock
+        self._onFull = onFull
+        self._onDrained = onDrained
+        self._onCutOff = onCutOff
+        self._stall: Any = None
+        self._producer: Any = None
+        transport.registerProducer(self, True)
+
+    # The interfaces of the real transport, as they are now: startTLS adds
+    # ISSLTransport to it after this object was made.
+    @property
+    def __providedBy__(self):  # type: ignore[override]
+        return providedBy(self.wrappedTransport)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrappedTransport, name)
+
+    def __repr__(self) -> str:
+        return f"<Outbox of {self.wrappedTransport!r}>"
+
+    @property
+    def disconnecting(self) -> bool:
+        return self.closing or bool(getattr(self.wrappedTransport, "disconnecting", False))
+
+    # -- ITransport -------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.cutOff:
+            return
+        if self.full:
+            self.waiting += len(data)
+            if self.waiting > self.limit:
+                self.cutOffNow(f"over {self.limit} bytes waiting to be read")
+                return
+        self.wrappedTransport.write(data)
+
+    def writeSequence(self, seq) -> None:
+        self.write(b"".join(seq))
+
+    def loseConnection(self) -> None:
+        """
+        Close once what is written is sent, but abort a client that does
+        not take it within C{closeTimeout} seconds.
+        """
+        if self.closing or self.cutOff:
+            return
+        self.closing = True
+        # A registered producer would hold the close back (Twisted waits
+        # for it to be unregistered).
+        if self._producer is None:
+            self.wrappedTransport.unregisterProducer()
+        self.wrappedTransport.loseConnection()
+        self._clock.callLater(self.closeTimeout, self.wrappedTransport.abortConnection)
+
+    def abortConnection(self) -> None:
+        self.closing = True
+        self._cancelStall()
+        self.wrappedTransport.abortConnection()
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        """
+        A producer of the protocol's own (a file being sent) takes the
+        transport's producer slot while it runs: it is paced by the
+        transport itself, and this outbox steps aside until it is
+        unregistered.
+        """
+        if self._producer is not None:
+            raise RuntimeError(f"a producer is already registered: {self._producer!r}")
+        self._producer = producer
+        self.wrappedTransport.unregisterProducer()
+        self._resume()
+        self.wrappedTransport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        if self._producer is None:
+            return
+        self._producer = None
+        self.wrappedTransport.unregisterProducer()
+        if self.closing:
+            return
+        self.wrappedTransport.registerProducer(self, True)
+
+    # -- IPushProducer, called by the real transport ----------------------------
+
+    def pauseProducing(self) -> None:
+        if self.full:
+            return
+        self.full = True
+        self.waiting = 0
+        if self.drainTimeout:
+            self._stall = self._clock.callLater(self.drainTimeout, self._stalled)
+        self._onFull()
+
+    def resumeProducing(self) -> None:
+        self._resume()
+
+    def stopProducing(self) -> None:
+        self._cancelStall()
+
+    def _resume(self) -> None:
+        if not self.full:
+            return
+        self.full = False
+        self.waiting = 0
+        self._cancelStall()
+        self._onDrained()
+
+    def _stalled(self) -> None:
+        self._stall = None
+        self.cutOffNow(f"nothing read for {self.drainTimeout:g} seconds with output waiting")
+
+    def _cancelStall(self) -> None:
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+
+    def cutOffNow(self, why: str) -> None:
+        """
+        Abort the connection: the client is not reading.
+        """
+        if self.cutOff:
+            return
+        self.cutOff = True
+        self._log.info("{transport}: cut off: {why}", transport=self.wrappedTransport, why=why)
+        self._onCutOff(why)
+        self.abortConnection()
+
+
+class CommandReceiver(Protocol):
+    """
+    Mix in first: framing, pipelining, back-pressure and admission for a
+    line-based server protocol.  See the module docstring.
+
+    @cvar maxLineLength: the longest line accepted, in bytes, without its
+        line ending.
+    @cvar requireCRLF: whether a line ending in a bare LF goes to
+        L{bareLineFeed} instead of C{lineReceived}.
+    @cvar outputLimit: bytes that may be written beyond the transport's own
+        buffer before the client is cut off.
+    @cvar drainTimeout: seconds the output may stay full before the client
+        is cut off.
+    @cvar closeTimeout: seconds a closing connection may take to send what
+        is left before it is aborted.
+    @cvar inputLimit: bytes of unprocessed input held while reading is
+        paused (what arrived before the pause took effect); past it the
+        client is cut off.
+    """
+
+    maxLineLength = 510
+    requireCRLF = False
+    outputLimit = 1024 * 1024
+    drainTimeout = 60.0
+    closeTimeout = 5.0
+    inputLimit = 1024 * 1024
+    #: Twisted's receivers' names for the mode; C{setRawMode} clears it.
+    line_mode = 1
+
+    _input = b""
+    _discarding = False
+    _processing = False
+    _full = False
+    _admittedAs: str | None = None
+    _outbox: Outbox | None = None
+
+    # -- connection ---------------------------------------------------------------
+
+    def receiverClock(self):
+        """
+        The clock for the outbox's deadlines: the factory's reactor.
+        """
+        clock = getattr(getattr(self, "factory", None), "reactor", None)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        return clock
+
+    def makeConnection(self, transport) -> None:
+        self._pausedFor: set[str] = set()
+        self._outbox = Outbox(
+            transport,
+            self.receiverClock(),
+            limit=self.outputLimit,
+            drainTimeout=self.drainTimeout,
+            closeTimeout=self.closeTimeout,
+            onFull=self._outputFull,
+            onDrained=self._outputDrained,
+            onCutOff=self.cutOff,
+        )
+        super().makeConnection(self._outbox)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._outbox is not None:
+            self._outbox.stopProducing()
+        admission: Admission | None = getattr(getattr(self, "factory", None), "admission", None)
+        if self._admittedAs is not None and admission is not None:
+            admission.release(self._admittedAs)
+            self._admittedAs = None
+        super().connectionLost(reason)
+
+    def cutOff(self, why: str) -> None:
+        """
+        The client is being cut off for not reading; override to log or
+        to say so where it may still be read.
+        """
+
+    # -- reading ----------------------------------------------------------------
+
+    def pauseReading(self, reason: str) -> None:
+        """
+        Read nothing more from this connection until L{resumeReading} with
+        the same reason (and every other reason) is called.
+        """
+        if not self._pausedFor:
+            self.transport.wrappedTransport.pauseProducing()
+        self._pausedFor.add(reason)
+
+    def resumeReading(self, reason: str) -> None:
+        if reason not in self._pausedFor:
+            return
+        self._pausedFor.discard(reason)
+        if self._pausedFor or self.transport.disconnecting:
+            return
+        self.transport.wrappedTransport.resumeProducing()
+        self._process()
+
+    def _outputFull(self) -> None:
+        # No more commands are run until the output drains.  The transport
+        # is paused only once input is actually waiting: TLS reports its
+        # buffer full while the handshake is under way, and pausing its
+        # reading then would stop the handshake itself.
+        self._full = True
+
+    def _outputDrained(self) -> None:
+        self._full = False
+        if "output" in self._pausedFor:
+            self.resumeReading("output")
+        else:
+            self._process()
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._pausedFor)
+
+    # Twisted's receivers call these for themselves; a protocol may too.
+    def pauseProducing(self) -> None:
+        self.pauseReading("protocol")
+
+    def resumeProducing(self) -> None:
+        self.resumeReading("protocol")
+
+    def stopProducing(self) -> None:
+        self._input = b""
+        self.transport.loseConnection()
+
+    def setRawMode(self) -> None:
+        self.line_mode = 0
+
+    def setLineMode(self, extra: bytes = b"") -> None:
+        self.line_mode = 1
+        if extra:
+            self._input = extra + self._input
+            if not self._processing:
+                self._process()
+
+    def clearLineBuffer(self) -> bytes:
+        data, self._input = self._input, b""
+        return data
+
+    def dataReceived(self, data: bytes) -> None:
+        self._input += data
+        self._process()
+        if self._pausedFor and len(self._input) > self.inputLimit:
+            self._input = b""
+            if self._outbox is not None:
+                self._outbox.cutOffNow(f"over {self.inputLimit} bytes sent while reading was paused")
+
+    def _process(self) -> None:
+        if self._processing:
+            return  # the loop below is running and goes on by itself
+        self._processing = True
+        try:
+            while self._input and not self._pausedFor and not self.transport.disconnecting:
+                if self._full:
+                    self.pauseReading("output")
+                    return
+                if not self.line_mode:
+                    data, self._input = self._input, b""
+                    self.rawDataReceived(data)
+                    continue
+                end = self._input.find(b"\n")
+                if end < 0:
+                    self._checkPartialLine()
+                    return
+                raw, self._input = self._input[:end], self._input[end + 1 :]
+                crlf = raw.endswith(b"\r")
+                line = raw[:-1] if crlf else raw
+                if self._discarding:
+                    self._discarding = False
+                elif len(line) > self.maxLineLength:
+                    self.lineLengthExceeded(line[: self.maxLineLength])
+                elif self.requireCRLF and not crlf:
+                    self._pipeline(self.bareLineFeed(line))
+                else:
+                    self._pipeline(self.lineReceived(line))
+        finally:
+            self._processing = False
+
+    def _checkPartialLine(self) -> None:
+        pending = len(self._input) - self._input.endswith(b"\r")
+        if pending <= self.maxLineLength:
+            return
+        line, self._input = self._input[: self.maxLineLength], b""
+        if not self._discarding:
+            self._discarding = True
+            self.lineLengthExceeded(line)
+
+    def _pipeline(self, result: object) -> None:
+        """
+        Hold the next lines while C{result}, if an unfired L{Deferred},
+        is pending.
+        """
+        if not isinstance(result, Deferred):
+            return
+        # Not result.called: a Deferred that has fired but waits on another
+        # one it returned is called and still pending.
+        finished: list[bool] = []
+
+        def done(value):
+            finished.append(True)
+            return value
+
+        result.addBoth(done)
+        if finished:
+            return
+        self.pauseReading("command")
+        result.addBoth(self._commandDone)
+
+    def _commandDone(self, value):
+        self.resumeReading("command")
+        return value
+
+    # -- what the protocol provides ---------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> Deferred | None:
+        raise NotImplementedError
+
+    def rawDataReceived(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        A line longer than C{maxLineLength} came (C{line} is its start); it
+        is skipped.  Answer with the protocol's error.
+        """
+        raise NotImplementedError
+
+    def bareLineFeed(self, line: bytes) -> Deferred | None:
+        """
+        With C{requireCRLF}, a line that ended in a bare LF.  By default it
+        is taken like any other.
+        """
+        return self.lineReceived(line)
