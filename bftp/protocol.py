@@ -14,7 +14,7 @@ import os
 import posixpath
 import re
 import stat as statmod
-from collections.abc import Callable
+from collections.abc import Callable, MutableSet
 from dataclasses import dataclass
 
 from twisted.cred.credentials import Anonymous, UsernamePassword
@@ -739,6 +739,7 @@ class BFTPFactory(Factory):
         lockoutFailures: int = 10,
         lockoutSeconds: int = 600,
         sendfile: bool = True,
+        uploads: MutableSet[str] | None = None,
         fsync: Callable[[int], None] = os.fsync,
     ) -> None:
         """
@@ -749,6 +750,9 @@ class BFTPFactory(Factory):
         @param lockoutFailures: failed logins from one address, within
             C{lockoutSeconds}, after which that address may not log in
             until the oldest of them is that old.
+        @param uploads: the paths being uploaded, refused to other writers;
+            a fresh set by default, one shared across processes for the
+            forking twin (L{bftp.threaded.SharedNameSet}).
         @param fsync: how a finished upload and its directory are made
             durable (a seam for tests that check the order of the steps).
         """
@@ -771,7 +775,7 @@ class BFTPFactory(Factory):
         self.sendfile = sendfile
         self._failedLogins: dict[str, collections.deque[float]] = {}
         self.digests = DigestCache(reactor)
-        self.uploads: set[str] = set()
+        self.uploads: MutableSet[str] = set() if uploads is None else uploads
         self._perHost: collections.Counter[str] = collections.Counter()
         self._connections = 0
 

@@ -68,10 +68,13 @@ class Options(AccountOptionsMixin, usage.Options):
             )
 
 
-def makeFactory(options: Options, reactor=None) -> BFTPFactory:
+def makeFactory(options: Options, reactor=None, uploads=None) -> BFTPFactory:
     """
     The server the options describe, on C{reactor} (the global one by
     default); shared by twistd and the threaded and forking twins.
+
+    @param uploads: the set of paths being uploaded, if it must be shared
+        beyond this process (L{BFTPFactory}).
     """
     os.makedirs(options["root"], exist_ok=True)
     checker = PasswordChecker(options["passwd"], options["users"], reactor=reactor)
@@ -88,6 +91,7 @@ def makeFactory(options: Options, reactor=None) -> BFTPFactory:
         lockoutFailures=options["lockout-failures"],
         lockoutSeconds=options["lockout-seconds"],
         sendfile=not options["no-sendfile"],
+        uploads=uploads,
     )
 
 

@@ -33,12 +33,11 @@ class Options(TwinOptionsMixin, tap.Options):
 
 
 def makeServer(options: Options, reactor):
-    factory = tap.makeFactory(options, reactor)
     if not options["forking"]:
-        return ThreadedServer(options["address"], factory, reactor)
+        return ThreadedServer(options["address"], tap.makeFactory(options, reactor), reactor)
     locks = tempfile.mkdtemp(prefix="bftp-uploads-")
     atexit.register(shutil.rmtree, locks, True)
-    factory.uploads = SharedNameSet(locks)
+    factory = tap.makeFactory(options, reactor, uploads=SharedNameSet(locks))
     return ForkingServer(options["address"], factory, reactor, maxChildren=options["max-connections"])
 
 

@@ -15,10 +15,12 @@ import socket
 import pytest
 import pytest_twisted
 
+from bftp import threaded
 from bftp.client import BFTPError
 from bftp.client import connect as bftpConnect
 from bftp.wire import chunkHeader
 from chat.client import connect as chatConnect
+from coursenet.blocking import BlockingReactor
 from coursenet.demo import RunningServer
 
 IMPLS = ["twisted-epoll", "threaded", "forking"]
@@ -212,6 +214,18 @@ def test_bftpUploadLockAcrossConnections(bftpServer):
     assert second.reply().startswith("250 ")
     first.close()
     second.close()
+
+
+@pytest.mark.parametrize("forking", [False, True])
+def test_bftpTwinUploadSet(forking, tmp_path):
+    """The forking BFTP twin builds its factory with the upload set its children share; the threaded twin with a set in memory."""
+    options = threaded.Options()
+    options.parseOptions(["--listen", "127.0.0.1:0", "--root", str(tmp_path), "--anonymous"] + ["--forking"] * forking)
+    server = threaded.makeServer(options, BlockingReactor())
+    try:
+        assert type(server.factory.uploads) is (threaded.SharedNameSet if forking else set)
+    finally:
+        server.server_close()
 
 
 # -- chat -----------------------------------------------------------------------
