@@ -3,7 +3,8 @@ Moving file data in BFTP chunks, used by the server and the client alike.
 
 L{ChunkedFileSender} streams part of an open file as chunks, with the
 transport's backpressure; on a plain TCP transport the chunk payloads go
-from the page cache to the socket with C{os.sendfile}, never through Python.
+from the page cache to the socket with C{os.sendfile}, never through Python
+(L{fastTransfer}: the transport's L{IFastTransfer}, if it has one).
 L{ChunkSink} is the other end: it writes payloads to a file and hashes them.
 L{DigestCache} computes whole-file SHA-256 digests in a thread.
 """
@@ -15,39 +16,107 @@ import hashlib
 import os
 from typing import Callable
 
-from twisted.internet import abstract, tcp
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.internet.threads import deferToThreadPool
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.components import registerAdapter
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bftp.wire import CHUNK_SIZE, END_OF_DATA, ChunkDecoder, chunkHeader
+from coursenet._compat import setTCPReadSize
 from coursenet.coalesce import Coalescer
+from coursenet.interfaces import IFastTransfer
 
 Progress = Callable[[int], None]
 
 _READ = 1 << 20
 
 
-def _sendfileSocket(transport) -> int | None:
+@implementer(IFastTransfer)
+class _TCPFastTransfer:
     """
-    The socket descriptor to C{sendfile} to, if C{transport} is a plain TCP
-    connection whose write buffer this module may bypass; else L{None}.
+    L{IFastTransfer} for Twisted's TCP transport.
+    """
 
-    A transport that is not a reactor's may offer the same through a
-    C{sendfileSocket()} method (L{coursenet.blocking.BlockingTransport}),
-    with C{startWriting()} to be resumed once the socket is writable.  It
-    is looked up on the class: a wrapper (TLS) that forwards attributes to
-    the transport below must not offer it.
+    def __init__(self, connection: tcp.Connection) -> None:
+        self._connection = connection
+
+    def sendfileSocket(self) -> int | None:
+        # A connection that started TLS in place encrypts what it writes.
+        if self._connection.TLS:
+            return None
+        return self._connection.fileno()
+
+    def startWriting(self) -> None:
+        self._connection.startWriting()
+
+    def setReadSize(self, size: int | None) -> None:
+        setTCPReadSize(self._connection, size)
+
+
+@implementer(IFastTransfer)
+class _TLSFastTransfer:
     """
-    hook = getattr(type(transport), "sendfileSocket", None)
-    if hook is not None:
-        return hook(transport)
-    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
-        if isinstance(transport, abstract.FileDescriptor):
-            return transport.fileno()
+    L{IFastTransfer} for a TLS layer: no C{sendfile}, since every byte is
+    encrypted on its way, but large reads on the connection below.
+    """
+
+    def __init__(self, tls: TLSMemoryBIOProtocol) -> None:
+        self._tls = tls
+
+    def sendfileSocket(self) -> None:
+        return None
+
+    def startWriting(self) -> None:
+        raise RuntimeError("no sendfile through TLS, so nothing to wait for")
+
+    def setReadSize(self, size: int | None) -> None:
+        setReadSize(self._tls.transport, size)
+
+
+def _adaptConnection(transport) -> IFastTransfer | None:
+    """
+    The adapter found for Twisted's TCP transport, and also for a TLS layer
+    over one: L{TLSMemoryBIOProtocol} declares what its transport provides,
+    which outranks its own class.  So decide by what C{transport} is: only
+    the connection itself may have its socket written behind its back.
+    """
+    if isinstance(transport, tcp.Connection):
+        return _TCPFastTransfer(transport)
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        return _TLSFastTransfer(transport)
     return None
+
+
+registerAdapter(_adaptConnection, tcp.Connection, IFastTransfer)
+registerAdapter(_TLSFastTransfer, TLSMemoryBIOProtocol, IFastTransfer)
+
+
+def fastTransfer(transport) -> IFastTransfer | None:
+    """
+    The fast transfer path of C{transport}, under any wrappers that keep
+    the real transport as C{wrappedTransport}; L{None} if it has none.
+    """
+    for _ in range(8):
+        inner = getattr(transport, "wrappedTransport", None)
+        if inner is None:
+            break
+        transport = inner
+    return IFastTransfer(transport, None)
+
+
+def setReadSize(transport, size: int | None) -> None:
+    """
+    Make the connection under C{transport} read up to C{size} bytes at a
+    time, or go back to its default with L{None}, where it can
+    (L{IFastTransfer.setReadSize}).
+    """
+    fast = fastTransfer(transport)
+    if fast is not None:
+        fast.setReadSize(size)
 
 
 @implementer(IPushProducer, IPullProducer)
@@ -83,6 +152,7 @@ class ChunkedFileSender:
         self._progress = progress
         self._useSendfile = useSendfile
         self._transport = None
+        self._fast: IFastTransfer | None = None
         self._sock: int | None = None
         self._paused = False
         self._writing = False
@@ -98,7 +168,9 @@ class ChunkedFileSender:
         """
         self._transport = transport
         if self._useSendfile:
-            self._sock = _sendfileSocket(transport)
+            self._fast = fastTransfer(transport)
+            if self._fast is not None:
+                self._sock = self._fast.sendfileSocket()
         if self._sock is not None:
             transport.registerProducer(self, False)
         else:
@@ -160,7 +232,7 @@ class ChunkedFileSender:
             self._advance(sent)
         # Either the socket is full or the chunk is done: in both cases the
         # transport calls resumeProducing again when it can write.
-        self._transport.startWriting()
+        self._fast.startWriting()
 
     def _advance(self, n: int) -> None:
         self._pos += n
@@ -480,24 +552,3 @@ class DigestCache:
             return deferToThreadPool(self._reactor, pool, _digestOf, own, st).addBoth(done)
 
         return self._running.run(key, compute)
-
-
-def setReadSize(transport, size: int | None) -> None:
-    """
-    Make the TCP connection under C{transport} (through a TLS layer, if
-    any) read up to C{size} bytes at a time, or go back to its default
-    with L{None}.  Large reads during a transfer cut the calls per byte.
-    A transport that is not a reactor's may offer a C{setReadSize} method.
-    """
-    hook = getattr(type(transport), "setReadSize", None)
-    if hook is not None:
-        hook(transport, size)
-        return
-    for _ in range(4):
-        if isinstance(transport, tcp.Connection):
-            if size is None:
-                transport.__dict__.pop("bufferSize", None)
-            else:
-                transport.bufferSize = size
-            return
-        transport = getattr(transport, "transport", None)

@@ -12,8 +12,8 @@ rules (docs/event-vs-threads.md):
     and run in that connection's thread.
   - L{BlockingTransport} is the transport: C{write} never blocks (bytes the
     kernel does not take wait in a buffer the connection's own thread
-    flushes), producers are honoured as a reactor would, and C{sendfile}
-    is available through L{BlockingTransport.sendfileSocket}.
+    flushes), producers are honoured as a reactor would, and the fast
+    transfer path (L{coursenet.interfaces.IFastTransfer}) is there.
   - L{serveConnection} is one connection's life in its own thread or
     process: wait in C{poll()} for its socket (or a timer, or a wake-up
     from another thread), hand what arrives to the protocol.
@@ -52,6 +52,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from coursenet.interfaces import IFastTransfer
 
 _log = Logger()
 
@@ -242,6 +245,7 @@ def _address(addr) -> IPv4Address | IPv6Address:
     return (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
 
 
+@implementer(IFastTransfer)
 class BlockingTransport:
     """
     An C{ITCPTransport} over a socket served by one thread (L{serveConnection}).
@@ -251,7 +255,6 @@ class BlockingTransport:
     stops reading, as it would on a reactor.
     """
 
-    TLS = False
     bufferSize = BUFFER_SIZE
 
     def __init__(self, sock: socket.socket, reactor: BlockingReactor, owner: "_Connection") -> None:
@@ -344,27 +347,24 @@ class BlockingTransport:
     def stopProducing(self) -> None:
         self.loseConnection()
 
-    # -- hooks for protocols that use the socket itself ---------------------------
+    # -- IFastTransfer ------------------------------------------------------------
 
     def sendfileSocket(self) -> int:
         """
-        The socket's descriptor, for C{os.sendfile} by a pull producer
-        (L{bftp.transfer.ChunkedFileSender}); the producer calls
-        L{startWriting} when the socket is full.
+        The socket's descriptor: the twins serve plain TCP only.
         """
         return self.socket.fileno()
 
     def startWriting(self) -> None:
         """
-        Ask for the pull producer to be resumed once the socket is
-        writable, even with nothing buffered.
+        @see: L{IFastTransfer.startWriting}
         """
         self.wantWrite = True
         self._owner.wake()
 
     def setReadSize(self, size: int | None) -> None:
         """
-        Read up to C{size} bytes at a time (L{None}: the default).
+        @see: L{IFastTransfer.setReadSize}
         """
         self.readSize = size or READ_SIZE
 

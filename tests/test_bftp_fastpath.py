@@ -1,0 +1,230 @@
+"""
+The fast transfer path (L{coursenet.interfaces.IFastTransfer}): its adapters
+for Twisted's TCP and TLS transports, the twins' blocking transport, the
+lookup through transport wrappers, and the one Twisted internal it relies
+on (L{coursenet._compat}).  No sockets: the connections run over a stand-in
+socket and a memory reactor.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import abstract, ssl, tcp
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface.verify import verifyObject
+
+from bftp.transfer import fastTransfer, setReadSize
+from coursenet._compat import TCP_READ_SIZE, setTCPReadSize
+from coursenet.blocking import BlockingReactor, BlockingTransport
+from coursenet.blocking import READ_SIZE
+from coursenet.interfaces import IFastTransfer
+
+FD = 1234
+
+
+class FakeSocket:
+    """
+    What C{tcp.Connection} and L{BlockingTransport} ask of a socket;
+    remembers how much each C{recv} asked for.
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return FD
+
+    def recv(self, n: int) -> bytes:
+        self.asked.append(n)
+        return b"x"
+
+    def getsockname(self):
+        return ("127.0.0.1", 9021)
+
+    def getpeername(self):
+        return ("127.0.0.1", 40000)
+
+
+class Owner:
+    """
+    The connection loop a L{BlockingTransport} wakes.
+    """
+
+    def __init__(self) -> None:
+        self.woken = 0
+
+    def isCurrent(self) -> bool:
+        return False
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+class Wrapper:
+    """
+    A transport proxy like L{coursenet.receiver}'s: it keeps the real
+    transport as C{wrappedTransport} and forwards everything else to it.
+    """
+
+    def __init__(self, transport) -> None:
+        self.wrappedTransport = transport
+
+    def __getattr__(self, name):
+        return getattr(self.wrappedTransport, name)
+
+
+def tcpConnection() -> tuple[tcp.Connection, FakeSocket]:
+    sock = FakeSocket()
+    return tcp.Connection(sock, Protocol(), MemoryReactor()), sock
+
+
+def tlsOver(connection: tcp.Connection):
+    """
+    A client TLS layer (what C{wrapClientTLS} makes) connected over
+    C{connection}.
+    """
+    factory = TLSMemoryBIOFactory(ssl.optionsForClientTLS("localhost"), True, Factory.forProtocol(Protocol))
+    tls = factory.buildProtocol(None)
+    tls.makeConnection(connection)
+    return tls
+
+
+def readSizeOf(connection: tcp.Connection, sock: FakeSocket) -> int:
+    """
+    How many bytes C{connection} asks the kernel for on its next read.
+    """
+    connection.doRead()
+    return sock.asked[-1]
+
+
+# -- the compat module ------------------------------------------------------------
+
+
+def test_compatTCPReadSizeIsWhatDoReadAsksFor():
+    """Twisted's TCP transport reads as many bytes as the compat module's attribute says, and goes back to the class default after None."""
+    connection, sock = tcpConnection()
+    default = vars(abstract.FileDescriptor)[TCP_READ_SIZE]
+    assert isinstance(default, int) and readSizeOf(connection, sock) == default
+    setTCPReadSize(connection, 2**20)
+    assert readSizeOf(connection, sock) == 2**20
+    other, otherSock = tcpConnection()
+    assert readSizeOf(other, otherSock) == default
+    setTCPReadSize(connection, None)
+    assert readSizeOf(connection, sock) == default
+    assert TCP_READ_SIZE not in vars(connection)
+
+
+# -- Twisted's TCP transport ------------------------------------------------------------
+
+
+def test_tcpAdapterProvidesIFastTransfer():
+    """Twisted's TCP transport adapts to IFastTransfer, every method declared."""
+    connection, _ = tcpConnection()
+    assert verifyObject(IFastTransfer, fastTransfer(connection))
+
+
+def test_tcpSendfileToTheConnectionsSocket():
+    """A plain TCP connection offers its socket for sendfile; one that started TLS in place does not."""
+    connection, _ = tcpConnection()
+    assert fastTransfer(connection).sendfileSocket() == FD
+    connection.TLS = True
+    assert fastTransfer(connection).sendfileSocket() is None
+
+
+def test_tcpStartWritingWaitsForTheSocket():
+    """startWriting asks the reactor to say when the connection's socket is writable."""
+    connection, _ = tcpConnection()
+    fastTransfer(connection).startWriting()
+    assert connection in connection.reactor.getWriters()
+
+
+def test_tcpSetReadSize():
+    """setReadSize on Twisted's TCP transport changes how much each read asks for, and None restores the default."""
+    connection, sock = tcpConnection()
+    default = readSizeOf(connection, sock)
+    setReadSize(connection, 3 * default)
+    assert readSizeOf(connection, sock) == 3 * default
+    setReadSize(connection, None)
+    assert readSizeOf(connection, sock) == default
+
+
+# -- TLS -------------------------------------------------------------------------------
+
+
+def test_tlsAdapterProvidesIFastTransfer():
+    """A TLS layer adapts to IFastTransfer, every method declared."""
+    connection, _ = tcpConnection()
+    assert verifyObject(IFastTransfer, fastTransfer(tlsOver(connection)))
+
+
+def test_tlsGetsNoSendfile():
+    """A TLS layer over TCP (which declares what the TCP transport provides) never offers the socket for sendfile."""
+    connection, _ = tcpConnection()
+    fast = fastTransfer(tlsOver(connection))
+    assert fast.sendfileSocket() is None
+    with pytest.raises(RuntimeError):
+        fast.startWriting()
+
+
+def test_tlsReadSizeReachesTheConnection():
+    """The read size set through a TLS layer is the TCP connection's below it."""
+    connection, sock = tcpConnection()
+    tls = tlsOver(connection)
+    default = readSizeOf(connection, sock)
+    setReadSize(tls, 2**20)
+    assert readSizeOf(connection, sock) == 2**20
+    setReadSize(tls, None)
+    assert readSizeOf(connection, sock) == default
+
+
+# -- wrappers and other transports ---------------------------------------------------------
+
+
+def test_wrappedTransportsAreUnwrapped():
+    """Through wrappers that keep the real transport as wrappedTransport, the fast path is the real transport's."""
+    connection, sock = tcpConnection()
+    fast = fastTransfer(Wrapper(Wrapper(connection)))
+    assert fast.sendfileSocket() == FD
+    setReadSize(Wrapper(connection), 2**20)
+    assert readSizeOf(connection, sock) == 2**20
+    assert fastTransfer(Wrapper(tlsOver(connection))).sendfileSocket() is None
+
+
+def test_noFastPathOnOtherTransports():
+    """A transport with no fast path has none, and setting its read size does nothing."""
+    transport = StringTransport()
+    assert fastTransfer(transport) is None
+    setReadSize(transport, 2**20)
+    assert fastTransfer(Wrapper(transport)) is None
+
+
+# -- the twins' blocking transport ---------------------------------------------------------
+
+
+def blockingTransport() -> tuple[BlockingTransport, Owner]:
+    owner = Owner()
+    return BlockingTransport(FakeSocket(), BlockingReactor(), owner), owner
+
+
+def test_blockingTransportProvidesIFastTransfer():
+    """The twins' blocking transport provides IFastTransfer itself, every method declared."""
+    transport, _ = blockingTransport()
+    assert verifyObject(IFastTransfer, transport)
+    assert fastTransfer(Wrapper(transport)) is transport
+
+
+def test_blockingTransportFastPath():
+    """The blocking transport offers its socket for sendfile, wakes its loop to wait for writability, and reads the size asked."""
+    transport, owner = blockingTransport()
+    assert transport.sendfileSocket() == FD
+    transport.startWriting()
+    assert transport.wantWrite and owner.woken == 1
+    setReadSize(transport, 2**20)
+    assert transport.readSize == 2**20
+    setReadSize(transport, None)
+    assert transport.readSize == READ_SIZE
