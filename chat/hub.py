@@ -6,13 +6,19 @@ Forked processes share no memory, yet every connection must see the same
 rooms.  So the parent keeps the one L{ChatServer} (L{ChatHub}) and each
 child's L{ChatProtocol} talks to it through L{RemoteChatServer}, which has
 the methods of L{ChatServer} that the protocol calls and forwards them
-over a socket pair (L{coursenet.blocking.HubForkingServer}); the events
-for a child's participant come back the same way.  Every rule stays in
-L{ChatServer} and L{ChatProtocol}; this module only carries calls.
+over a socket pair (L{HubForkingServer}); the events for a child's
+participant come back the same way.  Every rule stays in L{ChatServer}
+and L{ChatProtocol}; this module only carries calls.
 """
 
 from __future__ import annotations
 
+import pickle
+import select
+import selectors
+import socket
+import struct
+import threading
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -23,7 +29,7 @@ from zope.interface import implementer
 from chat.interfaces import IParticipant
 from chat.rooms import ChatServer, Event, Room, Topic
 from chat.wire import ChatError, Code
-from coursenet.blocking import BlockingReactor, Link, recvMessage, sendMessage
+from coursenet.blocking import BlockingReactor, ForkingServer, serveConnection
 
 
 @dataclass
@@ -216,3 +222,154 @@ class RemoteChatServer:
             self._call("quit", reason)
         except (EOFError, OSError):
             pass
+
+
+# -- the links between the parent and its children ---------------------------------
+
+
+def sendMessage(sock: socket.socket, message) -> None:
+    """
+    Send a picklable C{message} to the other end of a hub link.
+    """
+    data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    sock.sendall(struct.pack("!I", len(data)) + data)
+
+
+def _recvExactly(sock: socket.socket, n: int) -> bytes:
+    parts, left = [], n
+    while left:
+        try:
+            part = sock.recv(left)
+        except BlockingIOError:
+            select.poll().poll(10)
+            continue
+        if not part:
+            raise EOFError("hub link closed")
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def recvMessage(sock: socket.socket):
+    """
+    The next message from the other end of a hub link.
+
+    @raise EOFError: if the link is closed.
+    """
+    (n,) = struct.unpack("!I", _recvExactly(sock, 4))
+    return pickle.loads(_recvExactly(sock, n))
+
+
+class Link:
+    """
+    The parent's end of the link to one forked child.
+
+    Messages pushed while the reactor lock is held (an event for that
+    child, say) wait in the pushing thread's outbox and go once the lock
+    is released (L{HubForkingServer}).
+    """
+
+    _outbox = threading.local()
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._sending = threading.Lock()
+        self.state: dict = {}
+
+    def push(self, message) -> None:
+        box = getattr(self._outbox, "messages", None)
+        if box is None:
+            self.send(message)
+        else:
+            box.append((self, message))
+
+    def send(self, message) -> None:
+        with self._sending:
+            try:
+                sendMessage(self.sock, message)
+            except OSError:
+                pass  # the child is gone; its thread will notice
+
+    @classmethod
+    def collecting(cls):
+        """
+        Start collecting the calling thread's pushes.
+        """
+        cls._outbox.messages = []
+
+    @classmethod
+    def flush(cls) -> None:
+        """
+        Send the calling thread's collected pushes; call without the lock.
+        """
+        box, cls._outbox.messages = cls._outbox.messages, []
+        for link, message in box:
+            link.send(message)
+
+
+class HubForkingServer(ForkingServer):
+    """
+    A forking server whose children share state through the parent.
+
+    Each child gets one end of a socket pair; in the parent one thread
+    waits on all the other ends (an event loop: a thread per child would
+    make every later fork copy every thread's state) and answers each
+    request with C{hub.handle(link, message)}, run with the reactor lock.
+    Forked processes share no memory: this link is how the state of the
+    whole server (who is in which room) stays in one place.
+
+    @param hub: has C{handle(link, message)}, returning the reply, and
+        C{linkLost(link)}.
+    @param childFactory: called in the child with its end of the link;
+        returns C{(factory, prepare)} for L{serveConnection}.
+    """
+
+    def __init__(self, address, hub, childFactory, reactor: BlockingReactor, maxChildren: int = 4096) -> None:
+        self.hub = hub
+        self._childFactory = childFactory
+        self._links: set[Link] = set()
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+        self._prepare = None
+        self._selector = selectors.DefaultSelector()
+        super().__init__(address, None, reactor, maxChildren)
+        threading.Thread(target=self._serveLinks, daemon=True).start()
+
+    def beforeFork(self, request) -> None:
+        self._pair = socket.socketpair()
+
+    def afterForkInParent(self, request) -> None:
+        parentEnd, childEnd = self._pair
+        childEnd.close()
+        link = Link(parentEnd)
+        self._links.add(link)
+        self._selector.register(parentEnd, selectors.EVENT_READ, link)
+
+    def afterForkInChild(self, request) -> None:
+        parentEnd, childEnd = self._pair
+        parentEnd.close()
+        for link in list(self._links):
+            link.sock.close()
+        self._links.clear()
+        self._selector = None
+        self.factory, self._prepare = self._childFactory(childEnd)
+
+    def serveRequest(self, sock: socket.socket) -> None:
+        serveConnection(sock, self.factory, self.reactor, self._prepare)
+
+    def _serveLinks(self) -> None:
+        Link.collecting()
+        while True:
+            for key, _ in self._selector.select(timeout=0.5):
+                link = key.data
+                try:
+                    message = recvMessage(link.sock)
+                except (EOFError, OSError):
+                    self._selector.unregister(link.sock)
+                    self.reactor.inside(self.hub.linkLost, link)
+                    Link.flush()
+                    self._links.discard(link)
+                    link.sock.close()
+                    continue
+                reply = self.reactor.inside(self.hub.handle, link, message)
+                Link.flush()
+                link.send(reply)

@@ -16,9 +16,9 @@ import sys
 from twisted.python import usage
 
 from chat import tap
-from chat.hub import ChatHub, RemoteChatServer
+from chat.hub import ChatHub, HubForkingServer, RemoteChatServer
 from chat.protocol import ChatFactory
-from coursenet.blocking import HubForkingServer, ThreadedServer, TwinOptionsMixin, twinMain
+from coursenet.blocking import ThreadedServer, TwinOptionsMixin, twinMain
 
 
 class Options(TwinOptionsMixin, tap.Options):

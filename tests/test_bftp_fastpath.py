@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 from bftp.transfer import fastTransfer, setReadSize
 from coursenet._compat import TCP_READ_SIZE, setTCPReadSize
 from coursenet.blocking import BlockingReactor, BlockingTransport
-from coursenet.blocking import READ_SIZE
+from coursenet.blocking.transport import READ_SIZE
 from coursenet.interfaces import IFastTransfer
 
 FD = 1234

@@ -216,6 +216,31 @@ def test_bftpUploadLockAcrossConnections(bftpServer):
     second.close()
 
 
+def test_sharedUploadNamesAcrossForks(tmp_path):
+    """A name a forked child adds to the shared upload set is in the parent's view while the child lives, and gone once it exits."""
+    names = threaded.SharedNameSet(str(tmp_path))
+    added, done = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            names.add("/up.bin")
+            os.write(added[1], b"x")
+            os.read(done[0], 1)
+        finally:
+            os._exit(0)
+    try:
+        os.read(added[0], 1)
+        assert "/up.bin" in names and list(names) == ["/up.bin"]
+        with pytest.raises(BlockingIOError):
+            names.add("/up.bin")
+    finally:
+        os.write(done[1], b"x")
+        os.waitpid(pid, 0)
+        for fd in (*added, *done):
+            os.close(fd)
+    assert "/up.bin" not in names and list(names) == []
+
+
 @pytest.mark.parametrize("forking", [False, True])
 def test_bftpTwinUploadSet(forking, tmp_path):
     """The forking BFTP twin builds its factory with the upload set its children share; the threaded twin with a set in memory."""
