@@ -324,7 +324,9 @@ class HubForkingServer(ForkingServer):
         returns C{(factory, prepare)} for L{serveConnection}.
     """
 
-    def __init__(self, address, hub, childFactory, reactor: BlockingReactor, maxChildren: int = 4096) -> None:
+    def __init__(
+        self, address, hub, childFactory, reactor: BlockingReactor, maxChildren: int | None = None
+    ) -> None:
         self.hub = hub
         self._childFactory = childFactory
         self._links: set[Link] = set()

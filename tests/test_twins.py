@@ -20,7 +20,8 @@ from bftp.client import BFTPError
 from bftp.client import connect as bftpConnect
 from bftp.wire import chunkHeader
 from chat.client import connect as chatConnect
-from coursenet.blocking import BlockingReactor
+from coursenet.admission import defaultMaxConnections
+from coursenet.blocking import BlockingReactor, ForkingServer
 from coursenet.demo import RunningServer
 
 IMPLS = ["twisted-epoll", "threaded", "forking"]
@@ -249,6 +250,16 @@ def test_bftpTwinUploadSet(forking, tmp_path):
     server = threaded.makeServer(options, BlockingReactor())
     try:
         assert type(server.factory.uploads) is (threaded.SharedNameSet if forking else set)
+    finally:
+        server.server_close()
+
+
+@pytest.mark.parametrize("maxChildren", [None, 7])
+def test_forkingServerChildCap(maxChildren):
+    """The forking server serves as many connections at once as asked, and by default as many as fit under the descriptor limit."""
+    server = ForkingServer(("127.0.0.1", 0), None, BlockingReactor(), maxChildren)
+    try:
+        assert server.max_children == (defaultMaxConnections() if maxChildren is None else maxChildren)
     finally:
         server.server_close()
 

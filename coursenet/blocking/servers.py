@@ -14,6 +14,7 @@ import socketserver
 
 from twisted.logger import Logger
 
+from coursenet.admission import defaultMaxConnections
 from coursenet.blocking.reactor import BlockingReactor
 from coursenet.blocking.transport import serveConnection
 
@@ -63,9 +64,15 @@ class ForkingServer(_ServerMixin, socketserver.ForkingTCPServer):
 
     block_on_close = False
 
-    def __init__(self, address, factory, reactor: BlockingReactor, maxChildren: int = 4096) -> None:
+    def __init__(self, address, factory, reactor: BlockingReactor, maxChildren: int | None = None) -> None:
+        """
+        @param maxChildren: connections served at once; the server waits
+            for a child to end before it takes another.  By default as
+            many as fit under the descriptor limit, as for the services'
+            own C{--max-connections}.
+        """
         self.factory, self.reactor = factory, reactor
-        self.max_children = maxChildren
+        self.max_children = defaultMaxConnections() if maxChildren is None else maxChildren
         super().__init__(address, _Handler)
 
     def process_request(self, request, client_address) -> None:
