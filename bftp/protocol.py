@@ -17,13 +17,12 @@ import stat as statmod
 from collections.abc import Callable, MutableSet
 from dataclasses import dataclass
 
-from twisted.cred.credentials import Anonymous, UsernamePassword
+from twisted.cred.credentials import Anonymous
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
@@ -52,6 +51,10 @@ from bftp.wire import (
     formatReply,
     parseCommand,
 )
+from coursenet.accounts import PasswordFrom
+from coursenet.admission import Admission, AdmittingFactory
+from coursenet.receiver import CommandReceiver
+from coursenet.throttle import hostOf
 from coursenet.transport import noDelay
 
 #: Commands allowed before HELLO, and before login.
@@ -93,16 +96,15 @@ class _Upload:
     committing: bool = False
 
 
-class BFTPServerProtocol(LineReceiver, TimeoutMixin):
+class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
     """
     One client connection.
     """
 
-    # Lines end with CRLF; splitting at LF lets a bare LF get a diagnostic
-    # instead of leaving the client waiting for a reply.  The CR is then
-    # part of what the receiver counts.
-    delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE + 1
+    # Splitting at LF lets a bare LF get a diagnostic instead of leaving
+    # the client waiting for a reply.
+    maxLineLength = MAX_LINE
+    requireCRLF = True
     _log = Logger()
 
     def __init__(self) -> None:
@@ -111,23 +113,19 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         self._helloDone = False
         self._user: str | None = None
         self._failures = 0
-        self._discarding = False
         self._upload: _Upload | None = None
         self._openFiles: set[int] = set()
         self._lost = False
-        self._admitted = False
         self._loginDeadline = None
+
+    @staticmethod
+    def busyReply(text: str) -> bytes:
+        return formatReply(Code.CLOSING, text)
 
     # -- connection ---------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.peer = self.transport.getPeer()
-        refusal = self.factory.admit(self)
-        if refusal is not None:
-            self.reply(Code.CLOSING, refusal)
-            self.transport.loseConnection()
-            return
-        self._admitted = True
         # Replies are small and follow the client's command: do not let
         # Nagle hold one back until the previous segment is acknowledged.
         noDelay(self.transport)
@@ -143,12 +141,11 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:
+        super().connectionLost(reason)
         self._lost = True
         self.setTimeout(None)
         if self._loginDeadline is not None and self._loginDeadline.active():
             self._loginDeadline.cancel()
-        if self._admitted:
-            self.factory.release(self)
         if self._upload is not None and not self._upload.committing:
             self._log.info(
                 "{peer} left during upload of {path}; {n} bytes kept for resume",
@@ -162,13 +159,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
     def timeoutConnection(self) -> None:
         self._log.info("{peer} idle for {t} s; closing", peer=self.peer, t=self.factory.idleTimeout)
         self.reply(Code.CLOSING, f"idle for {self.factory.idleTimeout} seconds; closing")
-        # A client that stopped reading would keep loseConnection waiting.
         self.transport.loseConnection()
-        self.factory.reactor.callLater(5, self._abortIfStillThere)
-
-    def _abortIfStillThere(self) -> None:
-        if not self._lost:
-            self.transport.abortConnection()
 
     def reply(self, code: int, text: str) -> None:
         self.transport.write(formatReply(code, text))
@@ -176,56 +167,29 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
     # -- input --------------------------------------------------------------
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        if not self._discarding:
-            self.reply(Code.SYNTAX, f"line too long: the limit is {self.MAX_LENGTH} bytes")
-        end = line.find(self.delimiter)
-        if end == -1:
-            # The rest of that line is still to come: drop it when it ends.
-            self._discarding = True
-        else:
-            self._discarding = False
-            self._buffer = line[end + len(self.delimiter):]
-            self.factory.reactor.callLater(0, self._resumeAfterLongLine)
+        self.reply(Code.SYNTAX, f"line too long: the limit is {MAX_LINE} bytes")
 
-    def _resumeAfterLongLine(self) -> None:
-        if not self._lost:
-            self.dataReceived(b"")
-
-    def lineReceived(self, line: bytes) -> None:
+    def bareLineFeed(self, line: bytes) -> None:
         self.resetTimeout()
-        if self._discarding:
-            self._discarding = False
-            return
-        if not line.endswith(b"\r"):
-            self.reply(Code.SYNTAX, "lines must end with CRLF (\\r\\n); line ignored")
-            return
-        line = line[:-1]
+        self.reply(Code.SYNTAX, "lines must end with CRLF (\\r\\n); line ignored")
+
+    def lineReceived(self, line: bytes) -> Deferred | None:
+        self.resetTimeout()
         if self._upload is not None and self._upload.awaitingDigest:
-            self._run(self._finishUpload, line)
-            return
+            return self._run(self._finishUpload, line)
         try:
             command = parseCommand(line)
         except ProtocolError as e:
             self.reply(e.code, e.message)
-            return
-        self._run(self._dispatch, command)
+            return None
+        return self._run(self._dispatch, command)
 
-    def _run(self, f, *args) -> None:
+    def _run(self, f, *args) -> Deferred:
         """
-        Run a command; while the L{Deferred} it may return is pending, read
-        no further input.
+        Run a command; the receiver reads no further input while the
+        L{Deferred} returned is pending.
         """
-        d = maybeDeferred(f, *args)
-        # Not d.called: a Deferred that fired but waits on another one (the
-        # delay after a wrong password) is called and still pending.
-        finished: list = []
-        d.addBoth(lambda result: (finished.append(True), result)[1])
-        if finished:
-            d.addErrback(self._failed)
-            return
-        self.pauseProducing()
-        d.addErrback(self._failed)
-        d.addBoth(lambda _: None if self._lost else self.resumeProducing())
+        return maybeDeferred(f, *args).addErrback(self._failed)
 
     def _failed(self, failure: Failure) -> None:
         if self._lost:
@@ -309,16 +273,12 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         if self._user is None:
             raise ProtocolError(Code.BAD_SEQUENCE, "send USER first")
         user, self._user = self._user, None
-        host = getattr(self.peer, "host", "?")
-        wait = self.factory.lockedOut(host)
-        if wait:
-            self.reply(Code.CLOSING, f"too many failed logins from {host}; try again in {wait} seconds")
-            self.transport.loseConnection()
-            return None
         if user == "anonymous" and self.factory.anonymous:
             credentials = Anonymous()
         else:
-            credentials = UsernamePassword(user, command.rest)
+            # The password check waits as long as the throttle says
+            # (coursenet.throttle); it never refuses a right password.
+            credentials = PasswordFrom(user, command.rest, hostOf(self.peer))
         d = self.factory.portal.login(credentials, None, IAccount)
 
         def loggedIn(result):
@@ -333,8 +293,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
         def refused(failure):
             failure.trap(UnauthorizedLogin)
             self._failures += 1
-            self.factory.loginFailed(host)
-            # Slow down password guessing; after a few, hang up.
+            # Answer late, and after a few, hang up.
             wait: Deferred = Deferred()
             self.factory.reactor.callLater(self.factory.loginDelay, wait.callback, None)
 
@@ -715,7 +674,7 @@ class BFTPServerProtocol(LineReceiver, TimeoutMixin):
             self.setLineMode()
 
 
-class BFTPFactory(Factory):
+class BFTPFactory(AdmittingFactory, Factory):
     """
     The BFTP server: its files, accounts and limits.
     """
@@ -730,14 +689,12 @@ class BFTPFactory(Factory):
         anonymous: bool = False,
         reactor=None,
         idleTimeout: int = 300,
-        maxPerAddress: int = 20,
-        maxConnections: int = 1000,
+        maxPerAddress: int | None = None,
+        maxConnections: int | None = None,
         maxFileSize: int | None = None,
         loginDelay: float = 1.0,
         maxLoginFailures: int = 3,
         loginTimeout: int = 60,
-        lockoutFailures: int = 10,
-        lockoutSeconds: int = 600,
         sendfile: bool = True,
         uploads: MutableSet[str] | None = None,
         fsync: Callable[[int], None] = os.fsync,
@@ -747,9 +704,6 @@ class BFTPFactory(Factory):
         @param maxLoginFailures: failed logins after which a connection is
             closed.
         @param loginTimeout: seconds a connection may stay without logging in.
-        @param lockoutFailures: failed logins from one address, within
-            C{lockoutSeconds}, after which that address may not log in
-            until the oldest of them is that old.
         @param uploads: the paths being uploaded, refused to other writers;
             a fresh set by default, one shared across processes for the
             forking twin (L{bftp.threaded.SharedNameSet}).
@@ -763,65 +717,13 @@ class BFTPFactory(Factory):
         self.portal = portal
         self.anonymous = anonymous
         self.idleTimeout = idleTimeout
-        self.maxPerAddress = maxPerAddress
-        self.maxConnections = maxConnections
         self.maxFileSize = maxFileSize
         self.loginDelay = loginDelay
         self.maxLoginFailures = maxLoginFailures
         self.loginTimeout = loginTimeout
-        self.lockoutFailures = lockoutFailures
-        self.lockoutSeconds = lockoutSeconds
-        self.fsync = fsync
         self.sendfile = sendfile
-        self._failedLogins: dict[str, collections.deque[float]] = {}
         self.digests = DigestCache(reactor)
         self.uploads: MutableSet[str] = set() if uploads is None else uploads
-        self._perHost: collections.Counter[str] = collections.Counter()
-        self._connections = 0
-
-    def admit(self, proto: BFTPServerProtocol) -> str | None:
-        """
-        Count a new connection, or say why it is refused.
-        """
-        host = getattr(proto.peer, "host", "?")
-        if self._connections >= self.maxConnections:
-            return f"server full ({self.maxConnections} connections); try later"
-        if self._perHost[host] >= self.maxPerAddress:
-            return f"too many connections from {host} (limit {self.maxPerAddress}); try later"
-        self._perHost[host] += 1
-        self._connections += 1
-        return None
-
-    def release(self, proto: BFTPServerProtocol) -> None:
-        host = getattr(proto.peer, "host", "?")
-        self._perHost[host] -= 1
-        if not self._perHost[host]:
-            del self._perHost[host]
-        self._connections -= 1
-
-    def loginFailed(self, host: str) -> None:
-        """
-        Count a failed login from C{host}.
-        """
-        self._failedLogins.setdefault(host, collections.deque()).append(self.reactor.seconds())
-        if len(self._failedLogins) > 10_000:
-            for other in list(self._failedLogins):
-                self.lockedOut(other)  # drops addresses whose failures are old
-
-    def lockedOut(self, host: str) -> int:
-        """
-        @return: seconds until C{host} may try to log in again; 0 if it may
-            now.
-        """
-        failures = self._failedLogins.get(host)
-        if not failures:
-            return 0
-        now = self.reactor.seconds()
-        while failures and failures[0] <= now - self.lockoutSeconds:
-            failures.popleft()
-        if not failures:
-            del self._failedLogins[host]
-            return 0
-        if len(failures) < self.lockoutFailures:
-            return 0
-        return int(failures[0] + self.lockoutSeconds - now) + 1
+        self.fsync = fsync
+        # A connection holds its socket, and a file while it transfers one.
+        self.admission = Admission(maxConnections, maxPerAddress, fdsPerConnection=2)

@@ -8,7 +8,8 @@ from __future__ import annotations
 def noDelay(transport) -> None:
     """
     Turn Nagle's algorithm off on the TCP connection under C{transport}
-    (through TLS or WebSocket layers, if any).
+    (through TLS or WebSocket layers, or a L{coursenet.receiver.Outbox},
+    if any).
 
     These protocols send a reply, then wait for the next command; Nagle
     holding a small reply back until the previous segment is acknowledged,
@@ -24,4 +25,8 @@ def noDelay(transport) -> None:
             except OSError:
                 pass
             return
-        transport = getattr(transport, "transport", None)
+        # An Outbox keeps the real transport as wrappedTransport; TLS and
+        # WebSocket layers keep theirs as transport.
+        transport = getattr(transport, "__dict__", {}).get("wrappedTransport") or getattr(
+            transport, "transport", None
+        )
