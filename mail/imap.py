@@ -8,31 +8,45 @@ numbers with EXPUNGE reported only where RFC 3501 allows (NOOP, CHECK,
 IDLE), \\Recent, \\Seen set by non-PEEK fetches, partial fetches
 (C{BODY[]<0.100>}), byte-exact sections, literal and line size limits, and
 new mail pushed to selected (and idling) sessions as it is delivered.
+
+Nothing here touches the disk: mailboxes and message contents come from
+the store, whose threads do the work, so many commands finish later
+(Twisted's server accepts L{Deferred}s from most mailbox methods; CREATE,
+DELETE, RENAME, SUBSCRIBE and UNSUBSCRIBE are redone here to accept them)
+and a session runs its commands one at a time.
 """
 
 from __future__ import annotations
 
 import email.utils
 import io
-import os
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from typing import Any
 
+from twisted.internet import task
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.mail import imap4
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from coursenet.transport import noDelay
+from mail import _compat
+from mail.interfaces import IFolder, IFolderListener, IMailStore
 from mail.maildir import (
     DELIMITER,
     INBOX,
     BadFolderName,
+    MessageTooLarge,
     NoSuchFolder,
     flagsToLetters,
     lettersToFlags,
 )
+
+_log = Logger()
 
 #: Longest command line (RFC 7162 recommends accepting at least 8192).
 LINE_MAX = 65536
@@ -66,7 +80,7 @@ class _Part:
             self._items = [(k, str(v)) for k, v in parsed.items()]
         return self._items
 
-    def headerLines(self, names, negate: bool) -> bytes:
+    def headerLines(self, names: list[bytes | str], negate: bool) -> bytes:
         """
         The raw header fields named (or, with C{negate}, not named), then
         the blank line.
@@ -84,7 +98,7 @@ class _Part:
 
     # IMessagePart, for Twisted's BODYSTRUCTURE and ENVELOPE code.
 
-    def getHeaders(self, negate, *names):
+    def getHeaders(self, negate: bool, *names: bytes | str) -> dict[str, str]:
         wanted = {(n.decode() if isinstance(n, bytes) else n).lower() for n in names}
         headers = {
             k.lower(): v for k, v in self.headerItems() if (k.lower() in wanted) != negate
@@ -94,7 +108,7 @@ class _Part:
             headers["content-type"] = "text/plain; charset=us-ascii"
         return headers
 
-    def getBodyFile(self):
+    def getBodyFile(self) -> io.BytesIO:
         return io.BytesIO(self.body)
 
     def getSize(self) -> int:
@@ -119,7 +133,7 @@ class _Part:
             self._parts = []
             parsed = BytesHeaderParser(policy=compat32).parsebytes(self.rawHeader)
             boundary = parsed.get_param("boundary")
-            if boundary:
+            if isinstance(boundary, str) and boundary:
                 self._parts = [_Part(p) for p in _splitMultipart(self.body, boundary.encode("utf-8", "replace"))]
         return self._parts
 
@@ -150,31 +164,76 @@ def _splitMultipart(body: bytes, boundary: bytes) -> list[bytes]:
     return parts
 
 
+def _crlf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
 @implementer(imap4.IMessage, imap4.IMessageFile)
 class MaildirMessage:
     """
-    A message file in a Maildir, read on first use.
+    A message of a folder: UID, flags, size and date from memory; its
+    contents read in the store's pool by L{load} before FETCH or SEARCH
+    looks at them.
     """
 
-    def __init__(self, uid: int, flags: list[str], path: str, size: int) -> None:
+    def __init__(
+        self, uid: int, flags: list[str], folder: IFolder | None, size: int, mtime: float = 0
+    ) -> None:
+        """
+        @param folder: the folder it is in, or L{None} for a message that
+            was removed (it reads as empty).
+        """
         self.uid = uid
         self.flags = flags
-        self.path = path
+        self.folder = folder
         self.size = size
+        self.mtime = mtime
         self._part: _Part | None = None
+        self.readAhead: _ReadAhead | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._part is not None or self.folder is None
+
+    def setData(self, data: bytes) -> None:
+        self._part = _Part(_crlf(data))
+
+    def unload(self) -> None:
+        """
+        Forget the contents (FETCH has sent them), keeping memory flat.
+        """
+        self._part = None
+
+    def load(self) -> Deferred[None]:
+        """
+        Read the contents in the store's pool, with the next messages of
+        the same FETCH.
+        """
+        if self.loaded:
+            return succeed(None)
+        if self.readAhead is not None:
+            return self.readAhead.load(self)
+        assert self.folder is not None
+        uid = self.uid
+        return self.folder.read([uid]).addCallback(lambda found: self.setData(found.get(uid, b"")))
 
     @property
     def part(self) -> _Part:
         if self._part is None:
+            if self.folder is None:
+                return _Part(b"")
+            # Every caller here loads first; reading on the reactor thread
+            # is a fallback for a path that did not.
+            _log.warn("message {uid} read on the reactor thread", uid=self.uid)
             try:
-                with open(self.path, "rb") as f:
-                    data = f.read()
-            except FileNotFoundError:
-                data = b""
-            self._part = _Part(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+                with open(self.folder.filename(self.uid), "rb") as f:
+                    self.setData(f.read())
+            except (KeyError, FileNotFoundError):
+                self.setData(b"")
+            assert self._part is not None
         return self._part
 
-    def open(self):
+    def open(self) -> io.BytesIO:
         return io.BytesIO(self.part.data)
 
     def getUID(self) -> int:
@@ -184,16 +243,12 @@ class MaildirMessage:
         return self.flags
 
     def getInternalDate(self) -> str:
-        try:
-            mtime = os.stat(self.path).st_mtime
-        except FileNotFoundError:
-            mtime = 0
-        return email.utils.formatdate(mtime)
+        return email.utils.formatdate(self.mtime)
 
-    def getHeaders(self, negate, *names):
+    def getHeaders(self, negate: bool, *names: Any) -> dict[str, str]:
         return self.part.getHeaders(negate, *names)
 
-    def getBodyFile(self):
+    def getBodyFile(self) -> io.BytesIO:
         return self.part.getBodyFile()
 
     def getSize(self) -> int:
@@ -202,11 +257,57 @@ class MaildirMessage:
     def isMultipart(self) -> bool:
         return self.part.isMultipart()
 
-    def getSubPart(self, part: int):
+    def getSubPart(self, part: int) -> _Part:
         return self.part.getSubPart(part)
 
 
-@implementer(imap4.IMailbox, imap4.IMessageCopier, imap4.ICloseableMailbox)
+class _ReadAhead:
+    """
+    The messages of one FETCH, read in the store's pool a window at a time:
+    one trip to a thread for many small messages, and no more than
+    L{BUDGET} octets of them held at once (beyond the one being sent).
+    """
+
+    COUNT = 64
+    BUDGET = 4 * 1024 * 1024
+
+    def __init__(self, folder: IFolder, messages: list[MaildirMessage]) -> None:
+        self.folder = folder
+        self.messages = messages
+        self._index = {id(m): n for n, m in enumerate(messages)}
+        for m in messages:
+            m.readAhead = self
+
+    def load(self, message: MaildirMessage) -> Deferred[None]:
+        window: list[MaildirMessage] = []
+        total = 0
+        start = self._index[id(message)]
+        for m in self.messages[start : start + self.COUNT]:
+            if m.loaded:
+                continue
+            if window and total + m.size > self.BUDGET:
+                break
+            window.append(m)
+            total += m.size
+
+        def loaded(found: dict[int, bytes]) -> None:
+            for m in window:
+                m.setData(found.get(m.uid, b""))
+
+        return self.folder.read([m.uid for m in window]).addCallback(loaded)
+
+
+def _loadAll(folder: IFolder, messages: list[MaildirMessage]) -> Deferred[None]:
+    wanted = [m for m in messages if not m.loaded]
+
+    def loaded(found: dict[int, bytes]) -> None:
+        for m in wanted:
+            m.setData(found.get(m.uid, b""))
+
+    return folder.read([m.uid for m in wanted]).addCallback(loaded)
+
+
+@implementer(imap4.IMailbox, imap4.IMessageCopier, imap4.ICloseableMailbox, IFolderListener)
 class MaildirMailbox:
     """
     One session's view of a folder: its own sequence numbers, which change
@@ -214,38 +315,65 @@ class MaildirMailbox:
     NOOP, CHECK and IDLE or after its own EXPUNGE).
     """
 
-    def __init__(self, store, folder, readWrite: bool) -> None:
+    def __init__(
+        self, store: IMailStore, folder: IFolder, readWrite: bool, recent: set[int]
+    ) -> None:
         self._store = store
         self.folder = folder
         self.readWrite = readWrite
-        folder.scan()
-        if readWrite:
-            self.recent = folder.claimNew()
-        else:
-            self.recent = {uid for uid in folder.uids() if folder.isNew(uid)}
+        self.recent = recent
         self.uids = folder.uids()
         self._gone: set[int] = set()
-        self.listeners: list = []
+        self._claiming: set[int] = set()
+        self.listeners: list[Any] = []
+        #: Set while SEARCH asks for messages whose contents it will read.
+        self.searchingContents = False
+
+    @classmethod
+    def open(cls, store: IMailStore, folder: IFolder, readWrite: bool) -> Deferred["MaildirMailbox"]:
+        """
+        A view of C{folder}, which a read-write one claims the new mail of.
+        """
+        if readWrite:
+            d = folder.claimNew()
+        else:
+            d = succeed({uid for uid in folder.uids() if folder.isNew(uid)})
+        return d.addCallback(lambda recent: cls(store, folder, readWrite, recent))
 
     # -- keeping up with the folder ---------------------------------------
 
-    def folderChanged(self, folder) -> None:
+    def folderChanged(self, folder: IFolder) -> None:
         present = set(folder.uids())
         known = set(self.uids)
-        added = sorted(present - known - self._gone)
+        added = sorted(present - known - self._gone - self._claiming)
         removed = (known - present) - self._gone
         if added:
-            if self.readWrite:
-                self.recent |= folder.claimNew()
-            self.uids.extend(added)
-            for listener in list(self.listeners):
-                listener.newMessages(len(self.uids), len(self.recent & set(self.uids)))
+            if self.readWrite and any(folder.isNew(uid) for uid in added):
+                # They are \Recent here if this session claims them first;
+                # EXISTS and RECENT are announced once that is known.
+                self._claiming.update(added)
+                folder.claimNew().addBoth(self._claimed, added)
+            else:
+                self._add(added)
         if removed:
             self._gone |= removed
             for listener in list(self.listeners):
                 notify = getattr(listener, "expungesPending", None)
                 if notify is not None:
                     notify()
+
+    def _claimed(self, result: set[int] | Failure, added: list[int]) -> None:
+        self._claiming.difference_update(added)
+        if isinstance(result, Failure):
+            _log.failure("could not claim new messages", result)
+        else:
+            self.recent |= result
+        self._add(added)
+
+    def _add(self, added: list[int]) -> None:
+        self.uids.extend(added)
+        for listener in list(self.listeners):
+            listener.newMessages(len(self.uids), self.getRecentCount())
 
     def takeExpunged(self) -> list[int]:
         """
@@ -260,12 +388,12 @@ class MaildirMailbox:
         self._gone = set()
         return sorted(seqs, reverse=True)
 
-    def addListener(self, listener) -> None:
+    def addListener(self, listener: Any) -> None:
         if not self.listeners:
             self.folder.addListener(self)
         self.listeners.append(listener)
 
-    def removeListener(self, listener) -> None:
+    def removeListener(self, listener: Any) -> None:
         if listener in self.listeners:
             self.listeners.remove(listener)
         if not self.listeners:
@@ -311,7 +439,7 @@ class MaildirMailbox:
     def destroy(self) -> None:
         raise imap4.MailboxException("Use DELETE to remove a mailbox")
 
-    def requestStatus(self, names):
+    def requestStatus(self, names: list[bytes]) -> dict[bytes, int]:
         return imap4.statusRequestHelper(self, names)
 
     def _flags(self, uid: int) -> list[str]:
@@ -321,13 +449,12 @@ class MaildirMailbox:
         return flags
 
     def _message(self, uid: int) -> MaildirMessage:
-        if not self.folder.has(uid):
-            return MaildirMessage(uid, [], os.devnull, 0)
-        return MaildirMessage(
-            uid, self._flags(uid), self.folder.filename(uid), self.folder.size(uid)
-        )
+        folder = self.folder
+        if not folder.has(uid):
+            return MaildirMessage(uid, [], None, 0)
+        return MaildirMessage(uid, self._flags(uid), folder, folder.size(uid), folder.mtime(uid))
 
-    def _select(self, messages, uid: bool):
+    def _select(self, messages: imap4.MessageSet, uid: int) -> list[tuple[int, int]]:
         """
         The C{(sequence number, UID)} pairs a message set names, without
         walking ranges such as C{1:4294967295} one number at a time.
@@ -342,76 +469,85 @@ class MaildirMailbox:
             return [(n + 1, u) for n, u in enumerate(self.uids) if u in messages]
         return [(n + 1, u) for n, u in enumerate(self.uids) if n + 1 in messages]
 
-    def fetch(self, messages, uid):
-        return [(seq, self._message(u)) for seq, u in self._select(messages, uid)]
+    def fetch(self, messages: imap4.MessageSet, uid: int) -> Any:
+        found = [(seq, self._message(u)) for seq, u in self._select(messages, uid)]
+        loaded = [m for _, m in found]
+        if self.searchingContents:
+            return _loadAll(self.folder, loaded).addCallback(lambda _: found)
+        _ReadAhead(self.folder, loaded)
+        return found
 
-    def store(self, messages, flags, mode, uid):
-        if not self.readWrite:
-            raise imap4.ReadOnlyMailbox("The mailbox is read-only (EXAMINE)")
-        flags = [f for f in flags if f.lower() != "\\recent"]
+    def _flagChange(self, flags: list[str], mode: int) -> tuple[str, str]:
         try:
-            letters = set(flagsToLetters(flags))
+            letters = flagsToLetters(f for f in flags if f.lower() != "\\recent")
         except ValueError as e:
             raise imap4.MailboxException(f"{e}: only {' '.join(_PERMANENT)} are kept")
-        result = {}
-        for seq, u in self._select(messages, uid):
-            if not self.folder.has(u):
-                continue
-            current = set(self.folder.letters(u))
-            if mode == 1:
-                new = current | letters
-            elif mode == -1:
-                new = current - letters
-            else:
-                new = (current - set("DFPRST")) | letters
-            try:
-                self.folder.setLetters(u, "".join(new))
-            except KeyError:
-                continue
-            result[seq] = self._flags(u)
-        return result
+        if mode == 1:
+            return letters, ""
+        if mode == -1:
+            return "", letters
+        return letters, "DFPRST"
 
-    def markSeen(self, messages, uid) -> None:
-        for _, u in self._select(messages, uid):
-            if self.folder.has(u) and "S" not in self.folder.letters(u):
-                try:
-                    self.folder.setLetters(u, self.folder.letters(u) + "S")
-                except KeyError:
-                    pass
-
-    def expunge(self):
+    def store(
+        self, messages: imap4.MessageSet, flags: list[str], mode: int, uid: int
+    ) -> Deferred[dict[int, list[str]]]:
         if not self.readWrite:
             raise imap4.ReadOnlyMailbox("The mailbox is read-only (EXAMINE)")
-        doomed = [
-            u for u in self.uids if self.folder.has(u) and "T" in self.folder.letters(u)
-        ]
-        seqs = [n + 1 for n, u in enumerate(self.uids) if u in set(doomed)]
-        self.uids = [u for u in self.uids if u not in set(doomed)]
-        self.folder.remove(doomed)
-        return sorted(seqs, reverse=True)
+        add, remove = self._flagChange(flags, mode)
+        seqs = {u: seq for seq, u in self._select(messages, uid)}
 
-    def addMessage(self, message, flags=(), date=None):
-        data = message.read()
-        maxSize = self._store.maxMessageSize
-        if maxSize is not None and len(data) > maxSize:
-            raise imap4.MailboxException(f"[TOOBIG] Messages are limited to {maxSize} octets")
-        flags = [f for f in flags if f.lower() != "\\recent"]
-        letters = flagsToLetters(flags)
+        def stored(done: dict[int, str]) -> dict[int, list[str]]:
+            return {seqs[u]: self._flags(u) for u in done}
+
+        return self.folder.setFlags(seqs, add, remove).addCallback(stored)
+
+    def markSeen(self, messages: imap4.MessageSet, uid: int) -> Deferred[Any]:
+        """
+        Set \\Seen on the messages named (a body FETCH without PEEK).
+        """
+        unseen = [
+            u
+            for _, u in self._select(messages, uid)
+            if self.folder.has(u) and "S" not in self.folder.letters(u)
+        ]
+        if not unseen:
+            return succeed({})
+        return self.folder.setFlags(unseen, "S")
+
+    def expunge(self) -> Deferred[list[int]]:
+        if not self.readWrite:
+            raise imap4.ReadOnlyMailbox("The mailbox is read-only (EXAMINE)")
+        doomed = {u for u in self.uids if self.folder.has(u) and "T" in self.folder.letters(u)}
+        seqs = [n + 1 for n, u in enumerate(self.uids) if u in doomed]
+        # Out of this session's numbering at once, so that the folder's
+        # notice of the removal is not taken for another session's.
+        self.uids = [u for u in self.uids if u not in doomed]
+        return self.folder.remove(sorted(doomed)).addCallback(lambda _: sorted(seqs, reverse=True))
+
+    def addMessage(self, message: Any, flags: Any = (), date: Any = None) -> Deferred[int]:
+        try:
+            letters = flagsToLetters(f for f in flags if f.lower() != "\\recent")
+        except ValueError as e:
+            return fail(imap4.MailboxException(f"{e}: only {' '.join(_PERMANENT)} are kept"))
         mtime = None
         if date:
             parsed = email.utils.parsedate_tz(date if isinstance(date, str) else date.decode())
             if parsed is not None:
                 mtime = email.utils.mktime_tz(parsed)
-        return self._store.append(self.folder, data, letters, mtime)
 
-    def copy(self, message):
+        return Deferred.fromCoroutine(self._append(message, letters, mtime))
+
+    async def _append(self, message: Any, letters: str, mtime: float | None) -> int:
+        try:
+            return await self._store.append(self.folder, message, letters, mtime)
+        except MessageTooLarge as e:
+            raise imap4.MailboxException(str(e))
+
+    def copy(self, message: MaildirMessage) -> Deferred[int]:
+        if message.folder is None:
+            return fail(imap4.MailboxException(f"message {message.uid} was removed"))
         letters = flagsToLetters(f for f in message.getFlags() if f != "\\Recent")
-        return self._store.append(
-            self.folder,
-            message.open().read(),
-            letters,
-            os.stat(message.path).st_mtime if os.path.exists(message.path) else None,
-        )
+        return self._store.copy(self.folder, message.folder, message.uid, letters)
 
 
 class _ListEntry:
@@ -436,9 +572,11 @@ class MaildirAccount:
     levels.
     """
 
-    def __init__(self, store, user: str) -> None:
+    def __init__(self, store: IMailStore, user: str) -> None:
         self.store = store
         self.user = user
+        # Read with LIST/LSUB, for isSubscribed, which must answer at once.
+        self._subscribed: set[str] = set()
 
     def _path(self, name: str) -> str:
         try:
@@ -446,10 +584,13 @@ class MaildirAccount:
         except BadFolderName as e:
             raise imap4.MailboxException(str(e))
 
-    def addMailbox(self, name, mbox=None):
+    def addMailbox(self, name: str, mbox: Any = None) -> Deferred[bool]:
         return self.create(name)
 
-    def create(self, pathspec):
+    def create(self, pathspec: str) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._create(pathspec))
+
+    async def _create(self, pathspec: str) -> bool:
         name = pathspec.rstrip(DELIMITER)
         self._path(name)
         if name.upper() == INBOX:
@@ -457,61 +598,79 @@ class MaildirAccount:
         levels = name.split(DELIMITER)
         for n in range(1, len(levels) + 1):
             try:
-                self.store.createFolder(self.user, DELIMITER.join(levels[:n]))
+                await self.store.createFolder(self.user, DELIMITER.join(levels[:n]))
             except FileExistsError:
                 if n == len(levels):
                     raise imap4.MailboxCollision(name)
         return True
 
-    def select(self, name, rw=True):
+    def select(self, name: str, rw: bool = True) -> Deferred[MaildirMailbox | None]:
         self._path(name)
+        return Deferred.fromCoroutine(self._select(name, bool(rw)))
+
+    async def _select(self, name: str, rw: bool) -> MaildirMailbox | None:
         try:
-            folder = self.store.folder(self.user, name)
+            folder = await self.store.openFolder(self.user, name)
         except NoSuchFolder:
             return None
-        return MaildirMailbox(self.store, folder, bool(rw))
+        return await MaildirMailbox.open(self.store, folder, rw)
 
-    def delete(self, name):
+    def delete(self, name: str) -> Deferred[None]:
         self._path(name)
-        try:
-            self.store.deleteFolder(self.user, name)
-        except NoSuchFolder:
+
+        def missing(failure: Failure) -> None:
+            failure.trap(NoSuchFolder)
             raise imap4.MailboxException("No such mailbox")
 
-    def rename(self, oldname, newname):
+        return self.store.deleteFolder(self.user, name).addErrback(missing)
+
+    def rename(self, oldname: str, newname: str) -> Deferred[None]:
         self._path(oldname)
         self._path(newname)
-        try:
-            self.store.renameFolder(self.user, oldname, newname)
-        except NoSuchFolder:
-            raise imap4.NoSuchMailbox(oldname)
-        except FileExistsError:
+
+        def refused(failure: Failure) -> None:
+            if failure.check(NoSuchFolder):
+                raise imap4.NoSuchMailbox(oldname)
+            failure.trap(FileExistsError)
             raise imap4.MailboxCollision(newname)
+
+        return self.store.renameFolder(self.user, oldname, newname).addErrback(refused)
 
     def _canonical(self, name: str) -> str:
         return INBOX if name.upper() == INBOX else name
 
-    def isSubscribed(self, name):
-        return self._canonical(name) in self.store.subscriptions(self.user)
+    def isSubscribed(self, name: str) -> bool:
+        return self._canonical(name) in self._subscribed
 
-    def subscribe(self, name):
+    def subscribe(self, name: str) -> Deferred[None]:
         name = self._canonical(name)
-        subs = self.store.subscriptions(self.user)
-        if name not in subs:
-            self.store.setSubscriptions(self.user, subs + [name])
 
-    def unsubscribe(self, name):
+        def done(_: None) -> None:
+            self._subscribed.add(name)
+
+        return self.store.subscribe(self.user, name).addCallback(done)
+
+    def unsubscribe(self, name: str) -> Deferred[None]:
         name = self._canonical(name)
-        subs = self.store.subscriptions(self.user)
-        if name not in subs:
+
+        def done(_: None) -> None:
+            self._subscribed.discard(name)
+
+        def missing(failure: Failure) -> None:
+            failure.trap(KeyError)
             raise imap4.MailboxException(f"Not subscribed to {name}")
-        self.store.setSubscriptions(self.user, [s for s in subs if s != name])
 
-    def listMailboxes(self, ref, wildcard):
+        return self.store.unsubscribe(self.user, name).addCallbacks(done, missing)
+
+    def listMailboxes(self, ref: str, wildcard: str) -> Deferred[list[tuple[str, _ListEntry]]]:
+        return Deferred.fromCoroutine(self._listMailboxes(ref, wildcard))
+
+    async def _listMailboxes(self, ref: str, wildcard: str) -> list[tuple[str, _ListEntry]]:
         if not wildcard:
             return [("", _ListEntry(["\\Noselect"]))]
         pattern = imap4.wildcardToRegexp(ref + wildcard, DELIMITER)
-        names = self.store.listFolders(self.user)
+        names = await self.store.listFolders(self.user)
+        self._subscribed = set(await self.store.subscriptions(self.user))
         result = []
         for name in names:
             if pattern.fullmatch(name) or (name == INBOX and pattern.fullmatch("inbox")):
@@ -520,20 +679,20 @@ class MaildirAccount:
                 result.append((name, _ListEntry(attributes)))
         return result
 
-    def getPersonalNamespaces(self):
+    def getPersonalNamespaces(self) -> list[list[bytes]]:
         return [[b"", DELIMITER.encode()]]
 
-    def getSharedNamespaces(self):
+    def getSharedNamespaces(self) -> None:
         return None
 
-    def getOtherNamespaces(self):
+    def getOtherNamespaces(self) -> None:
         return None
 
-    def getUserNamespaces(self):
+    def getUserNamespaces(self) -> None:
         return None
 
 
-def _needsSeen(query) -> bool:
+def _needsSeen(query: list[Any]) -> bool:
     for part in query:
         if part.type in ("rfc822", "rfc822text"):
             return True
@@ -544,90 +703,340 @@ def _needsSeen(query) -> bool:
     return False
 
 
+#: FETCH items that read a message's contents.
+_CONTENT_ITEMS = frozenset(["envelope", "rfc822header", "rfc822text", "rfc822", "body", "bodystructure"])
+#: SEARCH keys that read a message's contents.
+_CONTENT_KEYS = frozenset(
+    ["BCC", "BODY", "CC", "FROM", "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE", "SUBJECT", "TEXT", "TO"]
+)
+
+
+def _needsContents(query: list[Any]) -> bool:
+    return any(part.type in _CONTENT_ITEMS for part in query)
+
+
+def _searchNeedsContents(query: Any) -> bool:
+    if isinstance(query, (list, tuple)):
+        return any(_searchNeedsContents(q) for q in query)
+    if isinstance(query, bytes):
+        query = query.decode("ascii", "replace")
+    return isinstance(query, str) and query.upper() in _CONTENT_KEYS
+
+
+def _command(handler: Any, *parsers: Any) -> Any:
+    """
+    An entry of Twisted's command table: the handler, then what parses its
+    arguments.
+    """
+    return (handler, *parsers)
+
+
+def _mailboxName(name: bytes | str) -> str:
+    """
+    A mailbox name from the wire (modified UTF-7, RFC 3501 5.1.3).
+    """
+    if isinstance(name, str):
+        return name
+    try:
+        return name.decode("imap4-utf-7")
+    except UnicodeError:
+        raise imap4.IllegalMailboxEncoding(name)
+
+
 class IMAPServer(imap4.IMAP4Server):
     """
     One IMAP session.
+
+    Commands run one at a time: while one waits for the store, the lines
+    after it are held, and run once its tagged reply has gone (RFC 3501
+    5.5), so a pipelined SELECT and FETCH are answered in order.
     """
 
     IDENT = b"coursenet IMAP4rev1 server ready"
     MAX_LENGTH = LINE_MAX
     _log = Logger()
+    transport: Any
+    portal: Any
+    challengers: Any
+    blocked: Any
 
-    def __init__(self, contextFactory=None, maxMessageSize: int | None = None) -> None:
-        imap4.IMAP4Server.__init__(self, None, contextFactory)
+    _running: bytes | None = None
+    _held: list[bytes] | None = None
+
+    def __init__(
+        self, contextFactory: Any = None, maxMessageSize: int | None = None, clock: Any = None
+    ) -> None:
+        """
+        @param clock: the reactor that schedules work for this session;
+            Twisted's global one by default.
+        """
+        self._clock = clock
+        scheduler = None
+        if clock is not None:
+            cooperator = task.Cooperator(scheduler=lambda f: clock.callLater(0, f))
+            scheduler = lambda steps: cooperator.cooperate(steps).whenDone()  # noqa: E731
+        imap4.IMAP4Server.__init__(self, None, contextFactory, scheduler)
         self.maxMessageSize = maxMessageSize
 
-    def connectionMade(self):
+    def callLater(self, period: float, func: Any) -> Any:
+        if self._clock is None:
+            return imap4.IMAP4Server.callLater(self, period, func)
+        return self._clock.callLater(period, func)
+
+    def _selected(self) -> MaildirMailbox:
+        assert isinstance(self.mbox, MaildirMailbox)
+        return self.mbox
+
+    def _account(self) -> MaildirAccount:
+        assert isinstance(self.account, MaildirAccount)
+        return self.account
+
+    def connectionMade(self) -> None:
         noDelay(self.transport)
         if ISSLTransport.providedBy(self.transport) or self.ctx is None:
             self.challengers = {b"PLAIN": imap4.PLAINCredentials, b"LOGIN": imap4.LOGINCredentials}
         imap4.IMAP4Server.connectionMade(self)
 
-    def lineLengthExceeded(self, line):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.mbox is not None:
+            mbox = self._selected()
+            mbox.removeListener(self)
+            mbox.close()
+            self.mbox = None
+        imap4.IMAP4Server.connectionLost(self, reason)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
         self.sendLine(b"* BYE Line too long: commands are limited to %d octets" % LINE_MAX)
         self.transport.loseConnection()
 
-    def _fileLiteral(self, size):
+    def _fileLiteral(self, size: int) -> Deferred[Any]:
         if self.maxMessageSize is not None and size > self.maxMessageSize:
             raise imap4.IllegalClientResponse(
                 f"[TOOBIG] Literal of {size} octets exceeds the maximum message"
                 f" size of {self.maxMessageSize} octets"
             )
-        return imap4.IMAP4Server._fileLiteral(self, size)
+        return _compat.fileLiteral(self, size)
+
+    # -- one command at a time -------------------------------------------------
+
+    def dispatchCommand(self, tag: bytes, cmd: bytes, rest: bytes | None, uid: Any = None) -> None:
+        self._running = tag
+        imap4.IMAP4Server.dispatchCommand(self, tag, cmd, rest, uid)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._running is not None and self.blocked is None and self.parseState == "command":
+            self.blocked = self._held = []
+        imap4.IMAP4Server.lineReceived(self, line)
+
+    def sendPositiveResponse(self, tag: bytes | None = None, message: Any = b"") -> None:
+        imap4.IMAP4Server.sendPositiveResponse(self, tag, message)
+        self._finished(tag)
+
+    def sendNegativeResponse(self, tag: bytes | None = None, message: Any = b"") -> None:
+        imap4.IMAP4Server.sendNegativeResponse(self, tag, message)
+        self._finished(tag)
+
+    def sendBadResponse(self, tag: bytes | None = None, message: Any = b"") -> None:
+        imap4.IMAP4Server.sendBadResponse(self, tag, message)
+        self._finished(tag)
+
+    def _finished(self, tag: bytes | None) -> None:
+        if tag is None or tag != self._running:
+            return
+        self._running = None
+        held = self._held
+        if held is not None and self.blocked is held:
+            # Not from inside the reply: the code that sent it may still
+            # be changing the session's state.
+            self.callLater(0, lambda: self._resume(held))
+
+    def _resume(self, held: list[bytes]) -> None:
+        if self.blocked is not held:
+            return  # Twisted's FETCH released these lines itself
+        self._held = None
+        self.blocked = None
+        if self.transport is None or self.transport.disconnecting:
+            return
+        while held and self.blocked is None:
+            self.lineReceived(held.pop(0))
+        if self.blocked is not None:
+            self.blocked.extend(held)
+
+    def _failed(self, failure: Failure, tag: bytes, command: bytes) -> None:
+        if failure.check(imap4.MailboxException):
+            self.sendNegativeResponse(tag, str(failure.value).encode("utf-8", "replace"))
+            return
+        self._log.failure("{command} failed", failure, command=command.decode())
+        self.sendBadResponse(tag, command + b" failed: server error, try again later")
 
     # -- changes made by others ----------------------------------------------
 
-    def _refresh(self) -> None:
-        if self.mbox is not None:
-            self.mbox.folder.scan()
-            for seq in self.mbox.takeExpunged():
-                self.sendUntaggedResponse(b"%d EXPUNGE" % (seq,))
+    def _refresh(self) -> Deferred[None]:
+        if self.mbox is None:
+            return succeed(None)
+        mbox = self._selected()
+
+        def report(_: bool) -> None:
+            for seq in mbox.takeExpunged():
+                self.sendUntaggedResponse(b"%d EXPUNGE" % (seq,), isAsync=True)
+
+        return mbox.folder.refresh().addCallback(report)
 
     def expungesPending(self) -> None:
-        if self.parseState == "idle":
-            self._refresh()
+        if self.parseState == "idle" and self.mbox is not None:
+            for seq in self._selected().takeExpunged():
+                self.sendUntaggedResponse(b"%d EXPUNGE" % (seq,))
 
-    def do_NOOP(self, tag):
-        self._refresh()
-        imap4.IMAP4Server.do_NOOP(self, tag)
+    def do_NOOP(self, tag: bytes) -> None:
+        self._refresh().addCallbacks(
+            lambda _: imap4.IMAP4Server.do_NOOP(self, tag),
+            self._failed,
+            errbackArgs=(tag, b"NOOP"),
+        )
 
-    select_NOOP = (do_NOOP,)
+    select_NOOP = _command(do_NOOP)
 
-    def do_CHECK(self, tag):
-        self._refresh()
-        imap4.IMAP4Server.do_CHECK(self, tag)
+    def checkpoint(self) -> Deferred[None]:
+        return self._refresh()
 
-    select_CHECK = (do_CHECK,)
-
-    def do_IDLE(self, tag):
+    def do_IDLE(self, tag: bytes) -> None:
         imap4.IMAP4Server.do_IDLE(self, tag)
-        self._refresh()
+        self._refresh().addErrback(lambda f: self._log.failure("IDLE could not look for changes", f))
 
-    select_IDLE = (do_IDLE,)
+    select_IDLE = _command(do_IDLE)
     auth_IDLE = select_IDLE
 
-    def parse_idle(self, *args):
+    def parse_idle(self, *args: bytes) -> None:
         line = args[0] if args else b""
         if line.strip().upper() != b"DONE":
             self.parseState = self.lastState
             del self.lastState
-            self.sendBadResponse(self.parseTag, b"Expected DONE to end IDLE")
+            tag = self.parseTag
             del self.parseTag
+            self.sendBadResponse(tag, b"Expected DONE to end IDLE")
             return
         imap4.IMAP4Server.parse_idle(self, *args)
 
-    # -- FETCH -----------------------------------------------------------------
+    # -- mailboxes, whose changes finish later ---------------------------------
 
-    def do_FETCH(self, tag, messages, query, uid=0):
-        if query and self.mbox.isWriteable() and _needsSeen(query):
-            self.mbox.markSeen(messages, uid)
+    def do_CREATE(self, tag: bytes, name: bytes) -> None:
+        def created(result: bool) -> None:
+            if result:
+                self.sendPositiveResponse(tag, b"Mailbox created")
+            else:
+                self.sendNegativeResponse(tag, b"Mailbox not created")
+
+        maybeDeferred(self._account().create, _mailboxName(name)).addCallbacks(
+            created, self._failed, errbackArgs=(tag, b"CREATE")
+        )
+
+    auth_CREATE = _command(do_CREATE, imap4.IMAP4Server.arg_finalastring)
+    select_CREATE = auth_CREATE
+
+    def do_DELETE(self, tag: bytes, name: bytes) -> None:
+        mailbox = _mailboxName(name)
+        if mailbox.lower() == "inbox":
+            self.sendNegativeResponse(tag, b"You cannot delete the inbox")
+            return
+        maybeDeferred(self._account().delete, mailbox).addCallbacks(
+            lambda _: self.sendPositiveResponse(tag, b"Mailbox deleted"),
+            self._failed,
+            errbackArgs=(tag, b"DELETE"),
+        )
+
+    auth_DELETE = _command(do_DELETE, imap4.IMAP4Server.arg_finalastring)
+    select_DELETE = auth_DELETE
+
+    def do_RENAME(self, tag: bytes, oldname: bytes, newname: bytes) -> None:
+        old, new = _mailboxName(oldname), _mailboxName(newname)
+        if old.lower() == "inbox" or new.lower() == "inbox":
+            self.sendNegativeResponse(
+                tag, b"You cannot rename the inbox, or rename another mailbox to inbox."
+            )
+            return
+        maybeDeferred(self._account().rename, old, new).addCallbacks(
+            lambda _: self.sendPositiveResponse(tag, b"Mailbox renamed"),
+            self._failed,
+            errbackArgs=(tag, b"RENAME"),
+        )
+
+    auth_RENAME = _command(do_RENAME, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
+    select_RENAME = auth_RENAME
+
+    def do_SUBSCRIBE(self, tag: bytes, name: bytes) -> None:
+        maybeDeferred(self._account().subscribe, _mailboxName(name)).addCallbacks(
+            lambda _: self.sendPositiveResponse(tag, b"Subscribed"),
+            self._failed,
+            errbackArgs=(tag, b"SUBSCRIBE"),
+        )
+
+    auth_SUBSCRIBE = _command(do_SUBSCRIBE, imap4.IMAP4Server.arg_finalastring)
+    select_SUBSCRIBE = auth_SUBSCRIBE
+
+    def do_UNSUBSCRIBE(self, tag: bytes, name: bytes) -> None:
+        maybeDeferred(self._account().unsubscribe, _mailboxName(name)).addCallbacks(
+            lambda _: self.sendPositiveResponse(tag, b"Unsubscribed"),
+            self._failed,
+            errbackArgs=(tag, b"UNSUBSCRIBE"),
+        )
+
+    auth_UNSUBSCRIBE = _command(do_UNSUBSCRIBE, imap4.IMAP4Server.arg_finalastring)
+    select_UNSUBSCRIBE = auth_UNSUBSCRIBE
+
+    def do_APPEND(self, tag: bytes, mailbox: bytes, flags: Any, date: Any, message: Any) -> None:
+        # Twisted fails on an APPEND without a flag list (imaplib sends none).
+        imap4.IMAP4Server.do_APPEND(self, tag, mailbox, flags or [], date, message)
+
+    auth_APPEND = _command(
+        do_APPEND,
+        imap4.IMAP4Server.arg_astring,
+        imap4.IMAP4Server.opt_plist,
+        imap4.IMAP4Server.opt_datetime,
+        imap4.IMAP4Server.arg_literal,
+    )
+    select_APPEND = auth_APPEND
+
+    # -- FETCH and SEARCH --------------------------------------------------------
+
+    def do_FETCH(self, tag: bytes, messages: imap4.MessageSet, query: list[Any], uid: int = 0) -> None:
+        mbox = self._selected()
+        seen: Deferred[Any] = succeed(None)
+        if query and mbox.isWriteable() and _needsSeen(query):
+            seen = mbox.markSeen(messages, uid)
             if not any(p.type == "flags" for p in query):
-                query = list(query) + [imap4._FetchParser.Flags()]
-        imap4.IMAP4Server.do_FETCH(self, tag, messages, query, uid)
+                query = list(query) + self.arg_fetchatt(b"FLAGS")[0]
+        seen.addCallbacks(
+            lambda _: imap4.IMAP4Server.do_FETCH(self, tag, messages, query, uid),
+            self._failed,
+            errbackArgs=(tag, b"FETCH"),
+        )
 
-    select_FETCH = (do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_fetchatt)
+    select_FETCH = _command(do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_fetchatt)
 
-    def spew_body(self, part, id, msg, _w=None, _f=None):
+    def spewMessage(self, id: int, msg: Any, query: list[Any], uid: int) -> Deferred[Any]:
+        if not isinstance(msg, MaildirMessage) or not _needsContents(query):
+            return imap4.IMAP4Server.spewMessage(self, id, msg, query, uid)
+
+        def spew(_: None) -> Deferred[Any]:
+            return imap4.IMAP4Server.spewMessage(self, id, msg, query, uid)
+
+        def forget(result: Any) -> Any:
+            msg.unload()
+            return result
+
+        return msg.load().addCallback(spew).addBoth(forget)
+
+    def do_SEARCH(self, tag: bytes, charset: Any, query: Any, uid: int = 0) -> None:
+        mbox = self._selected()
+        mbox.searchingContents = _searchNeedsContents(query)
+        try:
+            imap4.IMAP4Server.do_SEARCH(self, tag, charset, query, uid)
+        finally:
+            mbox.searchingContents = False
+
+    select_SEARCH = _command(do_SEARCH, imap4.IMAP4Server.opt_charset, imap4.IMAP4Server.arg_searchkeys)
+
+    def spew_body(self, part: Any, id: int, msg: Any, _w: Any = None, _f: Any = None) -> Any:
         if _w is None:
             _w = self.transport.write
         if not (part.header or part.text or part.mime or part.empty):
@@ -671,16 +1080,23 @@ class IMAPFactory(ServerFactory):
     Builds L{IMAPServer}s for one portal.
     """
 
-    def __init__(self, portal, contextFactory=None, maxMessageSize=None, timeout=1800) -> None:
+    def __init__(
+        self,
+        portal: Any,
+        contextFactory: Any = None,
+        maxMessageSize: int | None = None,
+        timeout: int = 1800,
+        reactor: Any = None,
+    ) -> None:
         self.portal = portal
         self.contextFactory = contextFactory
         self.maxMessageSize = maxMessageSize
         self.timeout = timeout
+        self.reactor = reactor
 
-    def buildProtocol(self, addr):
-        p = IMAPServer(self.contextFactory, self.maxMessageSize)
+    def buildProtocol(self, addr: Any) -> IMAPServer:
+        p = IMAPServer(self.contextFactory, self.maxMessageSize, self.reactor)
         p.portal = self.portal
         p.factory = self
         p.POSTAUTH_TIMEOUT = self.timeout
         return p
-

@@ -17,6 +17,17 @@ mutt and mbsync).
 Durability: a message is written to C{tmp/}, fsync'd, renamed into C{new/}
 and C{new/} itself is fsync'd before delivery is reported; concurrent
 deliveries into one directory share that directory fsync (group commit).
+A UID is appended to C{coursenet-uidlist} and fsync'd before any client
+sees it; a directory created or renamed has its parent fsync'd.
+
+Threads: every disk operation of the store (message files written, read,
+renamed or removed, the UID list appended or rewritten, folders listed,
+created, renamed or deleted, and every fsync) runs in the store's thread
+pool.  The reactor thread keeps only the in-memory view of each folder and
+changes it after the disk work it depends on has finished.  The changes to
+one folder are serialized by that folder's L{DeferredLock}, so concurrent
+writers never interleave; folder creation, deletion, renaming and
+subscriptions are serialized per user the same way.
 """
 
 from __future__ import annotations
@@ -28,15 +39,22 @@ import shutil
 import socket
 import threading
 import time
-from typing import Iterable
+from typing import IO, Any, Callable, Iterable
 
+from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mail.interfaces import IDelivery, IFolder, IMailStore
+from mail.interfaces import IDelivery, IFolder, IFolderListener, IMailStore
 
 _log = Logger()
+
+#: Runs a blocking function in the store's thread pool: a L{Deferred}.
+Runner = Callable[..., Deferred]
+#: Makes a file descriptor's data durable (L{os.fsync}, or a test's recorder).
+Fsync = Callable[[int], None]
 
 #: Maildir info letters and the IMAP flags they stand for.
 LETTER_FLAGS = {
@@ -103,17 +121,22 @@ def virtualSize(name: str) -> int | None:
     return None
 
 
-def ensureMaildir(path: str) -> None:
+def crlfSize(data: bytes) -> int:
     """
-    Create C{path} with its C{tmp}, C{new} and C{cur} unless they exist.
+    The size of C{data} once every line ends in CRLF.
     """
-    for sub in ("tmp", "new", "cur"):
-        os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+# -- blocking helpers: each runs in a thread of the store's pool ----------------
 
 
 def fsyncDirectory(path: str) -> None:
     """
-    Make the entries of directory C{path} durable.
+    Make the entries of directory C{path} durable (blocking).
+
+    Every directory fsync of the store goes through this name, so that a
+    test can replace it and see which directories are synced when.
     """
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -174,30 +197,79 @@ def syncDirectory(path: str) -> None:
     _DirectorySync.forPath(path).sync()
 
 
+def ensureMaildir(path: str) -> bool:
+    """
+    Create C{path} with its C{tmp}, C{new} and C{cur} unless they exist,
+    durably: each directory that got a new entry is fsync'd (blocking).
+
+    @return: whether anything was created.
+    """
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    created = made = False
+    try:
+        os.mkdir(path, 0o700)
+        created = True
+    except FileExistsError:
+        pass
+    for sub in ("tmp", "new", "cur"):
+        try:
+            os.mkdir(os.path.join(path, sub), 0o700)
+            made = True
+        except FileExistsError:
+            pass
+    if made:
+        fsyncDirectory(path)
+    if created:
+        fsyncDirectory(parent)
+    return created or made
+
+
+def _writeAll(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _createTmp(maildir: str, name: str) -> int:
+    """
+    Open a new file C{name} in C{maildir}'s C{tmp/}, creating the Maildir
+    (durably) on its first delivery.
+    """
+    path = os.path.join(maildir, "tmp", name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        ensureMaildir(maildir)
+        return os.open(path, flags, 0o600)
+
+
 def writeMessageFile(
     maildir: str,
     data: bytes,
     letters: str | None = None,
     mtime: float | None = None,
+    fsync: Fsync = os.fsync,
 ) -> str:
     """
     Deliver C{data} durably into C{maildir} (blocking: call it in a thread).
 
     @param letters: flag letters: the message goes to C{cur/} with them;
         L{None} puts it in C{new/}.
+    @param fsync: how the message file is made durable.
     @return: the file name in C{new/} or C{cur/}.
     """
     data = data.replace(b"\r\n", b"\n")
     name = uniqueName()
-    tmp = os.path.join(maildir, "tmp", name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = _createTmp(maildir, name)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        _writeAll(fd, data)
+        fsync(fd)
     finally:
         os.close(fd)
+    tmp = os.path.join(maildir, "tmp", name)
     if mtime is not None:
         os.utime(tmp, (mtime, mtime))
     lines = data.count(b"\n")
@@ -211,64 +283,188 @@ def writeMessageFile(
     return final
 
 
+def _findMessage(maildir: str, name: str) -> str | None:
+    """
+    Where message C{name} is now, whatever its flags: C{new/} or C{cur/}
+    relative file name, or L{None} if it is gone.
+    """
+    base = name.rpartition("/")[2].partition(":")[0]
+    if os.path.exists(os.path.join(maildir, "new", base)):
+        return f"new/{base}"
+    try:
+        with os.scandir(os.path.join(maildir, "cur")) as it:
+            for de in it:
+                if de.name == base or de.name.startswith(base + ":"):
+                    return f"cur/{de.name}"
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def readMessageFile(maildir: str, name: str) -> tuple[bytes, float] | None:
+    """
+    The bytes and modification time of message C{name} (C{new/...} or
+    C{cur/...}), followed if its flags renamed it meanwhile; L{None} if it
+    was removed.
+    """
+    for _ in range(3):
+        try:
+            with open(os.path.join(maildir, name), "rb") as f:
+                return f.read(), os.fstat(f.fileno()).st_mtime
+        except FileNotFoundError:
+            found = _findMessage(maildir, name)
+            if found is None:
+                return None
+            name = found
+    return None
+
+
+def _listMaildir(path: str, known: frozenset[str]) -> dict[str, tuple[str, str, int | None, float | None]]:
+    """
+    The messages in C{path}: base name to C{(sub, letters, size, mtime)}, the
+    size (with CRLF) and mtime only for names not in C{known}.
+    """
+    found: dict[str, tuple[str, str, int | None, float | None]] = {}
+    for sub in ("new", "cur"):
+        with os.scandir(os.path.join(path, sub)) as it:
+            for de in it:
+                if de.name.startswith("."):
+                    continue
+                base, _, info = de.name.partition(":")
+                letters = info[2:] if info.startswith("2,") else ""
+                size = mtime = None
+                if base not in known:
+                    try:
+                        mtime = de.stat().st_mtime
+                        size = virtualSize(de.name)
+                        if size is None:
+                            with open(de.path, "rb") as f:
+                                size = crlfSize(f.read())
+                    except FileNotFoundError:
+                        continue
+                found[base] = (sub, letters, size, mtime)
+    return found
+
+
+def _renameAll(root: str, moves: list[tuple[str, str]]) -> list[bool]:
+    """
+    Rename each C{(old, new)} under C{root}; for each, whether it was there.
+    """
+    done = []
+    for old, new in moves:
+        try:
+            os.rename(os.path.join(root, old), os.path.join(root, new))
+            done.append(True)
+        except FileNotFoundError:
+            done.append(False)
+    return done
+
+
+def _unlinkAll(root: str, names: list[str]) -> None:
+    for name in names:
+        try:
+            os.unlink(os.path.join(root, name))
+        except FileNotFoundError:
+            pass
+
+
+# -- a message on its way in ----------------------------------------------------
+
+
 @implementer(IDelivery)
 class Delivery:
     """
-    A message being received for a Maildir: kept in memory up to
-    L{SPILL} octets, then in C{tmp/}; made durable in a thread by
-    L{commit}.  Creating files in a directory that other threads are
-    fsyncing can block for milliseconds, so small messages touch the disk
-    only in the thread.
+    A message being received for a Maildir, written in the store's pool:
+    kept in memory until L{SPILL} octets have come, then appended to a file
+    in C{tmp/} that many at a time; made durable by L{commit}.
     """
 
-    #: Messages larger than this go to C{tmp/} as they arrive.
+    #: Octets held in memory before they are written to C{tmp/}.
     SPILL = 1024 * 1024
 
-    def __init__(self, maildir: str, reactor, threadPool, onCommit=None) -> None:
+    def __init__(
+        self,
+        maildir: str,
+        run: Runner,
+        onCommit: Callable[[str], Any] | None = None,
+        fsync: Fsync = os.fsync,
+    ) -> None:
+        """
+        @param run: runs a blocking function in the store's pool.
+        @param onCommit: called with the file name once the message is
+            durable; its result is the result of L{commit}.
+        """
         self._maildir = maildir
-        self._reactor = reactor
-        self._pool = threadPool
+        self._run = run
         self._onCommit = onCommit
+        self._fsync = fsync
         self._chunks: list[bytes] = []
-        self._file = None
-        self._tmp = None
+        self._buffered = 0
+        # The spill writes, one after the other; commit and abort wait for them.
+        self._writes: Deferred[None] = succeed(None)
+        self._name: str | None = None
+        self._fd: int | None = None
+        self._ended = False
         self.size = 0
         self._lines = 0
 
     def write(self, data: bytes) -> None:
+        if self._ended:
+            return
         self.size += len(data)
         self._lines += data.count(b"\n")
-        if self._file is not None:
-            self._file.write(data)
-            return
         self._chunks.append(data)
-        if self.size > self.SPILL:
-            self._name = uniqueName()
-            self._tmp = os.path.join(self._maildir, "tmp", self._name)
-            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            self._file = os.fdopen(fd, "wb", buffering=256 * 1024)
-            self._file.writelines(self._chunks)
+        self._buffered += len(data)
+        if self._buffered >= self.SPILL:
+            chunk = b"".join(self._chunks)
             self._chunks = []
+            self._buffered = 0
+            self._writes.addCallback(lambda _: self._run(self._spill, chunk))
 
-    def _finish(self) -> str:
-        if self._file is None:
-            return writeMessageFile(self._maildir, b"".join(self._chunks))
+    def _spill(self, data: bytes) -> None:
+        if self._fd is None:
+            self._name = uniqueName()
+            self._fd = _createTmp(self._maildir, self._name)
+        _writeAll(self._fd, data)
+
+    def _finish(self, rest: bytes) -> str:
+        if self._fd is None:
+            return writeMessageFile(self._maildir, rest, fsync=self._fsync)
+        assert self._name is not None
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            _writeAll(self._fd, rest)
+            self._fsync(self._fd)
         finally:
-            self._file.close()
+            os.close(self._fd)
+            self._fd = None
         final = f"{self._name},S={self.size},W={self.size + self._lines}"
-        os.rename(self._tmp, os.path.join(self._maildir, "new", final))
+        os.rename(
+            os.path.join(self._maildir, "tmp", self._name),
+            os.path.join(self._maildir, "new", final),
+        )
+        self._name = None
         syncDirectory(os.path.join(self._maildir, "new"))
         return final
 
-    def commit(self):
-        d = deferToThreadPool(self._reactor, self._pool, self._finish)
+    def _discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._name is not None:
+            try:
+                os.unlink(os.path.join(self._maildir, "tmp", self._name))
+            except FileNotFoundError:
+                pass
+            self._name = None
 
-        def failed(failure):
-            self.abort()
-            return failure
+    def commit(self) -> Deferred[Any]:
+        self._ended = True
+        rest = b"".join(self._chunks)
+        self._chunks = []
+        d = self._writes.addCallback(lambda _: self._run(self._finish, rest))
+
+        def failed(failure: Failure) -> Deferred[Any]:
+            return self._run(self._discard).addBoth(lambda _: failure)
 
         d.addErrback(failed)
         if self._onCommit is not None:
@@ -276,274 +472,17 @@ class Delivery:
         return d
 
     def abort(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
         self._chunks = []
-        if self._file is None:
-            return
-        if not self._file.closed:
-            self._file.close()
-        try:
-            os.unlink(self._tmp)
-        except FileNotFoundError:
-            pass
+        self._writes.addBoth(lambda _: self._run(self._discard))
+        self._writes.addErrback(
+            lambda f: _log.failure("could not remove a partial message", f)
+        )
 
 
-class _Entry:
-    __slots__ = ("uid", "base", "sub", "letters")
-
-    def __init__(self, uid: int, base: str, sub: str, letters: str) -> None:
-        self.uid = uid
-        self.base = base
-        self.sub = sub
-        self.letters = letters
-
-    @property
-    def filename(self) -> str:
-        if self.sub == "new":
-            return f"new/{self.base}"
-        return f"cur/{self.base}:2,{self.letters}"
-
-
-@implementer(IFolder)
-class Folder:
-    """
-    One Maildir directory with UIDs that persist in C{coursenet-uidlist}:
-    a first line C{V<uidvalidity> N<uidnext>}, then C{<uid> <unique name>}
-    lines, appended and fsync'd before a UID is ever shown to a client.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        ensureMaildir(path)
-        self._listeners: list = []
-        self._entries: dict[str, _Entry] = {}
-        self._byUid: dict[int, _Entry] = {}
-        self._known: dict[str, int] = {}
-        self._stale = 0
-        self._load()
-        self.scan()
-
-    # -- the UID list -------------------------------------------------------
-
-    def _load(self) -> None:
-        path = os.path.join(self.path, UIDLIST)
-        try:
-            with open(path, encoding="utf-8") as f:
-                header = f.readline().split()
-                fields = {h[0]: int(h[1:]) for h in header if h[1:].isdigit()}
-                self.uidValidity = fields["V"]
-                self.uidNext = fields["N"]
-                for line in f:
-                    uid, _, base = line.strip().partition(" ")
-                    if uid.isdigit() and base:
-                        self._known[base] = int(uid)
-                        self.uidNext = max(self.uidNext, int(uid) + 1)
-        except (FileNotFoundError, KeyError, ValueError):
-            if os.path.exists(path):
-                _log.warn("unreadable {path}: new UIDVALIDITY", path=path)
-            self.uidValidity = int(time.time())
-            self.uidNext = 1
-            self._known = {}
-            self._rewrite()
-
-    def _rewrite(self) -> None:
-        path = os.path.join(self.path, UIDLIST)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(f"V{self.uidValidity} N{self.uidNext}\n")
-            for entry in sorted(self._entries.values(), key=lambda e: e.uid):
-                f.write(f"{entry.uid} {entry.base}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsyncDirectory(self.path)
-        self._known = {e.base: e.uid for e in self._entries.values()}
-        self._stale = 0
-
-    def _append(self, entries: list[_Entry]) -> None:
-        with open(os.path.join(self.path, UIDLIST), "a", encoding="utf-8") as f:
-            f.writelines(f"{e.uid} {e.base}\n" for e in entries)
-            f.flush()
-            os.fsync(f.fileno())
-        for e in entries:
-            self._known[e.base] = e.uid
-
-    # -- the directory ------------------------------------------------------
-
-    def _list(self) -> dict[str, tuple[str, str]]:
-        found: dict[str, tuple[str, str]] = {}
-        for sub in ("new", "cur"):
-            with os.scandir(os.path.join(self.path, sub)) as it:
-                for de in it:
-                    if de.name.startswith("."):
-                        continue
-                    base, _, info = de.name.partition(":")
-                    letters = info[2:] if info.startswith("2,") else ""
-                    found[base] = (sub, letters)
-        return found
-
-    def scan(self) -> bool:
-        found = self._list()
-        changed = False
-        for base in list(self._entries):
-            if base not in found:
-                entry = self._entries.pop(base)
-                del self._byUid[entry.uid]
-                self._stale += 1
-                changed = True
-        added = []
-        for base in sorted(b for b in found if b not in self._entries):
-            sub, letters = found[base]
-            uid = self._known.get(base)
-            if uid is None or uid in self._byUid:
-                uid = self.uidNext
-                self.uidNext += 1
-                entry = _Entry(uid, base, sub, letters)
-                added.append(entry)
-            else:
-                entry = _Entry(uid, base, sub, letters)
-            self._entries[base] = entry
-            self._byUid[uid] = entry
-            changed = True
-        for base, (sub, letters) in found.items():
-            entry = self._entries[base]
-            if (entry.sub, entry.letters) != (sub, letters):
-                entry.sub, entry.letters = sub, letters
-                changed = True
-        if self._stale > 1000 and self._stale > len(self._entries):
-            self._rewrite()
-        elif added:
-            self._append(added)
-        if changed:
-            self._notify()
-        return changed
-
-    def noteDelivered(self, name: str) -> None:
-        """
-        A message was just renamed into C{new/} by this process: give it a
-        UID without listing the directory.
-        """
-        if name not in self._entries:
-            entry = _Entry(self.uidNext, name, "new", "")
-            self.uidNext += 1
-            self._append([entry])
-            self._entries[name] = entry
-            self._byUid[entry.uid] = entry
-            self._notify()
-
-    def _notify(self) -> None:
-        for listener in list(self._listeners):
-            listener.folderChanged(self)
-
-    def addListener(self, listener) -> None:
-        self._listeners.append(listener)
-
-    def removeListener(self, listener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
-    # -- messages -----------------------------------------------------------
-
-    def uids(self) -> list[int]:
-        """
-        Every UID, ascending.
-        """
-        return sorted(self._byUid)
-
-    def has(self, uid: int) -> bool:
-        return uid in self._byUid
-
-    def filename(self, uid: int) -> str:
-        """
-        The absolute file name of message C{uid}; L{KeyError} if it is gone.
-        """
-        return os.path.join(self.path, self._byUid[uid].filename)
-
-    def size(self, uid: int) -> int:
-        """
-        The size of message C{uid} with CRLF line ends.
-        """
-        entry = self._byUid[uid]
-        size = virtualSize(entry.base)
-        if size is None:
-            with open(self.filename(uid), "rb") as f:
-                data = f.read()
-            size = len(data) + data.count(b"\n") - data.count(b"\r\n")
-        return size
-
-    def letters(self, uid: int) -> str:
-        return self._byUid[uid].letters
-
-    def isNew(self, uid: int) -> bool:
-        return self._byUid[uid].sub == "new"
-
-    def setLetters(self, uid: int, letters: str) -> None:
-        """
-        Store flag C{letters} for message C{uid} in its file name.
-        """
-        entry = self._byUid[uid]
-        letters = "".join(sorted(set(letters)))
-        if entry.sub == "cur" and entry.letters == letters:
-            return
-        old = os.path.join(self.path, entry.filename)
-        new = os.path.join(self.path, f"cur/{entry.base}:2,{letters}")
-        try:
-            os.rename(old, new)
-        except FileNotFoundError:
-            self.scan()
-            raise KeyError(uid)
-        entry.sub, entry.letters = "cur", letters
-
-    def claimNew(self) -> set[int]:
-        """
-        Move every message from C{new/} to C{cur/}; the UIDs moved (the
-        messages that are \\Recent for the session that claims them).
-        """
-        claimed = set()
-        for entry in list(self._entries.values()):
-            if entry.sub == "new":
-                try:
-                    self.setLetters(entry.uid, entry.letters)
-                except KeyError:
-                    continue
-                claimed.add(entry.uid)
-        return claimed
-
-    def remove(self, uids: Iterable[int]) -> list[int]:
-        """
-        Delete messages C{uids}; the UIDs actually removed.
-        """
-        removed = []
-        for uid in uids:
-            entry = self._byUid.get(uid)
-            if entry is None:
-                continue
-            try:
-                os.unlink(os.path.join(self.path, entry.filename))
-            except FileNotFoundError:
-                pass
-            del self._byUid[uid]
-            del self._entries[entry.base]
-            self._stale += 1
-            removed.append(uid)
-        if removed:
-            self._notify()
-        return removed
-
-    def adopt(self, name: str) -> int:
-        """
-        Give a UID to a file this process just put in the folder (APPEND,
-        COPY); the UID.
-        """
-        base, _, info = name.partition(":")
-        if base not in self._entries:
-            sub = "cur" if info else "new"
-            entry = _Entry(self.uidNext, base, sub, info[2:])
-            self.uidNext += 1
-            self._append([entry])
-            self._entries[base] = entry
-            self._byUid[entry.uid] = entry
-            self._notify()
-        return self._entries[base].uid
+# -- one folder -------------------------------------------------------------------
 
 
 class NoSuchFolder(KeyError):
@@ -558,6 +497,322 @@ class BadFolderName(ValueError):
     """
 
 
+class MessageTooLarge(ValueError):
+    """
+    A message over the store's maximum size was refused.
+    """
+
+
+class _Entry:
+    __slots__ = ("uid", "base", "sub", "letters", "size", "mtime")
+
+    def __init__(
+        self, uid: int, base: str, sub: str, letters: str, size: int, mtime: float
+    ) -> None:
+        self.uid = uid
+        self.base = base
+        self.sub = sub
+        self.letters = letters
+        self.size = size
+        self.mtime = mtime
+
+    @property
+    def filename(self) -> str:
+        if self.sub == "new":
+            return f"new/{self.base}"
+        return f"cur/{self.base}:2,{self.letters}"
+
+
+@implementer(IFolder)
+class Folder:
+    """
+    One Maildir directory with UIDs that persist in C{coursenet-uidlist}:
+    a first line C{V<uidvalidity> N<uidnext>}, then C{<uid> <unique name>}
+    lines, appended and fsync'd before a UID is ever shown to a client.
+
+    Nothing is read until the first L{refresh}; every method that changes
+    the folder returns a L{Deferred} and runs after the changes before it.
+    """
+
+    def __init__(
+        self, path: str, run: Runner, fsync: Fsync = os.fsync, create: bool = False
+    ) -> None:
+        """
+        @param run: runs a blocking function in the store's pool.
+        @param create: make the directory if it is missing (INBOX); other
+            folders fail with L{NoSuchFolder}.
+        """
+        self.path = path
+        self.uidValidity = 0
+        self.uidNext = 1
+        self._run = run
+        self._fsync = fsync
+        self._create = create
+        self._lock = DeferredLock()
+        self._loaded = False
+        self._listeners: list[IFolderListener] = []
+        self._entries: dict[str, _Entry] = {}
+        self._byUid: dict[int, _Entry] = {}
+        self._known: dict[str, int] = {}
+        self._stale = 0
+
+    # -- the UID list, in a thread -------------------------------------------
+
+    def _readUidList(self) -> tuple[int, int, dict[str, int]] | None:
+        if self._create:
+            ensureMaildir(self.path)
+        elif not os.path.isdir(os.path.join(self.path, "cur")):
+            raise NoSuchFolder(self.path)
+        path = os.path.join(self.path, UIDLIST)
+        try:
+            with open(path, encoding="utf-8") as f:
+                header = f.readline().split()
+                fields = {h[0]: int(h[1:]) for h in header if h[1:].isdigit()}
+                validity, uidNext = fields["V"], fields["N"]
+                known = {}
+                for line in f:
+                    uid, _, base = line.strip().partition(" ")
+                    if uid.isdigit() and base:
+                        known[base] = int(uid)
+                        uidNext = max(uidNext, int(uid) + 1)
+                return validity, uidNext, known
+        except FileNotFoundError:
+            return None
+        except (KeyError, ValueError):
+            _log.warn("unreadable {path}: new UIDVALIDITY", path=path)
+            return None
+
+    def _writeUidList(self, validity: int, uidNext: int, lines: list[tuple[int, str]]) -> None:
+        path = os.path.join(self.path, UIDLIST)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"V{validity} N{uidNext}\n")
+            f.writelines(f"{uid} {base}\n" for uid, base in lines)
+            f.flush()
+            self._fsync(f.fileno())
+        os.replace(tmp, path)
+        fsyncDirectory(self.path)
+
+    def _appendUidList(self, lines: list[tuple[int, str]]) -> None:
+        with open(os.path.join(self.path, UIDLIST), "a", encoding="utf-8") as f:
+            f.writelines(f"{uid} {base}\n" for uid, base in lines)
+            f.flush()
+            self._fsync(f.fileno())
+
+    def _addFile(self, uid: int, name: str) -> float:
+        """
+        The mtime of new message C{name}, once its UID is durable.
+        """
+        found = _findMessage(self.path, name)
+        mtime = os.stat(os.path.join(self.path, found)).st_mtime if found else time.time()
+        self._appendUidList([(uid, name.partition(":")[0])])
+        return mtime
+
+    # -- keeping the view up to date, on the reactor thread ------------------
+
+    async def _load(self) -> None:
+        state = await self._run(self._readUidList)
+        if state is None:
+            validity = int(time.time())
+            await self._run(self._writeUidList, validity, 1, [])
+            state = validity, 1, {}
+        self.uidValidity, self.uidNext, self._known = state
+        self._loaded = True
+
+    def refresh(self) -> Deferred[bool]:
+        return self._lock.run(self._refresh)
+
+    async def _refresh(self) -> bool:
+        if not self._loaded:
+            await self._load()
+        found = await self._run(_listMaildir, self.path, frozenset(self._entries))
+        changed = False
+        for base in [b for b in self._entries if b not in found]:
+            entry = self._entries.pop(base)
+            del self._byUid[entry.uid]
+            self._stale += 1
+            changed = True
+        added: list[_Entry] = []
+        fresh: list[_Entry] = []
+        taken: set[int] = set()
+        uidNext = self.uidNext
+        for base in sorted(found):
+            sub, letters, size, mtime = found[base]
+            known = self._entries.get(base)
+            if known is not None:
+                if (known.sub, known.letters) != (sub, letters):
+                    known.sub, known.letters = sub, letters
+                    changed = True
+                continue
+            assert size is not None and mtime is not None
+            uid = self._known.get(base)
+            if uid is None or uid in self._byUid or uid in taken:
+                uid = uidNext
+                uidNext += 1
+                entry = _Entry(uid, base, sub, letters, size, mtime)
+                fresh.append(entry)
+            else:
+                entry = _Entry(uid, base, sub, letters, size, mtime)
+            taken.add(uid)
+            added.append(entry)
+        if self._stale > 1000 and self._stale > len(self._entries) + len(added):
+            everything = sorted([*self._entries.values(), *added], key=lambda e: e.uid)
+            lines = [(e.uid, e.base) for e in everything]
+            await self._run(self._writeUidList, self.uidValidity, uidNext, lines)
+            self._known = dict((base, uid) for uid, base in lines)
+            self._stale = 0
+        elif fresh:
+            await self._run(self._appendUidList, [(e.uid, e.base) for e in fresh])
+            self._known.update((e.base, e.uid) for e in fresh)
+        self.uidNext = uidNext
+        for entry in added:
+            self._entries[entry.base] = entry
+            self._byUid[entry.uid] = entry
+            changed = True
+        if changed:
+            self._notify()
+        return changed
+
+    async def _addEntry(self, name: str) -> int:
+        base, _, info = name.partition(":")
+        uid = self.uidNext
+        mtime = await self._run(self._addFile, uid, name)
+        size = virtualSize(name)
+        if size is None:
+            size = 0
+        entry = _Entry(uid, base, "cur" if info else "new", info[2:], size, mtime)
+        self.uidNext = uid + 1
+        self._known[base] = uid
+        self._entries[base] = entry
+        self._byUid[uid] = entry
+        self._notify()
+        return uid
+
+    def noteDelivered(self, name: str) -> Deferred[None]:
+        return self._lock.run(self._noteDelivered, name)
+
+    async def _noteDelivered(self, name: str) -> None:
+        if self._loaded and name.partition(":")[0] not in self._entries:
+            await self._addEntry(name)
+
+    def adopt(self, name: str) -> Deferred[int]:
+        return self._lock.run(self._adopt, name)
+
+    async def _adopt(self, name: str) -> int:
+        if not self._loaded:
+            await self._refresh()
+        entry = self._entries.get(name.partition(":")[0])
+        if entry is not None:
+            return entry.uid
+        return await self._addEntry(name)
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            listener.folderChanged(self)
+
+    def addListener(self, listener: IFolderListener) -> None:
+        self._listeners.append(listener)
+
+    def removeListener(self, listener: IFolderListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    # -- messages ----------------------------------------------------------------
+
+    def uids(self) -> list[int]:
+        return sorted(self._byUid)
+
+    def has(self, uid: int) -> bool:
+        return uid in self._byUid
+
+    def filename(self, uid: int) -> str:
+        return os.path.join(self.path, self._byUid[uid].filename)
+
+    def size(self, uid: int) -> int:
+        return self._byUid[uid].size
+
+    def mtime(self, uid: int) -> float:
+        return self._byUid[uid].mtime
+
+    def letters(self, uid: int) -> str:
+        return self._byUid[uid].letters
+
+    def isNew(self, uid: int) -> bool:
+        return self._byUid[uid].sub == "new"
+
+    def read(self, uids: Iterable[int]) -> Deferred[dict[int, bytes]]:
+        wanted = [(uid, self._byUid[uid].filename) for uid in uids if uid in self._byUid]
+
+        def readAll() -> dict[int, bytes]:
+            out = {}
+            for uid, name in wanted:
+                found = readMessageFile(self.path, name)
+                if found is not None:
+                    out[uid] = found[0]
+            return out
+
+        return self._run(readAll)
+
+    def setFlags(self, uids: Iterable[int], add: str = "", remove: str = "") -> Deferred[dict[int, str]]:
+        return self._lock.run(self._setFlags, list(uids), add, remove)
+
+    async def _setFlags(self, uids: list[int], add: str, remove: str) -> dict[int, str]:
+        done: dict[int, str] = {}
+        moves: list[tuple[int, str, str, str]] = []
+        for uid in uids:
+            entry = self._byUid.get(uid)
+            if entry is None:
+                continue
+            letters = "".join(sorted((set(entry.letters) - set(remove)) | set(add)))
+            if entry.sub == "cur" and entry.letters == letters:
+                done[uid] = letters
+                continue
+            moves.append((uid, entry.filename, f"cur/{entry.base}:2,{letters}", letters))
+        if not moves:
+            return done
+        renamed = await self._run(_renameAll, self.path, [(old, new) for _, old, new, _ in moves])
+        missing = False
+        for (uid, _, _, letters), ok in zip(moves, renamed):
+            entry = self._byUid.get(uid)
+            if ok and entry is not None:
+                entry.sub, entry.letters = "cur", letters
+                done[uid] = letters
+            else:
+                missing = True
+        if missing:
+            await self._refresh()
+        return done
+
+    def claimNew(self) -> Deferred[set[int]]:
+        return self._lock.run(self._claimNew)
+
+    async def _claimNew(self) -> set[int]:
+        new = [e.uid for e in self._entries.values() if e.sub == "new"]
+        return set(await self._setFlags(new, "", "")) if new else set()
+
+    def remove(self, uids: Iterable[int]) -> Deferred[list[int]]:
+        return self._lock.run(self._remove, list(uids))
+
+    async def _remove(self, uids: list[int]) -> list[int]:
+        doomed = [(uid, self._byUid[uid].filename) for uid in uids if uid in self._byUid]
+        if not doomed:
+            return []
+        await self._run(_unlinkAll, self.path, [name for _, name in doomed])
+        removed = []
+        for uid, _ in doomed:
+            entry = self._byUid.pop(uid, None)
+            if entry is not None:
+                del self._entries[entry.base]
+                self._stale += 1
+                removed.append(uid)
+        if removed:
+            self._notify()
+        return removed
+
+
+# -- the store --------------------------------------------------------------------
+
+
 @implementer(IMailStore)
 class MaildirStore:
     """
@@ -565,11 +820,21 @@ class MaildirStore:
     """
 
     def __init__(
-        self, root: str, hasUser, reactor=None, maxMessageSize: int | None = None
+        self,
+        root: str,
+        hasUser: Callable[[str], bool],
+        reactor: Any = None,
+        maxMessageSize: int | None = None,
+        threadPool: Any = None,
+        fsync: Fsync = os.fsync,
     ) -> None:
         """
         @param hasUser: a callable telling whether a user name is an account.
         @param maxMessageSize: the largest message APPEND may store.
+        @param threadPool: where the disk work runs; by default the store's
+            own pool, started on first use and stopped by L{close} (or at
+            reactor shutdown).
+        @param fsync: how message files and UID lists are made durable.
         """
         self.maxMessageSize = maxMessageSize
         if reactor is None:
@@ -577,22 +842,53 @@ class MaildirStore:
         self.root = os.path.abspath(root)
         self._hasUser = hasUser
         self._reactor = reactor
-        self._pool = None
+        self._pool = threadPool
+        self._ownPool = threadPool is None
+        self._shutdownTrigger: Any = None
+        self._fsync = fsync
         self._folders: dict[str, Folder] = {}
+        self._userLocks: dict[str, DeferredLock] = {}
         os.makedirs(self.root, mode=0o700, exist_ok=True)
 
-    def threadPool(self):
+    # -- threads -------------------------------------------------------------------
+
+    def threadPool(self) -> Any:
         """
-        The store's own threads for fsync: separate from the reactor's pool
-        so that deliveries never wait behind other blocking work.
+        The store's threads: separate from the reactor's pool so that
+        deliveries never wait behind other blocking work.
         """
         if self._pool is None:
             from twisted.python.threadpool import ThreadPool
 
             self._pool = ThreadPool(minthreads=1, maxthreads=16, name="maildir")
             self._pool.start()
-            self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+            self._shutdownTrigger = self._reactor.addSystemEventTrigger(
+                "during", "shutdown", self._pool.stop
+            )
         return self._pool
+
+    def run(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Call blocking C{f} in the store's pool: a L{Deferred} of its result.
+        """
+        return deferToThreadPool(self._reactor, self.threadPool(), f, *args, **kwargs)
+
+    def close(self) -> None:
+        """
+        Stop the store's own threads (work already queued finishes first).
+        """
+        if self._ownPool and self._pool is not None:
+            pool, self._pool = self._pool, None
+            self._reactor.removeSystemEventTrigger(self._shutdownTrigger)
+            pool.stop()
+
+    def _userLock(self, user: str) -> DeferredLock:
+        lock = self._userLocks.get(user)
+        if lock is None:
+            lock = self._userLocks[user] = DeferredLock()
+        return lock
+
+    # -- names ---------------------------------------------------------------------
 
     def hasUser(self, name: str) -> bool:
         return self._userDirName(name) is not None and self._hasUser(name)
@@ -604,24 +900,12 @@ class MaildirStore:
         return name
 
     def maildir(self, user: str) -> str:
-        """
-        The INBOX directory of C{user}, created on first use.
-        """
         dirname = self._userDirName(user)
         if dirname is None:
             raise ValueError(f"unusable user name {user!r}")
-        path = os.path.join(self.root, dirname)
-        if not os.path.isdir(os.path.join(path, "cur")):
-            ensureMaildir(path)
-        return path
+        return os.path.join(self.root, dirname)
 
     def folderPath(self, user: str, name: str) -> str:
-        """
-        The directory of mailbox C{name} (C{INBOX}, or a name with C{.}
-        separating levels) of C{user}.
-
-        @raise BadFolderName: for names that cannot be directory names.
-        """
         if name.upper() == INBOX:
             return self.maildir(user)
         encoded = name.encode("imap4-utf-7").decode("ascii")
@@ -639,82 +923,146 @@ class MaildirStore:
             )
         return os.path.join(self.maildir(user), "." + encoded)
 
+    # -- folders -------------------------------------------------------------------
+
     def folder(self, user: str, name: str = INBOX) -> Folder:
         path = self.folderPath(user, name)
         folder = self._folders.get(path)
         if folder is None:
-            if not os.path.isdir(os.path.join(path, "cur")):
-                raise NoSuchFolder(name)
-            folder = self._folders[path] = Folder(path)
+            folder = self._folders[path] = Folder(
+                path, self.run, self._fsync, create=name.upper() == INBOX
+            )
         return folder
 
-    def listFolders(self, user: str) -> list[str]:
-        names = []
-        with os.scandir(self.maildir(user)) as it:
-            for de in it:
-                if de.name.startswith(".") and de.name not in (".", "..") and de.is_dir():
-                    try:
-                        names.append(de.name[1:].encode("ascii").decode("imap4-utf-7"))
-                    except UnicodeError:
-                        continue
-        return [INBOX] + sorted(names)
+    def openFolder(self, user: str, name: str = INBOX) -> Deferred[IFolder]:
+        return Deferred.fromCoroutine(self._openFolder(user, name))
 
-    def createFolder(self, user: str, name: str) -> None:
-        """
-        @raise FileExistsError: if it exists.
-        """
-        path = self.folderPath(user, name)
-        if os.path.isdir(path):
-            raise FileExistsError(name)
-        ensureMaildir(path)
-        fsyncDirectory(self.maildir(user))
-
-    def deleteFolder(self, user: str, name: str) -> None:
-        path = self.folderPath(user, name)
-        if name.upper() == INBOX or not os.path.isdir(path):
+    async def _openFolder(self, user: str, name: str) -> IFolder:
+        folder = self.folder(user, name)
+        try:
+            await folder.refresh()
+        except NoSuchFolder:
+            if self._folders.get(folder.path) is folder:
+                del self._folders[folder.path]
             raise NoSuchFolder(name)
-        self._folders.pop(path, None)
-        shutil.rmtree(path)
+        return folder
 
-    def renameFolder(self, user: str, old: str, new: str) -> None:
-        """
-        Rename C{old} and every folder below it.
-        """
+    def listFolders(self, user: str) -> Deferred[list[str]]:
+        top = self.maildir(user)
+
+        def names() -> list[str]:
+            found = []
+            try:
+                with os.scandir(top) as it:
+                    for de in it:
+                        if de.name.startswith(".") and de.name not in (".", "..") and de.is_dir():
+                            try:
+                                found.append(de.name[1:].encode("ascii").decode("imap4-utf-7"))
+                            except UnicodeError:
+                                continue
+            except FileNotFoundError:
+                pass
+            return [INBOX] + sorted(found)
+
+        return self.run(names)
+
+    def createFolder(self, user: str, name: str) -> Deferred[None]:
+        path = self.folderPath(user, name)
+        top = self.maildir(user)
+
+        def create() -> None:
+            if os.path.isdir(path):
+                raise FileExistsError(name)
+            ensureMaildir(top)
+            ensureMaildir(path)
+
+        return self._userLock(user).run(self.run, create)
+
+    def deleteFolder(self, user: str, name: str) -> Deferred[None]:
+        path = self.folderPath(user, name)
+        if name.upper() == INBOX:
+            return fail(NoSuchFolder(name))
+
+        def delete() -> None:
+            if not os.path.isdir(path):
+                raise NoSuchFolder(name)
+            shutil.rmtree(path)
+
+        def forget(_: None) -> None:
+            self._folders.pop(path, None)
+
+        return self._userLock(user).run(self.run, delete).addCallback(forget)
+
+    def renameFolder(self, user: str, old: str, new: str) -> Deferred[None]:
         oldPath = self.folderPath(user, old)
         newPath = self.folderPath(user, new)
-        if old.upper() == INBOX or not os.path.isdir(oldPath):
-            raise NoSuchFolder(old)
-        if os.path.exists(newPath):
-            raise FileExistsError(new)
-        prefix = os.path.basename(oldPath) + DELIMITER
-        newPrefix = os.path.basename(newPath) + DELIMITER
         top = self.maildir(user)
-        moves = [(oldPath, newPath)]
-        for entry in os.listdir(top):
-            if entry.startswith(prefix):
-                moves.append(
-                    (os.path.join(top, entry), os.path.join(top, newPrefix + entry[len(prefix):]))
-                )
-        for src, dst in moves:
-            if os.path.exists(dst):
-                raise FileExistsError(dst)
-        for src, dst in moves:
-            self._folders.pop(src, None)
-            os.rename(src, dst)
-        fsyncDirectory(top)
 
-    def subscriptions(self, user: str) -> list[str]:
+        def rename() -> list[str]:
+            if old.upper() == INBOX or not os.path.isdir(oldPath):
+                raise NoSuchFolder(old)
+            if os.path.exists(newPath):
+                raise FileExistsError(new)
+            prefix = os.path.basename(oldPath) + DELIMITER
+            newPrefix = os.path.basename(newPath) + DELIMITER
+            moves = [(oldPath, newPath)]
+            for entry in os.listdir(top):
+                if entry.startswith(prefix):
+                    moves.append(
+                        (os.path.join(top, entry), os.path.join(top, newPrefix + entry[len(prefix) :]))
+                    )
+            for src, dst in moves:
+                if os.path.exists(dst):
+                    raise FileExistsError(dst)
+            for src, dst in moves:
+                os.rename(src, dst)
+            fsyncDirectory(top)
+            return [src for src, _ in moves]
+
+        def forget(moved: list[str]) -> None:
+            for src in moved:
+                self._folders.pop(src, None)
+
+        return self._userLock(user).run(self.run, rename).addCallback(forget)
+
+    # -- subscriptions -----------------------------------------------------------
+
+    def _readSubscriptions(self, user: str) -> list[str]:
         try:
             with open(os.path.join(self.maildir(user), SUBSCRIPTIONS), encoding="utf-8") as f:
                 return [line.rstrip("\n") for line in f if line.strip()]
         except FileNotFoundError:
             return []
 
-    def setSubscriptions(self, user: str, names: list[str]) -> None:
-        path = os.path.join(self.maildir(user), SUBSCRIPTIONS)
+    def _writeSubscriptions(self, user: str, names: list[str]) -> None:
+        top = self.maildir(user)
+        ensureMaildir(top)
+        path = os.path.join(top, SUBSCRIPTIONS)
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.writelines(n + "\n" for n in names)
         os.replace(path + ".tmp", path)
+
+    def subscriptions(self, user: str) -> Deferred[list[str]]:
+        return self._userLock(user).run(self.run, self._readSubscriptions, user)
+
+    def subscribe(self, user: str, name: str) -> Deferred[None]:
+        def add() -> None:
+            names = self._readSubscriptions(user)
+            if name not in names:
+                self._writeSubscriptions(user, names + [name])
+
+        return self._userLock(user).run(self.run, add)
+
+    def unsubscribe(self, user: str, name: str) -> Deferred[None]:
+        def drop() -> None:
+            names = self._readSubscriptions(user)
+            if name not in names:
+                raise KeyError(name)
+            self._writeSubscriptions(user, [n for n in names if n != name])
+
+        return self._userLock(user).run(self.run, drop)
+
+    # -- messages ----------------------------------------------------------------
 
     def openDelivery(self, user: str) -> Delivery:
         maildir = self.maildir(user)
@@ -722,23 +1070,38 @@ class MaildirStore:
         def delivered(name: str) -> str:
             folder = self._folders.get(maildir)
             if folder is not None:
-                folder.noteDelivered(name)
+                folder.noteDelivered(name).addErrback(
+                    lambda f: _log.failure("could not give {name} a UID", f, name=name)
+                )
             return name
 
-        return Delivery(maildir, self._reactor, self.threadPool(), delivered)
+        return Delivery(maildir, self.run, delivered, self._fsync)
 
-    def append(self, folder: Folder, data: bytes, letters: str | None, mtime: float | None):
-        """
-        Store C{data} in C{folder} durably, in a thread; a L{Deferred} firing
-        with its new UID.
-        """
-        d = deferToThreadPool(
-            self._reactor,
-            self.threadPool(),
-            writeMessageFile,
-            folder.path,
-            data,
-            letters,
-            mtime,
-        )
-        return d.addCallback(folder.adopt)
+    def append(
+        self,
+        folder: IFolder,
+        message: bytes | IO[bytes],
+        letters: str | None,
+        mtime: float | None,
+    ) -> Deferred[int]:
+        limit = self.maxMessageSize
+
+        def write() -> str:
+            data = message if isinstance(message, bytes) else message.read()
+            if limit is not None and len(data) > limit:
+                raise MessageTooLarge(f"[TOOBIG] Messages are limited to {limit} octets")
+            return writeMessageFile(folder.path, data, letters, mtime, self._fsync)
+
+        return self.run(write).addCallback(folder.adopt)
+
+    def copy(self, folder: IFolder, source: IFolder, uid: int, letters: str) -> Deferred[int]:
+        name = os.path.relpath(source.filename(uid), source.path)
+
+        def write() -> str:
+            found = readMessageFile(source.path, name)
+            if found is None:
+                raise KeyError(uid)
+            data, mtime = found
+            return writeMessageFile(folder.path, data, letters, mtime, self._fsync)
+
+        return self.run(write).addCallback(folder.adopt)

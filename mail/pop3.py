@@ -4,21 +4,29 @@ only at QUIT, RFC 1939 listings that leave deleted messages out, CAPA with
 the RFC 2449 names, STLS (RFC 2595), persistent UIDL, one session per
 mailbox, and error replies where Twisted would drop the line or the
 connection.
+
+The mailbox is read, its messages fetched and its deletions made in the
+store's threads; commands wait for them in order.
 """
 
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import LoginDenied, LoginFailed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import pop3
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from coursenet.transport import noDelay
+from mail import _compat
+from mail.interfaces import IFolder
 from mail.lines import BoundedLines
 
 #: RFC 2449 section 4: commands are at most 255 octets with the CRLF.
@@ -34,23 +42,56 @@ class MailboxInUse(Exception):
 @implementer(pop3.IMailbox)
 class POP3Mailbox:
     """
-    What one POP3 session sees of an INBOX: the messages there at login, in
-    a fixed order.  DELE only marks; L{sync} (at QUIT) removes.
+    What one POP3 session sees of an INBOX: the messages there when it is
+    opened, in a fixed order.  DELE only marks; L{sync} (at QUIT) removes.
     """
 
-    def __init__(self, folder) -> None:
-        folder.scan()
+    def __init__(self, folder: IFolder) -> None:
+        """
+        Nothing is read yet: L{whenOpen} reads the folder.
+        """
         self._folder = folder
-        self._uids = folder.uids()
-        self._sizes = [folder.size(uid) for uid in self._uids]
+        self._uids: list[int] = []
+        self._sizes: list[int] = []
         self._deleted: set[int] = set()
+        self._reading = False
+        self._waiting: list[Deferred[None]] = []
+        self.isOpen = False
+
+    def whenOpen(self) -> Deferred[None]:
+        """
+        Read the folder in the store's threads (once): fires when the
+        messages this session sees are fixed.
+        """
+        d: Deferred[None] = Deferred()
+        if self.isOpen:
+            d.callback(None)
+            return d
+        self._waiting.append(d)
+        if not self._reading:
+            self._reading = True
+            self._folder.refresh().addBoth(self._opened)
+        return d
+
+    def _opened(self, result: object) -> None:
+        self._reading = False
+        if not isinstance(result, Failure):
+            self._uids = self._folder.uids()
+            self._sizes = [self._folder.size(uid) for uid in self._uids]
+            self.isOpen = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
 
     def _check(self, i: int) -> int:
         if not 0 <= i < len(self._uids) or i in self._deleted:
             raise ValueError(f"no message {i + 1}")
         return self._uids[i]
 
-    def listMessages(self, i=None):
+    def listMessages(self, i: int | None = None) -> Any:
         if i is None:
             return [
                 None if n in self._deleted else size
@@ -59,13 +100,15 @@ class POP3Mailbox:
         self._check(i)
         return self._sizes[i]
 
-    def getMessage(self, i: int):
+    def getMessage(self, i: int) -> Deferred[io.BytesIO]:
         uid = self._check(i)
-        try:
-            with open(self._folder.filename(uid), "rb") as f:
-                return io.BytesIO(f.read())
-        except (KeyError, FileNotFoundError):
-            raise ValueError(f"message {i + 1} was removed by another session")
+
+        def found(contents: dict[int, bytes]) -> io.BytesIO:
+            if uid not in contents:
+                raise ValueError(f"message {i + 1} was removed by another session")
+            return io.BytesIO(contents[uid])
+
+        return self._folder.read([uid]).addCallback(found)
 
     def getUidl(self, i: int) -> bytes:
         uid = self._check(i)
@@ -78,9 +121,16 @@ class POP3Mailbox:
     def undeleteMessages(self) -> None:
         self._deleted.clear()
 
-    def sync(self) -> None:
-        self._folder.remove(self._uids[i] for i in sorted(self._deleted))
-        self._deleted.clear()
+    def sync(self) -> Deferred[None]:
+        """
+        Remove the messages marked with DELE.
+        """
+
+        def removed(_: list[int]) -> None:
+            self._deleted.clear()
+
+        doomed = [self._uids[i] for i in sorted(self._deleted)]
+        return self._folder.remove(doomed).addCallback(removed)
 
 
 class POP3Server(BoundedLines, pop3.POP3):
@@ -90,9 +140,12 @@ class POP3Server(BoundedLines, pop3.POP3):
 
     _log = Logger()
     magic = b"coursenet POP3 server ready"
+    transport: Any
+    portal: Any
+    factory: Any
     AUTH_CMDS = [b"CAPA", b"USER", b"PASS", b"APOP", b"AUTH", b"QUIT", b"STLS"]
 
-    def __init__(self, contextFactory=None, loginNeedsTLS: bool = False) -> None:
+    def __init__(self, contextFactory: Any = None, loginNeedsTLS: bool = False) -> None:
         self.ctx = contextFactory
         self.loginNeedsTLS = loginNeedsTLS
         self.startedTLS = False
@@ -101,6 +154,14 @@ class POP3Server(BoundedLines, pop3.POP3):
     @property
     def secure(self) -> bool:
         return self.startedTLS or ISSLTransport.providedBy(self.transport)
+
+    @property
+    def mailbox(self) -> POP3Mailbox:
+        """
+        The mailbox of the logged-in session.
+        """
+        assert isinstance(self.mbox, POP3Mailbox)
+        return self.mbox
 
     def connectionMade(self) -> None:
         noDelay(self.transport)
@@ -113,12 +174,35 @@ class POP3Server(BoundedLines, pop3.POP3):
         self.failResponse(b"Line too long: commands are limited to 255 octets")
 
     def state_COMMAND(self, line: bytes) -> None:
+        self.processCommand(*line.split(b" "))
+
+    def processCommand(self, command: bytes, *args: bytes) -> Any:
+        # Also the way Twisted runs the commands it held back, so the
+        # errors are answered here for those too.
+        if self.blocked is None and self.mbox is not None and not self.mailbox.isOpen:
+            self.blocked = [(command, args)]
+            self.mailbox.whenOpen().addCallbacks(self._resume, self._notOpened)
+            return None
         try:
-            self.processCommand(*line.split(b" "))
+            return pop3.POP3.processCommand(self, command, *args)
         except pop3.POP3Error as e:
             self.failResponse(b"".join(e.args))
         except TypeError:
             self.failResponse(b"Wrong number of arguments for that command")
+        return None
+
+    def _resume(self, _: object = None) -> None:
+        commands, self.blocked = self.blocked, None
+        while commands and self.blocked is None:
+            command, args = commands.pop(0)
+            self.processCommand(command, *args)
+        if self.blocked is not None:
+            self.blocked.extend(commands)
+
+    def _notOpened(self, failure: Failure) -> None:
+        self._log.failure("could not read a POP3 mailbox", failure)
+        self.failResponse(b"[SYS/TEMP] Could not read the mailbox; try again later")
+        self.transport.loseConnection()
 
     def listCapabilities(self) -> list[bytes]:
         caps = [b"TOP", b"UIDL", b"PIPELINING", b"RESP-CODES", b"AUTH-RESP-CODE"]
@@ -141,7 +225,7 @@ class POP3Server(BoundedLines, pop3.POP3):
             self.dropPendingInput()
             self.transport.startTLS(self.ctx)
             self.startedTLS = True
-            self._userIs = None
+            _compat.pop3ForgetUser(self)
 
     def _loginRefused(self) -> bool:
         if self.mbox:
@@ -187,31 +271,31 @@ class POP3Server(BoundedLines, pop3.POP3):
             self.failResponse(b"[AUTH] Authentication failed")
 
     def do_STAT(self) -> None:
-        sizes = [s for s in self.mbox.listMessages() if s is not None]
+        sizes = [s for s in self.mailbox.listMessages() if s is not None]
         self.successResponse(b"%d %d" % (len(sizes), sum(sizes)))
 
-    def do_LIST(self, i=None) -> None:
+    def do_LIST(self, i: bytes | None = None) -> None:
         if i is not None:
             n = self._number(i)
             if n is not None:
-                self.successResponse(b"%d %d" % (n + 1, self.mbox.listMessages(n)))
+                self.successResponse(b"%d %d" % (n + 1, self.mailbox.listMessages(n)))
             return
-        sizes = self.mbox.listMessages()
+        sizes = self.mailbox.listMessages()
         lines = [b"+OK scan listing follows\r\n"]
         lines += [b"%d %d\r\n" % (n + 1, s) for n, s in enumerate(sizes) if s is not None]
         lines.append(b".\r\n")
         self.transport.writeSequence(lines)
 
-    def do_UIDL(self, i=None) -> None:
+    def do_UIDL(self, i: bytes | None = None) -> None:
         if i is not None:
             n = self._number(i)
             if n is not None:
-                self.successResponse(b"%d %s" % (n + 1, self.mbox.getUidl(n)))
+                self.successResponse(b"%d %s" % (n + 1, self.mailbox.getUidl(n)))
             return
-        sizes = self.mbox.listMessages()
+        sizes = self.mailbox.listMessages()
         lines = [b"+OK unique-id listing follows\r\n"]
         lines += [
-            b"%d %s\r\n" % (n + 1, self.mbox.getUidl(n))
+            b"%d %s\r\n" % (n + 1, self.mailbox.getUidl(n))
             for n, s in enumerate(sizes)
             if s is not None
         ]
@@ -225,7 +309,7 @@ class POP3Server(BoundedLines, pop3.POP3):
         """
         try:
             n = int(i) - 1
-            self.mbox.listMessages(n)
+            self.mailbox.listMessages(n)
         except ValueError:
             self.failResponse(b"No such message")
             return None
@@ -234,14 +318,14 @@ class POP3Server(BoundedLines, pop3.POP3):
     def do_DELE(self, i: bytes) -> None:
         n = self._number(i)
         if n is not None:
-            self.mbox.deleteMessage(n)
+            self.mailbox.deleteMessage(n)
             self.successResponse(b"message %d deleted" % (n + 1,))
 
-    def do_RETR(self, i: bytes):
+    def do_RETR(self, i: bytes) -> Deferred[Any]:
         self._lineStart = True
         return pop3.POP3.do_RETR(self, i)
 
-    def do_TOP(self, i: bytes, size: bytes):
+    def do_TOP(self, i: bytes, size: bytes) -> Deferred[Any] | None:
         self._lineStart = True
         return pop3.POP3.do_TOP(self, i, size)
 
@@ -255,15 +339,20 @@ class POP3Server(BoundedLines, pop3.POP3):
         self._lineStart = out.endswith(b"\n")
         return out
 
-    def do_QUIT(self) -> None:
-        if self.mbox:
-            try:
-                self.mbox.sync()
-            except OSError as e:
-                self._log.error("POP3 QUIT could not delete: {e}", e=e)
-                self.failResponse(b"[SYS/TEMP] Some deleted messages were not removed")
-                self.transport.loseConnection()
-                return
+    def do_QUIT(self) -> Deferred[None] | None:
+        if not self.mbox:
+            self._signOff()
+            return None
+
+        def failed(failure: Failure) -> None:
+            self._log.failure("POP3 QUIT could not delete", failure)
+            self.failResponse(b"[SYS/TEMP] Some deleted messages were not removed")
+            self.transport.loseConnection()
+
+        self.blocked = []  # nothing runs after QUIT
+        return self.mailbox.sync().addCallbacks(lambda _: self._signOff(), failed)
+
+    def _signOff(self) -> None:
         self.successResponse(b"coursenet POP3 server signing off")
         self.transport.loseConnection()
 
@@ -273,12 +362,12 @@ class POP3Factory(ServerFactory):
     Builds L{POP3Server}s for one portal.
     """
 
-    def __init__(self, portal, contextFactory=None, loginNeedsTLS: bool = False) -> None:
+    def __init__(self, portal: Any, contextFactory: Any = None, loginNeedsTLS: bool = False) -> None:
         self.portal = portal
         self.contextFactory = contextFactory
         self.loginNeedsTLS = loginNeedsTLS
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: Any) -> POP3Server:
         p = POP3Server(self.contextFactory, self.loginNeedsTLS)
         p.portal = self.portal
         p.factory = self

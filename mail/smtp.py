@@ -8,16 +8,20 @@ delivery into Maildir acknowledged only once fsync'd, and no relaying.
 from __future__ import annotations
 
 import re
+from typing import Any, Callable, Iterable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
-from twisted.mail._cred import PLAINCredentials
+from twisted.mail.imap4 import PLAINCredentials
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from twisted.mail.smtp import COMMAND, DATA, SMTPServerError
 from zope.interface import implementer
 
 from coursenet.transport import noDelay
+from mail import _compat
+from mail.interfaces import IDelivery, IMailStore
 from mail.lines import BoundedLines
 
 #: RFC 5321 4.5.3.1: 512 octets for a command line, 1000 for a text line,
@@ -63,13 +67,13 @@ class _MaildirMessage:
     One recipient's copy of a message, written into its Maildir as it comes.
     """
 
-    def __init__(self, delivery) -> None:
+    def __init__(self, delivery: IDelivery) -> None:
         self._delivery = delivery
 
     def lineReceived(self, line: bytes) -> None:
         self._delivery.write(line + b"\n")
 
-    def eomReceived(self):
+    def eomReceived(self) -> Deferred[Any]:
         return self._delivery.commit()
 
     def connectionLost(self) -> None:
@@ -84,7 +88,7 @@ class LocalDelivery:
     authenticating would help.  This server does not relay.
     """
 
-    def __init__(self, store, domains, user: str | None = None) -> None:
+    def __init__(self, store: IMailStore, domains: Iterable[str], user: str | None = None) -> None:
         """
         @param domains: the local domain names, lower case.
         @param user: the authenticated user, or L{None}.
@@ -93,10 +97,10 @@ class LocalDelivery:
         self._domains = frozenset(d.lower() for d in domains)
         self.user = user
 
-    def receivedHeader(self, helo, origin, recipients):
+    def receivedHeader(self, helo: Any, origin: Any, recipients: Any) -> None:
         return None  # SMTPServer.receivedHeader writes it
 
-    def validateFrom(self, helo, origin):
+    def validateFrom(self, helo: Any, origin: smtp.Address) -> smtp.Address:
         if len(bytes(origin)) > 254:
             raise SMTPServerError(553, "5.1.7 Sender address too long")
         return origin
@@ -110,7 +114,7 @@ class LocalDelivery:
                 return name
         return None
 
-    def validateTo(self, user: smtp.User):
+    def validateTo(self, user: smtp.User) -> Callable[[], _MaildirMessage]:
         dest = user.dest
         address = _text(bytes(dest))
         if len(dest.local) > 64 or len(dest.domain) > 255:
@@ -142,13 +146,16 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
 
     noisy = False
     _log = Logger()
+    transport: Any
+    delivery: Any
+    portal: Any
 
     def __init__(
         self,
         delivery: LocalDelivery,
-        contextFactory=None,
+        contextFactory: Any = None,
         maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE,
-        clock=None,
+        clock: Any = None,
     ) -> None:
         smtp.ESMTP.__init__(
             self,
@@ -158,8 +165,12 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
         self.delivery = delivery
         self.maxMessageSize = maxMessageSize
         self._dataSize = 0
-        if clock is not None:
-            self.callLater = clock.callLater
+        self._clock = clock
+
+    def callLater(self, period: float, func: Any) -> Any:
+        if self._clock is None:
+            return smtp.ESMTP.callLater(self, period, func)
+        return self._clock.callLater(period, func)
 
     # -- framing and replies --------------------------------------------------
 
@@ -186,7 +197,7 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
             self.mode = COMMAND
             self.sendCode(500, "5.5.2 Line too long: commands are limited to 512 octets")
 
-    def sendCode(self, code: int, message=b"") -> None:
+    def sendCode(self, code: int, message: bytes | str = b"") -> None:
         if isinstance(message, str):
             message = message.encode("utf-8", "replace")
         # The EHLO reply (the only multi-line one) lists keywords: no codes.
@@ -229,12 +240,12 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
     def _failData(self, code: int, text: str) -> None:
         if self.datafailed is None:
             self.datafailed = SMTPServerError(code, text)
-            for message in getattr(self, "_SMTP__messages", ()):
+            for message in _compat.smtpMessages(self):
                 message.connectionLost()
 
     # -- commands -------------------------------------------------------------
 
-    def lookupMethod(self, command: bytes):
+    def lookupMethod(self, command: bytes) -> Callable[[bytes], None] | None:
         # Twisted decodes the verb as ASCII and crashes on anything else.
         if not command.isalpha() or not command.isascii():
             return None
@@ -276,9 +287,7 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
             self.transport.startTLS(self.ctx)
             self.startedTLS = True
             # RFC 3207 4.2: forget everything learnt before TLS.
-            self._helo = (None, self._helo[1])
-            self._from = None
-            self._to = []
+            _compat.smtpForget(self)
 
     def ext_AUTH(self, rest: bytes) -> None:
         if not self.secure:
@@ -295,7 +304,7 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
             smtp.ESMTP.ext_AUTH(self, rest)
 
     def do_MAIL(self, rest: bytes) -> None:
-        if self._helo[0] is None:
+        if _compat.smtpHeloName(self) is None:
             self.sendCode(503, "5.5.1 Send EHLO or HELO first")
             return
         m = self.mail_re.match(rest)
@@ -330,7 +339,7 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
         if m is not None and m.group("opts"):
             self.sendCode(555, "5.5.4 RCPT parameters are not supported")
             return
-        if len(self._to) >= 100:
+        if _compat.smtpRecipientCount(self) >= 100:
             self.sendCode(452, "4.5.3 Too many recipients: send the rest in another message")
             return
         smtp.ESMTP.do_RCPT(self, rest)
@@ -348,7 +357,7 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
     def do_UNKNOWN(self, rest: bytes) -> None:
         self.sendCode(502, "5.5.1 Command not recognized")
 
-    def receivedHeader(self, helo, origin, recipients) -> bytes:
+    def receivedHeader(self, helo: Any, origin: Any, recipients: list[Any]) -> bytes:
         peer = self.transport.getPeer()
         ip = getattr(peer, "host", str(peer))
         protocol = "ESMTP" if helo[0] else "SMTP"
@@ -365,7 +374,7 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
             f"\tfor <{_text(bytes(recipients[0].dest))}>; {_text(smtp.rfc822date())}"
         ).encode("utf-8", "replace")
 
-    def _messageHandled(self, resultList) -> None:
+    def _messageHandled(self, resultList: list[tuple[bool, Any]]) -> None:
         failures = [result for ok, result in resultList if not ok]
         for failure in failures:
             self._log.failure("could not store a message", failure)
@@ -388,14 +397,12 @@ class SMTPFactory(smtp.SMTPFactory):
     Builds L{SMTPServer}s delivering into a store.
     """
 
-    protocol = SMTPServer
-
     def __init__(
         self,
-        store,
-        domains,
-        portal=None,
-        contextFactory=None,
+        store: IMailStore,
+        domains: Iterable[str],
+        portal: Any = None,
+        contextFactory: Any = None,
         maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE,
         hostname: str | None = None,
         timeout: int = 300,
@@ -408,7 +415,7 @@ class SMTPFactory(smtp.SMTPFactory):
         self.hostname = hostname or self.domains[0]
         self.timeout = timeout
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: Any) -> SMTPServer:
         p = SMTPServer(
             LocalDelivery(self.store, self.domains),
             self.contextFactory,

@@ -1,31 +1,184 @@
 """
-Helpers for the post office tests: an in-process post office on
-127.0.0.1 port 0 (blocking stdlib clients talk to it from threads), and a
-C{twistd postoffice} subprocess for the tests that kill the server.
+Helpers for the post office tests: a store whose "threads" are run by the
+test, an in-process post office on 127.0.0.1 port 0 (blocking stdlib
+clients talk to it from threads), and a C{twistd postoffice} subprocess for
+the tests that kill the server.
 """
 
 from __future__ import annotations
 
+import builtins
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 
 from twisted.internet import defer, endpoints
+from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 
 from coursenet.accounts import PasswordChecker
 from coursenet.procs import freePort, stopProcess, waitForPort
 from coursenet.tls import serverContextFactory
 from mail.auth import makePortal
-from mail.imap import IMAPFactory
+from mail.imap import IMAPFactory, IMAPServer, MaildirAccount
 from mail.maildir import MaildirStore
 from mail.pop3 import POP3Factory
 from mail.smtp import SMTPFactory
+from tests.bftp_support import FakeReactor
 
 DOMAIN = "example.test"
 USER, PASSWORD = "alice", "secret"
+
+
+class ManualPool:
+    """
+    A thread pool whose work waits until the test runs it (L{runAll}), in
+    the test's own thread: what it has not run has not touched the disk.
+    """
+
+    def __init__(self, auto: bool = False) -> None:
+        """
+        @param auto: run each piece of work at once, as it is submitted.
+        """
+        self.auto = auto
+        self.queue: list = []
+        #: True while a piece of work runs: "in a thread of the pool".
+        self.working = False
+        self.ran = 0
+
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs) -> None:
+        self.queue.append((onResult, f, args, kwargs))
+        if self.auto and not self.working:
+            self.runAll()
+
+    def runOne(self) -> None:
+        """
+        Run the oldest piece of queued work.
+        """
+        onResult, f, args, kwargs = self.queue.pop(0)
+        self.working = True
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            self.working = False
+            onResult(False, Failure())
+        else:
+            self.working = False
+            onResult(True, result)
+        self.ran += 1
+
+    def runAll(self) -> int:
+        """
+        Run the queued work, and the work it queues, until none is left;
+        how many pieces ran.
+        """
+        n = 0
+        while self.queue:
+            self.runOne()
+            n += 1
+        return n
+
+
+class DiskGuard:
+    """
+    Watches the file system calls the store can make and notes each one
+    made while C{pool} is not running work, that is, on the reactor thread.
+    """
+
+    NAMES = [
+        "open", "rename", "replace", "unlink", "mkdir", "makedirs", "rmdir",
+        "scandir", "listdir", "stat", "utime", "fsync",
+    ]
+
+    def __init__(self, monkeypatch, pool: ManualPool) -> None:
+        self.pool = pool
+        self.calls = 0
+        self.outside: list[str] = []
+        for name in self.NAMES:
+            monkeypatch.setattr(os, name, self._watch(name, getattr(os, name)))
+        monkeypatch.setattr(builtins, "open", self._watch("builtins.open", builtins.open))
+        monkeypatch.setattr(shutil, "rmtree", self._watch("rmtree", shutil.rmtree))
+
+    def _watch(self, name, real):
+        def call(*args, **kwargs):
+            self.calls += 1
+            if not self.pool.working:
+                self.outside.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+
+def memoryStore(root: str, pool: ManualPool | None = None, **kwargs) -> MaildirStore:
+    """
+    A store on C{root} for alice and bob whose pool runs work at once (or
+    C{pool}), on a reactor with a clock: no threads, no global reactor.
+    """
+    return MaildirStore(
+        root,
+        lambda n: n in (USER, "bob"),
+        reactor=kwargs.pop("reactor", None) or FakeReactor(),
+        threadPool=pool if pool is not None else ManualPool(auto=True),
+        **kwargs,
+    )
+
+
+def result(d):
+    """
+    The result of a L{Deferred} that has fired, or its exception raised.
+    """
+    out: list = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+class Session:
+    """
+    One logged-in IMAP session over StringTransport, on a store whose pool
+    the test drives and a clock it advances.
+    """
+
+    def __init__(self, store, clock, pool: ManualPool) -> None:
+        self.clock = clock
+        self.pool = pool
+        self.server = IMAPServer(clock=clock)
+        self.transport = StringTransport()
+        self.server.makeConnection(self.transport)
+        self.server.account = MaildirAccount(store, "alice")
+        self.server.state = "auth"
+        self.transport.clear()
+
+    def send(self, data: bytes) -> None:
+        self.server.dataReceived(data)
+
+    def pump(self) -> None:
+        """
+        Run the pool and the clock until neither has anything left.
+        """
+        for _ in range(1000):
+            ran = self.pool.runAll()
+            calls = [c for c in self.clock.getDelayedCalls() if c.getTime() <= self.clock.seconds()]
+            self.clock.advance(0)
+            if not ran and not calls and not self.pool.queue:
+                return
+        raise AssertionError("the session never settled")
+
+    def lines(self) -> list[bytes]:
+        out = self.transport.value().split(b"\r\n")
+        self.transport.clear()
+        return out[:-1]
+
+    def say(self, data: bytes) -> list[bytes]:
+        self.send(data)
+        self.pump()
+        return self.lines()
 
 
 @dataclass
@@ -60,6 +213,7 @@ class PostOffice:
 
     async def stop(self) -> None:
         await defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.listeners])
+        self.store.close()
 
 
 async def startPostOffice(reactor, root: str, devCert=None, tlsPorts=False, maxMessageSize=1024 * 1024, users=((USER, PASSWORD), ("bob", "hunter2"))) -> PostOffice:

@@ -1,6 +1,7 @@
 """
 The POP3 server without sockets: deletions at QUIT only, RFC 1939
-listings, CAPA, byte-stuffing, limits and the one-session lock.
+listings, CAPA, byte-stuffing, limits, the one-session lock, and commands
+that wait for the store's threads.
 """
 
 from __future__ import annotations
@@ -14,18 +15,23 @@ from twisted.internet.testing import StringTransport
 from twisted.mail import pop3
 
 from mail.auth import PostOfficeRealm
-from mail.maildir import Folder, MaildirStore, writeMessageFile
+from mail.maildir import ensureMaildir, writeMessageFile
 from mail.pop3 import MailboxInUse, POP3Mailbox, POP3Server
+from tests.mail_support import ManualPool, memoryStore
 
 
 @pytest.fixture
-def folder(tmp_path):
-    path = str(tmp_path / "alice")
-    f = Folder(path)
+def store(tmp_path):
+    return memoryStore(str(tmp_path / "mail"))
+
+
+@pytest.fixture
+def folder(store):
+    path = store.maildir("alice")
+    ensureMaildir(path)
     for body in (b"Subject: one\n\nfirst\n", b"Subject: two\n\n.dotted\n..two\n", b"Subject: 3\n\nthird\n"):
         writeMessageFile(path, body)
-    f.scan()
-    return f
+    return store.folder("alice")
 
 
 def session(folder, loggedIn=True):
@@ -66,8 +72,9 @@ def test_dele_takes_effect_only_at_quit(folder):
 def test_uidl_forms(folder):
     """UIDL n answers "+OK n id" and UIDL lists "n id" lines, ids being UIDVALIDITY.UID."""
     p, t = session(folder)
+    first = say(p, t, b"UIDL 2\r\n")
     v = folder.uidValidity
-    assert say(p, t, b"UIDL 2\r\n") == b"+OK 2 %d.2\r\n" % v
+    assert v > 0 and first == b"+OK 2 %d.2\r\n" % v
     listing = say(p, t, b"UIDL\r\n").split(b"\r\n")
     assert listing[1:4] == [b"1 %d.1" % v, b"2 %d.2" % v, b"3 %d.3" % v] and listing[4] == b"."
     assert say(p, t, b"UIDL 9\r\n").startswith(b"-ERR")
@@ -104,9 +111,8 @@ def test_line_too_long_and_unknown(folder):
     assert say(p, t, b"NOOP\r\n") == b"+OK \r\n"
 
 
-def test_one_session_per_mailbox(tmp_path):
+def test_one_session_per_mailbox(store):
     """The realm refuses a second POP3 mailbox for a user until the first logs out."""
-    store = MaildirStore(str(tmp_path), lambda n: True, reactor=Clock())
     realm = PostOfficeRealm(store, ["example.test"])
     _, box, logout = realm.requestAvatar("alice", None, pop3.IMailbox)
     with pytest.raises(MailboxInUse):
@@ -119,7 +125,7 @@ def test_one_session_per_mailbox(tmp_path):
 @given(st.lists(st.binary(max_size=300).filter(lambda b: b"\r\n" not in b), min_size=1, max_size=6))
 def test_fuzz_commands_answered(tmp_path_factory, lines):
     """Arbitrary command lines before login each get +OK/-ERR and never crash the session."""
-    f = Folder(str(tmp_path_factory.mktemp("fz")))
+    f = memoryStore(str(tmp_path_factory.mktemp("fz"))).folder("alice")
     p, t = session(f, loggedIn=False)
     for line in lines:
         if line.upper().startswith(b"QUIT"):
@@ -129,3 +135,35 @@ def test_fuzz_commands_answered(tmp_path_factory, lines):
         out = t.value()
         assert out.startswith((b"+OK", b"-ERR")) or out == b"", out
     assert not t.disconnecting
+
+
+def test_commands_wait_for_the_mailbox(tmp_path):
+    """After login the maildrop is read in the store's pool: commands get no answer until it has been, then answers in order."""
+    pool = ManualPool(auto=True)
+    store = memoryStore(str(tmp_path / "mail"), pool)
+    path = store.maildir("alice")
+    ensureMaildir(path)
+    writeMessageFile(path, b"Subject: one\n\nfirst\n")
+    pool.auto = False
+    p, t = session(store.folder("alice"))
+    p.dataReceived(b"STAT\r\nRETR 1\r\nDELE 1\r\nQUIT\r\n")
+    assert t.value() == b""
+    while pool.queue:
+        pool.runAll()
+        while t.producer is not None:
+            t.producer.resumeProducing()
+    replies = t.value().split(b"\r\n")
+    assert replies[0].startswith(b"+OK 1 ")
+    assert replies[1].startswith(b"+OK ") and b"Subject: one" in replies[2]
+    assert b"+OK message 1 deleted" in replies and replies[-2] == b"+OK coursenet POP3 server signing off"
+    assert os.listdir(os.path.join(path, "new")) == [] and t.disconnecting
+
+
+def test_unreadable_mailbox_answered(tmp_path):
+    """If the maildrop cannot be read the next command gets -ERR [SYS/TEMP] and the connection closes."""
+    store = memoryStore(str(tmp_path / "mail"))
+    (tmp_path / "mail").rmdir()
+    (tmp_path / "mail").write_bytes(b"not a directory")
+    p, t = session(store.folder("alice"))
+    assert say(p, t, b"STAT\r\n").startswith(b"-ERR [SYS/TEMP]")
+    assert t.disconnecting
