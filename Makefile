@@ -12,13 +12,17 @@ APT_PACKAGES ?= openssl ca-certificates curl procps swaks libnet-ssleay-perl isy
 # Peers that only the benchmarks run.
 BENCH_APT_PACKAGES ?= postfix ngircd iperf3
 
-.PHONY: run test bench sysdeps venv clean
+.PHONY: run test typecheck bench sysdeps venv clean
 
 run: sysdeps venv
 	$(PY) -m coursenet.devrun
 
 test: sysdeps venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# mypy with the mypy-zope plugin over every package (settings in setup.cfg).
+typecheck: sysdeps venv
+	$(VENV)/bin/mypy
 
 bench: sysdeps venv
 	@APT_PACKAGES="$(BENCH_APT_PACKAGES)" sh .ci/sysdeps
