@@ -212,7 +212,10 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             raise ProtocolError(Code.NOT_LOGGED_IN, "log in first with USER and PASS")
         if verb in _WRITES and self.account.readOnly:
             raise ProtocolError(Code.PERMISSION, f"{verb} refused: account {self.account.name} is read-only")
-        self._log.debug("{peer}: {line}", peer=self.peer, line=command.raw)
+        if self.account is not None:
+            # Not before login: a stranger's flood of commands must not
+            # become a flood of log lines.
+            self._log.debug("{peer}: {line}", peer=self.peer, line=command.raw)
         return handler(command)
 
     # -- argument helpers --------------------------------------------------

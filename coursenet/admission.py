@@ -18,6 +18,8 @@ from typing import Any
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from coursenet.logs import LogBudget
+
 #: Connections from one address by default: a class behind one NAT.
 DEFAULT_PER_ADDRESS = 256
 #: Descriptors kept back for the process itself: listeners, log files,
@@ -109,15 +111,15 @@ class Busy(Protocol):
     aborted if the client does not read it within C{closeTimeout} seconds.
     """
 
-    _log = Logger()
-
-    def __init__(self, reply: bytes, clock: Any, closeTimeout: float = 5.0) -> None:
+    def __init__(self, reply: bytes, clock: Any, closeTimeout: float = 5.0, log: LogBudget | None = None) -> None:
         self.reply = reply
         self.clock = clock
         self.closeTimeout = closeTimeout
+        self.log = log
 
     def connectionMade(self) -> None:
-        self._log.info("refused {peer}: {reply}", peer=self.transport.getPeer(), reply=self.reply.strip())
+        if self.log is not None:
+            self.log.info("refused {peer}: {reply}", peer=self.transport.getPeer(), reply=self.reply.strip())
         self.transport.write(self.reply)
         self.transport.loseConnection()
         self._abort = self.clock.callLater(self.closeTimeout, self.transport.abortConnection)
@@ -139,6 +141,8 @@ class AdmittingFactory:
 
     admission: Admission
     protocol: Any
+    _refusals: LogBudget | None = None
+    _log = Logger()
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None) or str(addr)
@@ -147,7 +151,10 @@ class AdmittingFactory:
             clock = getattr(self, "reactor", None)
             if clock is None:
                 from twisted.internet import reactor as clock
-            busy = Busy(self.protocol.busyReply(refusal), clock)
+            if self._refusals is None:
+                # A connection flood must not become a flood of log lines.
+                self._refusals = LogBudget(self._log, clock)
+            busy = Busy(self.protocol.busyReply(refusal), clock, log=self._refusals)
             busy.factory = self
             return busy
         p = super().buildProtocol(addr)  # type: ignore[misc]

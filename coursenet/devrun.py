@@ -17,6 +17,7 @@ import sys
 import time
 
 from coursenet.accounts import readPasswordFile, setPassword
+from coursenet.logs import LOG_FILE_ENV
 from coursenet.tls import ensureDevCertificate, tlsListenString
 
 VAR = "var"
@@ -128,8 +129,10 @@ def main() -> int:
         print(tetherUnavailable())
     for name, args, where in services(VAR, cert, key, passwd):
         log = os.path.join(VAR, f"{name}.log")
-        cmd = [twistd, "-n", "--pidfile=", "--logfile", log, name, *args]
-        procs.append((name, subprocess.Popen(cmd)))
+        # A log that rotates at 10 MB and keeps 5 old files (coursenet.logs).
+        cmd = [twistd, "-n", "--pidfile=", "--logger", "coursenet.logs.bounded", name, *args]
+        env = {**os.environ, LOG_FILE_ENV: log}
+        procs.append((name, subprocess.Popen(cmd, env=env)))
         print(f"{name:10} {where}   log: {log}")
     print("Ctrl-C stops them all.")
     try:

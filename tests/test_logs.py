@@ -1,0 +1,79 @@
+"""
+Logs that cannot fill a disk (coursenet.logs): the bounded twistd log
+observer, the per-event budget, and servers that write no line per
+command or refused connection a stranger sends.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger, LogLevel, capturedLogs
+
+from coursenet import logs
+from coursenet.admission import Admission, AdmittingFactory
+from coursenet.logs import LogBudget
+from tests.test_bftp_server import fake, raw, root  # noqa: F401 (fixtures)
+
+
+def test_budgetLimitsLinesAndSaysHowManyWereLeftOut():
+    """Past its burst a budget logs nothing more until it refills, then says how many lines it left out."""
+    clock = Clock()
+    budget = LogBudget(Logger(namespace="t"), clock, perMinute=60, burst=3)
+    with capturedLogs() as events:
+        for i in range(100):
+            budget.info("refused {n}", n=i)
+        assert len(events) == 3
+        clock.advance(1)
+        budget.info("refused {n}", n=100)
+    assert len(events) == 4
+    assert events[-1]["suppressed"] == 97
+
+
+def test_boundedLogRotatesAndKeepsFewFiles(tmp_path, monkeypatch):
+    """The twistd --logger observer rotates its file and keeps at most KEEP_FILES old ones, at info level."""
+    path = tmp_path / "twistd.log"
+    monkeypatch.setenv(logs.LOG_FILE_ENV, str(path))
+    monkeypatch.setattr(logs, "ROTATE_BYTES", 2000)
+    observer = logs.bounded()
+    log = Logger(namespace="t", observer=observer)
+    for i in range(2000):
+        log.info("line {i} " + "x" * 50, i=i)
+        log.debug("debug line {i}", i=i)
+    files = sorted(os.listdir(tmp_path))
+    assert 1 < len(files) <= logs.KEEP_FILES + 1, files
+    assert all(os.path.getsize(tmp_path / f) < 4000 for f in files)
+    assert "debug line" not in path.read_text()
+
+
+def test_bftpLogsNoLinePerCommandBeforeLogin(root, fake):  # noqa: F811
+    """A stranger's 500 commands before login leave no log line each."""
+    with capturedLogs() as events:
+        raw(root, fake, b"HELLO BFTP/1\r\n" + b"HELP\r\nNOOP\r\nLIST\r\n" * 166)
+    perCommand = [e for e in events if e.get("log_level") is LogLevel.debug or "line" in e]
+    assert len(perCommand) < 5, perCommand[:5]
+
+
+def test_refusedConnectionsAreLoggedWithinABudget():
+    """A flood of connections turned away writes a bounded number of log lines."""
+
+    class P:
+        @staticmethod
+        def busyReply(text):
+            return b"BUSY\r\n"
+
+    class F(AdmittingFactory, Factory):
+        protocol = P
+
+    f = F()
+    f.reactor = Clock()
+    f.admission = Admission(maxConnections=0 + 8, maxPerAddress=0 + 1)
+    f.buildProtocol(type("A", (), {"host": "10.0.0.1"})())
+    with capturedLogs() as events:
+        for _ in range(500):
+            busy = f.buildProtocol(type("A", (), {"host": "10.0.0.1"})())
+            busy.makeConnection(StringTransport())
+    assert 0 < len(events) <= 25
