@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer, providedBy
@@ -277,13 +277,22 @@ class CommandReceiver(Protocol):
         if self._admittedAs is not None and admission is not None:
             admission.release(self._admittedAs)
             self._admittedAs = None
-        super().connectionLost(reason)
+        # None is taken for a clean close; Twisted's classes are given
+        # what their own default would be.
+        super().connectionLost(reason if reason is not None else connectionDone)
 
     def cutOff(self, why: str) -> None:
         """
         The client is being cut off for not reading; override to log or
         to say so where it may still be read.
         """
+
+    def _connectedOutbox(self) -> Outbox:
+        """
+        C{self.transport} as what it is from C{makeConnection} on.
+        """
+        assert self._outbox is not None, "not connected yet"
+        return self._outbox
 
     # -- reading ----------------------------------------------------------------
 
@@ -293,16 +302,16 @@ class CommandReceiver(Protocol):
         the same reason (and every other reason) is called.
         """
         if not self._pausedFor:
-            self.transport.wrappedTransport.pauseProducing()
+            self._connectedOutbox().wrappedTransport.pauseProducing()
         self._pausedFor.add(reason)
 
     def resumeReading(self, reason: str) -> None:
         if reason not in self._pausedFor:
             return
         self._pausedFor.discard(reason)
-        if self._pausedFor or self.transport.disconnecting:
+        if self._pausedFor or self._connectedOutbox().disconnecting:
             return
-        self.transport.wrappedTransport.resumeProducing()
+        self._connectedOutbox().wrappedTransport.resumeProducing()
         self._process()
 
     def _outputFull(self) -> None:
@@ -332,7 +341,7 @@ class CommandReceiver(Protocol):
 
     def stopProducing(self) -> None:
         self._input = b""
-        self.transport.loseConnection()
+        self._connectedOutbox().loseConnection()
 
     def setRawMode(self) -> None:
         self.line_mode = 0
@@ -361,7 +370,7 @@ class CommandReceiver(Protocol):
             return  # the loop below is running and goes on by itself
         self._processing = True
         try:
-            while self._input and not self._pausedFor and not self.transport.disconnecting:
+            while self._input and not self._pausedFor and not self._connectedOutbox().disconnecting:
                 if self._full:
                     self.pauseReading("output")
                     return
