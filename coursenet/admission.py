@@ -15,6 +15,7 @@ import collections
 import resource
 from typing import Any
 
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
@@ -111,6 +112,9 @@ class Busy(Protocol):
     aborted if the client does not read it within C{closeTimeout} seconds.
     """
 
+    # A stream listener's connection: TCP, or TLS over it (INegotiated).
+    transport: ITCPTransport | None
+
     def __init__(self, reply: bytes, clock: Any, closeTimeout: float = 5.0, log: LogBudget | None = None) -> None:
         self.reply = reply
         self.clock = clock
@@ -118,6 +122,7 @@ class Busy(Protocol):
         self.log = log
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         if self.log is not None:
             self.log.info("refused {peer}: {reply}", peer=self.transport.getPeer(), reply=self.reply.strip())
         self.transport.write(self.reply)
