@@ -4,12 +4,23 @@ Command-line pieces every service's twistd C{Options} shares.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.python import usage
 
 from coursenet.accounts import parseUserSpec
 
+if TYPE_CHECKING:
+    # The mixins come before usage.Options in their users' bases, so the
+    # type checker is told they are one (the option values, super's
+    # postOptions); at run time they stay plain classes and leave Options'
+    # own methods where the MRO puts them.
+    OptionsMixinBase = usage.Options
+else:
+    OptionsMixinBase = object
 
-class AccountOptionsMixin:
+
+class AccountOptionsMixin(OptionsMixinBase):
     """
     C{--user NAME:PASSWORD} (repeatable, collected in C{self["users"]}) and
     the check that C{--tls-cert} and C{--tls-key} come together.  Mix into

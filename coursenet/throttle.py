@@ -32,14 +32,21 @@ import os
 import sqlite3
 import threading
 from dataclasses import dataclass, replace
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.task import deferLater
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
+
+if TYPE_CHECKING:
+    # As coursenet.options.OptionsMixinBase (which cannot be imported here:
+    # coursenet.options imports this module through coursenet.accounts).
+    from twisted.python.usage import Options as _OptionsMixinBase
+else:
+    _OptionsMixinBase = object
 
 #: Seconds SQLite waits for another process's transaction to finish.
 BUSY_TIMEOUT = 10.0
@@ -211,7 +218,8 @@ class MemoryGuessStore(_Entries):
         return succeed(self._reserveNow(pair, account, now))
 
     def settle(self, pair: str, account: str, ok: bool, now: float) -> Deferred:
-        return succeed(self._settleNow(pair, account, ok, now))
+        self._settleNow(pair, account, ok, now)
+        return succeed(None)
 
 
 _SCHEMA = (
@@ -340,6 +348,16 @@ def hostOf(address) -> str | None:
     return getattr(address, "host", None)
 
 
+@dataclass(eq=False)
+class _Nap:
+    """
+    A check waiting for its slot.
+    """
+
+    call: IDelayedCall
+    forgiven: bool = False
+
+
 class Throttle:
     """
     Delays password checks after failures, by the rule of its store.
@@ -352,7 +370,7 @@ class Throttle:
             from twisted.internet import reactor
         self.store = store
         self._reactor = reactor
-        self._waiting: set[Deferred] = set()
+        self._naps: dict[str, dict[Deferred, _Nap]] = {}
 
     @classmethod
     def besidePasswordFile(cls, path: str | None, rule: GuessRule, reactor=None) -> "Throttle":
@@ -386,50 +404,93 @@ class Throttle:
     async def _guard(self, account: str, address: str | None, check):
         name = account[:_NAME_MAX]
         pair, whole = f"p {name}\0{addressKey(address)}", f"a {name}"
-        start = await self.store.reserve(pair, whole, self._reactor.seconds())
-        wait = start - self._reactor.seconds()
-        if wait > 0:
+        while True:
+            start = await self.store.reserve(pair, whole, self._reactor.seconds())
+            wait = start - self._reactor.seconds()
+            if wait <= 0:
+                break
             self._log.info(
                 "login of {account} from {address} waits {wait:.1f} s after failed logins",
                 account=name, address=address, wait=wait,
             )
-            sleep = deferLater(self._reactor, wait)
-            self._waiting.add(sleep)
-            try:
-                await sleep
-            except CancelledError:
-                raise UnauthorizedLogin("login not checked: the server is shutting down")
-            finally:
-                self._waiting.discard(sleep)
+            if not await self._sleep(pair, wait):
+                break
+            # A check of this pair succeeded meanwhile and the pair was
+            # forgiven: take a slot again, most likely a free one.
         try:
             result = await check()
         except UnauthorizedLogin:
             await self.store.settle(pair, whole, False, self._reactor.seconds())
             raise
         await self.store.settle(pair, whole, True, self._reactor.seconds())
+        self._wake(pair)
         return result
+
+    async def _sleep(self, pair: str, seconds: float) -> bool:
+        """
+        Wait C{seconds}, or less if the pair is forgiven meanwhile.
+
+        @return: whether it was forgiven.
+        """
+        sleep: Deferred = Deferred(lambda d: call.cancel())
+        call = self._reactor.callLater(seconds, sleep.callback, None)
+        nap = _Nap(call)
+        naps = self._naps.setdefault(pair, {})
+        naps[sleep] = nap
+        try:
+            await sleep
+        except CancelledError:
+            raise UnauthorizedLogin("login not checked: the server is shutting down")
+        finally:
+            naps.pop(sleep, None)
+            if not naps and self._naps.get(pair) is naps:
+                del self._naps[pair]
+        return nap.forgiven
+
+    def _wake(self, pair: str) -> None:
+        """
+        The pair succeeded: its checks waiting in this process need not wait
+        for the slots they took while it counted as failing (those waiting
+        in other processes do).  Each wakes in a reactor call of its own,
+        not nested in this one.
+        """
+        for nap in self._naps.pop(pair, {}).values():
+            nap.forgiven = True
+            nap.call.reset(0)
 
     def close(self) -> None:
         """
         Give up every check still waiting: each fails with
         L{UnauthorizedLogin}, unchecked and uncounted.  For shutting down.
         """
-        for d in list(self._waiting):
-            d.cancel()
+        for naps in list(self._naps.values()):
+            for sleep in list(naps):
+                sleep.cancel()
 
 
-def _atLeastZero(kind: type) -> Callable[[str], float]:
-    def coerce(text: str):
-        value = kind(text)
+class _AtLeastZero:
+    """
+    A twistd option's coercer (with the C{coerceDoc} that C{usage} shows):
+    C{kind(text)}, refused if negative.
+    """
+
+    coerceDoc = "Not negative."
+
+    def __init__(self, kind: Callable[[str], float]) -> None:
+        self._kind = kind
+
+    def __call__(self, text: str) -> float:
+        value = self._kind(text)
         if value < 0:
             raise ValueError(f"{text} is negative")
         return value
 
-    coerce.coerceDoc = "Not negative."
-    return coerce
+
+def _atLeastZero(kind: Callable[[str], float]) -> Callable[[str], float]:
+    return _AtLeastZero(kind)
 
 
-class GuessOptionsMixin:
+class GuessOptionsMixin(_OptionsMixinBase):
     """
     The twistd options of the rule (L{GuessRule}), for every service that
     checks passwords.  Mix into a L{twisted.python.usage.Options} subclass

@@ -13,6 +13,7 @@ import sys
 from twisted.logger import Logger
 
 from coursenet.blocking.reactor import BlockingReactor
+from coursenet.options import OptionsMixinBase
 
 _log = Logger()
 
@@ -41,7 +42,7 @@ def raiseFileLimit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def runServer(server: socketserver.BaseServer, name: str) -> None:
+def runServer(server: socketserver.TCPServer, name: str) -> None:
     """
     Serve until SIGTERM or SIGINT, logging to stderr.
     """
@@ -72,7 +73,7 @@ def runServer(server: socketserver.BaseServer, name: str) -> None:
         server.server_close()
 
 
-class TwinOptionsMixin:
+class TwinOptionsMixin(OptionsMixinBase):
     """
     Mixed into a service's twistd C{Options} (before it) for its twins:
     C{--listen HOST:PORT} instead of endpoint strings, C{--forking}, and
