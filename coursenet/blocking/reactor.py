@@ -148,7 +148,8 @@ class BlockingReactor:
         return owner.callLater(delay, f, args, kwargs)
 
     def _orphanCall(self, delay, f, args, kwargs) -> DelayedCall:
-        call = DelayedCall(self.seconds() + delay, f, args, kwargs, None, None, self.seconds)
+        # adopt() sets the canceller and the resetter.
+        call = DelayedCall(self.seconds() + delay, f, args, kwargs, _unset, _unset, self.seconds)
         self.adopt(call)
         return call
 
@@ -192,6 +193,10 @@ class BlockingReactor:
 
     def removeSystemEventTrigger(self, triggerID) -> None:
         pass
+
+
+def _unset(call: DelayedCall) -> None:
+    pass
 
 
 def runCall(call: DelayedCall) -> None:

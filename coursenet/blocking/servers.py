@@ -23,7 +23,9 @@ _log = Logger()
 
 class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
-        self.server.serveRequest(self.request)
+        server = self.server
+        assert isinstance(server, _ServerMixin)
+        server.serveRequest(self.request)
 
 
 class _ServerMixin:

@@ -213,7 +213,7 @@ class _Connection:
         self.reactor = reactor
         self.thread = threading.get_ident()
         self.sock = sock
-        self._wakefd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wakefd: int | None = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._timers: list[DelayedCall] = []
         self._readers: dict[int, Callable[[], None]] = {}
         sock.setblocking(False)
@@ -269,7 +269,9 @@ class _Connection:
         reactor.serving(self)
         poller = select.poll()
         fd = self.sock.fileno()
-        poller.register(self._wakefd, select.POLLIN)
+        wakefd = self._wakefd
+        assert wakefd is not None, "run after close"
+        poller.register(wakefd, select.POLLIN)
         for extra in self._readers:
             poller.register(extra, select.POLLIN)
         reason: Failure = Failure(ConnectionDone())
@@ -297,7 +299,7 @@ class _Connection:
                 reactor.release()
                 try:
                     ready = poller.poll(timeout)
-                    data = None
+                    data: bytes | BaseException | None = None
                     if any(f == fd and ev & (select.POLLIN | select.POLLHUP | select.POLLERR) for f, ev in ready) and events & select.POLLIN:
                         try:
                             data = self.sock.recv(transport.readSize)
@@ -307,9 +309,9 @@ class _Connection:
                             data = e
                     elif any(f == fd and ev & (select.POLLHUP | select.POLLERR) for f, ev in ready):
                         data = ConnectionLost()
-                    if any(f == self._wakefd for f, _ in ready):
+                    if any(f == wakefd for f, _ in ready):
                         try:
-                            os.eventfd_read(self._wakefd)
+                            os.eventfd_read(wakefd)
                         except BlockingIOError:
                             pass
                 finally:
