@@ -304,7 +304,7 @@ class PasswordChecker:
     def _check(self, name: str, password: str, address: str | None) -> Deferred:
         encoded = self._accounts().get(name)
         known = encoded is not None
-        if not known:
+        if encoded is None:
             # Check anyway so that unknown and known names take the same time.
             encoded = _DUMMY_HASH
         tag = hmac.new(self._secret, password.encode("utf-8"), "sha256").digest()

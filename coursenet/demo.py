@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 from coursenet.procs import freePort, stopProcess, waitForPort
 
@@ -139,7 +140,12 @@ async def _bftpRequest(reader, writer, _) -> bool:
     return (await _replyLine(reader)).startswith(b"226") and got == BFTP_FILE
 
 
-_WORKLOADS = {"chat": (_chatStart, _chatRequest), "bftp": (_bftpStart, _bftpRequest)}
+#: Each service's login and one request; what the login returns (a room,
+#: or nothing) is given to every request of the same client.
+_WORKLOADS: dict[str, tuple[Callable[[Any, Any, int], Awaitable[Any]], Callable[[Any, Any, Any], Awaitable[bool]]]] = {
+    "chat": (_chatStart, _chatRequest),
+    "bftp": (_bftpStart, _bftpRequest),
+}
 
 
 async def _client(service: str, port: int, index: int, go: asyncio.Event, stop: list, result: LoadResult, ready, writers: list) -> None:
@@ -175,7 +181,9 @@ async def _load(service: str, port: int, first: int, count: int, seconds: float,
     import json
 
     result = LoadResult(0, 0, [])
-    go, stop, writers = asyncio.Event(), [], []
+    go = asyncio.Event()
+    stop: list[bool] = []
+    writers: list[asyncio.StreamWriter] = []
     left = [count]
     allReady = asyncio.Event()
 
@@ -328,15 +336,18 @@ def measure(service: str, implementation: str, clients: int, seconds: float, wor
             ))
             first += share
         for loader in loaders:
+            assert loader.stdout is not None  # stdin and stdout are PIPEs
             loader.stdout.readline()  # ready (bounded by the loader's connect timeout)
         before = _cpuSeconds(server.proc.pid)
         for loader in loaders:
+            assert loader.stdin is not None
             loader.stdin.write("go\n")
             loader.stdin.flush()
         time.sleep(seconds)
         after = _cpuSeconds(server.proc.pid)
         ops, errors, latencies = 0, 0, []
         for loader, share in zip(loaders, shares):
+            assert loader.stdout is not None
             try:
                 result = json.loads(loader.stdout.readline())
             except ValueError:

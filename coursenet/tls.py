@@ -10,6 +10,7 @@ import ipaddress
 import os
 
 from twisted.internet import ssl
+from twisted.internet.interfaces import IStreamClientEndpoint
 
 
 def ensureDevCertificate(directory: str, hostname: str = "localhost") -> tuple[str, str]:
@@ -137,14 +138,14 @@ def _pemBlocks(pem: bytes, label: bytes) -> list[bytes]:
 
 
 def clientEndpoint(reactor, host: str, port: int, tls: bool = False,
-                   cafile: str | None = None, timeout: float = 30):
+                   cafile: str | None = None, timeout: float = 30) -> IStreamClientEndpoint:
     """
     A client endpoint for C{host}:C{port}; with C{tls}, wrapped in TLS that
     verifies the server's certificate for C{host} (L{clientTLSOptions}).
     """
     from twisted.internet import endpoints
 
-    endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+    endpoint: IStreamClientEndpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
     if tls:
         endpoint = endpoints.wrapClientTLS(clientTLSOptions(host, cafile), endpoint)
     return endpoint
