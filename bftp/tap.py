@@ -13,13 +13,14 @@ from bftp.auth import makePortal
 from bftp.protocol import BFTPFactory
 from coursenet.accounts import PasswordChecker
 from coursenet.options import AccountOptionsMixin
+from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 
 DEFAULT_LISTEN = "tcp:9021:interface=127.0.0.1"
 DEFAULT_TLS_PORT = 9022
 
 
-class Options(AccountOptionsMixin, usage.Options):
+class Options(AccountOptionsMixin, GuessOptionsMixin, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve a directory over BFTP, the Braude File Transfer Protocol. "
@@ -40,8 +41,6 @@ class Options(AccountOptionsMixin, usage.Options):
         ["max-connections", None, 1000, "connections allowed in all", int],
         ["max-file-size", None, 0, "largest file a PUT may store, in bytes (0: no limit)", int],
         ["login-timeout", None, 60, "seconds a connection may take to log in", int],
-        ["lockout-failures", None, 10, "failed logins from one address that lock it out", int],
-        ["lockout-seconds", None, 600, "how long failed logins count towards a lockout", int],
     ]
 
     def __init__(self) -> None:
@@ -77,7 +76,7 @@ def makeFactory(options: Options, reactor=None, uploads=None) -> BFTPFactory:
         beyond this process (L{BFTPFactory}).
     """
     os.makedirs(options["root"], exist_ok=True)
-    checker = PasswordChecker(options["passwd"], options["users"], reactor=reactor)
+    checker = PasswordChecker(options["passwd"], options["users"], reactor=reactor, rule=options.guessRule())
     return BFTPFactory(
         options["root"],
         makePortal(checker, anonymous=options["anonymous"]),
@@ -88,8 +87,6 @@ def makeFactory(options: Options, reactor=None, uploads=None) -> BFTPFactory:
         maxConnections=options["max-connections"],
         maxFileSize=options["max-file-size"] or None,
         loginTimeout=options["login-timeout"],
-        lockoutFailures=options["lockout-failures"],
-        lockoutSeconds=options["lockout-seconds"],
         sendfile=not options["no-sendfile"],
         uploads=uploads,
     )

@@ -13,7 +13,6 @@ import collections
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -21,6 +20,8 @@ from twisted.logger import Logger
 from chat.auth import IChatAccount, makePortal
 from chat.interfaces import IHistoryStore, IParticipant
 from chat.wire import ChatError, Code, checkNick, checkRoom, checkText, foldNick
+from coursenet.accounts import PasswordFrom
+from coursenet.throttle import hostOf
 
 
 @dataclass(eq=False)
@@ -175,7 +176,9 @@ class ChatServer:
         Give C{who} the nickname C{nick}, or change it.
 
         @return: a L{Deferred} firing with the account name when C{nick} is
-            registered (and the password was right), else L{None}.
+            registered (and the password was right), else L{None}.  The
+            password check is throttled by account and by C{who.peer}, the
+            client's address, when C{who} has one (L{coursenet.throttle}).
         """
         return Deferred.fromCoroutine(self._register(who, nick, password))
 
@@ -188,9 +191,11 @@ class ChatServer:
                     Code.PASSWORD,
                     f"nickname {nick} is registered: send NICK {nick} PASSWORD",
                 )
+            # A remote participant of the forking twin has no peer here.
+            address = hostOf(getattr(who, "peer", None))
             try:
                 _, avatar, _ = await self.portal.login(
-                    UsernamePassword(account, password), None, IChatAccount
+                    PasswordFrom(account, password, address), None, IChatAccount
                 )
             except UnauthorizedLogin:
                 raise ChatError(Code.PASSWORD, f"wrong password for registered nickname {nick}")

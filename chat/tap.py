@@ -18,6 +18,7 @@ from chat.rooms import ChatServer
 from chat.session import Limits
 from chat.store import MemoryHistory, SQLiteHistory
 from coursenet.accounts import PasswordChecker, parseUserSpec
+from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 
 DEFAULT_LISTEN = "tcp:6665:interface=127.0.0.1"
@@ -25,7 +26,7 @@ DEFAULT_TLS_PORT = 6666
 DEFAULT_HISTORY_DB = "var/chat/history.sqlite"
 
 
-class Options(usage.Options):
+class Options(GuessOptionsMixin, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "A multi-room chat server: the course chat protocol (docs/chat.md) on"
@@ -123,7 +124,7 @@ def makeServer(options: Options, reactor=None) -> tuple[ChatServer, Limits]:
     """
     checker = None
     if options["passwd"] or options["users"]:
-        checker = PasswordChecker(options["passwd"], options["users"], reactor=reactor)
+        checker = PasswordChecker(options["passwd"], options["users"], reactor=reactor, rule=options.guessRule())
     server = ChatServer(
         makeStore(options["history-db"], reactor),
         checker=checker,

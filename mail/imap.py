@@ -33,6 +33,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from coursenet.accounts import PeerPortal
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder, IFolderListener, IMailStore
@@ -1096,7 +1097,8 @@ class IMAPFactory(ServerFactory):
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         p = IMAPServer(self.contextFactory, self.maxMessageSize, self.reactor)
-        p.portal = self.portal
+        # Logins are throttled by the client's address (coursenet.throttle).
+        p.portal = PeerPortal.forPeer(self.portal, addr)
         p.factory = self
         p.POSTAUTH_TIMEOUT = self.timeout
         return p

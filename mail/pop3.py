@@ -24,6 +24,7 @@ from twisted.mail import pop3
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from coursenet.accounts import PeerPortal
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder
@@ -369,6 +370,7 @@ class POP3Factory(ServerFactory):
 
     def buildProtocol(self, addr: Any) -> POP3Server:
         p = POP3Server(self.contextFactory, self.loginNeedsTLS)
-        p.portal = self.portal
+        # Logins are throttled by the client's address (coursenet.throttle).
+        p.portal = PeerPortal.forPeer(self.portal, addr)
         p.factory = self
         return p

@@ -19,6 +19,7 @@ from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from twisted.mail.smtp import COMMAND, DATA, SMTPServerError
 from zope.interface import implementer
 
+from coursenet.accounts import PeerPortal
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IDelivery, IMailStore
@@ -422,7 +423,8 @@ class SMTPFactory(smtp.SMTPFactory):
             self.maxMessageSize,
         )
         p.factory = self
-        p.portal = self.portal
+        # Logins are throttled by the client's address (coursenet.throttle).
+        p.portal = PeerPortal.forPeer(self.portal, addr)
         p.host = self.hostname
         p.timeout = self.timeout
         return p

@@ -10,6 +10,7 @@ from twisted.python import usage
 
 from coursenet.accounts import PasswordChecker
 from coursenet.options import AccountOptionsMixin
+from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import serverContextFactory
 from mail.auth import makePortal
 from mail.imap import IMAPFactory
@@ -24,7 +25,7 @@ DEFAULT_LISTENERS = {
 }
 
 
-class Options(AccountOptionsMixin, usage.Options):
+class Options(AccountOptionsMixin, GuessOptionsMixin, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "A post office: ESMTP, POP3 and IMAP4rev1 over one Maildir per user. "
@@ -96,7 +97,7 @@ class Options(AccountOptionsMixin, usage.Options):
 
 
 def makeService(options: Options) -> service.IService:
-    checker = PasswordChecker(options["passwd"], options["users"])
+    checker = PasswordChecker(options["passwd"], options["users"], rule=options.guessRule())
     store = MaildirStore(
         options["maildir"], checker.hasUser, maxMessageSize=options["max-message-size"]
     )

@@ -9,6 +9,7 @@ import hashlib
 import os
 
 import pytest
+from twisted.cred.credentials import IUsernamePassword
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
@@ -16,6 +17,7 @@ from twisted.test import iosim
 from bftp.client import BFTPClient, BFTPError
 from bftp.fs import PARTIAL_PREFIX
 from bftp.wire import Code
+from coursenet.throttle import GuessRule
 from coursenet.tls import clientTLSOptions, serverContextFactory
 from tests.bftp_support import LOGIN, PASSWORD, USER, FakeReactor, Raw, connected, makeFactory, result
 
@@ -508,9 +510,9 @@ def test_loginDeadline(root, fake):
     assert "not logged in" in client.lines()[-1]
 
 
-def test_lockoutPerAddress(root, fake):
-    """After too many failed logins from one address, further connections from it are refused until the window passes."""
-    factory = makeFactory(root, fake, lockoutFailures=4, lockoutSeconds=60)
+def test_failedLoginsDelayTheNextCheckNeverRefuseIt(root, fake):
+    """After the free failed logins, the right password waits for the throttle's delay, then logs in: no lockout."""
+    factory = makeFactory(root, fake, maxLoginFailures=10)
     for _ in range(2):
         client, _, pump = connected(factory, fake, Raw)
         client.transport.write(b"HELLO BFTP/1\r\n" + b"USER alice\r\nPASS bad\r\n" * 2)
@@ -518,11 +520,11 @@ def test_lockoutPerAddress(root, fake):
     client, _, pump = connected(factory, fake, Raw)
     client.transport.write(LOGIN)
     pump.flush()
-    assert codes(client.lines()) == [220, 200, 331, 421]
-    assert "too many failed logins" in client.lines()[-1]
-    fake.advance(61)
-    client, _, pump = connected(factory, fake, Raw)
-    client.transport.write(LOGIN)
+    assert codes(client.lines()) == [220, 200, 331]
+    fake.advance(0.9)
+    pump.flush()
+    assert codes(client.lines()) == [220, 200, 331]
+    fake.advance(0.1)
     pump.flush()
     assert codes(client.lines()) == [220, 200, 331, 230]
 
@@ -626,13 +628,16 @@ def test_idleClientThatStopsReadingIsCut(root, fake):
 
 
 def test_tapOptionsReachTheFactory(tmp_path):
-    """The twistd options for the login deadline and the lockout set the factory's limits."""
+    """The twistd options for the login deadline and the guess throttle reach the factory and its checker."""
     from bftp import tap
 
     options = tap.Options()
     options.parseOptions([
         "--root", str(tmp_path), "--user", "a:b", "--login-timeout", "7",
-        "--lockout-failures", "3", "--lockout-seconds", "90",
+        "--guess-free", "1", "--guess-delay", "0.5", "--guess-max-delay", "30",
+        "--guess-budget", "4", "--guess-forget", "600",
     ])
     factory = tap.makeFactory(options, FakeReactor())
-    assert (factory.loginTimeout, factory.lockoutFailures, factory.lockoutSeconds) == (7, 3, 90)
+    checker = factory.portal.checkers[IUsernamePassword]
+    assert factory.loginTimeout == 7
+    assert checker.throttle.store.rule == GuessRule(free=1, delay=0.5, maxDelay=30, budget=4, forget=600)

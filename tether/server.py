@@ -12,7 +12,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from twisted.application import service
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import LoopingCall
@@ -20,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
+from coursenet.accounts import PasswordFrom
 from tether.offload import PLAIN_HDR, OffloadError, VnetHeader, checkHeader, writeTun
 from tether.protocol import TetherLink, TetherResource, describePeer, openTun
 from tether.wire import (
@@ -157,9 +157,12 @@ class TetherServer:
 
         @raise ProtocolError: for a wrong token, a closed link or an empty pool.
         """
+        # The checker throttles guessing by name and by the client's host,
+        # the part of "HOST:PORT" (describePeer) before the last colon.
+        host = link.peer.rpartition(":")[0] or None
         try:
             name = await self.checker.requestAvatarId(
-                UsernamePassword(hello.name.encode("utf-8"), hello.token.encode("utf-8"))
+                PasswordFrom(hello.name.encode("utf-8"), hello.token.encode("utf-8"), host)
             )
         except UnauthorizedLogin:
             raise ProtocolError(Close.AUTH, "authentication failed: wrong name or token")

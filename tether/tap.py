@@ -14,6 +14,7 @@ from twisted.python import usage
 
 from coursenet.accounts import PasswordChecker
 from coursenet.options import AccountOptionsMixin
+from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 from tether.client import Backoff, ClientService, DirectConnector, TetherClient, relayResource
 from tether.netconf import ClientNetwork, ProcessRunner, ServerNetwork
@@ -37,7 +38,7 @@ def _tls(description: str, cert: str, key: str) -> str:
     return tlsListenString(int(args[0]), cert, key, interface)
 
 
-class ServerOptions(AccountOptionsMixin, usage.Options):
+class ServerOptions(AccountOptionsMixin, GuessOptionsMixin, usage.Options):
     synopsis = "--pool CIDR --token-file FILE [--listen ENDPOINT] [options]"
     longdesc = (
         "Serve the tether WebSocket (docs/tether.md) at " + PATH + ": clients get an"
@@ -165,7 +166,8 @@ def makeServerService(options: ServerOptions, reactor=None, runner=None, system=
     from twisted.web.server import Site
 
     server = TetherServer(
-        PasswordChecker(options["token-file"], options["users"]), options["pool"],
+        PasswordChecker(options["token-file"], options["users"], reactor=reactor, rule=options.guessRule()),
+        options["pool"],
         mtu=options["mtu"], routes=options["routes"], deny=options["deny"],
         isolate=not options["allow-client-to-client"], keepalive=options["keepalive"],
         timeout=options["timeout"], grace=options["grace"], allowPlain=options["allow-plain"],
