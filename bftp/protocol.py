@@ -276,6 +276,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         if self._user is None:
             raise ProtocolError(Code.BAD_SEQUENCE, "send USER first")
         user, self._user = self._user, None
+        credentials: Anonymous | PasswordFrom
         if user == "anonymous" and self.factory.anonymous:
             credentials = Anonymous()
         else:
