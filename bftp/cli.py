@@ -20,6 +20,7 @@ import os
 import posixpath
 import shlex
 import sys
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, ConnectionLost
@@ -219,7 +220,7 @@ def _common(defaults: bool) -> argparse.ArgumentParser:
     before it.
     """
     p = argparse.ArgumentParser(add_help=False)
-    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    unset: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
     p.add_argument("--cafile", help="trust the certificates in this PEM file for bftps:// (default: the system's)", **unset)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar", **unset)
     return p

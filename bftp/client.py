@@ -30,6 +30,7 @@ from typing import Callable
 
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -100,6 +101,8 @@ class BFTPClient(LineReceiver):
     delimiter = b"\r\n"
     # Replies are at most MAX_LINE; leave room for a generous server.
     MAX_LENGTH = 4 * MAX_LINE
+    # connect() makes TCP connections, with TLS over them or not (INegotiated).
+    transport: ITCPTransport | None
 
     def __init__(self, reactor) -> None:
         self._reactor = reactor
@@ -116,7 +119,7 @@ class BFTPClient(LineReceiver):
 
     # -- wire ---------------------------------------------------------------
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         why = reason.getErrorMessage() if reason is not None else "closed"
         while self._waiting:
             self._waiting.popleft().errback(
@@ -146,18 +149,21 @@ class BFTPClient(LineReceiver):
             self._waiting.popleft().callback(Reply(code, text, lines))
 
     def rawDataReceived(self, data: bytes) -> None:
+        sink = self._sink
+        assert sink is not None, "raw mode is set once the sink is"
         try:
-            self._sink.feed(data)
+            sink.feed(data)
         except FramingError as e:
             self._abort(e)
             return
-        if self._sink.done:
-            rest = self._sink.rest
+        if sink.done:
+            rest = sink.rest
             self.setLineMode(rest)
 
     def _abort(self, error: Exception) -> None:
         if self._waiting:
             self._waiting.popleft().errback(Failure(error))
+        assert self.transport is not None
         self.transport.abortConnection()
 
     def _reply(self) -> Deferred[Reply]:
@@ -179,7 +185,7 @@ class BFTPClient(LineReceiver):
     def _do(self, coroutine) -> Deferred:
         return Deferred.fromCoroutine(self._serially(coroutine))
 
-    async def _send(self, line: str, ok: tuple[int, ...] = (200, 299)) -> Reply:
+    async def _send(self, line: str, ok: tuple[int, int] = (200, 299)) -> Reply:
         self.sendLine(line.encode("utf-8"))
         return _check(await self._reply(), ok)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
-from typing import Callable
+from typing import Callable, Protocol
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
@@ -31,6 +31,21 @@ from coursenet.coalesce import Coalescer
 from coursenet.interfaces import IFastTransfer
 
 Progress = Callable[[int], None]
+
+
+class _Consumer(Protocol):
+    """
+    What L{ChunkedFileSender} sends on: a connection's transport, or the
+    L{coursenet.receiver.Outbox} in front of it.
+    """
+
+    def write(self, data: bytes) -> None: ...
+
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
 
 _READ = 1 << 20
 
@@ -151,7 +166,7 @@ class ChunkedFileSender:
         self._chunkLeft = 0
         self._progress = progress
         self._useSendfile = useSendfile
-        self._transport = None
+        self._transport: _Consumer | None = None
         self._fast: IFastTransfer | None = None
         self._sock: int | None = None
         self._paused = False
@@ -178,6 +193,10 @@ class ChunkedFileSender:
             self._writeChunks()
         return self.deferred
 
+    def _sendingOn(self) -> _Consumer:
+        assert self._transport is not None, "not sending yet"
+        return self._transport
+
     def pauseProducing(self) -> None:
         self._paused = True
 
@@ -195,7 +214,7 @@ class ChunkedFileSender:
             # The header goes through the transport, which calls again once
             # its buffer, header included, is on the wire.
             self._chunkLeft = min(self._chunkSize, self._end - self._pos)
-            self._transport.write(chunkHeader(self._chunkLeft))
+            self._sendingOn().write(chunkHeader(self._chunkLeft))
 
     def _writeChunks(self) -> None:
         if self._writing:
@@ -211,15 +230,17 @@ class ChunkedFileSender:
                 if len(data) != n:
                     self._abort(EOFError(f"file shrank while being sent at byte {self._pos + len(data)}"))
                     break
-                self._transport.write(chunkHeader(n) + data)
+                self._sendingOn().write(chunkHeader(n) + data)
                 self._advance(n)
         finally:
             self._writing = False
 
     def _sendfile(self) -> None:
+        sock, fast = self._sock, self._fast
+        assert sock is not None and fast is not None, "not on the sendfile path"
         while self._chunkLeft:
             try:
-                sent = os.sendfile(self._sock, self._fd, self._pos, self._chunkLeft)
+                sent = os.sendfile(sock, self._fd, self._pos, self._chunkLeft)
             except BlockingIOError:
                 break
             except OSError as e:
@@ -232,7 +253,7 @@ class ChunkedFileSender:
             self._advance(sent)
         # Either the socket is full or the chunk is done: in both cases the
         # transport calls resumeProducing again when it can write.
-        self._fast.startWriting()
+        fast.startWriting()
 
     def _advance(self, n: int) -> None:
         self._pos += n
@@ -240,15 +261,17 @@ class ChunkedFileSender:
             self._progress(n)
 
     def _finish(self) -> None:
-        self._transport.write(END_OF_DATA)
-        self._transport.unregisterProducer()
+        transport = self._sendingOn()
+        transport.write(END_OF_DATA)
+        transport.unregisterProducer()
         self.deferred.callback(self._pos - self._start)
 
     def _abort(self, reason: BaseException) -> None:
         # Mid-chunk the stream cannot be repaired: the peer would read file
         # bytes as a header.  Drop the connection instead.
-        self._transport.unregisterProducer()
-        self._transport.abortConnection()
+        transport = self._sendingOn()
+        transport.unregisterProducer()
+        transport.abortConnection()
         if not self.deferred.called:
             self.deferred.errback(Failure(reason))
 
@@ -279,7 +302,7 @@ class BackgroundHasher:
             before C{position}.
         """
         self._reactor = reactor
-        self._fd = os.dup(fd)
+        self._fd: int | None = os.dup(fd)
         self._hasher = hasher
         self._hashed = self._written = position
         self._job: Deferred | None = None
@@ -293,9 +316,12 @@ class BackgroundHasher:
             self._startJob()
 
     def _startJob(self) -> None:
+        fd = self._fd
+        if fd is None:
+            return  # released after close() or finish(): nothing is wanted
         start, end = self._hashed, self._written
         pool = self._reactor.getThreadPool()
-        self._job = deferToThreadPool(self._reactor, pool, hashRange, self._fd, end, self._hasher, start)
+        self._job = deferToThreadPool(self._reactor, pool, hashRange, fd, end, self._hasher, start)
         self._job.addCallbacks(self._jobDone, self._jobFailed, callbackArgs=(end,))
 
     def _jobDone(self, _, end: int) -> None:
