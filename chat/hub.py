@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat.interfaces import IParticipant
+from chat.interfaces import IChatServer, IParticipant
 from chat.rooms import ChatServer, Event, Room, Topic
 from chat.wire import ChatError, Code
 from coursenet.blocking import BlockingReactor, ForkingServer, serveConnection
@@ -64,10 +64,17 @@ class RemoteParticipant:
     A child's connection, as the parent's L{ChatServer} sees it.
     """
 
+    #: The client's address is known in the child only.
+    peer = None
+
     def __init__(self, link: Link) -> None:
         self.link = link
         self.nick: str | None = None
         self.connected = True
+
+    @property
+    def online(self) -> bool:
+        return self.connected
 
     def deliver(self, event: Event) -> None:
         self.link.push(("event", Event(event.kind, event.nick, event.room, event.text, event.when, event.target)))
@@ -136,16 +143,30 @@ class ChatHub:
     def _listRooms(self, who):
         return [RoomView.of(r) for r in self.server.listRooms()]
 
+    def _roomsOf(self, who, nick):
+        try:
+            member = self.server.find(nick)
+        except ChatError:
+            return []
+        return [RoomView.of(r) for r in self.server.roomsOf(member)]
+
+    def _find(self, who, nick):
+        return Member(self.server.find(nick).nick)
+
     def _quit(self, who, reason):
         who.connected = False
         self.server.quit(who, reason)
 
 
+@implementer(IChatServer)
 class RemoteChatServer:
     """
     The child's side: a stand-in for L{ChatServer} with the methods
     L{chat.protocol.ChatProtocol} and L{chat.session.Session} call.
     """
+
+    #: The parent's forking server caps the children; a child serves one.
+    admission = None
 
     def __init__(self, sock, reactor: BlockingReactor) -> None:
         self._sock = sock
@@ -216,6 +237,14 @@ class RemoteChatServer:
 
     def listRooms(self) -> list[RoomView]:
         return self._call("listRooms")
+
+    def roomsOf(self, who) -> list[RoomView]:
+        if who.nick is None:
+            return []
+        return self._call("roomsOf", who.nick)
+
+    def find(self, nick: str) -> Member:
+        return self._call("find", nick)
 
     def quit(self, who, reason: str = "") -> None:
         try:

@@ -1,5 +1,5 @@
 """
-The pluggable pieces of the chat server.
+The pluggable pieces of the chat server, and what each asks of the others.
 """
 
 from zope.interface import Attribute, Interface
@@ -13,12 +13,134 @@ class IParticipant(Interface):
     """
 
     nick = Attribute("The current nickname, C{str}, or L{None} before NICK.")
-    connected = Attribute("C{False} once the connection is lost.")
+    online = Attribute("C{False} once the connection is lost or cut off.")
+    peer = Attribute(
+        "The client's address (an C{IAddress}), or L{None} where it is not"
+        " known (a forked child's participant, seen from the parent)."
+    )
 
     def deliver(event):
         """
         Send L{chat.rooms.Event} C{event} to this participant.  Must not
         block or raise: a participant that cannot keep up drops itself.
+        """
+
+
+class IChatServer(Interface):
+    """
+    The rooms and nicknames, as the front doors and their sessions use
+    them: L{chat.rooms.ChatServer} in the process, or a forked child's
+    stand-in for it (L{chat.hub.RemoteChatServer}).
+
+    Refusals are L{chat.wire.ChatError}s, raised or (for the methods that
+    return a L{Deferred}) failed with.  A room, as returned, has C{name},
+    C{members} (folded nickname to a participant, or anything with a
+    C{nick}), C{topic} (a L{chat.rooms.Topic} or L{None}) and C{history}
+    (L{chat.rooms.Event}s, oldest first).
+    """
+
+    admission = Attribute(
+        "The L{coursenet.admission.Admission} every front door of this server"
+        " shares, or L{None} where another process admits the connections"
+        " (a forked child's, whose parent caps the children)."
+    )
+
+    def register(who, nick, password=None):
+        """
+        Give L{IParticipant} C{who} the nickname C{nick}, or change it.
+
+        @return: a L{Deferred} firing with the account name for a
+            registered nickname whose password was right, else L{None}.
+        """
+
+    def quit(who, reason=""):
+        """
+        C{who} has gone: out of every room, its nickname released.
+        """
+
+    def join(who, name):
+        """
+        @return: a L{Deferred} firing with room C{name}, made if needed,
+            once C{who} is in it.
+        """
+
+    def part(who, name, reason=""):
+        """
+        Take C{who} out of room C{name}; return the room.
+        """
+
+    def say(who, name, text):
+        """
+        Say C{text} in room C{name} to its other members; return the
+        L{chat.rooms.Event}.
+        """
+
+    def tell(who, nick, text):
+        """
+        Send C{text} to C{nick} alone; return the L{chat.rooms.Event}.
+        """
+
+    def setTopic(who, name, text):
+        """
+        Set (or with empty C{text} clear) the topic of room C{name}; return
+        the L{chat.rooms.Event}.
+        """
+
+    def room(name):
+        """
+        Room C{name}, which must exist.
+        """
+
+    def listRooms():
+        """
+        The rooms someone is in or that have a topic, by name.
+        """
+
+    def roomsOf(who):
+        """
+        The rooms C{who} is in.
+        """
+
+    def find(nick):
+        """
+        The participant called C{nick} (anything with a C{nick}).
+        """
+
+
+class IFrontDoor(Interface):
+    """
+    What a L{chat.session.Session} needs of the protocol that owns it: the
+    wire-specific half of a connection.
+    """
+
+    wire = Attribute(
+        "The key under which events are encoded for this wire (C{str}):"
+        " an event is encoded once per wire, whatever the recipients."
+    )
+
+    def encodeEvent(event):
+        """
+        L{chat.rooms.Event} C{event} as this wire sends it: C{bytes}.
+        """
+
+    def send(data):
+        """
+        Write C{data} to the client.
+        """
+
+    def sendPing(token):
+        """
+        Ask the client to answer with C{token}: it has been silent.
+        """
+
+    def refuseFlood(text):
+        """
+        Tell the client that its line was ignored by the flood limit.
+        """
+
+    def close(why):
+        """
+        Tell the client C{why}, then close the connection.
         """
 
 

@@ -9,24 +9,26 @@ only), PING, PONG, AWAY and QUIT.  Limits answer with IRC numerics.
 
 from __future__ import annotations
 
-import collections
-
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols import irc
 
-from chat.rooms import ChatServer, Event, Room
-from chat.session import Limits, Session
+from chat.interfaces import IChatServer
+from chat.rooms import Event, Room
+from chat.session import ChatReceiver, DoorFactory, Limits
 from chat.wire import MAX_NICK, MAX_ROOM, ChatError, Code, formatLine, formatTime
+from coursenet.admission import Admission
 
-#: An IRC line is at most 512 bytes, CRLF included.
+#: An IRC line is at most 512 bytes, CRLF included: 510 without it,
+#: whichever line ending the client uses.
 MAX_IRC_LINE = 510
+#: Twisted's IRC module has no name for it (modern IRC, ircdocs.horse).
+ERR_INPUTTOOLONG = "417"
 _BEFORE_WELCOME = {"PASS", "NICK", "USER", "PING", "PONG", "QUIT", "CAP"}
 
 #: The IRC numeric for each refusal, unless a command says otherwise.
-_NUMERIC = {
+_NUMERIC: dict[int, str] = {
     Code.NICK_IN_USE: irc.ERR_NICKNAMEINUSE,
     Code.PASSWORD: irc.ERR_PASSWDMISMATCH,
     Code.ACCOUNTS_ONLY: irc.ERR_PASSWDMISMATCH,
@@ -41,7 +43,8 @@ _NUMERIC = {
 }
 
 
-def _mask(nick: str) -> str:
+def _mask(nick: str | None) -> str:
+    nick = nick or "*"
     return f"{nick}!{nick}@chat"
 
 
@@ -67,100 +70,67 @@ def encodeEvent(event: Event) -> bytes:
     return formatLine(line, MAX_IRC_LINE)
 
 
-class IRCSession(irc.IRC, Session):
+# CommandReceiver, first, gives lineLengthExceeded bytes; IRC's own, typed
+# for str, is never called.
+class IRCSession(ChatReceiver, irc.IRC):  # type: ignore[misc]
     """
-    One IRC client connection.
+    One IRC client connection.  Lines go to L{handleCommand} through the
+    chat receiver, not through L{irc.IRC}'s own framing.
     """
 
     wire = "irc"
-    MAX_LENGTH = MAX_IRC_LINE
+    maxLineLength = MAX_IRC_LINE
     _log = Logger()
 
     def connectionMade(self) -> None:
+        super().connectionMade()
         self.channels = []
         self.hostname = self.factory.hostname
-        self._buf = b""
-        self._lines: collections.deque[bytes] = collections.deque()
-        self._busy = False
-        self._discarding = False
         self._password: str | None = None
         self._user: str | None = None
         self.welcomed = False
-        self._quitReason = "connection lost"
-        factory = self.factory
-        self.startSession(factory.server, factory.limits, factory.reactor)
-
-    def connectionLost(self, reason: Failure = None) -> None:
-        self.endSession(self._quitReason)
 
     # -- output -------------------------------------------------------------------
 
     def sendLine(self, line: str) -> None:
-        self.write(formatLine(line, MAX_IRC_LINE))
+        self.send(formatLine(line, MAX_IRC_LINE))
 
     def numeric(self, code: str, *params: str) -> None:
         """
         A numeric reply; the last parameter is the trailing text.
         """
         *middle, text = params
-        self.sendLine(" ".join([f":{self.hostname}", code, self.nick or "*", *middle, ":" + text]))
+        self.sendLine(" ".join([f":{self.hostname}", code, self.session.nick or "*", *middle, ":" + text]))
+
+    # -- IFrontDoor -----------------------------------------------------------------
 
     encodeEvent = staticmethod(encodeEvent)
+
+    @staticmethod
+    def busyReply(text: str) -> bytes:
+        return formatLine(f"ERROR :Closing Link: {text}", MAX_IRC_LINE)
 
     def sendPing(self, token: str) -> None:
         self.sendLine(f"PING :{token}")
 
-    def sendClosing(self, text: str) -> None:
-        self.transport.write(formatLine(f"ERROR :Closing Link: {text}", MAX_IRC_LINE))
-
     def refuseFlood(self, text: str) -> None:
-        self.sendLine(f":{self.hostname} NOTICE {self.nick or '*'} :{text}")
+        self.sendLine(f":{self.hostname} NOTICE {self.session.nick or '*'} :{text}")
 
     # -- input --------------------------------------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
-        lines = (self._buf + data).split(b"\n")
-        self._buf = lines.pop()
-        for line in lines:
-            if self._discarding:
-                self._discarding = False
-            elif len(line) > self.MAX_LENGTH + 1:
-                self._tooLong()
-            else:
-                self._lines.append(line)
-        if len(self._buf) > self.MAX_LENGTH + 1:
-            # The rest of that line is still to come: drop it when it ends.
-            self._buf = b""
-            if not self._discarding:
-                self._tooLong()
-            self._discarding = True
-        self._drain()
+    def lineTooLong(self) -> None:
+        self.numeric(ERR_INPUTTOOLONG, f"Input line was too long (limit {MAX_IRC_LINE + 2} bytes with CRLF)")
 
-    def _tooLong(self) -> None:
-        self.numeric("417", f"Input line was too long (limit {MAX_IRC_LINE + 2} bytes)")
-
-    def _drain(self) -> None:
-        while self._lines and not self._busy and self.connected:
-            line = self._lines.popleft().rstrip(b"\r")
-            if not line.strip() or not self.lineArrived(not line.upper().startswith(b"PONG")):
-                continue
-            text = line.decode("utf-8", "replace")
-            try:
-                prefix, command, params = irc.parsemsg(text)
-            except (ValueError, IndexError, irc.IRCBadMessage):
-                self.numeric(irc.ERR_UNKNOWNCOMMAND, "*", "Malformed message")
-                continue
-            result = self.handleCommand(command.upper(), prefix, params)
-            if isinstance(result, Deferred) and not result.called:
-                self._busy = True
-                self.transport.pauseProducing()
-                result.addBoth(self._resume)
-
-    def _resume(self, _) -> None:
-        self._busy = False
-        if self.connected:
-            self.transport.resumeProducing()
-            self._drain()
+    def commandReceived(self, line: bytes):
+        if not line.strip():
+            return None
+        text = line.decode("utf-8", "replace")
+        try:
+            prefix, command, params = irc.parsemsg(text)
+        except (ValueError, IndexError, irc.IRCBadMessage):
+            self.numeric(irc.ERR_UNKNOWNCOMMAND, "*", "Malformed message")
+            return None
+        return self.handleCommand(command.upper(), prefix, params)
 
     def handleCommand(self, command: str, prefix: str, params: list[str]):
         method = getattr(self, "irc_" + command, None)
@@ -191,7 +161,7 @@ class IRCSession(irc.IRC, Session):
         self.numeric(code, target, error.message)
 
     def _failed(self, failure: Failure, command: str, target: str) -> None:
-        if not self.connected:
+        if not self.session.online:
             return
         if failure.check(ChatError):
             self.refuse(command, target, failure.value)
@@ -223,14 +193,14 @@ class IRCSession(irc.IRC, Session):
         if not params or not params[0]:
             self.numeric(irc.ERR_NONICKNAMEGIVEN, "No nickname given")
             return None
-        old = self.nick
+        old = self.session.nick
 
         def done(_):
-            if self.welcomed and old != self.nick:
-                self.sendLine(f":{_mask(old)} NICK {self.nick}")
+            if self.welcomed and old != self.session.nick:
+                self.sendLine(f":{_mask(old)} NICK {self.session.nick}")
             self._maybeWelcome()
 
-        return self.server.register(self, params[0], self._password).addCallback(done)
+        return self.server.register(self.session, params[0], self._password).addCallback(done)
 
     def irc_USER(self, prefix, params) -> None:
         if self.welcomed:
@@ -241,11 +211,11 @@ class IRCSession(irc.IRC, Session):
         self._maybeWelcome()
 
     def _maybeWelcome(self) -> None:
-        if self.welcomed or self.nick is None or self._user is None:
+        if self.welcomed or self.session.nick is None or self._user is None:
             return
         self.welcomed = True
         self._password = None
-        nick, host = self.nick, self.hostname
+        nick, host = self.session.nick, self.hostname
         self.numeric(irc.RPL_WELCOME, f"Welcome to the coursenet chat, {nick}")
         self.numeric(irc.RPL_YOURHOST, f"Your host is {host}, running coursenet chat")
         self.numeric(irc.RPL_CREATED, "This server speaks the course chat protocol too (docs/chat.md)")
@@ -258,9 +228,9 @@ class IRCSession(irc.IRC, Session):
         self.numeric(irc.ERR_NOMOTD, "MOTD File is missing")
 
     def irc_QUIT(self, prefix, params) -> None:
-        self._quitReason = (params[0] if params else "") or "quit"
-        self.sendLine(f"ERROR :Closing Link: {self.nick or '*'} (Quit: {self._quitReason})")
-        self.hangUp()
+        self.quitReason = (params[0] if params else "") or "quit"
+        self.sendLine(f"ERROR :Closing Link: {self.session.nick or '*'} (Quit: {self.quitReason})")
+        self.transport.loseConnection()
 
     def irc_PING(self, prefix, params) -> None:
         token = params[-1] if params else self.hostname
@@ -276,7 +246,7 @@ class IRCSession(irc.IRC, Session):
     def irc_JOIN(self, prefix, params) -> Deferred | None:
         self._need(params, 1, "JOIN")
         if params[0] == "0":
-            for room in self.server.roomsOf(self):
+            for room in self.server.roomsOf(self.session):
                 self._part(room.name, "")
             return None
         return Deferred.fromCoroutine(self._joinAll(params[0].split(",")))
@@ -284,7 +254,7 @@ class IRCSession(irc.IRC, Session):
     async def _joinAll(self, names: list[str]) -> None:
         for name in names:
             try:
-                room = await self.server.join(self, name)
+                room = await self.server.join(self.session, name)
             except ChatError as e:
                 if e.code != Code.BAD_SEQUENCE:  # already there: IRC says nothing
                     self.refuse("JOIN", name, e)
@@ -293,10 +263,10 @@ class IRCSession(irc.IRC, Session):
 
     def _joined(self, room: Room) -> None:
         channel = "#" + room.name
-        self.sendLine(f":{_mask(self.nick)} JOIN {channel}")
+        self.sendLine(f":{_mask(self.session.nick)} JOIN {channel}")
         if room.topic:
-            self.topic(self.nick, channel, room.topic.text)
-        self.names(self.nick, channel, [m.nick for m in room.members.values()])
+            self.topic(self.session.nick, channel, room.topic.text)
+        self.names(self.session.nick, channel, [m.nick for m in room.members.values()])
         for event in room.history:
             self.sendLine(
                 f":{self.hostname} NOTICE {channel} :[{formatTime(event.when)}] <{event.nick}> {event.text}"
@@ -312,8 +282,8 @@ class IRCSession(irc.IRC, Session):
                 self.refuse("PART", name, e)
 
     def _part(self, name: str, reason: str) -> None:
-        room = self.server.part(self, name, reason)
-        self.part(_mask(self.nick), "#" + room.name, reason or None)
+        room = self.server.part(self.session, name, reason)
+        self.part(_mask(self.session.nick), "#" + room.name, reason or None)
 
     def irc_PRIVMSG(self, prefix, params) -> None:
         if not params:
@@ -324,9 +294,9 @@ class IRCSession(irc.IRC, Session):
             return
         target, text = params[0], params[1]
         if target.startswith("#"):
-            self.server.say(self, target, text)
+            self.server.say(self.session, target, text)
         else:
-            self.server.tell(self, target, text)
+            self.server.tell(self.session, target, text)
 
     irc_NOTICE = irc_PRIVMSG
 
@@ -340,16 +310,16 @@ class IRCSession(irc.IRC, Session):
             except ChatError:
                 self.numeric(irc.RPL_ENDOFNAMES, name, "End of /NAMES list")
                 continue
-            self.names(self.nick, "#" + room.name, [m.nick for m in room.members.values()])
+            self.names(self.session.nick, "#" + room.name, [m.nick for m in room.members.values()])
 
     def irc_TOPIC(self, prefix, params) -> None:
         self._need(params, 1, "TOPIC")
         if len(params) == 1:
             room = self.server.room(params[0])
-            self.topic(self.nick, "#" + room.name, room.topic.text if room.topic else None)
+            self.topic(self.session.nick, "#" + room.name, room.topic.text if room.topic else None)
             return
-        event = self.server.setTopic(self, params[0], params[1])
-        self.deliver(event)
+        event = self.server.setTopic(self.session, params[0], params[1])
+        self.session.deliver(event)
 
     def irc_LIST(self, prefix, params) -> None:
         self.numeric(irc.RPL_LISTSTART, "Channel", "Users  Name")
@@ -372,7 +342,7 @@ class IRCSession(irc.IRC, Session):
             except ChatError:
                 pass
         self.who(
-            self.nick,
+            self.session.nick,
             mask,
             [(m.nick, "chat", self.hostname, m.nick, "H", 0, m.nick) for m in members],
         )
@@ -391,35 +361,32 @@ class IRCSession(irc.IRC, Session):
         if params[0].startswith("#"):
             room = self.server.room(params[0])
             if len(params) == 1:
-                self.sendLine(f":{self.hostname} {irc.RPL_CHANNELMODEIS} {self.nick} #{room.name} +t")
+                self.sendLine(f":{self.hostname} {irc.RPL_CHANNELMODEIS} {self.session.nick} #{room.name} +t")
             elif params[1].lstrip("+") == "b":
                 self.numeric(irc.RPL_ENDOFBANLIST, "#" + room.name, "End of channel ban list")
             else:
                 self.numeric(irc.ERR_CHANOPRIVSNEEDED, "#" + room.name, "Channel modes cannot be changed here")
         else:
-            self.sendLine(f":{self.hostname} {irc.RPL_UMODEIS} {self.nick} +")
+            self.sendLine(f":{self.hostname} {irc.RPL_UMODEIS} {self.session.nick} +")
 
     def irc_AWAY(self, prefix, params) -> None:
         self.numeric(irc.RPL_UNAWAY, "Away status is not kept here")
 
 
-class IRCFactory(Factory):
+class IRCFactory(DoorFactory):
     """
-    IRC connections to a L{ChatServer}.
+    IRC connections to a chat server (L{chat.interfaces.IChatServer}).
     """
 
     protocol = IRCSession
 
     def __init__(
         self,
-        server: ChatServer,
+        server: IChatServer,
         limits: Limits = Limits(),
         hostname: str = "coursenet.chat",
         reactor=None,
+        admission: Admission | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
-        self.reactor = reactor
-        self.server = server
-        self.limits = limits
+        super().__init__(server, limits, reactor, admission)
         self.hostname = hostname

@@ -1,6 +1,7 @@
 """
-The course chat server: one L{ChatProtocol} per connection, on a line
-receiver; the rooms live in a shared L{chat.rooms.ChatServer}.
+The course chat server: one L{ChatProtocol} per connection, on the chat
+receiver (L{chat.session.ChatReceiver}); the rooms live in a shared
+L{chat.rooms.ChatServer}.
 
 Each command is a C{do_VERB} method.  One that finishes later (NICK with a
 password, JOIN of a room still loading) returns a L{Deferred}; until it
@@ -10,13 +11,11 @@ fires the protocol reads nothing more, so replies come in command order.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from chat.rooms import ChatServer, Event
-from chat.session import Limits, Session
+from chat.rooms import Event
+from chat.session import ChatReceiver, DoorFactory
 from chat.wire import (
     MAX_LINE,
     MAX_TEXT,
@@ -72,91 +71,56 @@ def encodeHistory(event: Event) -> bytes:
     )
 
 
-class ChatProtocol(LineReceiver, Session):
+class ChatProtocol(ChatReceiver):
     """
     One course-protocol connection.
     """
 
-    # Lines end with CRLF; a bare LF is accepted too, for netcat and telnet.
-    delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE + 1
+    # Lines end with CRLF; a bare LF is taken too, for netcat and telnet.
+    maxLineLength = MAX_LINE
     wire = "chat"
     _log = Logger()
-    _discarding = False
-    _quitReason = "connection lost"
 
     def connectionMade(self) -> None:
-        factory = self.factory
-        if self.startSession(factory.server, factory.limits, factory.reactor):
-            self.write(
-                formatReply(
-                    Code.READY,
-                    f"{VERSION} coursenet chat ready; max-line={MAX_LINE}"
-                    f" max-text={MAX_TEXT}; choose a nickname with NICK",
-                )
-            )
-
-    def connectionLost(self, reason: Failure = None) -> None:
-        self.endSession(self._quitReason)
+        super().connectionMade()
+        self.reply(
+            Code.READY,
+            f"{VERSION} coursenet chat ready; max-line={MAX_LINE}"
+            f" max-text={MAX_TEXT}; choose a nickname with NICK",
+        )
 
     def reply(self, code: int, text: str) -> None:
-        self.write(formatReply(code, text))
+        self.send(formatReply(code, text))
 
-    # Session's wire-specific parts.
+    # -- IFrontDoor -----------------------------------------------------------
 
     encodeEvent = staticmethod(encodeEvent)
 
-    def sendPing(self, token: str) -> None:
-        self.write(formatLine(f"PING {token}"))
+    @staticmethod
+    def busyReply(text: str) -> bytes:
+        return formatReply(Code.CLOSING, text)
 
-    def sendClosing(self, text: str) -> None:
-        self.transport.write(formatReply(Code.CLOSING, text))
+    def sendPing(self, token: str) -> None:
+        self.send(formatLine(f"PING {token}"))
 
     def refuseFlood(self, text: str) -> None:
         self.reply(Code.FLOOD, text)
 
     # -- input ------------------------------------------------------------------
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        if not self._discarding:
-            self.reply(Code.SYNTAX, f"line too long: the limit is {MAX_LINE} bytes; line ignored")
-        end = line.find(b"\n")
-        if end == -1:
-            # The rest of that line is still to come: drop it when it ends.
-            self._discarding = True
-            return
-        self._discarding = False
-        # LineReceiver ignores a nested dataReceived: go on with the lines
-        # after this one on the next turn.
-        self._buffer = line[end + 1 :]
-        self.factory.reactor.callLater(0, self.dataReceived, b"")
+    def lineTooLong(self) -> None:
+        self.reply(Code.SYNTAX, f"line too long: the limit is {MAX_LINE} bytes; line ignored")
 
-    def lineReceived(self, line: bytes) -> None:
-        if self._discarding:
-            self._discarding = False
-            return
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not self.connected:
-            return
+    def commandReceived(self, line: bytes) -> Deferred | None:
         try:
             command = parseCommand(line)
         except ChatError as e:
-            if self.lineArrived():
-                self.reply(e.code, e.message)
-            return
-        if not self.lineArrived(counted=command.verb != "PONG"):
-            return
-        d = maybeDeferred(self._dispatch, command)
-        if d.called:
-            d.addErrback(self._failed)
-            return
-        self.pauseProducing()
-        d.addErrback(self._failed)
-        d.addBoth(lambda _: self.resumeProducing() if self.connected else None)
+            self.reply(e.code, e.message)
+            return None
+        return maybeDeferred(self._dispatch, command).addErrback(self._failed)
 
     def _failed(self, failure: Failure) -> None:
-        if not self.connected:
+        if not self.session.online:
             return
         if failure.check(ChatError):
             self.reply(failure.value.code, failure.value.message)
@@ -168,7 +132,7 @@ class ChatProtocol(LineReceiver, Session):
         handler = getattr(self, "do_" + command.verb, None)
         if handler is None:
             raise ChatError(Code.SYNTAX, f"unknown command {command.verb[:32]}; try HELP")
-        if self.nick is None and command.verb not in _BEFORE_NICK:
+        if self.session.nick is None and command.verb not in _BEFORE_NICK:
             raise ChatError(Code.BAD_SEQUENCE, "choose a nickname first: NICK name")
         return handler(command)
 
@@ -184,31 +148,31 @@ class ChatProtocol(LineReceiver, Session):
             note = f" (account {account})" if account else ""
             self.reply(Code.NICK_OK, f"{nick} is your nickname{note}")
 
-        return self.server.register(self, nick, password).addCallback(done)
+        return self.server.register(self.session, nick, password).addCallback(done)
 
     def do_JOIN(self, command: Command) -> Deferred:
         (name,) = command.split(1, False, "JOIN room")
 
         def joined(room):
-            self.write(b"".join(e.encoded("chat-history", encodeHistory) for e in room.history))
+            self.send(b"".join(e.encoded("chat-history", encodeHistory) for e in room.history))
             topic = f"; topic: {room.topic.text}" if room.topic else ""
             self.reply(Code.JOINED, f"{room.name} joined; members {len(room.members)}{topic}")
 
-        return self.server.join(self, name).addCallback(joined)
+        return self.server.join(self.session, name).addCallback(joined)
 
     def do_PART(self, command: Command) -> None:
         name, reason = command.split(1, True, "PART room [reason]")
-        room = self.server.part(self, name, reason)
+        room = self.server.part(self.session, name, reason)
         self.reply(Code.OK, f"left {room.name}")
 
     def do_SAY(self, command: Command) -> None:
         name, text = command.split(1, True, "SAY room text")
-        event = self.server.say(self, name, text)
+        event = self.server.say(self.session, name, text)
         self.reply(Code.OK, f"said in {event.room}")
 
     def do_MSG(self, command: Command) -> None:
         nick, text = command.split(1, True, "MSG nick text")
-        event = self.server.tell(self, nick, text)
+        event = self.server.tell(self.session, nick, text)
         self.reply(Code.OK, f"sent to {event.target}")
 
     def do_LIST(self, command: Command) -> None:
@@ -217,13 +181,13 @@ class ChatProtocol(LineReceiver, Session):
             f"{r.name} {len(r.members)} {r.topic.text if r.topic else ''}".rstrip()
             for r in rooms
         ]
-        self.write(formatMultiline(Code.LIST, lines, f"{len(lines)} rooms"))
+        self.send(formatMultiline(Code.LIST, lines, f"{len(lines)} rooms"))
 
     def do_WHO(self, command: Command) -> None:
         (name,) = command.split(1, False, "WHO room")
         room = self.server.room(name)
         nicks = [m.nick for m in room.members.values()]
-        self.write(formatMultiline(Code.WHO, nicks, f"{len(nicks)} in {room.name}"))
+        self.send(formatMultiline(Code.WHO, nicks, f"{len(nicks)} in {room.name}"))
 
     def do_TOPIC(self, command: Command) -> None:
         name, text = command.split(1, True, "TOPIC room [text]")
@@ -231,7 +195,7 @@ class ChatProtocol(LineReceiver, Session):
             room = self.server.room(name)
             self.reply(Code.TOPIC, f"{room.name} {room.topic.text if room.topic else ''}".rstrip())
             return
-        event = self.server.setTopic(self, name, text)
+        event = self.server.setTopic(self.session, name, text)
         self.reply(Code.OK, f"topic of {event.room} set")
 
     def do_PING(self, command: Command) -> None:
@@ -246,24 +210,17 @@ class ChatProtocol(LineReceiver, Session):
         """
 
     def do_HELP(self, command: Command) -> None:
-        self.write(formatMultiline(Code.HELP, HELP, "end of HELP; docs/chat.md has the rest"))
+        self.send(formatMultiline(Code.HELP, HELP, "end of HELP; docs/chat.md has the rest"))
 
     def do_QUIT(self, command: Command) -> None:
-        self._quitReason = command.rest[:MAX_TEXT] or "quit"
+        self.quitReason = command.rest[:MAX_TEXT] or "quit"
         self.reply(Code.BYE, "bye")
-        self.hangUp()
+        self.transport.loseConnection()
 
 
-class ChatFactory(Factory):
+class ChatFactory(DoorFactory):
     """
-    Course-protocol connections to a L{ChatServer}.
+    Course-protocol connections to a chat server (L{IChatServer}).
     """
 
     protocol = ChatProtocol
-
-    def __init__(self, server: ChatServer, limits: Limits = Limits(), reactor=None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
-        self.reactor = reactor
-        self.server = server
-        self.limits = limits

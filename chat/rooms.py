@@ -16,11 +16,13 @@ from typing import Iterable
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from chat.auth import IChatAccount, makePortal
-from chat.interfaces import IHistoryStore, IParticipant
+from chat.interfaces import IChatServer, IHistoryStore, IParticipant
 from chat.wire import ChatError, Code, checkNick, checkRoom, checkText, foldNick
 from coursenet.accounts import PasswordFrom
+from coursenet.admission import Admission
 from coursenet.throttle import hostOf
 
 
@@ -102,11 +104,12 @@ class Room:
             d.errback(failure)
 
 
+@implementer(IChatServer)
 class ChatServer:
     """
     Rooms, nicknames and who is where, for every front door.
 
-    @ivar connections: the number of admitted connections, all front doors.
+    @ivar admission: the connection caps every front door shares.
     """
 
     _log = Logger()
@@ -119,13 +122,17 @@ class ChatServer:
         historySize: int = 50,
         maxRooms: int = 1000,
         maxRoomsPerUser: int = 20,
-        maxConnections: int = 20000,
+        maxConnections: int | None = None,
+        maxPerAddress: int | None = None,
         reactor=None,
     ) -> None:
         """
         @param checker: a L{coursenet.accounts.PasswordChecker}: its
             accounts are registered nicknames, taken only with the password.
         @param anonymous: whether other nicknames may be used at all.
+        @param maxConnections: connections at once, all front doors
+            together; by default as many as the descriptor limit allows.
+        @param maxPerAddress: connections at once from one address.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -137,25 +144,10 @@ class ChatServer:
         self.historySize = historySize
         self.maxRooms = maxRooms
         self.maxRoomsPerUser = maxRoomsPerUser
-        self.maxConnections = maxConnections
-        self.connections = 0
+        self.admission = Admission(maxConnections, maxPerAddress)
         self.users: dict[str, IParticipant] = {}
         self.rooms: dict[str, Room] = {}
         self._joined: dict[IParticipant, dict[str, Room]] = {}
-
-    # -- connections ----------------------------------------------------------
-
-    def admit(self) -> str | None:
-        """
-        Count a new connection, or say why it is refused.
-        """
-        if self.connections >= self.maxConnections:
-            return f"server full ({self.maxConnections} connections); try again later"
-        self.connections += 1
-        return None
-
-    def release(self) -> None:
-        self.connections -= 1
 
     # -- nicknames -------------------------------------------------------------
 
@@ -205,7 +197,7 @@ class ChatServer:
                 Code.ACCOUNTS_ONLY,
                 f"this server takes registered nicknames only and {nick} is not one",
             )
-        if not who.connected:
+        if not who.online:
             # Gone while the password was checked.
             raise ChatError(Code.CLOSING, "connection closed")
         fold = foldNick(nick)

@@ -1,8 +1,13 @@
 """
-What every chat connection does whatever its wire: admission, flood
-control, slow-consumer protection and the idle PING, and delivery of room
-events.  The course protocol (L{chat.protocol}) and the IRC front door
-(L{chat.irc}) both mix in L{Session}.
+What every chat connection does whatever its wire: flood control, the
+idle PING, delivery of room events, and the line receiver both front
+doors are built on.
+
+A front door's protocol (L{chat.protocol.ChatProtocol},
+L{chat.irc.IRCSession}) is a L{ChatReceiver}: framing, pipelining and
+output back-pressure are L{coursenet.receiver.CommandReceiver}'s, and the
+rooms see the protocol's L{Session}, a component it owns, as their
+L{IParticipant}.
 """
 
 from __future__ import annotations
@@ -10,12 +15,16 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chat.interfaces import IParticipant
-from chat.rooms import ChatServer, Event
+from chat.interfaces import IChatServer, IFrontDoor, IParticipant
+from chat.rooms import Event
+from coursenet.admission import Admission, AdmittingFactory
+from coursenet.receiver import CommandReceiver, Outbox
 from coursenet.transport import noDelay
 
 
@@ -25,17 +34,22 @@ class Limits:
     Per-connection limits, the same for every front door.
 
     @ivar floodRate: lines a second a connection may send on average
-        (0: no flood control).
+        (0: no flood control).  Every line counts, PONG included.
     @ivar floodBurst: lines it may send at once after a quiet spell.
     @ivar maxOutput: bytes that may wait for a client beyond what the
-        transport buffers itself; past that the client is cut off.
+        transport buffers itself (64 KiB); past that the client is cut off.
+    @ivar drainTimeout: seconds output may wait for a client that reads
+        none of it; then the client is cut off.
     @ivar idleTimeout: seconds of silence before the server sends PING.
     @ivar pingTimeout: seconds after that PING before it gives up.
     """
 
     floodRate: float = 10.0
     floodBurst: int = 20
-    maxOutput: int = 256 * 1024
+    # Room for a burst from every member of a busy room: a client reading
+    # at 1 MB/s takes this in a second, one that reads nothing holds no more.
+    maxOutput: int = 1024 * 1024
+    drainTimeout: float = 30.0
     idleTimeout: float = 120.0
     pingTimeout: float = 60.0
 
@@ -63,40 +77,6 @@ class TokenBucket:
             self._tokens -= 1
             return True
         return False
-
-
-@implementer(IPushProducer)
-class OutputGuard:
-    """
-    Registered with a transport as a streaming producer, so the transport
-    says when its buffer is full (L{pauseProducing}) and when it has
-    drained (L{resumeProducing}).  Bytes written in between are counted;
-    past C{limit} the reader is too slow and C{overflow} is called, once.
-    """
-
-    def __init__(self, transport, limit: int, overflow) -> None:
-        self.limit = limit
-        self.waiting = 0
-        self.full = False
-        self._overflow = overflow
-        transport.registerProducer(self, True)
-
-    def wrote(self, n: int) -> None:
-        if self.full:
-            self.waiting += n
-            if self.waiting > self.limit and self._overflow is not None:
-                overflow, self._overflow = self._overflow, None
-                overflow()
-
-    def pauseProducing(self) -> None:
-        self.full = True
-
-    def resumeProducing(self) -> None:
-        self.full = False
-        self.waiting = 0
-
-    def stopProducing(self) -> None:
-        self._overflow = None
 
 
 class Heartbeat:
@@ -139,113 +119,184 @@ class Heartbeat:
 @implementer(IParticipant)
 class Session:
     """
-    Mixed into a front door's protocol.  The protocol sets C{wire} (the key
-    under which events are encoded) and provides L{encodeEvent},
-    L{sendPing}, L{refuseFlood} and L{sendClosing}; it calls L{startSession}
-    from C{connectionMade}, L{lineArrived} for every line and L{endSession}
-    from C{connectionLost}.
+    One connection as the rooms see it, owned by its front door's
+    protocol: its nickname, the flood limit on its lines and the PING
+    sent when it is silent.
     """
 
     _log = Logger()
-    wire = ""
     nick: str | None = None
-    connected = False
-    server: ChatServer
-    _abort = None
+    online = True
 
-    def startSession(self, server: ChatServer, limits: Limits, clock) -> bool:
-        """
-        @return: C{False} if the server is full (the client was told).
-        """
+    def __init__(self, door: IFrontDoor, server: IChatServer, limits: Limits, clock, peer) -> None:
+        self.door = door
         self.server = server
         self.limits = limits
-        self.clock = clock
-        self.peer = self.transport.getPeer()
-        refusal = server.admit()
-        if refusal is not None:
-            self.sendClosing(refusal)
-            self.transport.loseConnection()
-            return False
-        self.connected = True
-        noDelay(self.transport)
+        self.peer = peer
         self._bucket = (
             TokenBucket(limits.floodRate, limits.floodBurst, clock) if limits.floodRate else None
         )
-        self._guard = OutputGuard(self.transport, limits.maxOutput, self._tooSlow)
         self._heartbeat = Heartbeat(
             clock, limits.idleTimeout, limits.pingTimeout, self._ping, self._noAnswer
         )
-        return True
 
-    def endSession(self, reason: str) -> None:
-        if not self.connected:
+    def end(self, reason: str) -> None:
+        """
+        The connection is over: out of the rooms at once, with C{reason}
+        as the QUIT the others see.
+        """
+        if not self.online:
             return
-        self.connected = False
+        self.online = False
         self._heartbeat.stop()
-        if self._abort is not None and self._abort.active():
-            self._abort.cancel()
         self.server.quit(self, reason)
-        self.server.release()
-
-    def write(self, data: bytes) -> None:
-        if self.connected:
-            self.transport.write(data)
-            self._guard.wrote(len(data))
 
     def deliver(self, event: Event) -> None:
-        self.write(event.encoded(self.wire, self.encodeEvent))
+        if self.online:
+            self.door.send(event.encoded(self.door.wire, self.door.encodeEvent))
 
-    def lineArrived(self, counted: bool = True) -> bool:
+    def lineArrived(self) -> bool:
         """
-        Note a line from the client.
+        Note a line from the client, whatever it is: an answer to our PING
+        is a line like any other.
 
-        @param counted: whether the line counts towards the flood limit
-            (an answer to our PING does not).
         @return: C{False} if the flood limit refuses it (the client was
             told).
         """
         self._heartbeat.touch()
-        if not counted or self._bucket is None or self._bucket.take():
+        if self._bucket is None or self._bucket.take():
             return True
-        self.refuseFlood(
+        self.door.refuseFlood(
             f"flood limit: at most {self.limits.floodRate:g} lines a second"
             f" (bursts of {self.limits.floodBurst}); line ignored, slow down"
         )
         return False
 
-    def hangUp(self) -> None:
-        """
-        Close once what was written is sent.  The output guard is
-        unregistered first: TLS does not close while a producer is
-        registered.
-        """
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
-
-    def close(self, why: str) -> None:
-        """
-        Tell the client why, then close; do not wait long for a client that
-        does not read.
-        """
-        self.sendClosing(why)
-        self.hangUp()
-        self._abort = self.clock.callLater(5, self.transport.abortConnection)
-
     def _ping(self) -> None:
-        self.sendPing(secrets.token_hex(4))
+        self.door.sendPing(secrets.token_hex(4))
 
     def _noAnswer(self) -> None:
         self._log.info("{peer} ({nick}) did not answer PING", peer=self.peer, nick=self.nick)
-        self.close(f"no answer to PING within {self.limits.pingTimeout:g} seconds; closing")
+        self.door.close(f"no answer to PING within {self.limits.pingTimeout:g} seconds; closing")
 
-    def _tooSlow(self) -> None:
-        self._log.warn(
-            "{peer} ({nick}) is not reading: over {limit} bytes waiting; cut off",
-            peer=self.peer, nick=self.nick, limit=self.limits.maxOutput,
-        )
-        # It will rarely be read, but it says why to a client that catches up.
-        self.sendClosing(
-            f"you are not reading: over {self.limits.maxOutput} bytes waiting for you; cut off"
-        )
-        self.transport.abortConnection()
-        self.endSession("cut off: not reading")
+
+@implementer(IFrontDoor)
+class ChatReceiver(CommandReceiver):
+    """
+    The receiver under both front doors.  The factory has C{server} (an
+    L{IChatServer}), C{limits} and C{reactor}; the protocol provides
+    the rest of L{IFrontDoor} (C{wire}, C{encodeEvent}, C{sendPing},
+    C{refuseFlood}, C{busyReply}), L{commandReceived} and L{lineTooLong}.
+
+    Output to a client that does not read is bounded by the receiver's
+    outbox, from L{Limits}: C{maxOutput} bytes beyond the transport's own
+    buffer, C{drainTimeout} seconds without draining.  A client cut off
+    for it leaves the rooms at once; nobody waits for it.
+
+    @ivar session: this connection's L{Session}.
+    """
+
+    _log = Logger()
+    # What CommandReceiver makes of the transport it is given.
+    transport: Outbox  # type: ignore[assignment]
+    wire = ""
+    session: Session
+    quitReason = "connection lost"
+
+    def makeConnection(self, transport) -> None:
+        limits: Limits = self.factory.limits
+        self.outputLimit = limits.maxOutput
+        self.drainTimeout = limits.drainTimeout
+        super().makeConnection(transport)
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        noDelay(self.transport)
+        self.server: IChatServer = factory.server
+        self.session = Session(self, self.server, factory.limits, factory.reactor, self.transport.getPeer())
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        self.session.end(self.quitReason)
+
+    def cutOff(self, why: str) -> None:
+        self.session.end("cut off: not reading")
+
+    def lineReceived(self, line: bytes) -> Deferred | None:
+        if not self.session.online or not self.session.lineArrived():
+            return None
+        return self.commandReceived(line)
+
+    def commandReceived(self, line: bytes) -> Deferred | None:
+        """
+        A line the flood limit let through: run it, answering in order.
+        """
+        raise NotImplementedError
+
+    def lineTooLong(self) -> None:
+        """
+        Say that the line was too long and skipped.
+        """
+        raise NotImplementedError
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self.session.online and self.session.lineArrived():
+            self.lineTooLong()
+
+    # -- IFrontDoor ---------------------------------------------------------------
+
+    def encodeEvent(self, event: Event) -> bytes:
+        raise NotImplementedError
+
+    def sendPing(self, token: str) -> None:
+        raise NotImplementedError
+
+    def refuseFlood(self, text: str) -> None:
+        raise NotImplementedError
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def close(self, why: str) -> None:
+        self.sendClosing(why)
+        self.transport.loseConnection()
+
+    def sendClosing(self, text: str) -> None:
+        """
+        Say why the connection is being closed.
+        """
+        self.send(self.busyReply(text))
+
+    @staticmethod
+    def busyReply(text: str) -> bytes:
+        """
+        The line that says the connection is being closed, and why: also
+        what a connection refused by admission gets.
+        """
+        raise NotImplementedError
+
+
+class DoorFactory(AdmittingFactory, Factory):
+    """
+    A front door's factory: its protocol is a L{ChatReceiver}.  A
+    connection past the server's caps gets the protocol's C{busyReply}
+    and never reaches it (L{AdmittingFactory}).
+    """
+
+    def __init__(
+        self,
+        server: IChatServer,
+        limits: Limits = Limits(),
+        reactor=None,
+        admission: Admission | None = None,
+    ) -> None:
+        """
+        @param admission: the connection caps; by default the server's,
+            which every front door of it shares.
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.server = server
+        self.limits = limits
+        self.admission = admission or server.admission or Admission()

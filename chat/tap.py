@@ -43,12 +43,17 @@ class Options(GuessOptionsMixin, usage.Options):
         ["tls-port", None, DEFAULT_TLS_PORT, "port of the --tls-cert listener", int],
         ["history-db", None, DEFAULT_HISTORY_DB, "SQLite file for room history and topics (:memory: for none)"],
         ["history", None, 50, "messages replayed to whoever joins a room", int],
-        ["flood-rate", None, 10.0, "lines a second a connection may send (0: no limit)", float],
+        ["flood-rate", None, 10.0, "lines a second a connection may send, PONG included (0: no limit)", float],
         ["flood-burst", None, 20, "lines a connection may send at once", int],
-        ["max-output", None, 256 * 1024, "bytes waiting for a client that does not read before it is cut off", int],
+        ["max-output", None, Limits.maxOutput,
+         "bytes waiting for a client, beyond the transport's own 64 KiB, before it is cut off", int],
+        ["drain-timeout", None, Limits.drainTimeout,
+         "seconds a client may read none of the output waiting for it before it is cut off", float],
         ["idle-timeout", None, 120.0, "seconds of silence before PING", float],
         ["ping-timeout", None, 60.0, "seconds to answer PING", float],
-        ["max-connections", None, 20000, "connections allowed in all", int],
+        ["max-connections", None, None,
+         "connections allowed in all, both front doors (default: as many as the descriptor limit allows)", int],
+        ["max-per-address", None, None, "connections allowed from one address (default: 256)", int],
         ["max-rooms", None, 1000, "rooms on the server", int],
         ["irc-hostname", None, "coursenet.chat", "server name the IRC front door announces"],
     ]
@@ -132,12 +137,14 @@ def makeServer(options: Options, reactor=None) -> tuple[ChatServer, Limits]:
         historySize=options["history"],
         maxRooms=options["max-rooms"],
         maxConnections=options["max-connections"],
+        maxPerAddress=options["max-per-address"],
         reactor=reactor,
     )
     limits = Limits(
         floodRate=options["flood-rate"],
         floodBurst=options["flood-burst"],
         maxOutput=options["max-output"],
+        drainTimeout=options["drain-timeout"],
         idleTimeout=options["idle-timeout"],
         pingTimeout=options["ping-timeout"],
     )
@@ -146,6 +153,7 @@ def makeServer(options: Options, reactor=None) -> tuple[ChatServer, Limits]:
 
 def makeService(options: Options) -> service.IService:
     server, limits = makeServer(options)
+    # Both front doors admit through the server's Admission: one cap for both.
     top = ChatService(server.store)
     chat = ChatFactory(server, limits)
     for description in options["listen"]:

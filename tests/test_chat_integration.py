@@ -24,6 +24,7 @@ from chat.protocol import ChatFactory
 from chat.rooms import ChatServer
 from chat.session import Limits
 from chat.store import MemoryHistory, SQLiteHistory
+from coursenet.admission import defaultMaxConnections
 from coursenet.procs import stopProcess
 from coursenet.tls import ensureDevCertificate, serverContextFactory
 from tests.conftest import skipOrFail
@@ -33,9 +34,10 @@ BIN = os.path.dirname(sys.executable)
 
 async def listen(reactor, store=None, tls=None, limits=Limits(floodRate=0)):
     """
-    A chat server on 127.0.0.1, port 0: C{(port, server)}.
+    A chat server on 127.0.0.1, port 0: C{(port, server)}.  Every test
+    client comes from 127.0.0.1: the cap per address is the total's.
     """
-    server = ChatServer(store or MemoryHistory(), reactor=reactor)
+    server = ChatServer(store or MemoryHistory(), reactor=reactor, maxPerAddress=defaultMaxConnections())
     factory = ChatFactory(server, limits, reactor=reactor)
     if tls:
         endpoint = endpoints.SSL4ServerEndpoint(reactor, 0, serverContextFactory(*tls), interface="127.0.0.1")

@@ -113,3 +113,18 @@ def test_irc_nick_change_and_quit_seen_by_course():
     irc.send("QUIT :later")
     irc.lose()
     assert course.lines() == ["NICK ircy ircy2", "QUIT ircy2 later"]
+
+
+def test_irc_line_limit_is_510_bytes_whatever_the_ending():
+    """510 bytes before the line ending are taken with CRLF or a bare LF; 511 are a 417 with either, the 512-byte bare-LF line included."""
+    world = World()
+    irc = ircUser(world, "ircy")
+
+    def ping(size: int, ending: bytes) -> str:
+        token = b"PING :" + b"t" * (size - len(b"PING :"))
+        irc.proto.dataReceived(token + ending)
+        (line,) = irc.lines()
+        return line.split()[1]
+
+    assert [ping(510, b"\r\n"), ping(510, b"\n")] == ["PONG", "PONG"]
+    assert [ping(511, b"\n"), ping(511, b"\r\n"), ping(512, b"\n")] == ["417", "417", "417"]

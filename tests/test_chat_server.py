@@ -107,7 +107,7 @@ def test_say_outside_room_and_errors_keep_connection(world):
     lines = ada.lines()
     assert codes(lines) == [542, 553, 501, 500]
     assert "JOIN lab first" in lines[0]
-    assert ada.proto.connected
+    assert ada.proto.session.online and not ada.transport.disconnecting
 
 
 def test_list_and_topic(world):
@@ -219,7 +219,7 @@ def test_slow_consumer_is_cut_off_and_others_served():
     for n in range(30):
         ada.send(f"SAY lab {n:02d} " + "m" * 60)
     assert slow.transport.disconnected  # aborted, not closed politely
-    assert slow.proto.connected is False  # and out of the rooms at once
+    assert slow.proto.session.online is False  # and out of the rooms at once
     lines = bob.lines()
     assert [line[16:18] for line in lines if line.startswith("MESSAGE")] == [f"{n:02d}" for n in range(30)]
     assert "QUIT slow cut off: not reading" in lines
@@ -237,7 +237,7 @@ def test_slow_consumer_recovers_when_drained():
         for n in range(8):
             ada.send("SAY lab " + "m" * 60)
         slow.transport.producer.resumeProducing()
-    assert slow.proto.connected
+    assert slow.proto.session.online and not slow.transport.disconnecting
 
 
 def test_quit_releases_nick_and_logs(world):
@@ -298,7 +298,7 @@ async def test_registered_nick_needs_password(reactor):
     world = World(checker=checker)
     peer = world.connect()
     peer.lines()
-    await world.server.register(peer.proto, "ada")
+    await world.server.register(peer.proto.session, "ada")
     for args, code in [("demo", 530), ("DEMO wrong", 530), ("demo secret", 230)]:
         peer.send(f"NICK {args}")
         while peer.proto.paused:
