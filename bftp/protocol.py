@@ -283,7 +283,19 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             # The password check waits as long as the throttle says
             # (coursenet.throttle); it never refuses a right password.
             credentials = PasswordFrom(user, command.rest, hostOf(self.peer))
-        d = self.factory.portal.login(credentials, None, IAccount)
+        # The login deadline stands still while the password is checked: the
+        # throttle may hold a check for a while, but never to refuse it.
+        deadline, remaining = self._loginDeadline, None
+        if deadline is not None and deadline.active():
+            remaining = deadline.getTime() - self.factory.reactor.seconds()
+            deadline.reset(365 * 24 * 3600)
+
+        def resume(result):
+            if remaining is not None and deadline.active():
+                deadline.reset(remaining)
+            return result
+
+        d = self.factory.portal.login(credentials, None, IAccount).addBoth(resume)
 
         def loggedIn(result):
             _, account, _ = result

@@ -335,3 +335,51 @@ def test_optionsGiveTheRuleAndRefuseNegatives():
     with pytest.raises(usage.UsageError):
         Options().parseOptions(["--guess-budget", "-1"])
 
+
+
+def test_bftpLoginDeadlineWaitsForAHeldPassword(tmp_path):
+    """A BFTP PASS the throttle holds past the login deadline is still checked and logs in: the deadline stands still meanwhile."""
+    from tests.bftp_support import LOGIN, Raw, connected, makeFactory
+
+    fake = FakeReactor()
+    factory = makeFactory(tmp_path, fake, loginTimeout=5, maxLoginFailures=10)
+    client, _, pump = connected(factory, fake, Raw)
+    client.transport.write(b"HELLO BFTP/1\r\n" + b"USER alice\r\nPASS bad\r\n" * 6)
+    pump.flush()
+    while len(client.lines()) < 14:
+        fake.advance(0.5)
+        pump.flush()
+    assert fake.seconds() == 3
+    client.transport.write(LOGIN.split(b"\r\n", 1)[1])
+    for _ in range(7):
+        fake.advance(0.5)
+        pump.flush()
+    assert client.lines()[-1].startswith("331")
+    fake.advance(0.5)
+    pump.flush()
+    assert client.lines()[-1].startswith("230")
+
+
+def test_tetherHelloTimeoutDoesNotCutAHeldTokenCheck():
+    """A tether hello whose token check the throttle holds longer than the hello timeout is welcomed once checked."""
+    from tests.tether_support import connect, makeServer
+    from tether.wire import Hello
+
+    clock = Clock()
+    server = makeServer(clock, helloTimeout=5)
+    inner = server.checker
+
+    class Held:
+        credentialInterfaces = inner.credentialInterfaces
+
+        def requestAvatarId(self, credentials):
+            return deferLater(clock, 8, lambda: None).addCallback(lambda _: inner.requestAvatarId(credentials))
+
+    server.checker = Held()
+    link, ws = connect(server)
+    link.textMessageReceived(Hello("lap", "secret", None, True).encode())
+    clock.advance(7.9)
+    assert ws.closed is None and ws.controls() == []
+    clock.advance(0.2)
+    assert ws.closed is None
+    assert [m["type"] for m in ws.controls()] == ["welcome"]

@@ -336,6 +336,10 @@ class ServerLink(TetherLink):
                 raise ProtocolError(Close.PLAIN, "token refused over plain ws://: use wss://"
                                     " (or start the server with --allow-plain)")
             self._pending = True
+            # The hello is here: the token check takes as long as the guess
+            # throttle holds it (coursenet.throttle), with no hello timeout.
+            if self._helloTimer is not None and self._helloTimer.active():
+                self._helloTimer.cancel()
             Deferred.fromCoroutine(self.server.admit(self, hello)).addCallbacks(
                 self._admitted, self._refused, callbackArgs=(hello,))
         elif message["type"] == "bye" and self.lease is not None:
