@@ -33,7 +33,6 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from coursenet.accounts import PeerPortal
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder, IFolderListener, IMailStore
@@ -863,6 +862,15 @@ class IMAPServer(imap4.IMAP4Server):
         if self.blocked is not None:
             self.blocked.extend(held)
 
+    def _answer(self, tag: bytes, command: bytes, ok: bytes, call: Any, *args: Any) -> None:
+        """
+        Call C{call}, which may finish later, and answer C{tag} with C{ok}
+        or with what went wrong.
+        """
+        maybeDeferred(call, *args).addCallbacks(
+            lambda _: self.sendPositiveResponse(tag, ok), self._failed, errbackArgs=(tag, command)
+        )
+
     def _failed(self, failure: Failure, tag: bytes, command: bytes) -> None:
         if failure.check(imap4.MailboxException):
             self.sendNegativeResponse(tag, str(failure.value).encode("utf-8", "replace"))
@@ -939,11 +947,7 @@ class IMAPServer(imap4.IMAP4Server):
         if mailbox.lower() == "inbox":
             self.sendNegativeResponse(tag, b"You cannot delete the inbox")
             return
-        maybeDeferred(self._account().delete, mailbox).addCallbacks(
-            lambda _: self.sendPositiveResponse(tag, b"Mailbox deleted"),
-            self._failed,
-            errbackArgs=(tag, b"DELETE"),
-        )
+        self._answer(tag, b"DELETE", b"Mailbox deleted", self._account().delete, mailbox)
 
     auth_DELETE = _command(do_DELETE, imap4.IMAP4Server.arg_finalastring)
     select_DELETE = auth_DELETE
@@ -955,30 +959,20 @@ class IMAPServer(imap4.IMAP4Server):
                 tag, b"You cannot rename the inbox, or rename another mailbox to inbox."
             )
             return
-        maybeDeferred(self._account().rename, old, new).addCallbacks(
-            lambda _: self.sendPositiveResponse(tag, b"Mailbox renamed"),
-            self._failed,
-            errbackArgs=(tag, b"RENAME"),
-        )
+        self._answer(tag, b"RENAME", b"Mailbox renamed", self._account().rename, old, new)
 
     auth_RENAME = _command(do_RENAME, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
     select_RENAME = auth_RENAME
 
     def do_SUBSCRIBE(self, tag: bytes, name: bytes) -> None:
-        maybeDeferred(self._account().subscribe, _mailboxName(name)).addCallbacks(
-            lambda _: self.sendPositiveResponse(tag, b"Subscribed"),
-            self._failed,
-            errbackArgs=(tag, b"SUBSCRIBE"),
-        )
+        self._answer(tag, b"SUBSCRIBE", b"Subscribed", self._account().subscribe, _mailboxName(name))
 
     auth_SUBSCRIBE = _command(do_SUBSCRIBE, imap4.IMAP4Server.arg_finalastring)
     select_SUBSCRIBE = auth_SUBSCRIBE
 
     def do_UNSUBSCRIBE(self, tag: bytes, name: bytes) -> None:
-        maybeDeferred(self._account().unsubscribe, _mailboxName(name)).addCallbacks(
-            lambda _: self.sendPositiveResponse(tag, b"Unsubscribed"),
-            self._failed,
-            errbackArgs=(tag, b"UNSUBSCRIBE"),
+        self._answer(
+            tag, b"UNSUBSCRIBE", b"Unsubscribed", self._account().unsubscribe, _mailboxName(name)
         )
 
     auth_UNSUBSCRIBE = _command(do_UNSUBSCRIBE, imap4.IMAP4Server.arg_finalastring)
@@ -1097,8 +1091,7 @@ class IMAPFactory(ServerFactory):
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         p = IMAPServer(self.contextFactory, self.maxMessageSize, self.reactor)
-        # Logins are throttled by the client's address (coursenet.throttle).
-        p.portal = PeerPortal.forPeer(self.portal, addr)
+        p.portal = self.portal
         p.factory = self
         p.POSTAUTH_TIMEOUT = self.timeout
         return p

@@ -180,6 +180,17 @@ class Session:
         self.pump()
         return self.lines()
 
+    def sayHeld(self, data: bytes) -> list[bytes]:
+        """
+        Send C{data}, check that nothing is answered while the pool has not
+        run, then run it: the lines answered.
+        """
+        self.send(data)
+        for _ in range(3):
+            self.clock.advance(0)
+        assert self.lines() == []
+        return self.say(b"")
+
 
 @dataclass
 class PostOffice:

@@ -43,11 +43,7 @@ def tagged(lines: list[bytes]) -> list[bytes]:
 def test_pipelined_select_fetch_answered_in_order(store, clock, pool):
     """SELECT, FETCH and NOOP sent together: nothing is answered before the pool reads the folder, then each in order."""
     s = Session(store, clock, pool)
-    s.send(b"a SELECT INBOX\r\nb FETCH 1:* (UID FLAGS)\r\nc NOOP\r\n")
-    clock.advance(0)
-    assert s.lines() == []
-    s.pump()
-    lines = s.lines()
+    lines = s.sayHeld(b"a SELECT INBOX\r\nb FETCH 1:* (UID FLAGS)\r\nc NOOP\r\n")
     assert tagged(lines) == [
         b"a OK [READ-WRITE] SELECT successful",
         b"b OK FETCH completed",
@@ -63,12 +59,7 @@ def test_fetch_reads_bodies_in_the_pool(store, clock, pool):
     """A body FETCH sends nothing until the pool has read the message files, and sets \\Seen there too."""
     s = Session(store, clock, pool)
     s.say(b"a SELECT INBOX\r\n")
-    s.send(b"b FETCH 2 (BODY[])\r\n")
-    for _ in range(3):
-        clock.advance(0)
-    assert s.lines() == []
-    s.pump()
-    lines = s.lines()
+    lines = s.sayHeld(b"b FETCH 2 (BODY[])\r\n")
     assert lines[0] == b"* 2 FETCH (BODY[] {23}"
     assert lines[1:3] == [b"Subject: m1", b""] and b"body 1" in lines[3]
     assert b"FLAGS (\\Seen \\Recent)" in lines[4] and lines[-1] == b"b OK FETCH completed"
@@ -92,15 +83,11 @@ def test_fetch_reads_ahead_in_windows(store, clock, pool, monkeypatch):
 def test_mailbox_commands_wait_for_the_store(store, clock, pool):
     """CREATE, RENAME, SUBSCRIBE, LSUB, DELETE and STATUS pipelined get their own replies, in order, after the disk work."""
     s = Session(store, clock, pool)
-    s.send(
+    lines = s.sayHeld(
         b"a CREATE Work.Projects\r\nb CREATE Work\r\nc RENAME Work Job\r\nd SUBSCRIBE Job\r\n"
         b"e LSUB \"\" *\r\nf DELETE Nope\r\ng RENAME Nope Other\r\nh UNSUBSCRIBE Job\r\n"
         b"i STATUS INBOX (MESSAGES UNSEEN)\r\nj DELETE Job.Projects\r\nk LIST \"\" *\r\n"
     )
-    clock.advance(0)
-    assert s.lines() == []
-    s.pump()
-    lines = s.lines()
     assert tagged(lines) == [
         b"a OK Mailbox created",
         b"b NO Mailbox named Work already exists",
