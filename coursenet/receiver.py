@@ -39,7 +39,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -244,6 +244,9 @@ class CommandReceiver(Protocol):
     _full = False
     _admittedAs: str | None = None
     _outbox: Outbox | None = None
+    # Not Protocol's Optional: makeConnection sets it (to the Outbox, which
+    # provides what the real transport does) before any other method runs.
+    transport: ITransport
 
     # -- connection ---------------------------------------------------------------
 
