@@ -16,6 +16,7 @@ import re
 import stat as statmod
 from collections.abc import Callable, MutableSet
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from twisted.cred.credentials import Anonymous
 from twisted.cred.error import UnauthorizedLogin
@@ -88,7 +89,7 @@ class _Upload:
     vpath: str
     real: str
     partial: str
-    file: object
+    file: BinaryIO
     sink: ChunkSink | None = None
     awaitingDigest: bool = False
     #: The data is being made durable and renamed into place: the commit,
@@ -129,18 +130,23 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         # Replies are small and follow the client's command: do not let
         # Nagle hold one back until the previous segment is acknowledged.
         noDelay(self.transport)
-        # TimeoutMixin schedules on the factory's clock, not the global reactor.
-        self.callLater = self.factory.reactor.callLater
         self.setTimeout(self.factory.idleTimeout)
         self._loginDeadline = self.callLater(self.factory.loginTimeout, self._loginTimedOut)
         self.reply(Code.READY, f"{VERSION} server ready; send HELLO {VERSION}")
+
+    def callLater(self, period, func, *args):
+        """
+        TimeoutMixin's (and the login deadline's) scheduling: on the
+        factory's clock, not the global reactor.
+        """
+        return self.factory.reactor.callLater(period, func, *args)
 
     def _loginTimedOut(self) -> None:
         self._loginDeadline = None
         self.reply(Code.CLOSING, f"not logged in after {self.factory.loginTimeout} seconds; closing")
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
         self._lost = True
         self.setTimeout(None)
@@ -210,8 +216,10 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             raise ProtocolError(Code.BAD_SEQUENCE, f"send HELLO {VERSION} first")
         if self.account is None and verb not in _BEFORE_LOGIN:
             raise ProtocolError(Code.NOT_LOGGED_IN, "log in first with USER and PASS")
-        if verb in _WRITES and self.account.readOnly:
-            raise ProtocolError(Code.PERMISSION, f"{verb} refused: account {self.account.name} is read-only")
+        if verb in _WRITES:
+            assert self.account is not None  # no write is allowed before login
+            if self.account.readOnly:
+                raise ProtocolError(Code.PERMISSION, f"{verb} refused: account {self.account.name} is read-only")
         if self.account is not None:
             # Not before login: a stranger's flood of commands must not
             # become a flood of log lines.
@@ -595,6 +603,8 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
     def rawDataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         upload = self._upload
+        # Raw mode is set once the upload's sink is there, and left with it.
+        assert upload is not None and upload.sink is not None
         try:
             upload.sink.feed(data)
         except FramingError as e:
@@ -610,6 +620,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
 
     async def _finishUpload(self, line: bytes) -> None:
         upload = self._upload
+        assert upload is not None and upload.sink is not None, "the digest follows the data"
         sink = upload.sink
         if not _DIGEST_LINE.fullmatch(line):
             self._endUpload(keepPartial=True)
