@@ -1,10 +1,15 @@
 """
 Test support for chat: a server on a L{Clock} with history in memory, and
-peers that talk to it through L{StringTransport}s, with no socket at all.
+peers that talk to it through L{StringTransport}s, with no socket at all;
+and, for the tests over real sockets, both front doors listening on
+127.0.0.1 (L{listenAll}).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from twisted.internet import endpoints
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -14,6 +19,7 @@ from chat.protocol import ChatFactory
 from chat.rooms import ChatServer
 from chat.session import Limits
 from chat.store import MemoryHistory
+from coursenet.tls import serverContextFactory
 
 
 class World:
@@ -71,3 +77,39 @@ class Peer:
 
 def codes(lines: list[str]) -> list[int]:
     return [int(line[:3]) for line in lines if line[:3].isdigit()]
+
+
+@dataclass
+class Listening:
+    """
+    One chat server's front doors on 127.0.0.1: the course protocol, in
+    plain TCP and (given a certificate) TLS, and IRC.
+    """
+
+    server: ChatServer
+    ports: list
+    chatPort: int
+    ircPort: int
+    tlsPort: int | None
+
+    async def stop(self) -> None:
+        for port in self.ports:
+            await port.stopListening()
+
+
+async def listenAll(reactor, limits: Limits = Limits(), tls: tuple[str, str] | None = None, **serverArgs) -> Listening:
+    """
+    Both front doors of one new server (history in memory) on port 0.
+
+    @param tls: C{(cert, key)}: also the course protocol over TLS.
+    """
+    server = ChatServer(MemoryHistory(), reactor=reactor, **serverArgs)
+    chat = ChatFactory(server, limits, reactor=reactor)
+    irc = IRCFactory(server, limits, reactor=reactor)
+    tcp = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    ports = [await tcp.listen(chat), await tcp.listen(irc)]
+    if tls is not None:
+        endpoint = endpoints.SSL4ServerEndpoint(reactor, 0, serverContextFactory(*tls), interface="127.0.0.1")
+        ports.append(await endpoint.listen(chat))
+    numbers = [p.getHost().port for p in ports]
+    return Listening(server, ports, numbers[0], numbers[1], numbers[2] if tls else None)
