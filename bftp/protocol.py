@@ -21,6 +21,7 @@ from typing import BinaryIO
 from twisted.cred.credentials import Anonymous
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -117,7 +118,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         self._upload: _Upload | None = None
         self._openFiles: set[int] = set()
         self._lost = False
-        self._loginDeadline = None
+        self._loginDeadline: IDelayedCall | None = None
 
     @staticmethod
     def busyReply(text: str) -> bytes:
@@ -314,7 +315,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             note = " (read-only)" if account.readOnly else ""
             self.reply(Code.LOGGED_IN, f"logged in as {account.name}{note}")
 
-        def refused(failure):
+        def refused(failure: Failure) -> Deferred[None]:
             failure.trap(UnauthorizedLogin)
             self._failures += 1
             # Answer late, and after a few, hang up.
