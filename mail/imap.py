@@ -325,6 +325,9 @@ class MaildirMailbox:
         self.uids = folder.uids()
         self._gone: set[int] = set()
         self._claiming: set[int] = set()
+        # Batches of new UIDs waiting for their claim, oldest first: each
+        # is [uids, what the claim gave, or None while it runs].
+        self._batches: list[list[Any]] = []
         self.listeners: list[Any] = []
         #: Set while SEARCH asks for messages whose contents it will read.
         self.searchingContents = False
@@ -348,11 +351,14 @@ class MaildirMailbox:
         added = sorted(present - known - self._gone - self._claiming)
         removed = (known - present) - self._gone
         if added:
-            if self.readWrite and any(folder.isNew(uid) for uid in added):
-                # They are \Recent here if this session claims them first;
-                # EXISTS and RECENT are announced once that is known.
+            if self.readWrite:
+                # New mail is \Recent here if this session claims it first;
+                # EXISTS and RECENT are announced once that is known.  Every
+                # batch waits its turn, so sequence numbers follow UIDs.
+                batch: list[Any] = [added, None]
+                self._batches.append(batch)
                 self._claiming.update(added)
-                folder.claimNew().addBoth(self._claimed, added)
+                folder.claimNew().addBoth(self._claimed, batch)
             else:
                 self._add(added)
         if removed:
@@ -362,13 +368,18 @@ class MaildirMailbox:
                 if notify is not None:
                     notify()
 
-    def _claimed(self, result: set[int] | Failure, added: list[int]) -> None:
-        self._claiming.difference_update(added)
-        if isinstance(result, Failure):
-            _log.failure("could not claim new messages", result)
-        else:
-            self.recent |= result
-        self._add(added)
+    def _claimed(self, result: set[int] | Failure, batch: list[Any]) -> None:
+        # Claims can finish out of order (a lock is released before the
+        # callbacks of what it ran): announce the batches in order.
+        batch[1] = result
+        while self._batches and self._batches[0][1] is not None:
+            added, claimed = self._batches.pop(0)
+            self._claiming.difference_update(added)
+            if isinstance(claimed, Failure):
+                _log.failure("could not claim new messages", claimed)
+            else:
+                self.recent |= claimed
+            self._add(added)
 
     def _add(self, added: list[int]) -> None:
         self.uids.extend(added)

@@ -844,6 +844,7 @@ class MaildirStore:
         self._reactor = reactor
         self._pool = threadPool
         self._ownPool = threadPool is None
+        self._closed = False
         self._shutdownTrigger: Any = None
         self._fsync = fsync
         self._folders: dict[str, Folder] = {}
@@ -858,6 +859,8 @@ class MaildirStore:
         deliveries never wait behind other blocking work.
         """
         if self._pool is None:
+            if self._closed:
+                raise RuntimeError("the mail store is closed")
             from twisted.python.threadpool import ThreadPool
 
             self._pool = ThreadPool(minthreads=1, maxthreads=16, name="maildir")
@@ -877,6 +880,7 @@ class MaildirStore:
         """
         Stop the store's own threads (work already queued finishes first).
         """
+        self._closed = True
         if self._ownPool and self._pool is not None:
             pool, self._pool = self._pool, None
             self._reactor.removeSystemEventTrigger(self._shutdownTrigger)

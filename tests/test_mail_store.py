@@ -304,3 +304,21 @@ def test_one_folder_change_at_a_time(tmp_path):
     assert result(changes[3]) == {3: "F", 4: "F"}
     assert folder.letters(1) == "S" and folder.uids() == [1, 3, 4]
 
+
+
+def test_sequence_numbers_follow_uids_while_new_mail_is_claimed(tmp_path):
+    """Mail announced while earlier new mail is still being claimed gets later sequence numbers, in UID order."""
+    pool = ManualPool(auto=True)
+    store = memoryStore(str(tmp_path / "mail"), pool)
+    box = result(MaildirAccount(store, "alice").select("INBOX"))
+    heard = []
+    box.addListener(type("L", (), {"newMessages": lambda self, exists, recent: heard.append((exists, recent))})())
+    pool.auto = False
+    writeMessageFile(store.maildir("alice"), b"Subject: new\n\n")
+    box.folder.refresh()
+    store.append(box.folder, b"Subject: appended\n\n", "S", None)
+    pool.runOne()  # the listing: only the new message is there
+    pool.runOne()  # the appended message is written; its UID waits for the refresh
+    pool.runAll()
+    assert box.uids == [1, 2] and box.folder.letters(2) == "S"
+    assert heard == [(1, 1), (2, 1)]
