@@ -83,6 +83,7 @@ class IRCSession(ChatReceiver, irc.IRC):  # type: ignore[misc]
     _log = Logger()
 
     def connectionMade(self) -> None:
+        # Not irc.IRC's: it would look the host name up, blocking.
         super().connectionMade()
         self.channels = []
         self.hostname = self.factory.hostname
@@ -121,7 +122,7 @@ class IRCSession(ChatReceiver, irc.IRC):  # type: ignore[misc]
     def lineTooLong(self) -> None:
         self.numeric(ERR_INPUTTOOLONG, f"Input line was too long (limit {MAX_IRC_LINE + 2} bytes with CRLF)")
 
-    def commandReceived(self, line: bytes):
+    def commandReceived(self, line: bytes) -> Deferred | None:
         if not line.strip():
             return None
         text = line.decode("utf-8", "replace")
