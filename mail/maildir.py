@@ -78,11 +78,13 @@ _host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
 def uniqueName() -> str:
     """
-    A Maildir file name unique across processes, hosts and time.
+    A Maildir file name unique across processes, hosts and time.  Names
+    sort in the order they were made (the microseconds are zero-padded),
+    so messages found by one scan get their UIDs in order of arrival.
     """
     now = time.time()
     return (
-        f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}"
+        f"{int(now)}.M{int(now % 1 * 1e6):06d}P{os.getpid()}"
         f"Q{next(_sequence)}R{secrets.token_hex(4)}.{_host}"
     )
 

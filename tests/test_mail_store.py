@@ -322,3 +322,11 @@ def test_sequence_numbers_follow_uids_while_new_mail_is_claimed(tmp_path):
     pool.runAll()
     assert box.uids == [1, 2] and box.folder.letters(2) == "S"
     assert heard == [(1, 1), (2, 1)]
+
+
+def test_unique_names_sort_in_order_made(monkeypatch):
+    """Maildir names made one after the other sort in that order, across microsecond and second boundaries."""
+    times = iter([1000.099999, 1000.1, 1000.999999, 1001.0])
+    monkeypatch.setattr(maildir.time, "time", lambda: next(times))
+    names = [maildir.uniqueName() for _ in range(4)]
+    assert sorted(names) == names
