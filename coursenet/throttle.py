@@ -16,13 +16,15 @@ of an attacked account gets in from anywhere else at once.
 A check reserves its pair's next slot before it waits, so parallel
 attempts queue one behind the other instead of each getting a free guess.
 A check counts as a failure from the moment it is reserved until it
-succeeds, when the pair is forgotten.
+succeeds, when the pair is forgotten and the pair's checks waiting in
+this process take their slots again: one user's parallel logins are not
+held up by each other.
 
 The counts live beside the password file (C{PASSWD.throttle}, SQLite in
 WAL mode), so every service and every process reading that file shares
 them; without a password file they live in memory.  Entries are forgotten
-L{GuessRule.forget} seconds after their last use, and the table never
-holds more than C{maxEntries} of them.
+L{GuessRule.forget} seconds after their last use, and a store trims itself
+back when it holds more than C{maxEntries} of them.
 """
 
 from __future__ import annotations
@@ -233,9 +235,10 @@ _SCHEMA = (
 class SQLiteGuessStore(_Entries):
     """
     Counts in an SQLite file that separate processes share.  Each step is
-    one C{BEGIN IMMEDIATE} transaction on a connection of its own, in the
-    reactor's thread pool: no SQLite call runs on the reactor thread, and
-    a forked child never inherits an open connection.
+    one C{BEGIN IMMEDIATE} transaction, run in the reactor's thread pool so
+    that no SQLite call runs on the reactor thread.  The steps of one
+    process take turns on one connection, kept open: closing the last
+    connection to a WAL database checkpoints it, at the price of an fsync.
     """
 
     _log = Logger()
@@ -247,23 +250,17 @@ class SQLiteGuessStore(_Entries):
         self.path = path
         self.maxEntries = maxEntries
         self._reactor = reactor
-        self._ready = False
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._db: sqlite3.Connection | None = None
+        self._pid = 0
 
     def _run(self, step: Callable, *args) -> Deferred:
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._transaction, step, *args)
 
     def _transaction(self, step: Callable, *args):
         with self._lock:
-            if not self._ready:
-                self._prepare()
-                self._ready = True
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-        try:
-            db.execute("PRAGMA synchronous=NORMAL")
+            db = self._connection()
             db.execute("BEGIN IMMEDIATE")
-            self._local.db = db
             try:
                 result = step(*args)
             except BaseException:
@@ -271,38 +268,38 @@ class SQLiteGuessStore(_Entries):
                 raise
             db.execute("COMMIT")
             return result
-        finally:
-            self._local.db = None
-            db.close()
 
-    def _prepare(self) -> None:
-        # The counts name accounts and addresses: readable by the owner only.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-        try:
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None or self._pid != os.getpid():
+            # A connection must not cross a fork (the forking twin): a child
+            # leaves its parent's alone and opens its own.  The counts name
+            # accounts and addresses: the file is its owner's only.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
             for statement in _SCHEMA:
                 db.execute(statement)
-        finally:
-            db.close()
+            self._db, self._pid = db, os.getpid()
+        return self._db
 
     def _get(self, key: str, now: float) -> Entry:
-        row = self._local.db.execute(
+        row = self._connection().execute(
             "SELECT count, next, expires FROM guesses WHERE key = ? AND expires >= ?", (key, now)
         ).fetchone()
         return Entry(*row) if row else Entry()
 
     def _put(self, key: str, entry: Entry) -> None:
-        self._local.db.execute(
+        self._connection().execute(
             "INSERT OR REPLACE INTO guesses (key, count, next, expires) VALUES (?, ?, ?, ?)",
             (key, entry.count, entry.next, entry.expires),
         )
 
     def _drop(self, key: str) -> None:
-        self._local.db.execute("DELETE FROM guesses WHERE key = ?", (key,))
+        self._connection().execute("DELETE FROM guesses WHERE key = ?", (key,))
 
     def _reserveAndTrim(self, pair: str, account: str, now: float) -> float:
-        db = self._local.db
+        db = self._connection()
         db.execute("DELETE FROM guesses WHERE expires < ?", (now,))
         start = self._reserveNow(pair, account, now)
         (size,) = db.execute("SELECT count(*) FROM guesses").fetchone()

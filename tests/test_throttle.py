@@ -56,6 +56,14 @@ def attempt(throttle, clock, checked, account=ALICE, address=HOME, ok=False, tak
     return d
 
 
+def fresh(rule: GuessRule = GuessRule()):
+    """
+    A throttle in memory on a new clock, and a list for its checks' times.
+    """
+    clock = Clock()
+    return clock, Throttle(MemoryGuessStore(rule), clock), []
+
+
 def untilFired(clock, d) -> float:
     """
     Advance C{clock} call by call until C{d} has fired; return the time.
@@ -106,9 +114,7 @@ def test_ruleRefusesNegativeSettings():
 
 def test_oneGuesserGetsNineChecksInTheFirstMinuteThenOneAMinute():
     """A client guessing one account as fast as it is answered is checked 9 times in the first minute, then once a minute."""
-    clock = Clock()
-    throttle = Throttle(MemoryGuessStore(GuessRule()), clock)
-    checked: list[float] = []
+    clock, throttle, checked = fresh()
     attackers(throttle, clock, 1, 240, checked)
     assert checked[:9] == [0, 0, 0, 0, 1, 3, 7, 15, 31]
     assert perMinute(checked, 4) == [9, 1, 1, 1]
@@ -116,18 +122,14 @@ def test_oneGuesserGetsNineChecksInTheFirstMinuteThenOneAMinute():
 
 def test_parallelAttemptsQueueForSlots():
     """Twenty parallel connections get no more checks than one: each attempt reserves the next slot."""
-    clock = Clock()
-    throttle = Throttle(MemoryGuessStore(GuessRule()), clock)
-    checked: list[float] = []
+    clock, throttle, checked = fresh()
     attackers(throttle, clock, 20, 240, checked)
     assert perMinute(checked, 4) == [9, 1, 1, 1]
 
 
 def test_rightPasswordIsDelayedThenAcceptedAndForgivesThePair():
     """After failures the right password waits its slot, is checked and succeeds; the pair's count is then forgotten."""
-    clock = Clock()
-    throttle = Throttle(MemoryGuessStore(GuessRule()), clock)
-    checked: list[float] = []
+    clock, throttle, checked = fresh()
     for _ in range(6):
         untilFired(clock, attempt(throttle, clock, checked))
     d = attempt(throttle, clock, checked, ok=True)
@@ -140,9 +142,7 @@ def test_rightPasswordIsDelayedThenAcceptedAndForgivesThePair():
 
 def test_parallelRightPasswordsAreNotHeldUp():
     """Fifty logins at once of one user from one address, all right, are all answered within a few check times: a success forgives the slots the others took."""
-    clock = Clock()
-    throttle = Throttle(MemoryGuessStore(GuessRule()), clock)
-    checked: list[float] = []
+    clock, throttle, checked = fresh()
     logins = [attempt(throttle, clock, checked, ok=True, takes=0.01) for _ in range(50)]
     assert max(untilFired(clock, d) for d in logins) < 0.2
     assert [d.result for d in logins] == [ALICE] * 50
@@ -150,9 +150,7 @@ def test_parallelRightPasswordsAreNotHeldUp():
 
 def test_otherAddressesAndAccountsAreNotHeldUp():
     """While one address is slowed for one account, another address of that account and other accounts from that address are checked at once."""
-    clock = Clock()
-    throttle = Throttle(MemoryGuessStore(GuessRule()), clock)
-    checked: list[float] = []
+    clock, throttle, checked = fresh()
     attackers(throttle, clock, 5, 120, checked)
     start = clock.seconds()
     assert untilFired(clock, attempt(throttle, clock, checked, address=AWAY, ok=True)) == start
@@ -162,9 +160,7 @@ def test_otherAddressesAndAccountsAreNotHeldUp():
 
 def test_spentBudgetSlowsNewAddressesFromTheirFirstFailure():
     """After ten failures of an account, an address that has not failed is still checked at once, but waits after its first failure."""
-    clock = Clock()
-    throttle = Throttle(MemoryGuessStore(GuessRule()), clock)
-    checked: list[float] = []
+    clock, throttle, checked = fresh()
     for n in range(10):
         untilFired(clock, attempt(throttle, clock, checked, address=f"10.0.1.{n}"))
     assert clock.seconds() == 0
@@ -174,9 +170,7 @@ def test_spentBudgetSlowsNewAddressesFromTheirFirstFailure():
 
 def test_countsAreForgottenAfterTheForgetTime():
     """An hour after its last use a pair is forgotten: its free failures are back."""
-    clock = Clock()
-    throttle = Throttle(MemoryGuessStore(GuessRule()), clock)
-    checked: list[float] = []
+    clock, throttle, checked = fresh()
     for _ in range(6):
         untilFired(clock, attempt(throttle, clock, checked))
     clock.advance(3600 + 4 + 1)
@@ -196,9 +190,7 @@ def test_memoryStoreStaysBounded():
 
 def test_closeGivesUpWaitingChecksUnchecked():
     """Closing the throttle fails the checks still waiting with UnauthorizedLogin, without running them."""
-    clock = Clock()
-    throttle = Throttle(MemoryGuessStore(GuessRule(free=0)), clock)
-    checked: list[float] = []
+    clock, throttle, checked = fresh(GuessRule(free=0))
     untilFired(clock, attempt(throttle, clock, checked))
     failures = []
     d = throttle.guard(ALICE, HOME, lambda: succeed(ALICE))
