@@ -2,8 +2,8 @@
 The password-guess throttle across the real services on loopback sockets:
 BFTP, the chat course door, the IRC door and the tether, each with its own
 checker on one password file, as separate processes would have, so that
-they share one PASSWD.throttle; and a twistd BFTP process sharing it with
-this one.
+they share one PASSWD.throttle; a twistd BFTP process sharing it with
+this one; and the post office's three logins, through the stdlib clients.
 
 The rule is the default one on a clock sixty times faster (a "minute" is
 one second: delays of 1/60 s doubling to 1 s), so the figures mean the same
@@ -13,8 +13,12 @@ measure the throttle, not scrypt on a busy two-core machine.
 
 from __future__ import annotations
 
+import imaplib
 import os
+import poplib
 import re
+import smtplib
+import ssl
 import subprocess
 import sys
 import time
@@ -25,6 +29,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.web.server import Site
 
@@ -38,6 +43,12 @@ from chat.store import MemoryHistory
 from coursenet.accounts import PasswordChecker, hashPassword, writePasswordFile
 from coursenet.procs import stopProcess
 from coursenet.throttle import GuessRule, SQLiteGuessStore, Throttle
+from coursenet.tls import serverContextFactory
+from mail.auth import makePortal as mailPortal
+from mail.imap import IMAPFactory
+from mail.maildir import MaildirStore
+from mail.pop3 import POP3Factory
+from mail.smtp import SMTPFactory
 from tests.tether_support import ListTun
 from tether.client import ClientLink, TetherClient
 from tether.protocol import connectWebSocket
@@ -358,3 +369,98 @@ def test_throttleFileIsBesideThePasswordFile(tmp_path):
     store = PasswordChecker(passwd, reactor=FakeReactor(), rule=RULE).throttle.store
     assert isinstance(store, SQLiteGuessStore) and store.path == passwd + ".throttle"
     assert isinstance(Throttle.besidePasswordFile(passwd, RULE, FakeReactor()).store, SQLiteGuessStore)
+
+
+class POP3From(poplib.POP3):
+    """
+    The stdlib POP3 client, from a source address of our choosing.
+    """
+
+    def __init__(self, port: int, source: str) -> None:
+        self.source = source
+        super().__init__("127.0.0.1", port, timeout=30)
+
+    def _create_socket(self, timeout):
+        import socket
+
+        return socket.create_connection((self.host, self.port), timeout, source_address=(self.source, 0))
+
+
+class IMAPFrom(imaplib.IMAP4):
+    """
+    The stdlib IMAP client, from a source address of our choosing.
+    """
+
+    def __init__(self, port: int, source: str) -> None:
+        self.source = source
+        super().__init__("127.0.0.1", port, timeout=30)
+
+    def _create_socket(self, timeout):
+        import socket
+
+        return socket.create_connection((self.host, self.port), timeout, source_address=(self.source, 0))
+
+
+def pop3Login(port: int, source: str, password: str) -> bool:
+    client = POP3From(port, source)
+    try:
+        client.user(VICTIM)
+        client.pass_(password)
+        return True
+    except poplib.error_proto:
+        return False
+    finally:
+        client.close()
+
+
+def imapLogin(port: int, source: str, password: str) -> bool:
+    client = IMAPFrom(port, source)
+    try:
+        client.login(VICTIM, password)
+    except imaplib.IMAP4.error:
+        return False
+    finally:
+        client.logout()
+    return True
+
+
+def smtpLogin(port: int, source: str, password: str, cafile: str) -> bool:
+    with smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=30) as client:
+        client.starttls(context=ssl.create_default_context(cafile=cafile))
+        try:
+            client.login(VICTIM, password)
+            return True
+        except smtplib.SMTPAuthenticationError:
+            return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_postOfficeLoginsAreThrottledByTheClientsAddress(reactor, tmp_path, devCert):
+    """POP3 PASS, IMAP LOGIN and SMTP AUTH (stdlib clients) are counted by the client's address: failures from 127.0.0.1 slow it down, 127.0.0.2 logs in at once on each."""
+    passwd = passwordFile(tmp_path)
+    rule = GuessRule(free=0, delay=0.5, maxDelay=0.5)
+    checker = PasswordChecker(passwd, reactor=reactor, rule=rule)
+    store = MaildirStore(str(tmp_path / "mail"), checker.hasUser, reactor=reactor)
+    portal = mailPortal(store, ["example.test"], checker)
+    ports = {}
+    listening = []
+    for name, factory in [("pop3", POP3Factory(portal)), ("imap", IMAPFactory(portal)),
+                          ("smtp", SMTPFactory(store, ["example.test"], portal, serverContextFactory(*devCert)))]:
+        listening.append(await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory))
+        ports[name] = listening[-1].getHost().port
+    cert = devCert[0]
+    try:
+        for login in (pop3Login, imapLogin):
+            assert not await deferToThread(login, ports[login.__name__[:4]], "127.0.0.1", "wrong")
+        assert not await deferToThread(smtpLogin, ports["smtp"], "127.0.0.1", "wrong", cert)
+        for login, args in [(pop3Login, (ports["pop3"],)), (imapLogin, (ports["imap"],)),
+                            (smtpLogin, (ports["smtp"],))]:
+            extra = (cert,) if login is smtpLogin else ()
+            ok, took = await timed(deferToThread(login, *args, "127.0.0.2", RIGHT, *extra))
+            assert ok and took < 0.4, (login.__name__, took)
+        ok, took = await timed(deferToThread(imapLogin, ports["imap"], "127.0.0.1", RIGHT))
+        assert ok and took > 0.3
+    finally:
+        for port in listening:
+            await port.stopListening()
+        store.close()
