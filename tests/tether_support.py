@@ -1,7 +1,8 @@
 """
 Test support for the tether: fake WebSocket transports and requests, a
-command runner that records, IPv4 packets, and a server on a L{Clock} whose
-TUN is a list.  No socket, no real TUN.
+client of the real web site over a L{StringTransport}, a command runner
+that records, IPv4 packets, and a server on a L{Clock} whose TUN is a
+list.  No socket, no real TUN.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import struct
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import globalLogPublisher
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import Request
 from zope.interface import implementer
 
 from tether.interfaces import ICommandRunner
@@ -87,6 +90,55 @@ def connect(factory, request=None):
     link.negotiationStarted(ws)
     link.negotiationFinished()
     return link, ws
+
+
+class SiteClient:
+    """
+    A WebSocket client of a tether web site (C{TetherServer.site()}): the
+    site's own HTTP channel on a L{StringTransport}, the upgrade, then
+    wsproto frames both ways.
+
+    @ivar transport: the connection's real transport; once upgraded its
+        producer is the link's L{coursenet.receiver.Outbox}.
+    @ivar events: what the server sent during the upgrade.
+    """
+
+    def __init__(self, site, path: str = "/tether/v1", port: int = 40000) -> None:
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "198.18.0.1", port), lenient=True)
+        self.channel = site.buildProtocol(None)
+        self.channel.makeConnection(self.transport)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.channel.dataReceived(self.ws.send(Request(host="198.18.1.1", target=path)))
+        self.events = self.read()
+
+    def send(self, *events) -> None:
+        """
+        Send C{events} in one read, as one TCP segment could bring them.
+        """
+        self.channel.dataReceived(b"".join(self.ws.send(e) for e in events))
+
+    def read(self) -> list:
+        """
+        The events the server has sent since the last read.
+        """
+        data = self.transport.value()
+        self.transport.clear()
+        self.ws.receive_data(data)
+        return list(self.ws.events())
+
+    def fill(self) -> None:
+        """
+        Tell the outbox that the transport's buffer is past its high-water
+        mark, as a real transport does when the client does not read.
+        """
+        self.transport.producer.pauseProducing()
+
+    def drain(self) -> None:
+        self.transport.producer.resumeProducing()
+
+    @property
+    def outbox(self):
+        return self.transport.producer
 
 
 def lose(link) -> None:

@@ -13,13 +13,21 @@ import secrets
 from twisted.application import service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.static import Data, File
 
 from tether.netconf import CommandFailed
-from tether.protocol import TetherLink, TetherResource, connectWebSocket, describePeer, openTun
+from tether.protocol import (
+    OUTPUT_FULL,
+    LogBudget,
+    TetherLink,
+    TetherResource,
+    connectWebSocket,
+    describePeer,
+    openTun,
+)
 from tether.offload import OffloadError, writeTun
 from tether.wire import (
     EXTENSIONS,
@@ -169,8 +177,9 @@ class TetherClient:
             self.counters.drop("link down")
             return
         refusal = link.sendFromTun(data, vnet, self.counters)
-        if refusal is not None:
-            self.counters.drop(refusal)
+        if refusal is not None and self.counters.drop(refusal) and refusal == OUTPUT_FULL:
+            self._log.warn("dropping packets to the server: the link's output is full (not read fast enough);"
+                           " further drops are only counted")
 
     def fromLink(self, message: bytes, offload: bool = False) -> None:
         self.counters.packetsIn += 1
@@ -267,11 +276,13 @@ class RelayLinks:
     def __init__(self, client: TetherClient, key: str) -> None:
         self.client = client
         self.key = key.encode()
+        self.logBudget = LogBudget(self._log, client.reactor)
 
     def refusal(self, request) -> str | None:
         if secrets.compare_digest(request.args.get(b"key", [b""])[0], self.key):
             return None
-        self._log.warn("refused a relay page from {peer}: wrong key", peer=describePeer(request.getClientAddress()))
+        self.logBudget.emit("refusals", LogLevel.warn, "refused a relay page from {peer}: wrong key",
+                            peer=describePeer(request.getClientAddress()))
         return "wrong relay key: open the URL this client printed"
 
     def buildProtocol(self, request) -> ClientLink:
@@ -292,7 +303,7 @@ def relayResource(client: TetherClient, serverURL: str, key: str) -> Resource:
     root.putChild(b"config.json", Data(config, "application/json"))
     tether = Resource()
     root.putChild(b"tether", tether)
-    tether.putChild(b"v1", TetherResource(RelayLinks(client, key)))
+    tether.putChild(b"v1", TetherResource(RelayLinks(client, key), clock=client.reactor))
     return root
 
 

@@ -8,24 +8,34 @@ Twisted 26.10's L{WebSocketResource} neither echoes a subprotocol (so a
 browser that offers one would fail the handshake) nor limits how much a
 peer may buffer in one message.  Both are added here around Twisted's own
 wire protocol rather than by reimplementing RFC 6455.
+
+Nor does it bound what waits to be sent to a peer that does not read.
+Here every WebSocket writes through a L{coursenet.receiver.Outbox}
+(L{OutputLimits}): packets for a peer whose output is full are dropped,
+anything else written past the cap, or output full past the drain
+deadline, cuts the peer off, and every close is an abort a few seconds
+later if the peer does not take it.  The accepting end also stops reading
+while its output is full, so a flood of pings cannot make it queue pongs.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from dataclasses import dataclass
+from typing import Any, cast
 
 from hyperlink import URL
 from twisted.internet.protocol import AbstractDatagramProtocol, Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.pair.raw import IRawPacketProtocol
 from twisted.pair.tuntap import TunnelFlags, TuntapPort
 from twisted.python.failure import Failure
-from twisted.web import _websocket_impl as _ws
+from twisted.web import _websocket_impl as _ws, http
 from twisted.web.client import URI, BrowserLikePolicyForHTTPS, _StandardEndpointFactory
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.websocket import WebSocketTransport
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request as WSRequest, TextMessage
@@ -33,6 +43,7 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 from zope.interface import implementer
 
+from coursenet.receiver import Outbox
 from coursenet.tls import clientTLSOptions
 from coursenet.transport import noDelay
 from tether import masking
@@ -49,8 +60,6 @@ from tether.wire import (
     errorMessage,
 )
 
-_log = Logger()
-
 
 def describePeer(address) -> str:
     """
@@ -63,34 +72,165 @@ def describePeer(address) -> str:
 # 64 KiB frames make wsproto's byte-wise masking the bottleneck.
 masking.install()
 
+#: The drop reason for packets to a peer whose output is full.
+OUTPUT_FULL = "output full"
+#: The shortest wait between two keepalive checks, in seconds: a check
+#: that came a hair early must not reschedule itself at once, forever.
+MIN_TICK = 0.05
+
+
+@dataclass(frozen=True)
+class OutputLimits:
+    """
+    How much may wait to be sent to one WebSocket peer (docs/tether.md,
+    section 7.1).  "Full" is the transport's own buffer past its
+    high-water mark (64 KiB for TCP); the byte counts are what is written
+    after that, until it has drained.
+
+    @ivar queue: bytes of packets that may be queued while full; later
+        packets are dropped (tail drop) until the output drains.
+    @ivar limit: bytes of anything (packets, pongs, control replies) that
+        may be written while full; one more cuts the peer off.
+    @ivar drainTimeout: seconds the output may stay full before the peer
+        is cut off.
+    @ivar closeTimeout: seconds a closing link may take to send what is
+        left before it is aborted.
+    """
+
+    queue: int = 256 * 1024
+    limit: int = 1024 * 1024
+    drainTimeout: float = 30.0
+    closeTimeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.queue < self.limit:
+            raise ValueError(f"output limits: need 0 < queue < limit, not {self.queue} and {self.limit}")
+        if not (self.drainTimeout > 0 and self.closeTimeout > 0):
+            raise ValueError("output limits: the drain and close timeouts must be positive")
+
+
+class LogBudget:
+    """
+    Lines that any peer can cause as often as it likes (refusals before
+    the hello, HTTP requests): at most C{burst} every C{interval} seconds.
+    The others are counted by kind, and the counts logged with the first
+    line of a later interval, or by L{flush}.
+    """
+
+    def __init__(self, log: Logger, clock, burst: int = 20, interval: float = 60.0) -> None:
+        self.log = log
+        self.burst = burst
+        self.interval = interval
+        self.suppressed: dict[str, int] = {}
+        self._clock = clock
+        self._start: float | None = None
+        self._used = 0
+
+    def emit(self, kind: str, level: LogLevel, format: str, **kw) -> bool:
+        """
+        Log C{format} at C{level} if the budget allows, else count it
+        under C{kind}.
+
+        @return: whether it was logged.
+        """
+        now = self._clock.seconds()
+        if self._start is None or now - self._start >= self.interval:
+            self.flush()
+            self._start, self._used = now, 0
+        if self._used >= self.burst:
+            self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
+            return False
+        self._used += 1
+        self.log.emit(level, format, **kw)
+        return True
+
+    def flush(self) -> None:
+        """
+        Log how many lines were left out, if any.
+        """
+        if self.suppressed:
+            counts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.suppressed.items()))
+            self.log.info("not logged (over {burst} lines in {interval:g} s): {counts}",
+                          burst=self.burst, interval=self.interval, counts=counts)
+            self.suppressed = {}
+
 
 class _LimitedWire(_ws._WebSocketWireProtocol):
     """
     Twisted's WebSocket wire protocol, refusing with 1009 any message that
-    would grow past C{maxMessage} before it is buffered.
+    would grow past C{maxMessage} before it is buffered, and, with
+    C{limits}, writing through an L{Outbox}.
     """
 
     maxMessage = MAX_MESSAGE
     #: Whether a connect waits on C{_done}: a client's does, and must hear
     #: of a connection lost before the handshake (a TLS failure, say).
     awaited = False
+    #: The bounds on unsent output; L{None}: unbounded.
+    limits: OutputLimits | None = None
+    #: Whether reading stops while the output is full: the accepting end's
+    #: policy.  Not both ends: each would wait for the other to read.
+    pauseReadingWhenFull = False
+    outbox: Outbox | None = None
+    _readingPaused = False
+
+    def makeConnection(self, transport) -> None:
+        if self.limits is not None:
+            limits = self.limits
+            transport = self.outbox = Outbox(
+                transport, self._wsp.clock, limit=limits.limit, drainTimeout=limits.drainTimeout,
+                closeTimeout=limits.closeTimeout, onFull=self._outputFull, onDrained=self._outputDrained,
+            )
+        super().makeConnection(transport)
 
     def connectionLost(self, reason: Failure) -> None:
+        if self.outbox is not None:
+            self.outbox.stopProducing()
         done = self.__dict__.pop("_done", None)
         super().connectionLost(reason)
         if done is not None and self.awaited:
             done.errback(reason)
 
+    def room(self, size: int) -> bool:
+        """
+        Whether a packet of C{size} bytes may be queued now.
+        """
+        outbox, limits = self.outbox, self.limits
+        return outbox is None or limits is None or not outbox.full or outbox.waiting + size <= limits.queue
+
+    # Called by the outbox, so it exists.
+    def _outputFull(self) -> None:
+        if self.pauseReadingWhenFull and not self._readingPaused:
+            self._readingPaused = True
+            cast(Outbox, self.outbox).wrappedTransport.pauseProducing()
+
+    def _outputDrained(self) -> None:
+        if self._readingPaused:
+            self._readingPaused = False
+            cast(Outbox, self.outbox).wrappedTransport.resumeProducing()
+            self._deliver()
+
     def dataReceived(self, data: bytes) -> None:
         self._wsconn.receive_data(data)
-        for event in self._wsconn.events():
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """
+        Handle the messages received, until reading pauses: those left wait
+        in wsproto until the output has drained.
+        """
+        events = self._wsconn.events()
+        while not self._readingPaused:
+            event = next(events, None)
+            if event is None:
+                return
             if isinstance(event, (TextMessage, BytesMessage)):
                 held = self._textBuffer if isinstance(event, TextMessage) else self._bytesBuffer
                 if len(held.data) + len(event.data) > self.maxMessage:
                     held.done()
                     reason = f"message larger than {self.maxMessage} bytes"
-                    _log.warn("refused from {peer}: {reason}",
-                              peer=self.transport.getPeer(), reason=reason)
+                    self._wsp.note("refusals", LogLevel.warn, "refused from {peer}: {reason}",
+                                   peer=self.transport.getPeer(), reason=reason)
                     self._wsp.refuse(ProtocolError(Close.TOO_BIG, reason))
                     return
             _ws._handleEvent(event, self)
@@ -99,19 +239,27 @@ class _LimitedWire(_ws._WebSocketWireProtocol):
 class TetherResource(Resource):
     """
     The WebSocket endpoint: like L{twisted.web.websocket.WebSocketResource},
-    plus the C{tether.v1} subprotocol and a message-size limit.
+    plus the C{tether.v1} subprotocol, a message-size limit and bounded
+    output (L{OutputLimits}).
 
     @param factory: C{refusal(request)} says why a request may not
         connect (403), or L{None}; C{buildProtocol(request)} returns a
         L{TetherLink}.
+    @param clock: for the abort of a refused HTTP client that does not
+        read its refusal; the links bring their own.
     """
 
     isLeaf = True
 
-    def __init__(self, factory, maxMessage: int = MAX_MESSAGE) -> None:
+    def __init__(self, factory, maxMessage: int = MAX_MESSAGE, limits: OutputLimits = OutputLimits(),
+                 clock=None) -> None:
         super().__init__()
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.factory = factory
         self.maxMessage = maxMessage
+        self.limits = limits
+        self.clock = clock
 
     def render_GET(self, request: Request) -> bytes | int:
         offered = [
@@ -119,30 +267,67 @@ class TetherResource(Resource):
             for p in h.split(",") if p.strip()
         ]
         if offered and SUBPROTOCOL not in offered:
-            return _refuseHTTP(request, 400, f"unsupported subprotocol; offer {SUBPROTOCOL} or none")
+            return self._refuse(request, 400, f"unsupported subprotocol; offer {SUBPROTOCOL} or none")
         refusal = self.factory.refusal(request)
         if refusal is not None:
-            return _refuseHTTP(request, 403, refusal)
+            return self._refuse(request, 403, refusal)
         handshake = H11Handshake(ConnectionType.SERVER)
         headers = [(k, v) for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs]
         try:
             handshake.initiate_upgrade_connection(headers, request.path)
         except RemoteProtocolError as e:
-            return _refuseHTTP(request, 400, f"not a WebSocket handshake: {e}")
+            return self._refuse(request, 400, f"not a WebSocket handshake: {e}")
         link = self.factory.buildProtocol(request)
         toSend = handshake.send(AcceptConnection(subprotocol=SUBPROTOCOL if offered else None))
         wire = _LimitedWire(handshake.connection, _ws.serverBootstrap, link)
         wire.maxMessage = self.maxMessage
+        wire.limits = self.limits
+        wire.pauseReadingWhenFull = True
+        # The HTTP channel holds the transport's producer slot; the wire's
+        # outbox takes it over.
+        transport: Any = request.channel.transport
+        transport.unregisterProducer()
         request.channel._protocolUpgradeForWebsockets(wire)
-        request.channel.transport.write(toSend)
+        transport.write(toSend)
         link.negotiationFinished()
         return NOT_DONE_YET
 
+    def _refuse(self, request: Request, code: int, reason: str) -> bytes:
+        """
+        An HTTP refusal with a JSON reason; the connection closes after it,
+        and is aborted if the client has not read it C{closeTimeout}
+        seconds later.
+        """
+        request.setResponseCode(code)
+        request.setHeader("content-type", "application/json")
+        request.setHeader("connection", "close")
+        request.channel.persistent = False
+        transport: Any = request.channel.transport
+        self.clock.callLater(self.limits.closeTimeout, transport.abortConnection)
+        return (errorMessage(code, reason) + "\n").encode("utf-8")
 
-def _refuseHTTP(request: Request, code: int, reason: str) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader("content-type", "application/json")
-    return (errorMessage(code, reason) + "\n").encode("utf-8")
+
+class TetherSite(Site):
+    """
+    A web site for tether resources.  Every request it sees comes before
+    any hello, from anyone: its access log goes to the debug level,
+    through a L{LogBudget} (C{budget}, or one of its own).
+    """
+
+    _log = Logger()
+
+    def __init__(self, resource: Resource, reactor=None, budget: LogBudget | None = None, **kw) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        super().__init__(resource, reactor=reactor, **kw)
+        self.budget = budget or LogBudget(self._log, reactor)
+
+    def log(self, request: http.Request) -> None:
+        self.budget.emit(
+            "HTTP requests", LogLevel.debug, "{peer} {method} {uri} {code}",
+            peer=describePeer(request.getClientAddress()), method=request.method.decode("ascii", "replace"),
+            uri=request.uri.decode("ascii", "replace")[:200], code=request.code,
+        )
 
 
 @implementer(IPolicyForHTTPS)
@@ -160,12 +345,13 @@ class VerifyingPolicy:
 
 
 async def connectWebSocket(reactor, url: str, link: TetherLink, *, cafile: str | None = None,
-                           timeout: int = 30, maxMessage: int = MAX_MESSAGE) -> TetherLink:
+                           timeout: int = 30, maxMessage: int = MAX_MESSAGE,
+                           limits: OutputLimits = OutputLimits()) -> TetherLink:
     """
     Open a WebSocket to C{url} (C{ws://} or C{wss://}) carrying C{link}.
 
     Like L{twisted.web.websocket.WebSocketClientEndpoint.connect}, with the
-    message-size limit of L{_LimitedWire}.
+    message-size limit and bounded output of L{_LimitedWire}.
 
     @raise twisted.web.websocket.ConnectionRejected: on an HTTP refusal.
     """
@@ -175,14 +361,17 @@ async def connectWebSocket(reactor, url: str, link: TetherLink, *, cafile: str |
     endpoint = endpointFactory.endpointForURI(
         URI.fromBytes(url.replace("ws", "http", 1).encode("utf-8"))
     )
-    wire = await endpoint.connect(Factory.forProtocol(lambda: clientWire(url, link, maxMessage)))
+    wire = await endpoint.connect(Factory.forProtocol(lambda: clientWire(url, link, maxMessage, limits)))
     return await wire._done
 
 
-def clientWire(url: str, link: TetherLink, maxMessage: int = MAX_MESSAGE) -> _LimitedWire:
+def clientWire(url: str, link: TetherLink, maxMessage: int = MAX_MESSAGE,
+               limits: OutputLimits = OutputLimits()) -> _LimitedWire:
     """
     The client side of a WebSocket to C{url} carrying C{link}, ready to be
     connected to any transport; its C{_done} fires once the server accepts.
+    It keeps reading while its output is full (the server stops), so
+    that the two ends never wait for each other.
     """
     parsed = URL.fromText(url)
     target = str(parsed.replace(scheme="", host="", port=None)) or "/"
@@ -192,8 +381,18 @@ def clientWire(url: str, link: TetherLink, maxMessage: int = MAX_MESSAGE) -> _Li
 
     wire = _LimitedWire(WSConnection(ConnectionType.CLIENT), bootstrap, link)
     wire.maxMessage = maxMessage
+    wire.limits = limits
     wire.awaited = True
     return wire
+
+
+def checkKeepalive(interval: float, timeout: float) -> None:
+    """
+    @raise ValueError: unless 0 < C{interval} < C{timeout}: a ping every
+        zero seconds never lets the clock move on.
+    """
+    if not 0 < interval < timeout:
+        raise ValueError(f"keepalive: need 0 < interval < timeout, not {interval:g} and {timeout:g} seconds")
 
 
 class TetherLink:
@@ -203,9 +402,13 @@ class TetherLink:
 
     Subclasses handle L{controlReceived}, L{packetReceived} and
     L{linkLost}.  Until L{startKeepalive}, no timer runs.
+
+    @ivar logBudget: where the lines this link's peer can cause go while
+        it is not L{authenticated}; L{None}: logged as they come.
     """
 
     _log = Logger()
+    logBudget: LogBudget | None = None
 
     def __init__(self, clock) -> None:
         self.clock = clock
@@ -282,19 +485,26 @@ class TetherLink:
         """
         Send what the TUN device read: whole where this link carries
         super-packets, else cut up here; each message counted as out in
-        C{counters}.
+        C{counters}.  While the peer's output is full past its queue, the
+        messages are dropped instead, as a router's full queue drops.
 
-        @return: why nothing was sent, or L{None}.
+        @return: why nothing, or not all of it, was sent (L{OUTPUT_FULL}
+            for drops), or L{None}.
         """
         try:
             messages = tunMessages(data, vnet, self.offload)
         except OffloadError as e:
             return f"bad offload header from the kernel: {e}"
+        room = getattr(self.transport, "room", None)
+        dropped = None
         for message in messages:
+            if room is not None and not room(len(message)):
+                dropped = OUTPUT_FULL
+                continue
             counters.packetsOut += 1
             counters.bytesOut += len(message)
             self.sendPacket(message)
-        return None
+        return dropped
 
     def refuse(self, error: ProtocolError) -> None:
         """
@@ -303,12 +513,31 @@ class TetherLink:
         """
         if not self.connected:
             return
-        level = self._log.info if error.code in (Close.NORMAL, Close.GOING_AWAY) else self._log.warn
-        level("closing link: {code} {reason}", code=int(error.code), reason=error.reason)
+        level = LogLevel.info if error.code in (Close.NORMAL, Close.GOING_AWAY) else LogLevel.warn
+        self.note("refusals", level, "closing link: {code} {reason}", code=int(error.code), reason=error.reason)
         self.closeReason = error
         self.sendControl(errorMessage(error.code, error.reason))
         self.connected = False
         self.transport.loseConnection(int(error.code), error.reason[:120])
+
+    # Logging
+
+    @property
+    def authenticated(self) -> bool:
+        """
+        Whether the peer has proved who it is; only a server's peer has to.
+        """
+        return True
+
+    def note(self, kind: str, level: LogLevel, format: str, **kw) -> None:
+        """
+        Log a line about this link; through L{logBudget} (counted as
+        C{kind} if left out) while the peer is not L{authenticated}.
+        """
+        if self.logBudget is not None and not self.authenticated:
+            self.logBudget.emit(kind, level, format, **kw)
+        else:
+            self._log.emit(level, format, **kw)
 
     # Keepalive
 
@@ -316,7 +545,10 @@ class TetherLink:
         """
         Ping every C{interval} seconds; close with 4408 after C{timeout}
         seconds without a message from the peer.
+
+        @raise ValueError: unless 0 < C{interval} < C{timeout}.
         """
+        checkKeepalive(interval, timeout)
         self._keepalive, self._timeout = interval, timeout
         self._lastHeard = self.clock.seconds()
         if self._timer is None:
@@ -332,7 +564,7 @@ class TetherLink:
             return
         self._pingID += 1
         self.sendControl({"type": "ping", "id": self._pingID})
-        self._timer = self.clock.callLater(min(self._keepalive, self._timeout - silent), self._tick)
+        self._timer = self.clock.callLater(max(MIN_TICK, min(self._keepalive, self._timeout - silent)), self._tick)
 
     # For subclasses
 

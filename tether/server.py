@@ -15,13 +15,23 @@ from twisted.application import service
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from coursenet.accounts import PasswordFrom
 from tether.offload import PLAIN_HDR, OffloadError, VnetHeader, checkHeader, writeTun
-from tether.protocol import TetherLink, TetherResource, describePeer, openTun
+from tether.protocol import (
+    OUTPUT_FULL,
+    LogBudget,
+    OutputLimits,
+    TetherLink,
+    TetherResource,
+    TetherSite,
+    checkKeepalive,
+    describePeer,
+    openTun,
+)
 from tether.wire import (
     EXTENSIONS,
     GSO,
@@ -94,8 +104,13 @@ class TetherServer:
 
     @param checker: an L{ICredentialsChecker} for C{UsernamePassword}: the
         client's name and token.
+    @param limits: how much may wait to be sent to each client.
     @ivar tun: where packets from clients go (C{write(bytes)}), set once the
         TUN device is open.
+    @ivar logBudget: the lines clients cause before their hello, and the
+        site's access log, go through it.
+
+    @raise ValueError: unless 0 < C{keepalive} < C{timeout}.
     """
 
     _log = Logger()
@@ -103,7 +118,9 @@ class TetherServer:
     def __init__(self, checker, pool: str, *, mtu: int = 1400, routes=("0.0.0.0/0",),
                  deny=(), isolate: bool = True, keepalive: float = 15.0, timeout: float = 45.0,
                  grace: float = 60.0, helloTimeout: float = 10.0, allowPlain: bool = False,
-                 maxMessage: int = MAX_MESSAGE, offload: bool = True, reactor=None) -> None:
+                 maxMessage: int = MAX_MESSAGE, offload: bool = True, limits: OutputLimits = OutputLimits(),
+                 reactor=None) -> None:
+        checkKeepalive(keepalive, timeout)
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -118,6 +135,8 @@ class TetherServer:
         self.helloTimeout = helloTimeout
         self.allowPlain = allowPlain
         self.maxMessage = maxMessage
+        self.limits = limits
+        self.logBudget = LogBudget(self._log, reactor)
         #: The extensions a welcome may accept.
         self.extensions = EXTENSIONS if offload else ()
         self.tun = None
@@ -145,8 +164,15 @@ class TetherServer:
         """
         root, tether = Resource(), Resource()
         root.putChild(b"tether", tether)
-        tether.putChild(b"v1", TetherResource(self, self.maxMessage))
+        tether.putChild(b"v1", TetherResource(self, self.maxMessage, self.limits, self.reactor))
         return root
+
+    def site(self) -> TetherSite:
+        """
+        The web site to listen with: L{resource}, its access log kept
+        quiet (L{TetherSite}) within L{logBudget}.
+        """
+        return TetherSite(self.resource(), reactor=self.reactor, budget=self.logBudget)
 
     # Sessions
 
@@ -268,7 +294,13 @@ class TetherServer:
             self.counters.drop("no client for destination")
             return
         refusal = lease.link.sendFromTun(data, vnet, lease.counters)
-        if refusal is not None:
+        if refusal == OUTPUT_FULL:
+            if lease.counters.drop(OUTPUT_FULL):
+                self._log.warn(
+                    "dropping packets to {name} ({address}): its output is full (not read fast enough);"
+                    " further drops are only counted", name=lease.name, address=str(lease.address),
+                )
+        elif refusal is not None:
             self.counters.drop(refusal)
 
     def _drop(self, lease: Lease, reason: str, detail: str) -> None:
@@ -288,6 +320,7 @@ class TetherServer:
             self._stats.start(statsInterval, now=False)
 
     def logStats(self) -> None:
+        self.logBudget.flush()
         for lease in list(self._leases.values()):
             self._log.info("{name} ({address}, {state}): {counters}", name=lease.name,
                            address=str(lease.address), state="up" if lease.link else "away",
@@ -299,6 +332,7 @@ class TetherServer:
         """
         if self._stats is not None and self._stats.running:
             self._stats.stop()
+        self.logBudget.flush()
         for lease in list(self._leases.values()):
             if lease.link is not None:
                 lease.link.refuse(ProtocolError(Close.GOING_AWAY, "server shutting down"))
@@ -319,8 +353,13 @@ class ServerLink(TetherLink):
         self.secure = secure
         self.peer = peer
         self.lease: Lease | None = None
+        self.logBudget = server.logBudget
         self._pending = False
         self._helloTimer = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.lease is not None
 
     def linkMade(self) -> None:
         self._helloTimer = self.clock.callLater(self.server.helloTimeout, self._noHello)
@@ -366,7 +405,7 @@ class ServerLink(TetherLink):
         error = failure.value if failure.check(ProtocolError) else ProtocolError(Close.AUTH, "authentication error")
         if not failure.check(ProtocolError):
             self._log.failure("checking a token", failure)
-        self._log.warn("refused {peer}: {reason}", peer=self.peer, reason=error.reason)
+        self.note("refusals", LogLevel.warn, "refused {peer}: {reason}", peer=self.peer, reason=error.reason)
         self.refuse(error)
 
     def packetReceived(self, packet: bytes) -> None:

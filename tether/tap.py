@@ -18,6 +18,7 @@ from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 from tether.client import Backoff, ClientService, DirectConnector, TetherClient, relayResource
 from tether.netconf import ClientNetwork, ProcessRunner, ServerNetwork
+from tether.protocol import TetherSite
 from tether.server import ServerService, TetherServer
 from tether.wire import PATH
 
@@ -104,6 +105,11 @@ class ServerOptions(AccountOptionsMixin, GuessOptionsMixin, usage.Options):
             raise usage.UsageError("no tokens: give --token-file (or --user NAME:TOKEN)")
         if self["nat"] and self["no-nat"]:
             raise usage.UsageError("--nat and --no-nat exclude each other")
+        if not self["keepalive"] > 0:
+            raise usage.UsageError(f"--keepalive must be more than 0 seconds, not {self['keepalive']:g}")
+        if not self["timeout"] > self["keepalive"]:
+            raise usage.UsageError(f"--timeout ({self['timeout']:g} s) must be longer than --keepalive"
+                                   f" ({self['keepalive']:g} s)")
         self["listen"] = self["listen"] or [DEFAULT_LISTEN]
         if self["tls-cert"]:
             self["listen"] = [_tls(d, self["tls-cert"], self["tls-key"]) for d in self["listen"]]
@@ -163,8 +169,6 @@ class Options(usage.Options):
 
 
 def makeServerService(options: ServerOptions, reactor=None, runner=None, system=None) -> service.IService:
-    from twisted.web.server import Site
-
     server = TetherServer(
         PasswordChecker(options["token-file"], options["users"], reactor=reactor, rule=options.guessRule()),
         options["pool"],
@@ -180,15 +184,13 @@ def makeServerService(options: ServerOptions, reactor=None, runner=None, system=
     )
     top = ServerService(server, options["tun"], network, system=system,
                         statsInterval=options["stats-interval"])
-    site = Site(server.resource())
+    site = server.site()
     for description in options["listen"]:
         strports.service(description, site).setServiceParent(top)
     return top
 
 
 def makeClientService(options: ClientOptions, reactor=None, runner=None, system=None) -> service.IService:
-    from twisted.web.server import Site
-
     client = TetherClient(options["name"], options["token"],
                           ClientNetwork(runner or ProcessRunner(reactor), options["tun"]),
                           binary=not options["text-frames"], offload=not options["no-offload"],
@@ -196,7 +198,7 @@ def makeClientService(options: ClientOptions, reactor=None, runner=None, system=
     client.onFatal = lambda error: client.reactor.stop()
     if options["relay"]:
         top = ClientService(client, options["tun"], system=system)
-        site = Site(relayResource(client, options["server"], options["relay-key"]))
+        site = TetherSite(relayResource(client, options["server"], options["relay-key"]), reactor=client.reactor)
         strports.service(options["relay"], site).setServiceParent(top)
         client._log.info("relay page: open http://ADDRESS:PORT/?key={key} on the phone ({endpoint})",
                          key=options["relay-key"], endpoint=options["relay"])
