@@ -18,6 +18,7 @@ import os
 import poplib
 import re
 import smtplib
+import socket
 import ssl
 import subprocess
 import sys
@@ -371,38 +372,21 @@ def test_throttleFileIsBesideThePasswordFile(tmp_path):
     assert isinstance(Throttle.besidePasswordFile(passwd, RULE, FakeReactor()).store, SQLiteGuessStore)
 
 
-class POP3From(poplib.POP3):
+def connectFrom(client: type, port: int, source: str):
     """
-    The stdlib POP3 client, from a source address of our choosing.
-    """
-
-    def __init__(self, port: int, source: str) -> None:
-        self.source = source
-        super().__init__("127.0.0.1", port, timeout=30)
-
-    def _create_socket(self, timeout):
-        import socket
-
-        return socket.create_connection((self.host, self.port), timeout, source_address=(self.source, 0))
-
-
-class IMAPFrom(imaplib.IMAP4):
-    """
-    The stdlib IMAP client, from a source address of our choosing.
+    A stdlib client class (L{poplib.POP3}, L{imaplib.IMAP4}) connected to
+    127.0.0.1 from a source address of our choosing.
     """
 
-    def __init__(self, port: int, source: str) -> None:
-        self.source = source
-        super().__init__("127.0.0.1", port, timeout=30)
+    class From(client):
+        def _create_socket(self, timeout):
+            return socket.create_connection((self.host, self.port), timeout, source_address=(source, 0))
 
-    def _create_socket(self, timeout):
-        import socket
-
-        return socket.create_connection((self.host, self.port), timeout, source_address=(self.source, 0))
+    return From("127.0.0.1", port, timeout=30)
 
 
 def pop3Login(port: int, source: str, password: str) -> bool:
-    client = POP3From(port, source)
+    client = connectFrom(poplib.POP3, port, source)
     try:
         client.user(VICTIM)
         client.pass_(password)
@@ -414,7 +398,7 @@ def pop3Login(port: int, source: str, password: str) -> bool:
 
 
 def imapLogin(port: int, source: str, password: str) -> bool:
-    client = IMAPFrom(port, source)
+    client = connectFrom(imaplib.IMAP4, port, source)
     try:
         client.login(VICTIM, password)
     except imaplib.IMAP4.error:
