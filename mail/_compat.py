@@ -2,9 +2,10 @@
 Every private name of Twisted that the post office relies on, in one place.
 
 Twisted offers no public way to do these few things: refuse an IMAP literal
-before it is read, forget an SMTP transaction after STARTTLS, drop the
-messages of a DATA refused half-way, forget the USER of a POP3 session that
-starts TLS, answer the end of DATA.  C{tests/test_mail_compat.py} checks
+before it is read, fail an IMAP command whose next line is too long, forget
+an SMTP transaction after STARTTLS, drop the messages of a DATA refused
+half-way, forget the USER of a POP3 session that starts TLS, answer the end
+of DATA.  C{tests/test_mail_compat.py} checks
 each name against the installed Twisted, so an upgrade that renames or
 reshapes one fails there, loudly, instead of in a session.
 """
@@ -39,6 +40,20 @@ def fileLiteral(server: imap4.IMAP4Server, size: int) -> Deferred[Any]:
     Twisted's reading of an IMAP literal of C{size} octets into a file.
     """
     return imap4.IMAP4Server._fileLiteral(server, size)
+
+
+def imapAbandonPending(server: imap4.IMAP4Server, error: Exception) -> None:
+    """
+    Fail, with C{error}, the command that waits for the rest of its line
+    after a literal, or for an AUTHENTICATE response: it answers with its
+    own tag.
+    """
+    # A LiteralString or LiteralFile, whose defer is waiting; or, for
+    # AUTHENTICATE, the Deferred itself.
+    pending: Any = server._pendingLiteral
+    server._pendingLiteral = None
+    waiting = pending if isinstance(pending, Deferred) else pending.defer
+    waiting.errback(error)
 
 
 def smtpMessages(server: smtp.SMTP) -> list[Any]:

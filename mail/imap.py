@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import email.utils
 import io
+import re
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
@@ -33,6 +34,9 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from coursenet.accounts import PeerPortal
+from coursenet.admission import Admission, AdmittingFactory
+from coursenet.receiver import CommandReceiver
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder, IFolderListener, IMailStore
@@ -48,8 +52,11 @@ from mail.maildir import (
 
 _log = Logger()
 
-#: Longest command line (RFC 7162 recommends accepting at least 8192).
+#: Longest command line, without its CRLF (RFC 7162 recommends accepting
+#: at least 8192).
 LINE_MAX = 65536
+#: RFC 3501 9: a tag is ASTRING-CHARs but "+".
+_TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]{1,64}')
 _PERMANENT = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "$Forwarded"]
 
 
@@ -754,25 +761,34 @@ def _mailboxName(name: bytes | str) -> str:
         raise imap4.IllegalMailboxEncoding(name)
 
 
-class IMAPServer(imap4.IMAP4Server):
+# CommandReceiver's read-only "paused" over LineReceiver's attribute: only
+# LineReceiver's own methods, which CommandReceiver replaces, set it.
+class IMAPServer(CommandReceiver, imap4.IMAP4Server):  # type: ignore[override]
     """
     One IMAP session.
 
-    Commands run one at a time: while one waits for the store, the lines
-    after it are held, and run once its tagged reply has gone (RFC 3501
-    5.5), so a pipelined SELECT and FETCH are answered in order.
+    Commands run one at a time (RFC 3501 5.5): the line that starts a
+    command answered later returns a L{Deferred} that fires once its tagged
+    reply has gone, and the receiver holds the lines after it until then,
+    so a pipelined SELECT and FETCH are answered in order.  The lines a
+    command reads itself (the rest of a line after a literal, an
+    AUTHENTICATE response, IDLE's DONE) are not held.  Untagged news
+    (EXISTS, EXPUNGE) that comes while a command runs waits for its tagged
+    reply, except during IDLE.
     """
 
     IDENT = b"coursenet IMAP4rev1 server ready"
-    MAX_LENGTH = LINE_MAX
+    maxLineLength = LINE_MAX
     _log = Logger()
     transport: Any
     portal: Any
     challengers: Any
     blocked: Any
 
+    #: The tag of the command running, until its tagged reply.
     _running: bytes | None = None
-    _held: list[bytes] | None = None
+    #: What the receiver waits on while the command runs, if it asked.
+    _done: Deferred[None] | None = None
 
     def __init__(
         self, contextFactory: Any = None, maxMessageSize: int | None = None, clock: Any = None
@@ -788,11 +804,20 @@ class IMAPServer(imap4.IMAP4Server):
             scheduler = lambda steps: cooperator.cooperate(steps).whenDone()  # noqa: E731
         imap4.IMAP4Server.__init__(self, None, contextFactory, scheduler)
         self.maxMessageSize = maxMessageSize
+        self._news: list[bytes] = []
+        self._drainWaiters: list[Deferred[None]] = []
+
+    @staticmethod
+    def busyReply(text: str) -> bytes:
+        return b"* BYE " + text.encode("utf-8", "replace") + b"\r\n"
 
     def callLater(self, period: float, func: Any) -> Any:
         if self._clock is None:
             return imap4.IMAP4Server.callLater(self, period, func)
         return self._clock.callLater(period, func)
+
+    def receiverClock(self) -> Any:
+        return self._clock if self._clock is not None else super().receiverClock()
 
     def _selected(self) -> MaildirMailbox:
         assert isinstance(self.mbox, MaildirMailbox)
@@ -808,17 +833,48 @@ class IMAPServer(imap4.IMAP4Server):
             self.challengers = {b"PLAIN": imap4.PLAINCredentials, b"LOGIN": imap4.LOGINCredentials}
         imap4.IMAP4Server.connectionMade(self)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self.mbox is not None:
             mbox = self._selected()
             mbox.removeListener(self)
             mbox.close()
             self.mbox = None
-        imap4.IMAP4Server.connectionLost(self, reason)
+        self._drainWaiters = []
+        super().connectionLost(reason)
+
+    # -- lines -------------------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> Deferred[None] | None:
+        # Twisted's, without its own holding of lines (FETCH's): the
+        # receiver holds them, on the Deferred returned here.
+        self.resetTimeout()
+        parse = getattr(self, "parse_" + self.parseState)
+        try:
+            parse(line)
+        except Exception as e:
+            self._log.failure("could not handle an IMAP line")
+            self.sendBadResponse(self._running, b"Server error: " + str(e).encode("utf-8", "replace"))
+        if self._running is None or self.parseState != "command":
+            return None
+        if self._done is None:
+            self._done = Deferred()
+        return self._done
+
+    def rawDataReceived(self, data: bytes) -> None:
+        imap4.IMAP4Server.rawDataReceived(self, data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self.sendLine(b"* BYE Line too long: commands are limited to %d octets" % LINE_MAX)
-        self.transport.loseConnection()
+        text = b"[TOOBIG] Line too long: lines are limited to %d octets" % (LINE_MAX,)
+        if self.parseState == "idle":
+            self.parse_idle(line)
+        elif self.parseState == "pending":
+            # The rest of a command's line, or its AUTHENTICATE response:
+            # the command fails with it (tagged), the session goes on.
+            self.parseState = "command"
+            _compat.imapAbandonPending(self, imap4.IllegalClientResponse(text.decode()))
+        else:
+            tag = line.split(b" ", 1)[0]
+            self.sendBadResponse(tag if _TAG.fullmatch(tag) else None, text)
 
     def _fileLiteral(self, size: int) -> Deferred[Any]:
         if self.maxMessageSize is not None and size > self.maxMessageSize:
@@ -834,44 +890,47 @@ class IMAPServer(imap4.IMAP4Server):
         self._running = tag
         imap4.IMAP4Server.dispatchCommand(self, tag, cmd, rest, uid)
 
-    def lineReceived(self, line: bytes) -> None:
-        if self._running is not None and self.blocked is None and self.parseState == "command":
-            self.blocked = self._held = []
-        imap4.IMAP4Server.lineReceived(self, line)
-
     def sendPositiveResponse(self, tag: bytes | None = None, message: Any = b"") -> None:
+        self._sendNews(tag)
         imap4.IMAP4Server.sendPositiveResponse(self, tag, message)
         self._finished(tag)
 
     def sendNegativeResponse(self, tag: bytes | None = None, message: Any = b"") -> None:
+        self._sendNews(tag)
         imap4.IMAP4Server.sendNegativeResponse(self, tag, message)
         self._finished(tag)
 
     def sendBadResponse(self, tag: bytes | None = None, message: Any = b"") -> None:
+        self._sendNews(tag)
         imap4.IMAP4Server.sendBadResponse(self, tag, message)
         self._finished(tag)
+
+    def sendUntaggedResponse(self, message: bytes, isAsync: bool | None = None) -> None:
+        if isAsync and self._running is not None and self.parseState != "idle":
+            self._news.append(message)
+        else:
+            imap4.IMAP4Server.sendUntaggedResponse(self, message, isAsync)
+
+    def _sendNews(self, tag: bytes | None) -> None:
+        """
+        Before a tagged reply: the untagged news that came meanwhile.
+        """
+        if tag is None:
+            return
+        news, self._news = self._news, []
+        for message in news:
+            imap4.IMAP4Server.sendUntaggedResponse(self, message)
 
     def _finished(self, tag: bytes | None) -> None:
         if tag is None or tag != self._running:
             return
         self._running = None
-        held = self._held
-        if held is not None and self.blocked is held:
+        done, self._done = self._done, None
+        if done is not None:
             # Not from inside the reply: the code that sent it may still
-            # be changing the session's state.
-            self.callLater(0, lambda: self._resume(held))
-
-    def _resume(self, held: list[bytes]) -> None:
-        if self.blocked is not held:
-            return  # Twisted's FETCH released these lines itself
-        self._held = None
-        self.blocked = None
-        if self.transport is None or self.transport.disconnecting:
-            return
-        while held and self.blocked is None:
-            self.lineReceived(held.pop(0))
-        if self.blocked is not None:
-            self.blocked.extend(held)
+            # be changing the session's state (Twisted's LOGIN and SELECT
+            # do, after their OK).
+            self.callLater(0, lambda: done.callback(None))
 
     def _answer(self, tag: bytes, command: bytes, ok: bytes, call: Any, *args: Any) -> None:
         """
@@ -888,6 +947,39 @@ class IMAPServer(imap4.IMAP4Server):
             return
         self._log.failure("{command} failed", failure, command=command.decode())
         self.sendBadResponse(tag, command + b" failed: server error, try again later")
+
+    # -- output a client reads slowly -------------------------------------------
+
+    def _whenDrained(self) -> Deferred[None]:
+        """
+        Fires once more output may be written: at once, unless the client
+        has left the transport's buffer full (then when it has read it).
+        """
+        if not self.transport.full:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drainWaiters.append(d)
+        return d
+
+    def _outputDrained(self) -> None:
+        # CommandReceiver's only notice that the outbox drained; FETCH
+        # waits on it between messages.
+        super()._outputDrained()
+        waiting, self._drainWaiters = self._drainWaiters, []
+        for d in waiting:
+            d.callback(None)
+
+    # -- TLS -----------------------------------------------------------------------
+
+    def do_STARTTLS(self, tag: bytes) -> None:
+        starting = not self.startedTLS
+        imap4.IMAP4Server.do_STARTTLS(self, tag)
+        if starting and self.startedTLS:
+            # What the client sent after STARTTLS, before TLS, is thrown
+            # away, never run as if it came over TLS (CVE-2011-0411).
+            self.clearLineBuffer()
+
+    unauth_STARTTLS = _command(do_STARTTLS)
 
     # -- changes made by others ----------------------------------------------
 
@@ -1020,6 +1112,11 @@ class IMAPServer(imap4.IMAP4Server):
     select_FETCH = _command(do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_fetchatt)
 
     def spewMessage(self, id: int, msg: Any, query: list[Any], uid: int) -> Deferred[Any]:
+        # One message at a time, each once the client has read the last
+        # (a FETCH of a whole mailbox is not queued in the transport).
+        return self._whenDrained().addCallback(lambda _: self._spewLoaded(id, msg, query, uid))
+
+    def _spewLoaded(self, id: int, msg: Any, query: list[Any], uid: int) -> Deferred[Any]:
         if not isinstance(msg, MaildirMessage) or not _needsContents(query):
             return imap4.IMAP4Server.spewMessage(self, id, msg, query, uid)
 
@@ -1081,10 +1178,33 @@ class IMAPServer(imap4.IMAP4Server):
         _w(label + b" {%d}\r\n" % (len(data),) + data)
 
 
-class IMAPFactory(ServerFactory):
+class _IMAPSessions(ServerFactory):
     """
-    Builds L{IMAPServer}s for one portal.
+    How L{IMAPFactory} builds the session of a connection it admitted.
     """
+
+    portal: Any
+    contextFactory: Any
+    maxMessageSize: int | None
+    timeout: int
+    reactor: Any
+
+    def buildProtocol(self, addr: Any) -> IMAPServer:
+        p = IMAPServer(self.contextFactory, self.maxMessageSize, self.reactor)
+        # Logins are throttled by the client's address (coursenet.throttle).
+        p.portal = PeerPortal.forPeer(self.portal, addr)
+        p.factory = self
+        p.POSTAUTH_TIMEOUT = self.timeout
+        return p
+
+
+class IMAPFactory(AdmittingFactory, _IMAPSessions):
+    """
+    Builds L{IMAPServer}s for one portal, for as many connections as its
+    L{Admission} takes; the others are answered C{* BYE} and closed.
+    """
+
+    protocol = IMAPServer
 
     def __init__(
         self,
@@ -1093,16 +1213,15 @@ class IMAPFactory(ServerFactory):
         maxMessageSize: int | None = None,
         timeout: int = 1800,
         reactor: Any = None,
+        admission: Admission | None = None,
     ) -> None:
+        """
+        @param admission: the connection caps; L{Admission}'s defaults
+            (under the descriptor limit) if none is given.
+        """
         self.portal = portal
         self.contextFactory = contextFactory
         self.maxMessageSize = maxMessageSize
         self.timeout = timeout
         self.reactor = reactor
-
-    def buildProtocol(self, addr: Any) -> IMAPServer:
-        p = IMAPServer(self.contextFactory, self.maxMessageSize, self.reactor)
-        p.portal = self.portal
-        p.factory = self
-        p.POSTAUTH_TIMEOUT = self.timeout
-        return p
+        self.admission = admission or Admission()

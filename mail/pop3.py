@@ -6,7 +6,10 @@ mailbox, and error replies where Twisted would drop the line or the
 connection.
 
 The mailbox is read, its messages fetched and its deletions made in the
-store's threads; commands wait for them in order.
+store's threads; commands wait for them in order.  Lines, pipelining and
+output are L{coursenet.receiver.CommandReceiver}'s, mixed in before
+C{POP3}: a command answered later holds the commands pipelined after it,
+and a client that does not read its replies is not read from.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from coursenet.accounts import PeerPortal
+from coursenet.admission import Admission, AdmittingFactory
+from coursenet.receiver import CommandReceiver
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder
-from mail.lines import BoundedLines
 
 #: RFC 2449 section 4: commands are at most 255 octets with the CRLF.
 COMMAND_LINE_MAX = 253
@@ -134,23 +138,41 @@ class POP3Mailbox:
         return self._folder.remove(doomed).addCallback(removed)
 
 
-class POP3Server(BoundedLines, pop3.POP3):
+class POP3Server(CommandReceiver, pop3.POP3):
     """
     One POP3 session.
     """
 
     _log = Logger()
     magic = b"coursenet POP3 server ready"
+    maxLineLength = COMMAND_LINE_MAX
     transport: Any
     portal: Any
     factory: Any
     AUTH_CMDS = [b"CAPA", b"USER", b"PASS", b"APOP", b"AUTH", b"QUIT", b"STLS"]
 
-    def __init__(self, contextFactory: Any = None, loginNeedsTLS: bool = False) -> None:
+    def __init__(self, contextFactory: Any = None, loginNeedsTLS: bool = False, clock: Any = None) -> None:
+        """
+        @param clock: the reactor of the session's deadlines; Twisted's
+            global one by default.
+        """
         self.ctx = contextFactory
         self.loginNeedsTLS = loginNeedsTLS
         self.startedTLS = False
         self._lineStart = True
+        self._clock = clock
+
+    @staticmethod
+    def busyReply(text: str) -> bytes:
+        return b"-ERR [SYS/TEMP] " + text.encode("utf-8", "replace") + b"\r\n"
+
+    def callLater(self, period: float, func: Any) -> Any:
+        if self._clock is None:
+            return pop3.POP3.callLater(self, period, func)
+        return self._clock.callLater(period, func)
+
+    def receiverClock(self) -> Any:
+        return self._clock if self._clock is not None else super().receiverClock()
 
     @property
     def secure(self) -> bool:
@@ -168,22 +190,25 @@ class POP3Server(BoundedLines, pop3.POP3):
         noDelay(self.transport)
         pop3.POP3.connectionMade(self)
 
-    def maxLineLength(self) -> int:
-        return COMMAND_LINE_MAX
-
-    def lineTooLong(self) -> None:
+    def lineLengthExceeded(self, line: bytes) -> None:
         self.failResponse(b"Line too long: commands are limited to 255 octets")
 
-    def state_COMMAND(self, line: bytes) -> None:
-        self.processCommand(*line.split(b" "))
+    def lineReceived(self, line: bytes) -> Deferred[Any] | None:
+        # Twisted's, with the command's Deferred handed to the receiver,
+        # which holds the lines after it until it fires.
+        self.resetTimeout()
+        result = getattr(self, "state_" + self.state)(line)
+        return result if isinstance(result, Deferred) else None
+
+    def state_COMMAND(self, line: bytes) -> Any:
+        return self.processCommand(*line.split(b" "))
 
     def processCommand(self, command: bytes, *args: bytes) -> Any:
-        # Also the way Twisted runs the commands it held back, so the
-        # errors are answered here for those too.
-        if self.blocked is None and self.mbox is not None and not self.mailbox.isOpen:
-            self.blocked = [(command, args)]
-            self.mailbox.whenOpen().addCallbacks(self._resume, self._notOpened)
-            return None
+        if self.mbox is not None and not self.mailbox.isOpen:
+            # The first command after login waits for the maildrop.
+            return self.mailbox.whenOpen().addCallbacks(
+                lambda _: self.processCommand(command, *args), self._notOpened
+            )
         try:
             return pop3.POP3.processCommand(self, command, *args)
         except pop3.POP3Error as e:
@@ -191,14 +216,6 @@ class POP3Server(BoundedLines, pop3.POP3):
         except TypeError:
             self.failResponse(b"Wrong number of arguments for that command")
         return None
-
-    def _resume(self, _: object = None) -> None:
-        commands, self.blocked = self.blocked, None
-        while commands and self.blocked is None:
-            command, args = commands.pop(0)
-            self.processCommand(command, *args)
-        if self.blocked is not None:
-            self.blocked.extend(commands)
 
     def _notOpened(self, failure: Failure) -> None:
         self._log.failure("could not read a POP3 mailbox", failure)
@@ -223,7 +240,9 @@ class POP3Server(BoundedLines, pop3.POP3):
             self.failResponse(b"STLS is not available on this server")
         else:
             self.successResponse(b"Begin TLS negotiation")
-            self.dropPendingInput()
+            # RFC 2595 3.1: what the client sent after STLS, before TLS, is
+            # thrown away, never run as if it came over TLS.
+            self.clearLineBuffer()
             self.transport.startTLS(self.ctx)
             self.startedTLS = True
             _compat.pop3ForgetUser(self)
@@ -350,7 +369,6 @@ class POP3Server(BoundedLines, pop3.POP3):
             self.failResponse(b"[SYS/TEMP] Some deleted messages were not removed")
             self.transport.loseConnection()
 
-        self.blocked = []  # nothing runs after QUIT
         return self.mailbox.sync().addCallbacks(lambda _: self._signOff(), failed)
 
     def _signOff(self) -> None:
@@ -358,19 +376,49 @@ class POP3Server(BoundedLines, pop3.POP3):
         self.transport.loseConnection()
 
 
-class POP3Factory(ServerFactory):
+class _POP3Sessions(ServerFactory):
     """
-    Builds L{POP3Server}s for one portal.
+    How L{POP3Factory} builds the session of a connection it admitted.
     """
 
-    def __init__(self, portal: Any, contextFactory: Any = None, loginNeedsTLS: bool = False) -> None:
-        self.portal = portal
-        self.contextFactory = contextFactory
-        self.loginNeedsTLS = loginNeedsTLS
+    portal: Any
+    contextFactory: Any
+    loginNeedsTLS: bool
+    reactor: Any
 
     def buildProtocol(self, addr: Any) -> POP3Server:
-        p = POP3Server(self.contextFactory, self.loginNeedsTLS)
+        p = POP3Server(self.contextFactory, self.loginNeedsTLS, self.reactor)
         # Logins are throttled by the client's address (coursenet.throttle).
         p.portal = PeerPortal.forPeer(self.portal, addr)
         p.factory = self
         return p
+
+
+class POP3Factory(AdmittingFactory, _POP3Sessions):
+    """
+    Builds L{POP3Server}s for one portal, for as many connections as its
+    L{Admission} takes; the others are answered C{-ERR [SYS/TEMP]} and
+    closed.
+    """
+
+    protocol = POP3Server
+
+    def __init__(
+        self,
+        portal: Any,
+        contextFactory: Any = None,
+        loginNeedsTLS: bool = False,
+        reactor: Any = None,
+        admission: Admission | None = None,
+    ) -> None:
+        """
+        @param reactor: the clock of the sessions' deadlines; the global
+            reactor by default.
+        @param admission: the connection caps; L{Admission}'s defaults
+            (under the descriptor limit) if none is given.
+        """
+        self.portal = portal
+        self.contextFactory = contextFactory
+        self.loginNeedsTLS = loginNeedsTLS
+        self.reactor = reactor
+        self.admission = admission or Admission()

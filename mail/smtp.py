@@ -3,6 +3,11 @@ The ESMTP server: L{twisted.mail.smtp.ESMTP} with what it lacks here:
 SIZE, 8BITMIME, PIPELINING and ENHANCEDSTATUSCODES, AUTH offered only under
 TLS, RFC 5321 line limits answered with errors, bare CR/LF refused, local
 delivery into Maildir acknowledged only once fsync'd, and no relaying.
+
+Lines, pipelining and output are L{coursenet.receiver.CommandReceiver}'s,
+mixed in before C{ESMTP}: a command answered later (the end of DATA, AUTH)
+holds the commands pipelined after it, and a client that does not read its
+replies is not read from.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from twisted.mail.smtp import COMMAND, DATA, SMTPServerError
 from zope.interface import implementer
 
 from coursenet.accounts import PeerPortal
+from coursenet.admission import Admission, AdmittingFactory
+from coursenet.receiver import CommandReceiver
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IDelivery, IMailStore
-from mail.lines import BoundedLines
 
 #: RFC 5321 4.5.3.1: 512 octets for a command line, 1000 for a text line,
 #: both counting the CRLF.
@@ -31,6 +37,8 @@ COMMAND_LINE_MAX = 510
 TEXT_LINE_MAX = 998
 #: RFC 4954 4: an AUTH exchange line may reach 12288 octets.
 AUTH_LINE_MAX = 12288
+#: The longest line taken in each state of the session, without its CRLF.
+_LINE_MAX = {COMMAND: COMMAND_LINE_MAX, DATA: TEXT_LINE_MAX, smtp.AUTH: AUTH_LINE_MAX}
 DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
 
 _ENHANCED = re.compile(rb"^[245]\.\d{1,3}\.\d{1,3}( |$)")
@@ -140,16 +148,24 @@ class LocalDelivery:
         return lambda: _MaildirMessage(store.openDelivery(name))
 
 
-class SMTPServer(BoundedLines, smtp.ESMTP):
+class SMTPServer(CommandReceiver, smtp.ESMTP):
     """
     One SMTP session.
+
+    Every command line, and the final dot of DATA, gets one reply; until it
+    has gone, the lines pipelined after it wait (RFC 2920: replies in the
+    order of the commands).
     """
 
     noisy = False
+    requireCRLF = True
     _log = Logger()
     transport: Any
     delivery: Any
     portal: Any
+
+    _replies = 0
+    _replyOwed: Deferred[None] | None = None
 
     def __init__(
         self,
@@ -168,12 +184,32 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
         self._dataSize = 0
         self._clock = clock
 
+    @staticmethod
+    def busyReply(text: str) -> bytes:
+        return b"421 4.3.2 " + text.encode("utf-8", "replace") + b"\r\n"
+
     def callLater(self, period: float, func: Any) -> Any:
         if self._clock is None:
             return smtp.ESMTP.callLater(self, period, func)
         return self._clock.callLater(period, func)
 
+    def receiverClock(self) -> Any:
+        return self._clock if self._clock is not None else super().receiverClock()
+
     # -- framing and replies --------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        """
+        What the next line is: a command, message text or an AUTH response.
+        """
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        # Each state has its own line limit (RFC 5321 4.5.3.1, RFC 4954 4).
+        self._mode = mode
+        self.maxLineLength = _LINE_MAX[mode]
 
     @property
     def secure(self) -> bool:
@@ -182,14 +218,7 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
         """
         return self.startedTLS or ISSLTransport.providedBy(self.transport)
 
-    def maxLineLength(self) -> int:
-        if self.mode == DATA:
-            return TEXT_LINE_MAX
-        if self.mode == smtp.AUTH:
-            return AUTH_LINE_MAX
-        return COMMAND_LINE_MAX
-
-    def lineTooLong(self) -> None:
+    def lineLengthExceeded(self, line: bytes) -> None:
         if self.mode == DATA:
             self._failData(
                 500, "5.5.6 Line too long: message lines are limited to 1000 octets"
@@ -197,6 +226,16 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
         else:
             self.mode = COMMAND
             self.sendCode(500, "5.5.2 Line too long: commands are limited to 512 octets")
+
+    def bareLineFeed(self, line: bytes) -> None:
+        if self.mode == DATA:
+            # The whole message is refused, and a dot ended by a bare LF
+            # does not end it: nothing after it is taken for a command
+            # (SMTP smuggling).
+            self._failData(550, "5.6.11 Bare CR or LF in the message: lines must end in CRLF")
+        else:
+            self.resetTimeout()
+            self.sendCode(500, "5.5.2 Bare CR or LF in a command: end lines with CRLF")
 
     def sendCode(self, code: int, message: bytes | str = b"") -> None:
         if isinstance(message, str):
@@ -209,6 +248,10 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
         ):
             message = _DEFAULT_ENHANCED[code] + b" " + message
         smtp.ESMTP.sendCode(self, code, message)
+        self._replies += 1
+        owed, self._replyOwed = self._replyOwed, None
+        if owed is not None:
+            owed.callback(None)
 
     def connectionMade(self) -> None:
         noDelay(self.transport)
@@ -217,11 +260,11 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
     def greeting(self) -> bytes:
         return self.host + b" ESMTP coursenet post office"
 
-    def lineReceived(self, line: bytes) -> None:
+    def lineReceived(self, line: bytes) -> Deferred[None] | None:
         if self.mode == DATA:
             if line != b".":
                 self._dataSize += len(line) + 2
-                if b"\n" in line or b"\r" in line:
+                if b"\r" in line:
                     self._failData(
                         550,
                         "5.6.11 Bare CR or LF in the message: lines must end in CRLF",
@@ -232,11 +275,18 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
                         f"5.3.4 Message exceeds the maximum size of"
                         f" {self.maxMessageSize} octets",
                     )
-        elif b"\n" in line or b"\r" in line:
-            self.resetTimeout()
-            self.sendCode(500, "5.5.2 Bare CR or LF in a command: end lines with CRLF")
-            return
+        elif b"\r" in line:
+            self.bareLineFeed(line)
+            return None
+        owed = self.mode != DATA or line == b"."
+        replies = self._replies
         smtp.ESMTP.lineReceived(self, line)
+        if owed and self._replies == replies and not self.transport.disconnecting:
+            # Answered later (the store's commit, a password check): the
+            # lines after it wait for that reply.
+            self._replyOwed = Deferred()
+            return self._replyOwed
+        return None
 
     def _failData(self, code: int, text: str) -> None:
         if self.datafailed is None:
@@ -284,7 +334,9 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
             self.sendCode(454, "4.7.0 TLS not available")
         else:
             self.sendCode(220, "2.0.0 Ready to start TLS")
-            self.dropPendingInput()
+            # RFC 3207 4.2: what the client sent after STARTTLS, before TLS,
+            # is thrown away, never run as if it came over TLS.
+            self.clearLineBuffer()
             self.transport.startTLS(self.ctx)
             self.startedTLS = True
             # RFC 3207 4.2: forget everything learnt before TLS.
@@ -393,10 +445,44 @@ class SMTPServer(BoundedLines, smtp.ESMTP):
         return result
 
 
-class SMTPFactory(smtp.SMTPFactory):
+class _SMTPSessions(smtp.SMTPFactory):
     """
-    Builds L{SMTPServer}s delivering into a store.
+    How L{SMTPFactory} builds the session of a connection it admitted.
     """
+
+    store: IMailStore
+    domains: list[str]
+    contextFactory: Any
+    maxMessageSize: int
+    hostname: str
+    timeout: int
+    reactor: Any
+
+    def buildProtocol(self, addr: Any) -> SMTPServer:
+        p = SMTPServer(
+            LocalDelivery(self.store, self.domains),
+            self.contextFactory,
+            self.maxMessageSize,
+            self.reactor,
+        )
+        p.factory = self
+        # Logins are throttled by the client's address (coursenet.throttle).
+        p.portal = PeerPortal.forPeer(self.portal, addr)
+        p.host = self.hostname
+        p.timeout = self.timeout
+        return p
+
+
+class SMTPFactory(AdmittingFactory, _SMTPSessions):
+    """
+    Builds L{SMTPServer}s delivering into a store, for as many connections
+    as its L{Admission} takes; the others are answered C{421 4.3.2} and
+    closed.
+    """
+
+    # Read for its busyReply: sessions are built, with their arguments, by
+    # _SMTPSessions.buildProtocol, not called as SMTP's no-argument class.
+    protocol = SMTPServer  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -407,7 +493,15 @@ class SMTPFactory(smtp.SMTPFactory):
         maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE,
         hostname: str | None = None,
         timeout: int = 300,
+        reactor: Any = None,
+        admission: Admission | None = None,
     ) -> None:
+        """
+        @param reactor: the clock of the sessions' deadlines; the global
+            reactor by default.
+        @param admission: the connection caps; L{Admission}'s defaults
+            (under the descriptor limit) if none is given.
+        """
         smtp.SMTPFactory.__init__(self, portal)
         self.store = store
         self.domains = list(domains)
@@ -415,17 +509,5 @@ class SMTPFactory(smtp.SMTPFactory):
         self.maxMessageSize = maxMessageSize
         self.hostname = hostname or self.domains[0]
         self.timeout = timeout
-
-    def buildProtocol(self, addr: Any) -> SMTPServer:
-        p = SMTPServer(
-            LocalDelivery(self.store, self.domains),
-            self.contextFactory,
-            self.maxMessageSize,
-        )
-        p.factory = self
-        # Logins are throttled by the client's address (coursenet.throttle).
-        p.portal = PeerPortal.forPeer(self.portal, addr)
-        p.host = self.hostname
-        p.timeout = self.timeout
-        return p
-
+        self.reactor = reactor
+        self.admission = admission or Admission()

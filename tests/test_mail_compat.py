@@ -31,8 +31,8 @@ def test_private_methods_keep_their_signature(cls, name, params):
     assert tuple(inspect.signature(method).parameters) == params
 
 
-def smtp():
-    p = SMTPServer(LocalDelivery(FakeStore(), ["example.test"]), None, 10_000, clock=Clock())
+def smtp(store=None):
+    p = SMTPServer(LocalDelivery(store or FakeStore(), ["example.test"]), None, 10_000, clock=Clock())
     p.host = b"example.test"
     p.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4000)))
     return p
@@ -40,7 +40,8 @@ def smtp():
 
 def test_smtp_transaction_state():
     """The HELO name, recipient count and DATA messages are read from SMTP's private state, and forgotten together."""
-    p = smtp()
+    store = FakeStore()
+    p = smtp(store)
     assert _compat.smtpHeloName(p) is None and _compat.smtpRecipientCount(p) == 0
     p.dataReceived(b"EHLO c.test\r\nMAIL FROM:<x@else.test>\r\nRCPT TO:<alice@example.test>\r\n")
     assert _compat.smtpHeloName(p) == b"c.test" and _compat.smtpRecipientCount(p) == 1
@@ -51,13 +52,13 @@ def test_smtp_transaction_state():
     assert _compat.smtpHeloName(p) is None and _compat.smtpRecipientCount(p) == 0
     p.transport.clear()
     p.dataReceived(b"\r\n.\r\nMAIL FROM:<x@else.test>\r\n")
+    store.deliveries[0].committed.callback("name")
     assert p.transport.value().splitlines()[-1].startswith(b"503")
 
 
 def test_pop3_forget_user():
     """Forgetting the USER makes the next PASS ask for USER again."""
-    p = POP3Server()
-    p.callLater = Clock().callLater
+    p = POP3Server(clock=Clock())
     t = StringTransport()
     p.makeConnection(t)
     p.dataReceived(b"USER alice\r\n")

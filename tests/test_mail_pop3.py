@@ -35,8 +35,7 @@ def folder(store):
 
 
 def session(folder, loggedIn=True):
-    p = POP3Server()
-    p.callLater = Clock().callLater
+    p = POP3Server(clock=Clock())
     t = StringTransport()
     p.makeConnection(t)
     if loggedIn:
@@ -45,11 +44,20 @@ def session(folder, loggedIn=True):
     return p, t
 
 
+def pull(p, t) -> None:
+    """
+    Run the producer a command registered (RETR's file sender) until it
+    is done: StringTransport does not pull producers.  The session's own
+    outbox stays registered and is left alone.
+    """
+    while t.producer is not None and t.producer is not p.transport:
+        t.producer.resumeProducing()
+
+
 def say(p, t, data: bytes) -> bytes:
     t.clear()
     p.dataReceived(data)
-    while t.producer is not None:  # StringTransport does not pull producers
-        t.producer.resumeProducing()
+    pull(p, t)
     return t.value()
 
 
@@ -93,8 +101,7 @@ def test_retr_byte_stuffs_and_sizes_match(folder):
 
 def test_capa_and_stls_rules(folder):
     """CAPA uses RFC 2449 names; with TLS offered, USER is refused in clear text and not advertised."""
-    p = POP3Server(contextFactory=object(), loginNeedsTLS=True)
-    p.callLater = Clock().callLater
+    p = POP3Server(contextFactory=object(), loginNeedsTLS=True, clock=Clock())
     t = StringTransport()
     p.makeConnection(t)
     caps = say(p, t, b"CAPA\r\n").split(b"\r\n")
@@ -150,8 +157,7 @@ def test_commands_wait_for_the_mailbox(tmp_path):
     assert t.value() == b""
     while pool.queue:
         pool.runAll()
-        while t.producer is not None:
-            t.producer.resumeProducing()
+        pull(p, t)
     replies = t.value().split(b"\r\n")
     assert replies[0].startswith(b"+OK 1 ")
     assert replies[1].startswith(b"+OK ") and b"Subject: one" in replies[2]
