@@ -9,6 +9,7 @@ from twisted.application import service, strports
 from twisted.python import usage
 
 from coursenet.accounts import PasswordChecker
+from coursenet.admission import Admission
 from coursenet.options import AccountOptionsMixin
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import serverContextFactory
@@ -48,6 +49,10 @@ class Options(AccountOptionsMixin, GuessOptionsMixin, usage.Options):
             "largest message accepted by SMTP or IMAP APPEND, in octets",
             int,
         ],
+        ["max-connections", None, None,
+         "connections allowed in all, SMTP, POP3 and IMAP together"
+         " (default: as many as the descriptor limit allows)", int],
+        ["max-per-address", None, None, "connections allowed from one address (default: 256)", int],
     ]
 
     def __init__(self) -> None:
@@ -105,6 +110,10 @@ def makeService(options: Options) -> service.IService:
     ctx = None
     if options["tls-cert"]:
         ctx = serverContextFactory(options["tls-cert"], options["tls-key"])
+    # One cap for the three servers: they share the process's descriptors.
+    # A session may hold a file besides its socket (a delivery, a large
+    # APPEND literal).
+    admission = Admission(options["max-connections"], options["max-per-address"], fdsPerConnection=2)
     factories = {
         "smtp": SMTPFactory(
             store,
@@ -113,9 +122,10 @@ def makeService(options: Options) -> service.IService:
             ctx,
             options["max-message-size"],
             options["hostname"],
+            admission=admission,
         ),
-        "pop3": POP3Factory(portal, ctx, loginNeedsTLS=ctx is not None),
-        "imap": IMAPFactory(portal, ctx, options["max-message-size"]),
+        "pop3": POP3Factory(portal, ctx, loginNeedsTLS=ctx is not None, admission=admission),
+        "imap": IMAPFactory(portal, ctx, options["max-message-size"], admission=admission),
     }
     top = service.MultiService()
     for proto, factory in factories.items():

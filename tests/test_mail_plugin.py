@@ -11,6 +11,7 @@ import os
 import pytest
 from twisted.python import usage
 
+from coursenet.admission import defaultMaxConnections
 from mail.tap import Options, makeService
 
 
@@ -40,3 +41,23 @@ def test_options_refused(argv):
     """Missing accounts, a bad --user, a cert without key and a tiny size limit are usage errors."""
     with pytest.raises(usage.UsageError):
         Options().parseOptions(argv)
+
+
+def test_admission_options_shared_by_the_three_servers(tmp_path):
+    """--max-connections and --max-per-address cap SMTP, POP3 and IMAP together, through one Admission."""
+    o = Options()
+    o.parseOptions(["--user", "a:b", "--maildir", str(tmp_path), "--max-connections", "40",
+                    "--max-per-address", "7"])
+    admissions = {id(s.factory.admission): s.factory.admission for s in makeService(o)}
+    assert len(admissions) == 1
+    (admission,) = admissions.values()
+    assert (admission.maxConnections, admission.maxPerAddress) == (40, 7)
+
+
+def test_admission_defaults_fit_the_descriptor_limit(tmp_path):
+    """Without the options, the cap is what fits under the descriptor limit (two each), 256 per address at most."""
+    o = Options()
+    o.parseOptions(["--user", "a:b", "--maildir", str(tmp_path)])
+    (admission,) = {id(s.factory.admission): s.factory.admission for s in makeService(o)}.values()
+    assert admission.maxConnections == defaultMaxConnections(fdsPerConnection=2)
+    assert admission.maxPerAddress == min(256, admission.maxConnections)
