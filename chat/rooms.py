@@ -185,13 +185,15 @@ class ChatServer:
                 )
             # A remote participant of the forking twin has no peer here.
             address = hostOf(getattr(who, "peer", None))
+            # An account comes from the checker, so there is a portal.
+            assert self.portal is not None
             try:
                 _, avatar, _ = await self.portal.login(
                     PasswordFrom(account, password, address), None, IChatAccount
                 )
             except UnauthorizedLogin:
                 raise ChatError(Code.PASSWORD, f"wrong password for registered nickname {nick}")
-            account = avatar.name
+            account = IChatAccount(avatar).name
         elif not self.anonymous:
             raise ChatError(
                 Code.ACCOUNTS_ONLY,
