@@ -37,8 +37,9 @@ class Options(AccountOptionsMixin, GuessOptionsMixin, usage.Options):
         ["tls-key", None, None, "PEM private key for --tls-cert"],
         ["tls-port", None, DEFAULT_TLS_PORT, "port of the --tls-cert listener", int],
         ["idle-timeout", None, 300, "seconds before an idle connection is closed", int],
-        ["max-per-address", None, 20, "connections allowed from one address", int],
-        ["max-connections", None, 1000, "connections allowed in all", int],
+        ["max-per-address", None, None, "connections allowed from one address (default: 256)", int],
+        ["max-connections", None, None,
+         "connections allowed in all (default: as many as the descriptor limit allows)", int],
         ["max-file-size", None, 0, "largest file a PUT may store, in bytes (0: no limit)", int],
         ["login-timeout", None, 60, "seconds a connection may take to log in", int],
     ]

@@ -620,11 +620,12 @@ def test_symlinkToDirectory(root, fake):
 def test_idleClientThatStopsReadingIsCut(root, fake):
     """A client idle past the timeout whose connection does not close cleanly is aborted 5 seconds later; one that closed is left alone."""
     lines, server, pump, client = raw(root, fake, idleTimeout=10)
-    server.transport.loseConnection = lambda: None  # a peer that never lets the close finish
+    real = server.transport.wrappedTransport
+    real.loseConnection = lambda: None  # a peer that never lets the close finish
     fake.advance(11)
-    assert not server.transport.disconnecting
+    assert not real.disconnecting
     fake.advance(5)
-    assert server.transport.disconnecting
+    assert real.disconnecting
 
 
 def test_tapOptionsReachTheFactory(tmp_path):
