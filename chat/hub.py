@@ -106,17 +106,6 @@ class ChatHub:
         who = link.state.get("who")
         if who is not None and who.connected:
             self._quit(who, "connection lost")
-        if link.state.pop("admitted", False):
-            self.server.release()
-
-    def _admit(self, who):
-        refusal = self.server.admit()
-        who.link.state["admitted"] = refusal is None
-        return refusal
-
-    def _release(self, who):
-        if who.link.state.pop("admitted", False):
-            self.server.release()
 
     def _register(self, who, nick, password):
         account = self.reactor.wait(self.server.register(who, nick, password))
@@ -200,12 +189,6 @@ class RemoteChatServer:
             return succeed(self._call(method, *args))
         except Exception:
             return fail(Failure())
-
-    def admit(self) -> str | None:
-        return self._call("admit")
-
-    def release(self) -> None:
-        self._call("release")
 
     def register(self, who, nick: str, password: str | None = None) -> Deferred:
         self._who = who
