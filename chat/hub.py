@@ -344,7 +344,8 @@ class HubForkingServer(ForkingServer):
         self._links: set[Link] = set()
         self._pair: tuple[socket.socket, socket.socket] | None = None
         self._prepare = None
-        self._selector = selectors.DefaultSelector()
+        #: The parent's; a child drops it (L{afterForkInChild}).
+        self._selector: selectors.BaseSelector | None = selectors.DefaultSelector()
         super().__init__(address, None, reactor, maxChildren)
         threading.Thread(target=self._serveLinks, daemon=True).start()
 
@@ -352,6 +353,7 @@ class HubForkingServer(ForkingServer):
         self._pair = socket.socketpair()
 
     def afterForkInParent(self, request) -> None:
+        assert self._pair is not None and self._selector is not None
         parentEnd, childEnd = self._pair
         childEnd.close()
         link = Link(parentEnd)
@@ -359,6 +361,7 @@ class HubForkingServer(ForkingServer):
         self._selector.register(parentEnd, selectors.EVENT_READ, link)
 
     def afterForkInChild(self, request) -> None:
+        assert self._pair is not None
         parentEnd, childEnd = self._pair
         parentEnd.close()
         for link in list(self._links):
@@ -373,12 +376,15 @@ class HubForkingServer(ForkingServer):
     def _serveLinks(self) -> None:
         Link.collecting()
         while True:
-            for key, _ in self._selector.select(timeout=0.5):
+            # This thread runs in the parent only, where the selector stays.
+            selector = self._selector
+            assert selector is not None
+            for key, _ in selector.select(timeout=0.5):
                 link = key.data
                 try:
                     message = recvMessage(link.sock)
                 except (EOFError, OSError):
-                    self._selector.unregister(link.sock)
+                    selector.unregister(link.sock)
                     self.reactor.inside(self.hub.linkLost, link)
                     Link.flush()
                     self._links.discard(link)
