@@ -21,6 +21,7 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from coursenet.accounts import PasswordChecker
+from coursenet.admission import Admission
 from coursenet.procs import freePort, stopProcess, waitForPort
 from coursenet.tls import serverContextFactory
 from mail.auth import makePortal
@@ -227,19 +228,21 @@ class PostOffice:
         self.store.close()
 
 
-async def startPostOffice(reactor, root: str, devCert=None, tlsPorts=False, maxMessageSize=1024 * 1024, users=((USER, PASSWORD), ("bob", "hunter2"))) -> PostOffice:
+async def startPostOffice(reactor, root: str, devCert=None, tlsPorts=False, maxMessageSize=1024 * 1024, users=((USER, PASSWORD), ("bob", "hunter2")), admission: Admission | None = None) -> PostOffice:
     """
     Listen for SMTP, POP3 and IMAP on 127.0.0.1 port 0; with C{devCert},
-    STARTTLS/STLS too, and with C{tlsPorts} also SMTPS/POP3S/IMAPS.
+    STARTTLS/STLS too, and with C{tlsPorts} also SMTPS/POP3S/IMAPS.  The
+    three share C{admission}, as under twistd (by default, its defaults).
     """
     checker = PasswordChecker(None, users, reactor=reactor)
     store = MaildirStore(root, checker.hasUser, reactor=reactor, maxMessageSize=maxMessageSize)
     portal = makePortal(store, [DOMAIN], checker)
     ctx = serverContextFactory(*devCert) if devCert else None
+    admission = admission or Admission()
     factories = {
-        "smtp": SMTPFactory(store, [DOMAIN], portal, ctx, maxMessageSize),
-        "pop3": POP3Factory(portal, ctx, loginNeedsTLS=ctx is not None),
-        "imap": IMAPFactory(portal, ctx, maxMessageSize),
+        "smtp": SMTPFactory(store, [DOMAIN], portal, ctx, maxMessageSize, reactor=reactor, admission=admission),
+        "pop3": POP3Factory(portal, ctx, loginNeedsTLS=ctx is not None, reactor=reactor, admission=admission),
+        "imap": IMAPFactory(portal, ctx, maxMessageSize, reactor=reactor, admission=admission),
     }
     po = PostOffice(root, store)
     for name, factory in factories.items():

@@ -80,3 +80,21 @@ def test_imap_file_literal():
     p.dataReceived(b"hello rest\r\n")
     (data, rest), = got
     assert data.read() == b"hello" and rest == b" rest"
+
+
+def test_imap_abandon_pending():
+    """A command waiting for its line's rest after a literal, or for an AUTHENTICATE response, is failed through Twisted's pending literal."""
+    p = IMAPServer(clock=Clock())
+    t = StringTransport()
+    p.makeConnection(t)
+    got = []
+    _compat.fileLiteral(p, 5).addErrback(got.append)
+    p.dataReceived(b"hello")
+    _compat.imapAbandonPending(p, ValueError("too long"))
+    assert got[0].check(ValueError)
+    p.parseState = "command"
+    p.portal = object()
+    p.dataReceived(b"a AUTHENTICATE PLAIN\r\n")
+    t.clear()
+    _compat.imapAbandonPending(p, ValueError("too long"))
+    assert t.value() == b"a NO Authentication failed: too long\r\n"

@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
+from twisted.mail import imap4
 
-from mail.imap import _ReadAhead
+from mail.imap import LINE_MAX, IMAPServer, MaildirAccount, _ReadAhead
 from mail.maildir import ensureMaildir, writeMessageFile
 from tests.bftp_support import FakeReactor
 from tests.mail_support import DiskGuard, ManualPool, Session, memoryStore
@@ -149,3 +152,62 @@ def test_session_never_touches_the_disk_itself(tmp_path, monkeypatch):
     replies = [line for line in lines if line[:1] in b"abcdefghijkl" and line[1:2] == b" "]
     assert [line.split()[1] for line in replies] == [b"OK"] * 12
     assert guard.outside == [] and guard.calls > 30
+
+
+TOO_LONG = b"[TOOBIG] Line too long: lines are limited to %d octets" % LINE_MAX
+
+
+def test_overlong_line_answered_with_its_tag(store, clock, pool):
+    """A command line over the limit gets a tagged BAD [TOOBIG], even sent in pieces, and the next command is answered."""
+    s = Session(store, clock, pool)
+    s.send(b"a LIST " + b"x" * 40000)
+    s.send(b"y" * 40000)
+    assert s.say(b"z\r\nb NOOP\r\n") == [b"a BAD " + TOO_LONG, b"b OK NOOP No operation performed"]
+
+
+def test_overlong_line_after_a_literal_fails_its_command(store, clock, pool):
+    """An overlong rest of a line after a literal fails that command with its own tag; the session goes on."""
+    s = Session(store, clock, pool)
+    assert s.say(b"a CREATE {3}\r\n") == [b"+ Ready for 3 octets of text"]
+    lines = s.say(b"Box" + b"y" * 70000 + b"\r\nb NOOP\r\n")
+    assert lines == [b"a BAD Illegal syntax: " + TOO_LONG, b"b OK NOOP No operation performed"]
+
+
+def test_overlong_line_ends_idle(store, clock, pool):
+    """An overlong line during IDLE is not DONE: IDLE ends with a tagged BAD and commands are taken again."""
+    s = Session(store, clock, pool)
+    assert s.say(b"a IDLE\r\n") == [b"+"]
+    lines = s.say(b"D" * 70000 + b"\r\nb NOOP\r\n")
+    assert lines == [b"a BAD Expected DONE to end IDLE", b"b OK NOOP No operation performed"]
+
+
+class HeldPortal:
+    """
+    A portal whose logins wait until the test fires them.
+    """
+
+    def __init__(self) -> None:
+        self.logins: list[Deferred] = []
+
+    def login(self, credentials, mind, *interfaces):
+        d: Deferred = Deferred()
+        self.logins.append(d)
+        return d
+
+
+def test_commands_after_login_wait_for_its_reply(store, clock, pool):
+    """A SELECT pipelined after LOGIN runs only once LOGIN has answered and the session is authenticated, not before."""
+    server = IMAPServer(clock=clock)
+    transport = StringTransport()
+    server.makeConnection(transport)
+    server.portal = portal = HeldPortal()
+    transport.clear()
+    server.dataReceived(b"a LOGIN alice secret\r\nb SELECT INBOX\r\n")
+    clock.advance(0)
+    assert transport.value() == b""
+    portal.logins[0].callback((imap4.IAccount, MaildirAccount(store, "alice"), lambda: None))
+    for _ in range(5):
+        pool.runAll()
+        clock.advance(0)
+    replies = [line for line in transport.value().split(b"\r\n") if line[:2] in (b"a ", b"b ")]
+    assert replies == [b"a OK LOGIN succeeded", b"b OK [READ-WRITE] SELECT successful"]
