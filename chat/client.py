@@ -20,10 +20,12 @@ which an C{async def} can C{await}; events arrive as callbacks.
 
 from __future__ import annotations
 
+import builtins
 import collections
 from typing import Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -61,6 +63,8 @@ class ChatClient(LineReceiver):
 
     delimiter = b"\r\n"
     MAX_LENGTH = 4 * MAX_LINE
+    # connect() makes TCP connections, with TLS over them or not (INegotiated).
+    transport: ITCPTransport | None
 
     def __init__(self) -> None:
         self._waiting: collections.deque[_Pending] = collections.deque()
@@ -76,7 +80,7 @@ class ChatClient(LineReceiver):
 
     # -- wire -------------------------------------------------------------------
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         why = self.closing.text if self.closing else "connection to the chat server lost"
         while self._waiting:
             self._waiting.popleft().deferred.errback(Failure(ConnectionError(why)))
@@ -86,12 +90,14 @@ class ChatClient(LineReceiver):
         self.closed.callback(None)
 
     def lineLengthExceeded(self, line: bytes) -> None:
+        assert self.transport is not None
         self.transport.abortConnection()
 
     def lineReceived(self, line: bytes) -> None:
         try:
             parsed = parseServerLine(line)
         except ChatError:
+            assert self.transport is not None
             self.transport.abortConnection()
             return
         if isinstance(parsed, ServerEvent):
@@ -217,7 +223,8 @@ class ChatClient(LineReceiver):
 
         return self._reply("LIST").addCallback(rooms)
 
-    def who(self, room: str) -> Deferred[list[str]]:
+    # builtins.list: in the class body, list is the method above.
+    def who(self, room: str) -> Deferred[builtins.list[str]]:
         """
         Fire with the nicknames in C{room}, in the order they joined.
         """
