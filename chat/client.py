@@ -258,6 +258,8 @@ class _ClientFactory(Factory):
 async def _connect(reactor, host, port, tls, cafile, timeout) -> ChatClient:
     endpoint = clientEndpoint(reactor, host, port, tls, cafile, timeout)
     client = await endpoint.connect(_ClientFactory())
+    # The factory's protocol; wrapClientTLS hands back the wrapped one too.
+    assert isinstance(client, ChatClient)
     await client.greeting.deferred
     return client
 

@@ -138,7 +138,7 @@ def _pemBlocks(pem: bytes, label: bytes) -> list[bytes]:
 
 
 def clientEndpoint(reactor, host: str, port: int, tls: bool = False,
-                   cafile: str | None = None, timeout: float = 30):
+                   cafile: str | None = None, timeout: float = 30) -> IStreamClientEndpoint:
     """
     A client endpoint for C{host}:C{port}; with C{tls}, wrapped in TLS that
     verifies the server's certificate for C{host} (L{clientTLSOptions}).
