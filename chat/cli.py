@@ -71,10 +71,11 @@ class Terminal(LineReceiver):
         client.addListener(lambda event: self.show(describe(event)))
 
     def show(self, text: str) -> None:
+        assert self.transport is not None
         self.transport.write(text.encode("utf-8", "replace") + b"\n")
 
     def connectionLost(self, reason=None) -> None:
-        if self.client.transport.connected:
+        if not self.client.closed.called:
             self.client.quit("end of input")
 
     def lineReceived(self, line: bytes) -> None:
@@ -109,8 +110,8 @@ class Terminal(LineReceiver):
 
             return client.join(room).addCallback(joined)
         if verb == "part":
-            room = rest.split()[0] if rest else self.room
-            return client.part(room or "").addCallback(lambda _: self.show(f"*** you left {room}"))
+            name = rest.split()[0] if rest else self.room
+            return client.part(name or "").addCallback(lambda _: self.show(f"*** you left {name}"))
         if verb == "msg" and " " in rest:
             nick, message = rest.split(" ", 1)
             return client.msg(nick, message)
@@ -119,14 +120,17 @@ class Terminal(LineReceiver):
                 lambda _: self.show(f"*** you are now {client.nickname}")
             )
         if verb == "who":
-            room = rest.split()[0] if rest else self.room
-            return client.who(room or "").addCallback(
-                lambda nicks: self.show(f"*** in {room}: {' '.join(nicks)}")
+            name = rest.split()[0] if rest else self.room
+            return client.who(name or "").addCallback(
+                lambda nicks: self.show(f"*** in {name}: {' '.join(nicks)}")
             )
         if verb == "list":
-            return client.list().addCallback(
-                lambda rooms: [self.show(f"*** {n} ({c}) {t}".rstrip()) for n, c, t in rooms]
-            )
+
+            def listed(rooms: list[tuple[str, int, str]]) -> None:
+                for n, c, t in rooms:
+                    self.show(f"*** {n} ({c}) {t}".rstrip())
+
+            return client.list().addCallback(listed)
         if verb == "topic" and self.room:
             return client.topic(self.room, rest or None).addCallback(
                 lambda topic: self.show(f"*** topic of {self.room}: {topic}")
