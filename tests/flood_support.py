@@ -101,7 +101,7 @@ def readUntil(sock: socket.socket, marker: bytes, limit: int = 1 << 20) -> bytes
     return data
 
 
-def _inThread(f, *args) -> Deferred:
+def inThread(f, *args) -> Deferred:
     """
     Run C{f} in a thread of its own (not the reactor's pool, which the
     server under test needs for its own work).
@@ -152,9 +152,9 @@ async def floodWithoutReading(
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    probing = _inThread(_probe, port, exchange, setup, stop, latencies, cafile)
+    probing = inThread(_probe, port, exchange, setup, stop, latencies, cafile)
     try:
-        sent, cutAfter = await _inThread(_flood, port, preamble, request, total, limit, cafile)
+        sent, cutAfter = await inThread(_flood, port, preamble, request, total, limit, cafile)
     finally:
         stop.set()
     await probing

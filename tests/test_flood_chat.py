@@ -24,7 +24,7 @@ from twisted.internet import defer
 from chat.session import Limits
 from chat.wire import MAX_TEXT
 from tests.chat_support import listenAll
-from tests.flood_support import MiB, _inThread, floodWithoutReading, readUntil
+from tests.flood_support import MiB, floodWithoutReading, inThread, readUntil
 
 #: The drain timeout of these servers: short, so the tests are quick.
 DRAIN = 3.0
@@ -173,11 +173,11 @@ async def test_honest_readers_get_every_message_of_a_crowd_burst(reactor):
     stop = threading.Event()
     expected = CROWD * limits.floodBurst
     honest = [
-        _inThread(honestReader, port, irc, ready, expected, RATE, 60.0)
+        inThread(honestReader, port, irc, ready, expected, RATE, 60.0)
         for port, irc in ((listening.chatPort, False), (listening.ircPort, True))
     ]
     crowd = [
-        _inThread(burster, listening.chatPort, f"b{n}", ready, stop, limits.floodBurst)
+        inThread(burster, listening.chatPort, f"b{n}", ready, stop, limits.floodBurst)
         for n in range(CROWD)
     ]
     try:
