@@ -40,6 +40,7 @@ from coursenet.receiver import CommandReceiver
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder, IFolderListener, IMailStore
+from mail.pacing import Pacing
 from mail.maildir import (
     DELIMITER,
     INBOX,
@@ -806,6 +807,7 @@ class IMAPServer(CommandReceiver, imap4.IMAP4Server):  # type: ignore[override]
         self.maxMessageSize = maxMessageSize
         self._news: list[bytes] = []
         self._drainWaiters: list[Deferred[None]] = []
+        self._pacing = Pacing(self.receiverClock)
 
     @staticmethod
     def busyReply(text: str) -> bytes:
@@ -855,10 +857,10 @@ class IMAPServer(CommandReceiver, imap4.IMAP4Server):  # type: ignore[override]
             self._log.failure("could not handle an IMAP line")
             self.sendBadResponse(self._running, b"Server error: " + str(e).encode("utf-8", "replace"))
         if self._running is None or self.parseState != "command":
-            return None
+            return self._pacing.paced(None)
         if self._done is None:
             self._done = Deferred()
-        return self._done
+        return self._pacing.paced(self._done)
 
     def rawDataReceived(self, data: bytes) -> None:
         imap4.IMAP4Server.rawDataReceived(self, data)

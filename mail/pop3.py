@@ -33,6 +33,7 @@ from coursenet.receiver import CommandReceiver
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder
+from mail.pacing import Pacing
 
 #: RFC 2449 section 4: commands are at most 255 octets with the CRLF.
 COMMAND_LINE_MAX = 253
@@ -161,6 +162,7 @@ class POP3Server(CommandReceiver, pop3.POP3):
         self.startedTLS = False
         self._lineStart = True
         self._clock = clock
+        self._pacing = Pacing(self.receiverClock)
 
     @staticmethod
     def busyReply(text: str) -> bytes:
@@ -198,7 +200,7 @@ class POP3Server(CommandReceiver, pop3.POP3):
         # which holds the lines after it until it fires.
         self.resetTimeout()
         result = getattr(self, "state_" + self.state)(line)
-        return result if isinstance(result, Deferred) else None
+        return self._pacing.paced(result if isinstance(result, Deferred) else None)
 
     def state_COMMAND(self, line: bytes) -> Any:
         return self.processCommand(*line.split(b" "))

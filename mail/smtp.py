@@ -30,6 +30,7 @@ from coursenet.receiver import CommandReceiver
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IDelivery, IMailStore
+from mail.pacing import Pacing
 
 #: RFC 5321 4.5.3.1: 512 octets for a command line, 1000 for a text line,
 #: both counting the CRLF.
@@ -183,6 +184,7 @@ class SMTPServer(CommandReceiver, smtp.ESMTP):
         self.maxMessageSize = maxMessageSize
         self._dataSize = 0
         self._clock = clock
+        self._pacing = Pacing(self.receiverClock)
 
     @staticmethod
     def busyReply(text: str) -> bytes:
@@ -227,7 +229,11 @@ class SMTPServer(CommandReceiver, smtp.ESMTP):
             self.mode = COMMAND
             self.sendCode(500, "5.5.2 Line too long: commands are limited to 512 octets")
 
-    def bareLineFeed(self, line: bytes) -> None:
+    def bareLineFeed(self, line: bytes) -> Deferred[None] | None:
+        self._refuseBare()
+        return self._pacing.paced(None)
+
+    def _refuseBare(self) -> None:
         if self.mode == DATA:
             # The whole message is refused, and a dot ended by a bare LF
             # does not end it: nothing after it is taken for a command
@@ -261,6 +267,9 @@ class SMTPServer(CommandReceiver, smtp.ESMTP):
         return self.host + b" ESMTP coursenet post office"
 
     def lineReceived(self, line: bytes) -> Deferred[None] | None:
+        return self._pacing.paced(self._handleLine(line))
+
+    def _handleLine(self, line: bytes) -> Deferred[None] | None:
         if self.mode == DATA:
             if line != b".":
                 self._dataSize += len(line) + 2
@@ -276,7 +285,7 @@ class SMTPServer(CommandReceiver, smtp.ESMTP):
                         f" {self.maxMessageSize} octets",
                     )
         elif b"\r" in line:
-            self.bareLineFeed(line)
+            self._refuseBare()
             return None
         owed = self.mode != DATA or line == b"."
         replies = self._replies
