@@ -13,18 +13,20 @@ import json
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel
 from twisted.python import usage
 from wsproto import ConnectionType
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, TextMessage
 from wsproto.handshake import H11Handshake
 
-from tests.tether_support import FakeWebSocket, Logged, SiteClient, formatted, ip4, makeServer
+from coursenet.receiver import Outbox
+from tests.tether_support import FakeRequest, Logged, SiteClient, connect, formatted, ip4, makeServer
 from tether.client import ClientLink, TetherClient
 from tether.protocol import OUTPUT_FULL, OutputLimits, TetherLink, clientWire
 from tether.server import TetherServer
 from tether.tap import ServerOptions
-from tether.wire import Close, Hello
+from tether.wire import Hello
 
 LIMITS = OutputLimits(queue=10_000, limit=20_000, drainTimeout=30.0, closeTimeout=5.0)
 
@@ -51,7 +53,7 @@ def test_upgradeWritesThroughAnOutbox():
     server = makeServer(Clock(), allowPlain=True)
     client = SiteClient(server.site())
     assert [type(e) for e in client.events] == [AcceptConnection]
-    assert type(client.outbox).__name__ == "Outbox"
+    assert isinstance(client.outbox, Outbox)
     assert client.outbox.limit == server.limits.limit and client.outbox.drainTimeout == server.limits.drainTimeout
 
 
@@ -165,26 +167,23 @@ def test_httpRefusalClosesAndIsAborted():
     """An HTTP refusal (an unknown subprotocol) closes the connection, and aborts it if the client has not read it within the close timeout."""
     clock = Clock()
     site = makeServer(clock, limits=LIMITS).site()
-    client = SiteClient.__new__(SiteClient)
-    from twisted.internet.testing import StringTransport
-    client.transport = StringTransport(lenient=True)
+    transport = StringTransport(lenient=True)
     channel = site.buildProtocol(None)
-    channel.makeConnection(client.transport)
+    channel.makeConnection(transport)
     channel.dataReceived(
         b"GET /tether/v1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
         b"Sec-WebSocket-Protocol: chat\r\n\r\n"
     )
-    reply = client.transport.value()
+    reply = transport.value()
     assert reply.startswith(b"HTTP/1.1 400 ") and b"connection: close" in reply.lower()
-    assert client.transport.disconnecting and not client.transport.disconnected
+    assert transport.disconnecting and not transport.disconnected
     clock.advance(LIMITS.closeTimeout)
-    assert client.transport.disconnected
+    assert transport.disconnected
 
 
 def test_clientKeepsReadingAndDropsWhileOutputFull():
     """The connecting end never stops reading (the server does), and drops its own TUN packets while its output is full."""
-    from twisted.internet.testing import StringTransport
     clock = Clock()
     tether = TetherClient("lap", "secret", None, reactor=clock)
     link = ClientLink(tether)
@@ -225,12 +224,12 @@ def test_refusalsBeforeHelloLoggedWithinABudget():
     server = makeServer(clock, allowPlain=True)
     with Logged() as events:
         for n in range(100):
-            link, ws = connectFake(server, n)
+            link, _ = connect(server, FakeRequest(port=40000 + n))
             link.textMessageReceived(Hello("lap", "wrong").encode())
         budget = server.logBudget.burst
         assert formatted(events).count("refused 198.18.0.1") + formatted(events).count("closing link") == budget
         clock.advance(60)
-        link, ws = connectFake(server, 1000)
+        link, _ = connect(server, FakeRequest(port=41000))
         link.textMessageReceived(Hello("lap", "wrong").encode())
     text = formatted(events)
     assert "not logged (over 20 lines in 60 s): 180 refusals" in text
@@ -248,12 +247,3 @@ def test_httpAccessLogIsDebugAndWithinABudget():
     assert len(access) == site.budget.burst
     assert {e["log_level"] for e in access} == {LogLevel.debug}
     assert not [e for e in events if e["log_level"] >= LogLevel.info and "/nothing-here" in formatted([e])]
-
-
-def connectFake(server, port: int):
-    from tests.tether_support import FakeRequest
-    link = server.buildProtocol(FakeRequest(port=40000 + port))
-    ws = FakeWebSocket()
-    link.negotiationStarted(ws)
-    link.negotiationFinished()
-    return link, ws
