@@ -36,11 +36,10 @@ from zope.interface import implementer
 
 from coursenet.accounts import PeerPortal
 from coursenet.admission import Admission, AdmittingFactory
-from coursenet.receiver import CommandReceiver
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder, IFolderListener, IMailStore
-from mail.pacing import Pacing
+from mail.receiver import MailReceiver
 from mail.maildir import (
     DELIMITER,
     INBOX,
@@ -764,7 +763,7 @@ def _mailboxName(name: bytes | str) -> str:
 
 # CommandReceiver's read-only "paused" over LineReceiver's attribute: only
 # LineReceiver's own methods, which CommandReceiver replaces, set it.
-class IMAPServer(CommandReceiver, imap4.IMAP4Server):  # type: ignore[override]
+class IMAPServer(MailReceiver, imap4.IMAP4Server):  # type: ignore[override]
     """
     One IMAP session.
 
@@ -807,19 +806,10 @@ class IMAPServer(CommandReceiver, imap4.IMAP4Server):  # type: ignore[override]
         self.maxMessageSize = maxMessageSize
         self._news: list[bytes] = []
         self._drainWaiters: list[Deferred[None]] = []
-        self._pacing = Pacing(self.receiverClock)
 
     @staticmethod
     def busyReply(text: str) -> bytes:
         return b"* BYE " + text.encode("utf-8", "replace") + b"\r\n"
-
-    def callLater(self, period: float, func: Any) -> Any:
-        if self._clock is None:
-            return imap4.IMAP4Server.callLater(self, period, func)
-        return self._clock.callLater(period, func)
-
-    def receiverClock(self) -> Any:
-        return self._clock if self._clock is not None else super().receiverClock()
 
     def _selected(self) -> MaildirMailbox:
         assert isinstance(self.mbox, MaildirMailbox)
@@ -857,10 +847,10 @@ class IMAPServer(CommandReceiver, imap4.IMAP4Server):  # type: ignore[override]
             self._log.failure("could not handle an IMAP line")
             self.sendBadResponse(self._running, b"Server error: " + str(e).encode("utf-8", "replace"))
         if self._running is None or self.parseState != "command":
-            return self._pacing.paced(None)
+            return self.paced(None)
         if self._done is None:
             self._done = Deferred()
-        return self._pacing.paced(self._done)
+        return self.paced(self._done)
 
     def rawDataReceived(self, data: bytes) -> None:
         imap4.IMAP4Server.rawDataReceived(self, data)

@@ -7,9 +7,9 @@ connection.
 
 The mailbox is read, its messages fetched and its deletions made in the
 store's threads; commands wait for them in order.  Lines, pipelining and
-output are L{coursenet.receiver.CommandReceiver}'s, mixed in before
-C{POP3}: a command answered later holds the commands pipelined after it,
-and a client that does not read its replies is not read from.
+output are the shared receiver's (L{mail.receiver.MailReceiver}, mixed in
+before C{POP3}): a command answered later holds the commands pipelined
+after it, and a client that does not read its replies is not read from.
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ from zope.interface import implementer
 
 from coursenet.accounts import PeerPortal
 from coursenet.admission import Admission, AdmittingFactory
-from coursenet.receiver import CommandReceiver
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder
-from mail.pacing import Pacing
+from mail.receiver import MailReceiver
 
 #: RFC 2449 section 4: commands are at most 255 octets with the CRLF.
 COMMAND_LINE_MAX = 253
@@ -139,7 +138,7 @@ class POP3Mailbox:
         return self._folder.remove(doomed).addCallback(removed)
 
 
-class POP3Server(CommandReceiver, pop3.POP3):
+class POP3Server(MailReceiver, pop3.POP3):
     """
     One POP3 session.
     """
@@ -162,19 +161,10 @@ class POP3Server(CommandReceiver, pop3.POP3):
         self.startedTLS = False
         self._lineStart = True
         self._clock = clock
-        self._pacing = Pacing(self.receiverClock)
 
     @staticmethod
     def busyReply(text: str) -> bytes:
         return b"-ERR [SYS/TEMP] " + text.encode("utf-8", "replace") + b"\r\n"
-
-    def callLater(self, period: float, func: Any) -> Any:
-        if self._clock is None:
-            return pop3.POP3.callLater(self, period, func)
-        return self._clock.callLater(period, func)
-
-    def receiverClock(self) -> Any:
-        return self._clock if self._clock is not None else super().receiverClock()
 
     @property
     def secure(self) -> bool:
@@ -200,7 +190,7 @@ class POP3Server(CommandReceiver, pop3.POP3):
         # which holds the lines after it until it fires.
         self.resetTimeout()
         result = getattr(self, "state_" + self.state)(line)
-        return self._pacing.paced(result if isinstance(result, Deferred) else None)
+        return self.paced(result if isinstance(result, Deferred) else None)
 
     def state_COMMAND(self, line: bytes) -> Any:
         return self.processCommand(*line.split(b" "))

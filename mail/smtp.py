@@ -4,10 +4,10 @@ SIZE, 8BITMIME, PIPELINING and ENHANCEDSTATUSCODES, AUTH offered only under
 TLS, RFC 5321 line limits answered with errors, bare CR/LF refused, local
 delivery into Maildir acknowledged only once fsync'd, and no relaying.
 
-Lines, pipelining and output are L{coursenet.receiver.CommandReceiver}'s,
-mixed in before C{ESMTP}: a command answered later (the end of DATA, AUTH)
-holds the commands pipelined after it, and a client that does not read its
-replies is not read from.
+Lines, pipelining and output are the shared receiver's
+(L{mail.receiver.MailReceiver}, mixed in before C{ESMTP}): a command
+answered later (the end of DATA, AUTH) holds the commands pipelined after
+it, and a client that does not read its replies is not read from.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from zope.interface import implementer
 
 from coursenet.accounts import PeerPortal
 from coursenet.admission import Admission, AdmittingFactory
-from coursenet.receiver import CommandReceiver
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IDelivery, IMailStore
-from mail.pacing import Pacing
+from mail.receiver import MailReceiver
 
 #: RFC 5321 4.5.3.1: 512 octets for a command line, 1000 for a text line,
 #: both counting the CRLF.
@@ -149,7 +148,7 @@ class LocalDelivery:
         return lambda: _MaildirMessage(store.openDelivery(name))
 
 
-class SMTPServer(CommandReceiver, smtp.ESMTP):
+class SMTPServer(MailReceiver, smtp.ESMTP):
     """
     One SMTP session.
 
@@ -184,19 +183,10 @@ class SMTPServer(CommandReceiver, smtp.ESMTP):
         self.maxMessageSize = maxMessageSize
         self._dataSize = 0
         self._clock = clock
-        self._pacing = Pacing(self.receiverClock)
 
     @staticmethod
     def busyReply(text: str) -> bytes:
         return b"421 4.3.2 " + text.encode("utf-8", "replace") + b"\r\n"
-
-    def callLater(self, period: float, func: Any) -> Any:
-        if self._clock is None:
-            return smtp.ESMTP.callLater(self, period, func)
-        return self._clock.callLater(period, func)
-
-    def receiverClock(self) -> Any:
-        return self._clock if self._clock is not None else super().receiverClock()
 
     # -- framing and replies --------------------------------------------------
 
@@ -231,7 +221,7 @@ class SMTPServer(CommandReceiver, smtp.ESMTP):
 
     def bareLineFeed(self, line: bytes) -> Deferred[None] | None:
         self._refuseBare()
-        return self._pacing.paced(None)
+        return self.paced(None)
 
     def _refuseBare(self) -> None:
         if self.mode == DATA:
@@ -267,7 +257,7 @@ class SMTPServer(CommandReceiver, smtp.ESMTP):
         return self.host + b" ESMTP coursenet post office"
 
     def lineReceived(self, line: bytes) -> Deferred[None] | None:
-        return self._pacing.paced(self._handleLine(line))
+        return self.paced(self._handleLine(line))
 
     def _handleLine(self, line: bytes) -> Deferred[None] | None:
         if self.mode == DATA:
