@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Callable
 
 import pytest
 import pytest_twisted
@@ -43,46 +44,50 @@ async def po(reactor, tmp_path):
 
 # -- the well-behaved client of each server: log in, then NOOP -----------------------
 
-
-def imapLogin(sock: socket.socket) -> None:
-    readUntil(sock, b"ready\r\n")
-    sock.sendall(f"p LOGIN {USER} {PASSWORD}\r\n".encode())
-    readUntil(sock, b"p OK LOGIN succeeded\r\n")
-
-
-def imapNoop(sock: socket.socket) -> None:
-    sock.sendall(b"p NOOP\r\n")
-    readUntil(sock, b"p OK NOOP No operation performed\r\n")
-
-
-def smtpHello(sock: socket.socket) -> None:
-    readUntil(sock, b"post office\r\n")
-    sock.sendall(b"EHLO probe.test\r\n")
-    readUntil(sock, b"250 ENHANCEDSTATUSCODES\r\n")
-
-
-def smtpNoop(sock: socket.socket) -> None:
-    sock.sendall(b"NOOP\r\n")
-    readUntil(sock, b"250 2.0.0 OK\r\n")
-
-
-def pop3Login(sock: socket.socket) -> None:
-    readUntil(sock, b"ready\r\n")
-    sock.sendall(f"USER {USER}\r\nPASS {PASSWORD}\r\n".encode())
-    readUntil(sock, b"+OK Authentication succeeded\r\n")
-    pop3Noop(sock)  # the first command after login waits for the maildrop
-
-
-def pop3Noop(sock: socket.socket) -> None:
-    sock.sendall(b"NOOP\r\n")
-    readUntil(sock, b"+OK \r\n")
-
-
 PROBES = {
-    "imap": (imapLogin, imapNoop),
-    "smtp": (smtpHello, smtpNoop),
-    "pop3": (pop3Login, pop3Noop),
+    # server: (the greeting's end, logging in, its answer's end, NOOP, its answer)
+    "imap": (
+        b"ready\r\n",
+        f"p LOGIN {USER} {PASSWORD}\r\n".encode(),
+        b"p OK LOGIN succeeded\r\n",
+        b"p NOOP\r\n",
+        b"p OK NOOP No operation performed\r\n",
+    ),
+    "smtp": (
+        b"post office\r\n",
+        b"EHLO probe.test\r\n",
+        b"250 ENHANCEDSTATUSCODES\r\n",
+        b"NOOP\r\n",
+        b"250 2.0.0 OK\r\n",
+    ),
+    "pop3": (
+        b"ready\r\n",
+        f"USER {USER}\r\nPASS {PASSWORD}\r\n".encode(),
+        b"+OK Authentication succeeded\r\n",
+        b"NOOP\r\n",
+        b"+OK \r\n",
+    ),
 }
+
+
+def probe(server: str) -> tuple[Callable[[socket.socket], None], Callable[[socket.socket], None]]:
+    """
+    How the well-behaved client of C{server} logs in, and its round trip.
+    """
+    greeting, login, loggedIn, noop, answer = PROBES[server]
+
+    def exchange(sock: socket.socket) -> None:
+        sock.sendall(noop)
+        readUntil(sock, answer)
+
+    def setup(sock: socket.socket) -> None:
+        readUntil(sock, greeting)
+        sock.sendall(login)
+        readUntil(sock, loggedIn)
+        exchange(sock)  # POP3's first command after login waits for the maildrop
+
+    return setup, exchange
+
 
 FLOODS = {
     # name: (server, request, preamble)
@@ -100,7 +105,7 @@ FLOODS = {
 async def test_flood_without_reading_is_bounded(po, shortDeadline, flood):
     """100 MB of cheap commands without reading: RSS grows < 32 MiB, the client is cut within the drain timeout, another client's NOOP p99 < 100 ms."""
     server, request, preamble = FLOODS[flood]
-    setup, exchange = PROBES[server]
+    setup, exchange = probe(server)
     result = await floodWithoutReading(po.ports[server], request, exchange, preamble=preamble, setup=setup)
     print(
         f"{flood}: took {result.sent / MiB:.1f} MiB, cut after {result.cutAfter} s,"
@@ -174,7 +179,7 @@ def slowFetch(port: int) -> tuple[int, bytes, float]:
     sock.settimeout(30)
     sock.connect(("127.0.0.1", port))
     try:
-        imapLogin(sock)
+        probe("imap")[0](sock)
         sock.sendall(b"s SELECT INBOX\r\n")
         readUntil(sock, b"s OK")
         start = time.monotonic()

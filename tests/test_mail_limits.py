@@ -11,6 +11,7 @@ import socket
 import ssl
 import time
 
+import pytest
 import pytest_twisted
 
 from coursenet.admission import Admission
@@ -60,37 +61,41 @@ def injected(port: int, cafile: str, before: bytes, upgrade: bytes, afterTLS: by
         sock.close()
 
 
+INJECTIONS = {
+    # server: (before, the upgrade and a command in one packet, its reply
+    # in clear text, what is sent over TLS, the whole reply to that)
+    "imap": (
+        b"",
+        b"a STARTTLS\r\nb LOGIN alice secret\r\n",
+        b"a OK Begin TLS negotiation now\r\n",
+        b"c SELECT INBOX\r\n",
+        b"c BAD Unsupported command\r\n",  # still not logged in
+    ),
+    "smtp": (
+        b"EHLO client.test\r\n",
+        b"STARTTLS\r\nHELO evil.test\r\n",
+        b"220 2.0.0 Ready to start TLS\r\n",
+        b"MAIL FROM:<bob@else.test>\r\n",
+        b"503 5.5.1 Send EHLO or HELO first\r\n",  # HELO did not run
+    ),
+    "pop3": (
+        b"",
+        b"STLS\r\nUSER alice\r\n",
+        b"+OK Begin TLS negotiation\r\n",
+        b"PASS secret\r\n",
+        b"-ERR USER required before PASS\r\n",  # USER did not run
+    ),
+}
+
+
+@pytest.mark.parametrize("server", list(INJECTIONS))
 @pytest_twisted.ensureDeferred
-async def test_imap_starttls_drops_a_pipelined_login(po, devCert):
-    """'a STARTTLS' and 'b LOGIN' in one packet: LOGIN never runs, and over TLS the session is still not authenticated."""
-    clear, over = await inThread(
-        injected, po.ports["imap"], devCert[0], b"",
-        b"a STARTTLS\r\nb LOGIN alice secret\r\n", b"c SELECT INBOX\r\n", b"c ",
-    )
-    assert clear == b"a OK Begin TLS negotiation now\r\n"
-    assert over == b"c BAD Unsupported command\r\n"
-
-
-@pytest_twisted.ensureDeferred
-async def test_smtp_starttls_drops_a_pipelined_helo(po, devCert):
-    """'STARTTLS' and 'HELO evil' in one packet: HELO never runs, so over TLS MAIL is refused for want of EHLO."""
-    clear, over = await inThread(
-        injected, po.ports["smtp"], devCert[0], b"EHLO client.test\r\n",
-        b"STARTTLS\r\nHELO evil.test\r\n", b"MAIL FROM:<bob@else.test>\r\n", b"",
-    )
-    assert clear == b"220 2.0.0 Ready to start TLS\r\n"
-    assert over == b"503 5.5.1 Send EHLO or HELO first\r\n"
-
-
-@pytest_twisted.ensureDeferred
-async def test_pop3_stls_drops_a_pipelined_user(po, devCert):
-    """'STLS' and 'USER alice' in one packet: USER never runs, so over TLS PASS asks for USER first."""
-    clear, over = await inThread(
-        injected, po.ports["pop3"], devCert[0], b"",
-        b"STLS\r\nUSER alice\r\n", b"PASS secret\r\n", b"",
-    )
-    assert clear == b"+OK Begin TLS negotiation\r\n"
-    assert over == b"-ERR USER required before PASS\r\n"
+async def test_upgrade_drops_what_was_pipelined_after_it(po, devCert, server):
+    """STARTTLS (STLS) and a command in one packet: the command never runs, before or after TLS, as the reply to the next command over TLS shows."""
+    before, upgrade, clearReply, afterTLS, tlsReply = INJECTIONS[server]
+    last = tlsReply[:2] if server == "imap" else b""
+    clear, over = await inThread(injected, po.ports[server], devCert[0], before, upgrade, afterTLS, last)
+    assert (clear, over) == (clearReply, tlsReply)
 
 
 def crowd(ports: dict[str, int]) -> tuple[dict[str, bytes], bytes]:
