@@ -36,6 +36,7 @@ left is aborted C{closeTimeout} seconds later.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -46,6 +47,21 @@ from twisted.python.failure import Failure
 from zope.interface import implementer, providedBy
 
 from coursenet.admission import Admission
+from coursenet.logs import LogBudget
+
+
+_budgets: weakref.WeakKeyDictionary[Any, LogBudget] = weakref.WeakKeyDictionary()
+
+
+def _cutOffLog(clock: Any) -> LogBudget:
+    """
+    One log budget for the cut-offs on a clock: many clients that do not
+    read must not become many log lines.
+    """
+    budget = _budgets.get(clock)
+    if budget is None:
+        budget = _budgets[clock] = LogBudget(Logger(namespace=__name__), clock)
+    return budget
 
 
 @implementer(IPushProducer)
@@ -59,8 +75,6 @@ class Outbox:
         mark (it asked its producer to pause).
     @ivar waiting: bytes written since it became full.
     """
-
-    _log = Logger()
 
     def __init__(
         self,
@@ -204,7 +218,7 @@ class Outbox:
         if self.cutOff:
             return
         self.cutOff = True
-        self._log.info("{transport}: cut off: {why}", transport=self.wrappedTransport, why=why)
+        _cutOffLog(self._clock).info("{transport}: cut off: {why}", transport=self.wrappedTransport, why=why)
         self._onCutOff(why)
         self.abortConnection()
 

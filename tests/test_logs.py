@@ -77,3 +77,18 @@ def test_refusedConnectionsAreLoggedWithinABudget():
             busy = f.buildProtocol(type("A", (), {"host": "10.0.0.1"})())
             busy.makeConnection(StringTransport())
     assert 0 < len(events) <= 25
+
+
+def test_cutOffsAreLoggedWithinABudget():
+    """Many clients cut off for not reading write a bounded number of log lines."""
+    from coursenet.receiver import Outbox
+    from tests.test_receiver import BufferingTransport
+
+    clock = Clock()
+    with capturedLogs() as events:
+        for _ in range(300):
+            o = Outbox(BufferingTransport(), clock, limit=1, drainTimeout=0, closeTimeout=1)
+            o.write(b"x" * 100)
+            o.write(b"xx")
+    cuts = [e for e in events if "cut off" in e.get("log_format", "")]
+    assert 0 < len(cuts) <= 25
