@@ -35,11 +35,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from coursenet.accounts import PeerPortal
-from coursenet.admission import Admission, AdmittingFactory
+from coursenet.admission import Admission
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder, IFolderListener, IMailStore
-from mail.receiver import MailReceiver
+from mail.protocol import MailFactory, MailReceiver
 from mail.maildir import (
     DELIMITER,
     INBOX,
@@ -1170,27 +1170,7 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):  # type: ignore[override]
         _w(label + b" {%d}\r\n" % (len(data),) + data)
 
 
-class _IMAPSessions(ServerFactory):
-    """
-    How L{IMAPFactory} builds the session of a connection it admitted.
-    """
-
-    portal: Any
-    contextFactory: Any
-    maxMessageSize: int | None
-    timeout: int
-    reactor: Any
-
-    def buildProtocol(self, addr: Any) -> IMAPServer:
-        p = IMAPServer(self.contextFactory, self.maxMessageSize, self.reactor)
-        # Logins are throttled by the client's address (coursenet.throttle).
-        p.portal = PeerPortal.forPeer(self.portal, addr)
-        p.factory = self
-        p.POSTAUTH_TIMEOUT = self.timeout
-        return p
-
-
-class IMAPFactory(AdmittingFactory, _IMAPSessions):
+class IMAPFactory(MailFactory, ServerFactory):
     """
     Builds L{IMAPServer}s for one portal, for as many connections as its
     L{Admission} takes; the others are answered C{* BYE} and closed.
@@ -1208,12 +1188,19 @@ class IMAPFactory(AdmittingFactory, _IMAPSessions):
         admission: Admission | None = None,
     ) -> None:
         """
-        @param admission: the connection caps; L{Admission}'s defaults
-            (under the descriptor limit) if none is given.
+        @param reactor: see L{MailFactory}.
+        @param admission: see L{MailFactory}.
         """
+        MailFactory.__init__(self, reactor, admission)
         self.portal = portal
         self.contextFactory = contextFactory
         self.maxMessageSize = maxMessageSize
         self.timeout = timeout
-        self.reactor = reactor
-        self.admission = admission or Admission()
+
+    def buildSession(self, addr: Any) -> IMAPServer:
+        p = IMAPServer(self.contextFactory, self.maxMessageSize, self.reactor)
+        # Logins are throttled by the client's address (coursenet.throttle).
+        p.portal = PeerPortal.forPeer(self.portal, addr)
+        p.factory = self
+        p.POSTAUTH_TIMEOUT = self.timeout
+        return p

@@ -7,7 +7,7 @@ connection.
 
 The mailbox is read, its messages fetched and its deletions made in the
 store's threads; commands wait for them in order.  Lines, pipelining and
-output are the shared receiver's (L{mail.receiver.MailReceiver}, mixed in
+output are the shared receiver's (L{mail.protocol.MailReceiver}, mixed in
 before C{POP3}): a command answered later holds the commands pipelined
 after it, and a client that does not read its replies is not read from.
 """
@@ -28,11 +28,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from coursenet.accounts import PeerPortal
-from coursenet.admission import Admission, AdmittingFactory
+from coursenet.admission import Admission
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder
-from mail.receiver import MailReceiver
+from mail.protocol import MailFactory, MailReceiver
 
 #: RFC 2449 section 4: commands are at most 255 octets with the CRLF.
 COMMAND_LINE_MAX = 253
@@ -368,25 +368,7 @@ class POP3Server(MailReceiver, pop3.POP3):
         self.transport.loseConnection()
 
 
-class _POP3Sessions(ServerFactory):
-    """
-    How L{POP3Factory} builds the session of a connection it admitted.
-    """
-
-    portal: Any
-    contextFactory: Any
-    loginNeedsTLS: bool
-    reactor: Any
-
-    def buildProtocol(self, addr: Any) -> POP3Server:
-        p = POP3Server(self.contextFactory, self.loginNeedsTLS, self.reactor)
-        # Logins are throttled by the client's address (coursenet.throttle).
-        p.portal = PeerPortal.forPeer(self.portal, addr)
-        p.factory = self
-        return p
-
-
-class POP3Factory(AdmittingFactory, _POP3Sessions):
+class POP3Factory(MailFactory, ServerFactory):
     """
     Builds L{POP3Server}s for one portal, for as many connections as its
     L{Admission} takes; the others are answered C{-ERR [SYS/TEMP]} and
@@ -404,13 +386,17 @@ class POP3Factory(AdmittingFactory, _POP3Sessions):
         admission: Admission | None = None,
     ) -> None:
         """
-        @param reactor: the clock of the sessions' deadlines; the global
-            reactor by default.
-        @param admission: the connection caps; L{Admission}'s defaults
-            (under the descriptor limit) if none is given.
+        @param reactor: see L{MailFactory}.
+        @param admission: see L{MailFactory}.
         """
+        MailFactory.__init__(self, reactor, admission)
         self.portal = portal
         self.contextFactory = contextFactory
         self.loginNeedsTLS = loginNeedsTLS
-        self.reactor = reactor
-        self.admission = admission or Admission()
+
+    def buildSession(self, addr: Any) -> POP3Server:
+        p = POP3Server(self.contextFactory, self.loginNeedsTLS, self.reactor)
+        # Logins are throttled by the client's address (coursenet.throttle).
+        p.portal = PeerPortal.forPeer(self.portal, addr)
+        p.factory = self
+        return p

@@ -5,7 +5,7 @@ TLS, RFC 5321 line limits answered with errors, bare CR/LF refused, local
 delivery into Maildir acknowledged only once fsync'd, and no relaying.
 
 Lines, pipelining and output are the shared receiver's
-(L{mail.receiver.MailReceiver}, mixed in before C{ESMTP}): a command
+(L{mail.protocol.MailReceiver}, mixed in before C{ESMTP}): a command
 answered later (the end of DATA, AUTH) holds the commands pipelined after
 it, and a client that does not read its replies is not read from.
 """
@@ -25,11 +25,11 @@ from twisted.mail.smtp import COMMAND, DATA, SMTPServerError
 from zope.interface import implementer
 
 from coursenet.accounts import PeerPortal
-from coursenet.admission import Admission, AdmittingFactory
+from coursenet.admission import Admission
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IDelivery, IMailStore
-from mail.receiver import MailReceiver
+from mail.protocol import MailFactory, MailReceiver
 
 #: RFC 5321 4.5.3.1: 512 octets for a command line, 1000 for a text line,
 #: both counting the CRLF.
@@ -444,35 +444,7 @@ class SMTPServer(MailReceiver, smtp.ESMTP):
         return result
 
 
-class _SMTPSessions(smtp.SMTPFactory):
-    """
-    How L{SMTPFactory} builds the session of a connection it admitted.
-    """
-
-    store: IMailStore
-    domains: list[str]
-    contextFactory: Any
-    maxMessageSize: int
-    hostname: str
-    timeout: int
-    reactor: Any
-
-    def buildProtocol(self, addr: Any) -> SMTPServer:
-        p = SMTPServer(
-            LocalDelivery(self.store, self.domains),
-            self.contextFactory,
-            self.maxMessageSize,
-            self.reactor,
-        )
-        p.factory = self
-        # Logins are throttled by the client's address (coursenet.throttle).
-        p.portal = PeerPortal.forPeer(self.portal, addr)
-        p.host = self.hostname
-        p.timeout = self.timeout
-        return p
-
-
-class SMTPFactory(AdmittingFactory, _SMTPSessions):
+class SMTPFactory(MailFactory, smtp.SMTPFactory):
     """
     Builds L{SMTPServer}s delivering into a store, for as many connections
     as its L{Admission} takes; the others are answered C{421 4.3.2} and
@@ -480,7 +452,7 @@ class SMTPFactory(AdmittingFactory, _SMTPSessions):
     """
 
     # Read for its busyReply: sessions are built, with their arguments, by
-    # _SMTPSessions.buildProtocol, not called as SMTP's no-argument class.
+    # buildSession, not called as SMTP's no-argument class.
     protocol = SMTPServer  # type: ignore[assignment]
 
     def __init__(
@@ -496,11 +468,10 @@ class SMTPFactory(AdmittingFactory, _SMTPSessions):
         admission: Admission | None = None,
     ) -> None:
         """
-        @param reactor: the clock of the sessions' deadlines; the global
-            reactor by default.
-        @param admission: the connection caps; L{Admission}'s defaults
-            (under the descriptor limit) if none is given.
+        @param reactor: see L{MailFactory}.
+        @param admission: see L{MailFactory}.
         """
+        MailFactory.__init__(self, reactor, admission)
         smtp.SMTPFactory.__init__(self, portal)
         self.store = store
         self.domains = list(domains)
@@ -508,5 +479,17 @@ class SMTPFactory(AdmittingFactory, _SMTPSessions):
         self.maxMessageSize = maxMessageSize
         self.hostname = hostname or self.domains[0]
         self.timeout = timeout
-        self.reactor = reactor
-        self.admission = admission or Admission()
+
+    def buildSession(self, addr: Any) -> SMTPServer:
+        p = SMTPServer(
+            LocalDelivery(self.store, self.domains),
+            self.contextFactory,
+            self.maxMessageSize,
+            self.reactor,
+        )
+        p.factory = self
+        # Logins are throttled by the client's address (coursenet.throttle).
+        p.portal = PeerPortal.forPeer(self.portal, addr)
+        p.host = self.hostname
+        p.timeout = self.timeout
+        return p

@@ -6,6 +6,7 @@ Maildir store, as a twistd plugin.
 from __future__ import annotations
 
 from twisted.application import service, strports
+from twisted.internet.protocol import ServerFactory
 from twisted.python import usage
 
 from coursenet.accounts import PasswordChecker
@@ -114,7 +115,7 @@ def makeService(options: Options) -> service.IService:
     # A session may hold a file besides its socket (a delivery, a large
     # APPEND literal).
     admission = Admission(options["max-connections"], options["max-per-address"], fdsPerConnection=2)
-    factories = {
+    factories: dict[str, ServerFactory] = {
         "smtp": SMTPFactory(
             store,
             options["domains"],

@@ -1,5 +1,5 @@
 """
-The post office's sessions take turns (mail/receiver.py): thousands of
+The post office's sessions take turns (mail/protocol.py): thousands of
 commands pipelined at once are run a few hundred a turn of the reactor,
 over StringTransport and a clock.
 """
@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from mail.imap import IMAPServer
-from mail.receiver import LINES_PER_TURN
+from mail.protocol import LINES_PER_TURN
 from mail.pop3 import POP3Server
 from mail.smtp import LocalDelivery, SMTPServer
 from tests.test_mail_smtp import FakeStore

@@ -1,7 +1,9 @@
 """
-The receiver under the post office's three sessions (SMTP, POP3, IMAP):
-L{coursenet.receiver.CommandReceiver}, with one clock for every deadline
-of a session, and turns taken.
+The wire pieces the post office's three servers (SMTP, POP3, IMAP) share:
+L{MailReceiver} under their sessions, L{coursenet.receiver.CommandReceiver}
+with one clock for every deadline of a session and turns taken; and
+L{MailFactory}, which admits a connection (L{coursenet.admission}) before
+it builds a session.
 
 Taking turns: the shared receiver runs every complete line it holds before
 it returns to the reactor, until the output is full; with replies of a few
@@ -18,6 +20,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from coursenet.admission import Admission, AdmittingFactory
 from coursenet.receiver import CommandReceiver
 
 #: Lines run one after the other, none of them answered later, before the
@@ -61,3 +64,34 @@ class MailReceiver(CommandReceiver):
         nextTurn: Deferred[None] = Deferred()
         self.receiverClock().callLater(0, nextTurn.callback, None)
         return nextTurn
+
+
+class _SessionBuilder:
+    """
+    Where L{AdmittingFactory} asks for the protocol of a connection it
+    admitted: L{MailFactory.buildSession}.
+    """
+
+    def buildSession(self, addr: Any) -> MailReceiver:
+        raise NotImplementedError
+
+    def buildProtocol(self, addr: Any) -> MailReceiver:
+        return self.buildSession(addr)
+
+
+class MailFactory(AdmittingFactory, _SessionBuilder):
+    """
+    Mix in before the server's Twisted factory: a connection past the caps
+    of L{admission} gets the protocol's C{busyReply}; the others a session
+    from L{buildSession}.
+    """
+
+    def __init__(self, reactor: Any = None, admission: Admission | None = None) -> None:
+        """
+        @param reactor: the clock of the sessions' deadlines; the global
+            reactor by default.
+        @param admission: the connection caps; L{Admission}'s defaults
+            (under the descriptor limit) if none is given.
+        """
+        self.reactor = reactor
+        self.admission = admission or Admission()
