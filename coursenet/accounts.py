@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from coursenet.coalesce import Coalescer
+from coursenet.logs import LogBudget
 from coursenet.throttle import GuessRule, Throttle, hostOf
 
 _SCHEME = "scrypt"
@@ -250,6 +251,9 @@ class PasswordChecker:
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        # Guessing is slowed per account, but many accounts guessed at
+        # once must not become as many log lines.
+        self._failures = LogBudget(self._log, reactor)
         self.throttle = Throttle.besidePasswordFile(path, rule, reactor)
         self._path = path
         self._stamp: float | None = None
@@ -318,7 +322,7 @@ class PasswordChecker:
                     self._verified.clear()
                 self._verified[(name, encoded)] = tag
                 return name
-            self._log.info("failed login for {user} from {address}", user=name, address=address)
+            self._failures.info("failed login for {user} from {address}", user=name, address=address)
             raise UnauthorizedLogin("login incorrect")
 
         return self._verify(name, encoded, password, tag).addCallback(checked)

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 
+import pytest_twisted
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet.defer import DeferredList
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, LogLevel, capturedLogs
 
 from coursenet import logs
+from coursenet.accounts import PasswordChecker
 from coursenet.admission import Admission, AdmittingFactory
 from coursenet.logs import LogBudget
 from tests.test_bftp_server import fake, raw, root  # noqa: F401 (fixtures)
@@ -92,3 +96,14 @@ def test_cutOffsAreLoggedWithinABudget():
             o.write(b"xx")
     cuts = [e for e in events if "cut off" in e.get("log_format", "")]
     assert 0 < len(cuts) <= 25
+
+
+@pytest_twisted.ensureDeferred
+async def test_failedLoginsAreLoggedWithinABudget(reactor):
+    """Many wrong passwords (many accounts, so the throttle does not space them) write a bounded number of log lines."""
+    checker = PasswordChecker(users=[("u%d" % i, "right") for i in range(3)], reactor=reactor)
+    with capturedLogs() as events:
+        ds = [checker.requestAvatarId(UsernamePassword(b"u%d" % i, b"wrong")) for i in range(60)]
+        await DeferredList(ds, consumeErrors=True)
+    lines = [e for e in events if "failed login" in e.get("log_format", "")]
+    assert 0 < len(lines) <= 25
