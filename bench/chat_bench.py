@@ -216,6 +216,8 @@ def ours(tmp: str) -> Server:
         "--listen", f"tcp:{chat}:interface=127.0.0.1", "--irc", f"tcp:{irc}:interface=127.0.0.1",
         "--history-db", os.path.join(tmp, f"history-{chat}.sqlite"),
         "--flood-rate", "0", "--idle-timeout", "600",
+        # Every load client comes from 127.0.0.1.
+        "--max-per-address", str(IDLE + 1000),
     ]
     return Server("coursenet chat", argv, {"chat": chat, "irc": irc}, tmp)
 
