@@ -1174,6 +1174,7 @@ class IMAPFactory(MailFactory, ServerFactory):
     """
     Builds L{IMAPServer}s for one portal, for as many connections as its
     L{Admission} takes; the others are answered C{* BYE} and closed.
+    C{reactor} and C{admission} are L{MailFactory}'s.
     """
 
     protocol = IMAPServer
@@ -1187,10 +1188,6 @@ class IMAPFactory(MailFactory, ServerFactory):
         reactor: Any = None,
         admission: Admission | None = None,
     ) -> None:
-        """
-        @param reactor: see L{MailFactory}.
-        @param admission: see L{MailFactory}.
-        """
         MailFactory.__init__(self, reactor, admission)
         self.portal = portal
         self.contextFactory = contextFactory

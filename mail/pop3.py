@@ -372,7 +372,7 @@ class POP3Factory(MailFactory, ServerFactory):
     """
     Builds L{POP3Server}s for one portal, for as many connections as its
     L{Admission} takes; the others are answered C{-ERR [SYS/TEMP]} and
-    closed.
+    closed.  C{reactor} and C{admission} are L{MailFactory}'s.
     """
 
     protocol = POP3Server
@@ -385,10 +385,6 @@ class POP3Factory(MailFactory, ServerFactory):
         reactor: Any = None,
         admission: Admission | None = None,
     ) -> None:
-        """
-        @param reactor: see L{MailFactory}.
-        @param admission: see L{MailFactory}.
-        """
         MailFactory.__init__(self, reactor, admission)
         self.portal = portal
         self.contextFactory = contextFactory

@@ -448,7 +448,7 @@ class SMTPFactory(MailFactory, smtp.SMTPFactory):
     """
     Builds L{SMTPServer}s delivering into a store, for as many connections
     as its L{Admission} takes; the others are answered C{421 4.3.2} and
-    closed.
+    closed.  C{reactor} and C{admission} are L{MailFactory}'s.
     """
 
     # Read for its busyReply: sessions are built, with their arguments, by
@@ -467,10 +467,6 @@ class SMTPFactory(MailFactory, smtp.SMTPFactory):
         reactor: Any = None,
         admission: Admission | None = None,
     ) -> None:
-        """
-        @param reactor: see L{MailFactory}.
-        @param admission: see L{MailFactory}.
-        """
         MailFactory.__init__(self, reactor, admission)
         smtp.SMTPFactory.__init__(self, portal)
         self.store = store
