@@ -39,7 +39,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -159,18 +159,20 @@ class Outbox:
         A producer of the protocol's own (a file being sent) takes the
         transport's producer slot while it runs: it is paced by the
         transport itself, and this outbox steps aside until it is
-        unregistered.
+        unregistered.  The drain deadline still holds: a client that takes
+        nothing of it for C{drainTimeout} seconds is cut off.
         """
         if self._producer is not None:
             raise RuntimeError(f"a producer is already registered: {self._producer!r}")
-        self._producer = producer
+        self._producer = _ProgressWatch(self, producer, streaming)
         self.wrappedTransport.unregisterProducer()
         self._resume()
-        self.wrappedTransport.registerProducer(producer, streaming)
+        self.wrappedTransport.registerProducer(self._producer, streaming)
 
     def unregisterProducer(self) -> None:
         if self._producer is None:
             return
+        self._producer.stop()
         self._producer = None
         self.wrappedTransport.unregisterProducer()
         if self.closing:
@@ -206,6 +208,15 @@ class Outbox:
         self._stall = None
         self.cutOffNow(f"nothing read for {self.drainTimeout:g} seconds with output waiting")
 
+    def _watchStall(self, waiting: bool) -> None:
+        """
+        A protocol's producer is waiting for the client (C{waiting}), or it
+        has just been asked for more: (re)start or stop the drain deadline.
+        """
+        self._cancelStall()
+        if waiting and self.drainTimeout and not self.cutOff:
+            self._stall = self._clock.callLater(self.drainTimeout, self._stalled)
+
     def _cancelStall(self) -> None:
         if self._stall is not None and self._stall.active():
             self._stall.cancel()
@@ -221,6 +232,40 @@ class Outbox:
         _cutOffLog(self._clock).info("{transport}: cut off: {why}", transport=self.wrappedTransport, why=why)
         self._onCutOff(why)
         self.abortConnection()
+
+
+@implementer(IPushProducer)
+class _ProgressWatch:
+    """
+    Between the transport and a producer of the protocol's own: passes
+    every call on, and keeps the outbox's drain deadline running whenever
+    the producer waits on the client (a streaming producer paused, a pull
+    producer not asked for more since its last chunk).
+    """
+
+    def __init__(self, outbox: Outbox, producer: Any, streaming: bool) -> None:
+        self._outbox = outbox
+        self.producer = producer
+        self._streaming = streaming
+        if not streaming:
+            outbox._watchStall(True)
+
+    def pauseProducing(self) -> None:
+        self._outbox._watchStall(True)
+        self.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        # A pull producer is asked for each chunk: the next ask must come
+        # within the deadline too.
+        self._outbox._watchStall(not self._streaming)
+        self.producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.stop()
+        self.producer.stopProducing()
+
+    def stop(self) -> None:
+        self._outbox._watchStall(False)
 
 
 class CommandReceiver(Protocol):
@@ -241,6 +286,9 @@ class CommandReceiver(Protocol):
     @cvar inputLimit: bytes of unprocessed input held while reading is
         paused (what arrived before the pause took effect); past it the
         client is cut off.
+    @cvar linesPerTurn: lines run one after another, none of them answered
+        later, before the reactor is handed back for a turn, so that one
+        client's pipelined flood does not delay everyone else's replies.
     """
 
     maxLineLength = 510
@@ -249,10 +297,15 @@ class CommandReceiver(Protocol):
     drainTimeout = 60.0
     closeTimeout = 5.0
     inputLimit = 1024 * 1024
+    linesPerTurn = 200
     #: Twisted's receivers' names for the mode; C{setRawMode} clears it.
     line_mode = 1
 
+    #: Input not yet handled is C{_input[_pos:]}: lines are cut off the
+    #: front by moving C{_pos}, so a read of many short lines is not copied
+    #: once per line.
     _input = b""
+    _pos = 0
     _discarding = False
     _processing = False
     _full = False
@@ -275,6 +328,7 @@ class CommandReceiver(Protocol):
 
     def makeConnection(self, transport) -> None:
         self._pausedFor: set[str] = set()
+        self._drainWaiters: list[Deferred[None]] = []
         self._outbox = Outbox(
             transport,
             self.receiverClock(),
@@ -290,6 +344,7 @@ class CommandReceiver(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._outbox is not None:
             self._outbox.stopProducing()
+        self._wakeDrainWaiters()
         admission: Admission | None = getattr(getattr(self, "factory", None), "admission", None)
         if self._admittedAs is not None and admission is not None:
             admission.release(self._admittedAs)
@@ -340,13 +395,34 @@ class CommandReceiver(Protocol):
 
     def _outputDrained(self) -> None:
         self._full = False
+        self._wakeDrainWaiters()
         if "output" in self._pausedFor:
             self.resumeReading("output")
         else:
             self._process()
 
+    def whenOutputDrained(self) -> Deferred[None]:
+        """
+        A L{Deferred} that fires once the transport's buffer is no longer
+        full (at once if it is not), or the connection is lost: for a
+        command that writes a long answer piece by piece.
+        """
+        if not self._full or self._outbox is None or self._outbox.disconnecting:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drainWaiters.append(d)
+        return d
+
+    def _wakeDrainWaiters(self) -> None:
+        waiters, self._drainWaiters = getattr(self, "_drainWaiters", []), []
+        for d in waiters:
+            d.callback(None)
+
     @property
-    def paused(self) -> bool:
+    def readingPaused(self) -> bool:
+        """
+        Whether reading from this connection is paused, for any reason.
+        """
         return bool(self._pausedFor)
 
     # Twisted's receivers call these for themselves; a protocol may too.
@@ -366,19 +442,22 @@ class CommandReceiver(Protocol):
     def setLineMode(self, extra: bytes = b"") -> None:
         self.line_mode = 1
         if extra:
-            self._input = extra + self._input
+            self._input, self._pos = extra + self._input[self._pos :], 0
             if not self._processing:
                 self._process()
 
     def clearLineBuffer(self) -> bytes:
-        data, self._input = self._input, b""
+        data = self._input[self._pos :]
+        self._input, self._pos = b"", 0
         return data
 
     def dataReceived(self, data: bytes) -> None:
+        if self._pos:
+            self._input, self._pos = self._input[self._pos :], 0
         self._input += data
         self._process()
-        if self._pausedFor and len(self._input) > self.inputLimit:
-            self._input = b""
+        if self._pausedFor and len(self._input) - self._pos > self.inputLimit:
+            self._input, self._pos = b"", 0
             if self._outbox is not None:
                 self._outbox.cutOffNow(f"over {self.inputLimit} bytes sent while reading was paused")
 
@@ -386,22 +465,30 @@ class CommandReceiver(Protocol):
         if self._processing:
             return  # the loop below is running and goes on by itself
         self._processing = True
+        lines = 0
         try:
-            while self._input and not self._pausedFor and not self._connectedOutbox().disconnecting:
+            while self._pos < len(self._input) and not self._pausedFor and not self._connectedOutbox().disconnecting:
                 if self._full:
                     self.pauseReading("output")
                     return
+                if lines >= self.linesPerTurn:
+                    # Let the reactor serve everyone else for a turn.
+                    self.pauseReading("turn")
+                    self.receiverClock().callLater(0, self.resumeReading, "turn")
+                    return
                 if not self.line_mode:
-                    data, self._input = self._input, b""
+                    data = self._input[self._pos :]
+                    self._input, self._pos = b"", 0
                     self.rawDataReceived(data)
                     continue
-                end = self._input.find(b"\n")
+                end = self._input.find(b"\n", self._pos)
                 if end < 0:
                     self._checkPartialLine()
                     return
-                raw, self._input = self._input[:end], self._input[end + 1 :]
+                raw, self._pos = self._input[self._pos : end], end + 1
                 crlf = raw.endswith(b"\r")
                 line = raw[:-1] if crlf else raw
+                lines += 1
                 if self._discarding:
                     self._discarding = False
                 elif len(line) > self.maxLineLength:
@@ -414,10 +501,11 @@ class CommandReceiver(Protocol):
             self._processing = False
 
     def _checkPartialLine(self) -> None:
-        pending = len(self._input) - self._input.endswith(b"\r")
+        pending = len(self._input) - self._pos - self._input.endswith(b"\r")
         if pending <= self.maxLineLength:
             return
-        line, self._input = self._input[: self.maxLineLength], b""
+        line = self._input[self._pos : self._pos + self.maxLineLength]
+        self._input, self._pos = b"", 0
         if not self._discarding:
             self._discarding = True
             self.lineLengthExceeded(line)

@@ -763,7 +763,7 @@ def _mailboxName(name: bytes | str) -> str:
 
 # CommandReceiver's read-only "paused" over LineReceiver's attribute: only
 # LineReceiver's own methods, which CommandReceiver replaces, set it.
-class IMAPServer(MailReceiver, imap4.IMAP4Server):  # type: ignore[override]
+class IMAPServer(MailReceiver, imap4.IMAP4Server):
     """
     One IMAP session.
 
@@ -805,7 +805,6 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):  # type: ignore[override]
         imap4.IMAP4Server.__init__(self, None, contextFactory, scheduler)
         self.maxMessageSize = maxMessageSize
         self._news: list[bytes] = []
-        self._drainWaiters: list[Deferred[None]] = []
 
     @staticmethod
     def busyReply(text: str) -> bytes:
@@ -831,7 +830,6 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):  # type: ignore[override]
             mbox.removeListener(self)
             mbox.close()
             self.mbox = None
-        self._drainWaiters = []
         super().connectionLost(reason)
 
     # -- lines -------------------------------------------------------------------
@@ -847,10 +845,10 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):  # type: ignore[override]
             self._log.failure("could not handle an IMAP line")
             self.sendBadResponse(self._running, b"Server error: " + str(e).encode("utf-8", "replace"))
         if self._running is None or self.parseState != "command":
-            return self.paced(None)
+            return None
         if self._done is None:
             self._done = Deferred()
-        return self.paced(self._done)
+        return self._done
 
     def rawDataReceived(self, data: bytes) -> None:
         imap4.IMAP4Server.rawDataReceived(self, data)
@@ -939,27 +937,6 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):  # type: ignore[override]
             return
         self._log.failure("{command} failed", failure, command=command.decode())
         self.sendBadResponse(tag, command + b" failed: server error, try again later")
-
-    # -- output a client reads slowly -------------------------------------------
-
-    def _whenDrained(self) -> Deferred[None]:
-        """
-        Fires once more output may be written: at once, unless the client
-        has left the transport's buffer full (then when it has read it).
-        """
-        if not self.transport.full:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._drainWaiters.append(d)
-        return d
-
-    def _outputDrained(self) -> None:
-        # CommandReceiver's only notice that the outbox drained; FETCH
-        # waits on it between messages.
-        super()._outputDrained()
-        waiting, self._drainWaiters = self._drainWaiters, []
-        for d in waiting:
-            d.callback(None)
 
     # -- TLS -----------------------------------------------------------------------
 
@@ -1106,7 +1083,7 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):  # type: ignore[override]
     def spewMessage(self, id: int, msg: Any, query: list[Any], uid: int) -> Deferred[Any]:
         # One message at a time, each once the client has read the last
         # (a FETCH of a whole mailbox is not queued in the transport).
-        return self._whenDrained().addCallback(lambda _: self._spewLoaded(id, msg, query, uid))
+        return self.whenOutputDrained().addCallback(lambda _: self._spewLoaded(id, msg, query, uid))
 
     def _spewLoaded(self, id: int, msg: Any, query: list[Any], uid: int) -> Deferred[Any]:
         if not isinstance(msg, MaildirMessage) or not _needsContents(query):

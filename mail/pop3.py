@@ -190,7 +190,7 @@ class POP3Server(MailReceiver, pop3.POP3):
         # which holds the lines after it until it fires.
         self.resetTimeout()
         result = getattr(self, "state_" + self.state)(line)
-        return self.paced(result if isinstance(result, Deferred) else None)
+        return result if isinstance(result, Deferred) else None
 
     def state_COMMAND(self, line: bytes) -> Any:
         return self.processCommand(*line.split(b" "))

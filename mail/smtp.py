@@ -221,7 +221,7 @@ class SMTPServer(MailReceiver, smtp.ESMTP):
 
     def bareLineFeed(self, line: bytes) -> Deferred[None] | None:
         self._refuseBare()
-        return self.paced(None)
+        return None
 
     def _refuseBare(self) -> None:
         if self.mode == DATA:
@@ -257,7 +257,7 @@ class SMTPServer(MailReceiver, smtp.ESMTP):
         return self.host + b" ESMTP coursenet post office"
 
     def lineReceived(self, line: bytes) -> Deferred[None] | None:
-        return self.paced(self._handleLine(line))
+        return self._handleLine(line)
 
     def _handleLine(self, line: bytes) -> Deferred[None] | None:
         if self.mode == DATA:

@@ -301,7 +301,7 @@ async def test_registered_nick_needs_password(reactor):
     await world.server.register(peer.proto.session, "ada")
     for args, code in [("demo", 530), ("DEMO wrong", 530), ("demo secret", 230)]:
         peer.send(f"NICK {args}")
-        while peer.proto.paused:
+        while peer.proto.readingPaused:
             await deferLater(reactor, 0.01)
         assert codes(peer.lines()) == [code]
 

@@ -1,7 +1,7 @@
 """
-The post office's sessions take turns (mail/protocol.py): thousands of
-commands pipelined at once are run a few hundred a turn of the reactor,
-over StringTransport and a clock.
+The post office's sessions take turns (the shared receiver's
+linesPerTurn): thousands of commands pipelined at once are run a few
+hundred a turn of the reactor, over StringTransport and a clock.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from mail.imap import IMAPServer
-from mail.protocol import LINES_PER_TURN
+from coursenet.receiver import CommandReceiver
 from mail.pop3 import POP3Server
 from mail.smtp import LocalDelivery, SMTPServer
 from tests.test_mail_smtp import FakeStore
@@ -44,6 +44,7 @@ class TurnClock(Clock):
             call.func(*call.args, **call.kw)
 
 
+LINES_PER_TURN = CommandReceiver.linesPerTurn
 SESSIONS = {"smtp": (smtp, b"250 "), "pop3": (pop3, b"+OK "), "imap": (imap, b"a OK ")}
 
 

@@ -189,10 +189,10 @@ def test_pendingCommandHoldsTheNextLines():
     d = p.pending[b"slow"] = Deferred()
     p.dataReceived(b"slow\r\nfast1\r\nfast2\r\n")
     assert p.lines == [b"slow"]
-    assert p.paused
+    assert p.readingPaused
     d.callback(None)
     assert p.lines == [b"slow", b"fast1", b"fast2"]
-    assert not p.paused
+    assert not p.readingPaused
 
 
 def test_chainedDeferredStillCountsAsPending():
@@ -214,7 +214,7 @@ def test_alreadyFiredDeferredDoesNotPause():
     p.pending[b"done"] = succeed(None)
     p.dataReceived(b"done\r\nnext\r\n")
     assert p.lines == [b"done", b"next"]
-    assert not p.paused
+    assert not p.readingPaused
 
 
 # -- output back-pressure ---------------------------------------------------------
@@ -297,7 +297,7 @@ def test_protocolProducerTakesTheSlotAndGivesItBack():
 
     mine = P()
     outbox.registerProducer(mine, False)
-    assert t.producer is mine and not t.streaming
+    assert t.producer.producer is mine and not t.streaming
     outbox.unregisterProducer()
     assert t.producer is outbox and t.streaming
 
@@ -390,3 +390,57 @@ def test_severalReasonsToPauseAllMustEnd(n):
         assert t.producerState == "paused"
     p.resumeReading(f"r{n - 1}")
     assert t.producerState == "producing"
+
+
+def test_manyLinesAtOnceRunATurnAtATime():
+    """Of more lines than linesPerTurn in one read, a turn's worth run, the rest on the next turns of the reactor."""
+    clock = Clock()
+    p = Echo()
+    p.linesPerTurn = 5
+    p, t = connect(p, transport=StringTransport(), clock=clock)
+    p.dataReceived(b"x\r\n" * 12)
+    assert len(p.lines) == 5
+    assert p.readingPaused
+    clock.advance(0)  # Clock runs the later turns' calls too
+    assert len(p.lines) == 12
+
+
+def test_whenOutputDrainedWaitsForTheClient():
+    """whenOutputDrained fires at once while the output is not full, else once the client has read it."""
+    p, t = connect()
+    fired = []
+    p.whenOutputDrained().addCallback(fired.append)
+    assert fired == [None]
+    p.transport.write(b"x" * 100)
+    d = p.whenOutputDrained()
+    d.addCallback(fired.append)
+    assert fired == [None]
+    t.drain()
+    assert fired == [None, None]
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_protocolProducerThatTheClientStopsTakingIsCut(streaming):
+    """While a protocol's own producer runs, a client that takes nothing for drainTimeout seconds is still cut off."""
+    clock = Clock()
+    p, t = connect(clock=clock)
+
+    class P:
+        def pauseProducing(self): pass
+        def resumeProducing(self): pass
+        def stopProducing(self): pass
+
+    p.transport.registerProducer(P(), streaming)
+    watch = t.producer
+    if streaming:
+        clock.advance(p.drainTimeout * 2)
+        assert not t.disconnecting  # producing freely: nothing waits
+        watch.pauseProducing()      # the transport's buffer is full
+    for _ in range(3):
+        clock.advance(p.drainTimeout - 1)
+        watch.resumeProducing()     # the client took some: progress
+        if streaming:
+            watch.pauseProducing()
+    assert not t.disconnecting
+    clock.advance(p.drainTimeout)
+    assert t.disconnecting and p.transport.cutOff
