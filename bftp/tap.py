@@ -12,7 +12,7 @@ from twisted.python import usage
 from bftp.auth import makePortal
 from bftp.protocol import BFTPFactory
 from coursenet.accounts import PasswordChecker
-from coursenet.options import AccountOptionsMixin
+from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 
@@ -20,7 +20,7 @@ DEFAULT_LISTEN = "tcp:9021:interface=127.0.0.1"
 DEFAULT_TLS_PORT = 9022
 
 
-class Options(AccountOptionsMixin, GuessOptionsMixin, usage.Options):
+class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve a directory over BFTP, the Braude File Transfer Protocol. "
@@ -37,9 +37,6 @@ class Options(AccountOptionsMixin, GuessOptionsMixin, usage.Options):
         ["tls-key", None, None, "PEM private key for --tls-cert"],
         ["tls-port", None, DEFAULT_TLS_PORT, "port of the --tls-cert listener", int],
         ["idle-timeout", None, 300, "seconds before an idle connection is closed", int],
-        ["max-per-address", None, None, "connections allowed from one address (default: 256)", int],
-        ["max-connections", None, None,
-         "connections allowed in all (default: as many as the descriptor limit allows)", int],
         ["max-file-size", None, 0, "largest file a PUT may store, in bytes (0: no limit)", int],
         ["login-timeout", None, 60, "seconds a connection may take to log in", int],
     ]

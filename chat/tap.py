@@ -18,6 +18,7 @@ from chat.rooms import ChatServer
 from chat.session import Limits
 from chat.store import MemoryHistory, SQLiteHistory
 from coursenet.accounts import PasswordChecker, parseUserSpec
+from coursenet.options import AdmissionOptionsMixin
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 
@@ -26,7 +27,7 @@ DEFAULT_TLS_PORT = 6666
 DEFAULT_HISTORY_DB = "var/chat/history.sqlite"
 
 
-class Options(GuessOptionsMixin, usage.Options):
+class Options(AdmissionOptionsMixin, GuessOptionsMixin, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "A multi-room chat server: the course chat protocol (docs/chat.md) on"
@@ -51,9 +52,6 @@ class Options(GuessOptionsMixin, usage.Options):
          "seconds a client may read none of the output waiting for it before it is cut off", float],
         ["idle-timeout", None, 120.0, "seconds of silence before PING", float],
         ["ping-timeout", None, 60.0, "seconds to answer PING", float],
-        ["max-connections", None, None,
-         "connections allowed in all, both front doors (default: as many as the descriptor limit allows)", int],
-        ["max-per-address", None, None, "connections allowed from one address (default: 256)", int],
         ["max-rooms", None, 1000, "rooms on the server", int],
         ["irc-hostname", None, "coursenet.chat", "server name the IRC front door announces"],
     ]

@@ -4,7 +4,7 @@ Command-line pieces every service's twistd C{Options} shares.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.python import usage
 
@@ -42,3 +42,19 @@ class AccountOptionsMixin(OptionsMixinBase):
         """
         if bool(self.get("tls-cert")) != bool(self.get("tls-key")):
             raise usage.UsageError("--tls-cert and --tls-key go together")
+
+
+class AdmissionOptionsMixin(OptionsMixinBase):
+    """
+    C{--max-connections} and C{--max-per-address}, the caps of
+    L{coursenet.admission.Admission} (L{None}: its defaults, under the
+    process's descriptor limit).  Mix into a L{usage.Options} subclass
+    before it; usage.Options gathers these with the subclass's own.
+    """
+
+    optParameters: list[Any] = [
+        ["max-connections", None, None,
+         "connections allowed in all, on every listener together"
+         " (default: as many as the descriptor limit allows)", int],
+        ["max-per-address", None, None, "connections allowed from one address (default: 256)", int],
+    ]

@@ -11,7 +11,7 @@ from twisted.python import usage
 
 from coursenet.accounts import PasswordChecker
 from coursenet.admission import Admission
-from coursenet.options import AccountOptionsMixin
+from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import serverContextFactory
 from mail.auth import makePortal
@@ -27,7 +27,7 @@ DEFAULT_LISTENERS = {
 }
 
 
-class Options(AccountOptionsMixin, GuessOptionsMixin, usage.Options):
+class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "A post office: ESMTP, POP3 and IMAP4rev1 over one Maildir per user. "
@@ -50,10 +50,6 @@ class Options(AccountOptionsMixin, GuessOptionsMixin, usage.Options):
             "largest message accepted by SMTP or IMAP APPEND, in octets",
             int,
         ],
-        ["max-connections", None, None,
-         "connections allowed in all, SMTP, POP3 and IMAP together"
-         " (default: as many as the descriptor limit allows)", int],
-        ["max-per-address", None, None, "connections allowed from one address (default: 256)", int],
     ]
 
     def __init__(self) -> None:
