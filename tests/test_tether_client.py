@@ -6,6 +6,7 @@ the relay endpoint's key, and the routes it adds and removes.
 from __future__ import annotations
 
 import pytest_twisted
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
@@ -105,7 +106,7 @@ async def test_directConnectorReconnectsWithBackoff():
     async def connect(reactor, url, link, **kw):
         ws = FakeWebSocket()
         link.negotiationStarted(ws)
-        ws.transport = type("T", (), {"getPeer": lambda self: type("P", (), {"host": "198.18.1.1"})()})()
+        ws.transport = type("T", (), {"getPeer": lambda self: IPv4Address("TCP", "198.18.1.1", 8780)})()
         link.negotiationFinished()
         links.append(link)
         return link

@@ -8,7 +8,6 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.pair.testing import MemoryIOSystem, Tunnel
-from twisted.pair.tuntap import _TUN_KO_PATH
 
 from tests.tether_support import (
     Logged,
@@ -20,6 +19,7 @@ from tests.tether_support import (
     makeServer,
     welcomed,
 )
+from tether._compat import TUN_DEVICE
 from tether.netconf import ServerNetwork, natTable
 from tether.server import ServerService
 from tether.wire import Close, Hello, encodePacketText
@@ -201,7 +201,7 @@ def test_serviceConfiguresTunAndNatThenUndoesIt():
     clock = MemoryReactorClock()
     server = makeServer(clock)
     system = MemoryIOSystem()
-    system.registerSpecialDevice(_TUN_KO_PATH, Tunnel)
+    system.registerSpecialDevice(TUN_DEVICE, Tunnel)
     runner = RecordingRunner({("sysctl", "-n"): "0\n"})
     svc = ServerService(server, "tether0", lambda tun: ServerNetwork(
         runner, tun, "198.18.100.1", "198.18.100.0/24", 1400, nat=True, deny=[]), system=system)

@@ -11,6 +11,7 @@ import random
 import secrets
 
 from twisted.application import service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
@@ -18,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.static import Data, File
 
+from tether import _compat
 from tether.netconf import CommandFailed
 from tether.protocol import (
     OUTPUT_FULL,
@@ -242,7 +244,11 @@ class DirectConnector:
             except Exception as e:
                 self._log.warn("cannot reach {url}: {error}", url=self.url, error=str(e) or repr(e))
             else:
-                link.server = link.transport.transport.getPeer().host
+                # Connected: the link has its WebSocket, on a TCP (or TLS) connection.
+                assert link.transport is not None
+                peer = _compat.connectionUnder(link.transport).getPeer()
+                assert isinstance(peer, (IPv4Address, IPv6Address))
+                link.server = peer.host
                 self.client.attach(link)
                 await link.lost
                 if link.welcomed:

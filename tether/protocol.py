@@ -31,13 +31,13 @@ from twisted.logger import Logger, LogLevel
 from twisted.pair.raw import IRawPacketProtocol
 from twisted.pair.tuntap import TunnelFlags, TuntapPort
 from twisted.python.failure import Failure
-from twisted.web import _websocket_impl as _ws, http
-from twisted.web.client import URI, BrowserLikePolicyForHTTPS, _StandardEndpointFactory
+from twisted.web import http
+from twisted.web.client import URI, BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
-from twisted.web.websocket import WebSocketTransport
-from wsproto import ConnectionType, WSConnection
+from twisted.web.websocket import WebSocketClientEndpoint, WebSocketTransport
+from wsproto import Connection, ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request as WSRequest, TextMessage
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
@@ -46,7 +46,7 @@ from zope.interface import implementer
 from coursenet.receiver import Outbox
 from coursenet.tls import clientTLSOptions
 from coursenet.transport import noDelay
-from tether import masking
+from tether import _compat, masking
 from tether.offload import PLAIN_HDR, VNET_HDR_LEN, OffloadError, tunMessages
 from tether.wire import (
     MAX_MESSAGE,
@@ -159,15 +159,18 @@ class LogBudget:
             self.suppressed = {}
 
 
-class _LimitedWire(_ws._WebSocketWireProtocol):
+class _LimitedWire(_compat.WebSocketWire):
     """
     Twisted's WebSocket wire protocol, refusing with 1009 any message that
     would grow past C{maxMessage} before it is buffered, and, with
     C{limits}, writing through an L{Outbox}.
+
+    @ivar wsproto: the wsproto connection that frames and parses.
+    @ivar link: the L{TetherLink} the messages are for.
     """
 
     maxMessage = MAX_MESSAGE
-    #: Whether a connect waits on C{_done}: a client's does, and must hear
+    #: Whether a connect waits on the handshake: a client's does, and must hear
     #: of a connection lost before the handshake (a TLS failure, say).
     awaited = False
     #: The bounds on unsent output; L{None}: unbounded.
@@ -178,11 +181,16 @@ class _LimitedWire(_ws._WebSocketWireProtocol):
     outbox: Outbox | None = None
     _readingPaused = False
 
+    def __init__(self, wsproto: WSConnection | Connection, bootstrap, link: TetherLink) -> None:
+        super().__init__(wsproto, bootstrap, link)
+        self.wsproto = wsproto
+        self.link = link
+
     def makeConnection(self, transport) -> None:
         if self.limits is not None:
             limits = self.limits
             transport = self.outbox = Outbox(
-                transport, self._wsp.clock, limit=limits.limit, drainTimeout=limits.drainTimeout,
+                transport, self.link.clock, limit=limits.limit, drainTimeout=limits.drainTimeout,
                 closeTimeout=limits.closeTimeout, onFull=self._outputFull, onDrained=self._outputDrained,
             )
         super().makeConnection(transport)
@@ -190,7 +198,7 @@ class _LimitedWire(_ws._WebSocketWireProtocol):
     def connectionLost(self, reason: Failure) -> None:
         if self.outbox is not None:
             self.outbox.stopProducing()
-        done = self.__dict__.pop("_done", None)
+        done = _compat.takeHandshakeDone(self)
         super().connectionLost(reason)
         if done is not None and self.awaited:
             done.errback(reason)
@@ -215,7 +223,7 @@ class _LimitedWire(_ws._WebSocketWireProtocol):
             self._deliver()
 
     def dataReceived(self, data: bytes) -> None:
-        self._wsconn.receive_data(data)
+        self.wsproto.receive_data(data)
         self._deliver()
 
     def _deliver(self) -> None:
@@ -223,21 +231,21 @@ class _LimitedWire(_ws._WebSocketWireProtocol):
         Handle the messages received, until reading pauses: those left wait
         in wsproto until the output has drained.
         """
-        events = self._wsconn.events()
+        events = self.wsproto.events()
         while not self._readingPaused:
             event = next(events, None)
             if event is None:
                 return
             if isinstance(event, (TextMessage, BytesMessage)):
-                held = self._textBuffer if isinstance(event, TextMessage) else self._bytesBuffer
+                held = _compat.pendingMessage(self, isinstance(event, TextMessage))
                 if len(held.data) + len(event.data) > self.maxMessage:
                     held.done()
                     reason = f"message larger than {self.maxMessage} bytes"
-                    self._wsp.note("refusals", LogLevel.warn, "refused from {peer}: {reason}",
+                    self.link.note("refusals", LogLevel.warn, "refused from {peer}: {reason}",
                                    peer=self.transport.getPeer(), reason=reason)
-                    self._wsp.refuse(ProtocolError(Close.TOO_BIG, reason))
+                    self.link.refuse(ProtocolError(Close.TOO_BIG, reason))
                     return
-            _ws._handleEvent(event, self)
+            _compat.handleEvent(event, self)
 
 
 class TetherResource(Resource):
@@ -283,7 +291,7 @@ class TetherResource(Resource):
             return self._refuse(request, 400, f"not a WebSocket handshake: {e}")
         link = self.factory.buildProtocol(request)
         toSend = handshake.send(AcceptConnection(subprotocol=SUBPROTOCOL if offered else None))
-        wire = _LimitedWire(handshake.connection, _ws.serverBootstrap, link)
+        wire = _LimitedWire(handshake.connection, _compat.serverBootstrap, link)
         wire.maxMessage = self.maxMessage
         wire.limits = self.limits
         wire.pauseReadingWhenFull = True
@@ -291,7 +299,7 @@ class TetherResource(Resource):
         # outbox takes it over.
         transport: Any = request.channel.transport
         transport.unregisterProducer()
-        request.channel._protocolUpgradeForWebsockets(wire)
+        _compat.upgradeToWebSocket(request.channel, wire)
         transport.write(toSend)
         link.negotiationFinished()
         return NOT_DONE_YET
@@ -359,21 +367,24 @@ async def connectWebSocket(reactor, url: str, link: TetherLink, *, cafile: str |
 
     @raise twisted.web.websocket.ConnectionRejected: on an HTTP refusal.
     """
-    endpointFactory = _StandardEndpointFactory(
-        reactor, VerifyingPolicy(cafile) if cafile else BrowserLikePolicyForHTTPS(), timeout, None
-    )
+    # Twisted's own client endpoint, for the TCP or TLS endpoint it would
+    # connect with: the connection is ours to make, with our wire.
+    endpointFactory = WebSocketClientEndpoint.new(
+        reactor, url, VerifyingPolicy(cafile) if cafile else BrowserLikePolicyForHTTPS(), timeout
+    ).endpointFactory
     endpoint = endpointFactory.endpointForURI(
         URI.fromBytes(url.replace("ws", "http", 1).encode("utf-8"))
     )
     wire = await endpoint.connect(Factory.forProtocol(lambda: clientWire(url, link, maxMessage, limits)))
-    return await wire._done
+    return await _compat.handshakeDone(wire)
 
 
 def clientWire(url: str, link: TetherLink, maxMessage: int = MAX_MESSAGE,
                limits: OutputLimits = OutputLimits()) -> _LimitedWire:
     """
     The client side of a WebSocket to C{url} carrying C{link}, ready to be
-    connected to any transport; its C{_done} fires once the server accepts.
+    connected to any transport; its handshake L{Deferred}
+    (L{_compat.handshakeDone}) fires once the server accepts.
     It keeps reading while its output is full (the server stops), so
     that the two ends never wait for each other.
     """
@@ -522,7 +533,8 @@ class TetherLink:
         self.closeReason = error
         self.sendControl(errorMessage(error.code, error.reason))
         self.connected = False
-        self.transport.loseConnection(int(error.code), error.reason[:120])
+        assert self.transport is not None  # it was connected
+        _compat.closeWebSocket(self.transport, int(error.code), error.reason[:120])
 
     # Logging
 
@@ -623,8 +635,10 @@ class OffloadTunPort(TuntapPort):
     vnet = True
     offload = False
 
+    # A private method of TuntapPort (tether._compat.OVERRIDDEN): it takes
+    # no flags of ours anywhere else.
     def _openTunnel(self, name, mode):
-        return super()._openTunnel(name, mode | TunnelFlags.IFF_VNET_HDR)
+        return _compat.openTunnel(self, name, mode | TunnelFlags.IFF_VNET_HDR)
 
     def setOffload(self, on: bool) -> bool:
         """
@@ -636,12 +650,12 @@ class OffloadTunPort(TuntapPort):
         flags = (_TSO | TUN_F_USO4 | TUN_F_USO6, _TSO) if on else (0,)
         for value in flags:
             try:
-                fcntl.ioctl(self._fileno, TUNSETOFFLOAD, value)
+                fcntl.ioctl(self.fileno(), TUNSETOFFLOAD, value)
             except OSError:
                 continue
             self.offload = on
             return on
-        fcntl.ioctl(self._fileno, TUNSETOFFLOAD, 0)
+        fcntl.ioctl(self.fileno(), TUNSETOFFLOAD, 0)
         self.offload = False
         return False
 
@@ -654,7 +668,7 @@ class OffloadTunPort(TuntapPort):
     def writeSequence(self, seq) -> int:
         while True:
             try:
-                return os.writev(self._fileno, seq)
+                return os.writev(self.fileno(), seq)
             except InterruptedError:
                 continue
 
