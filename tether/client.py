@@ -15,6 +15,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
+from twisted.pair.tuntap import TuntapPort
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.static import Data, File
@@ -30,7 +31,7 @@ from tether.protocol import (
     describePeer,
     openTun,
 )
-from tether.offload import OffloadError, writeTun
+from tether.offload import OffloadError, TunDevice, VnetDevice, writeTun
 from tether.wire import (
     EXTENSIONS,
     GSO,
@@ -128,7 +129,7 @@ class TetherClient:
         self.binary = binary
         #: The extensions a hello offers.
         self.extensions = EXTENSIONS if offload else ()
-        self.tun = None
+        self.tun: TunDevice | None = None
         self.link: ClientLink | None = None
         self.session: str | None = None
         self.config: tuple | None = None
@@ -150,8 +151,9 @@ class TetherClient:
 
     def welcomed(self, link: ClientLink, welcome: Welcome) -> None:
         self.session = welcome.session
-        if getattr(self.tun, "vnet", False) and self.tun.offload != link.offload:
-            self.tun.setOffload(link.offload)
+        tun = self.tun
+        if isinstance(tun, VnetDevice) and tun.offload != link.offload:
+            tun.setOffload(link.offload)
         self._log.info("tunnel up: address {address}/{prefix}, mtu {mtu}, routes {routes}, offload {offload}",
                        address=welcome.address, prefix=welcome.prefix, mtu=welcome.mtu,
                        routes=" ".join(welcome.routes), offload=" ".join(welcome.offload) or "none")
@@ -328,13 +330,13 @@ class ClientService(service.MultiService):
         self._tunName = tunName
         self._connector = connector
         self._system = system
-        self._port = None
+        self._port: TuntapPort | None = None
 
     def startService(self) -> None:
-        self._port = openTun(self._tunName, self.client.fromTun, self.client.reactor, self._system,
-                             vnet=bool(self.client.extensions))
-        self.client.tun = self._port
-        self.client.network.device = self._port.interface.decode()
+        port = self._port = openTun(self._tunName, self.client.fromTun, self.client.reactor, self._system,
+                                    vnet=bool(self.client.extensions))
+        self.client.tun = port
+        self.client.network.device = port.interface.decode()
         super().startService()
         if self._connector is not None:
             self._connector.start()

@@ -11,11 +11,48 @@ from __future__ import annotations
 import errno
 import struct
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from tether.wire import GSO, VNET_HDR_LEN
 
 __all__ = ["GSO", "VNET_HDR_LEN", "PLAIN_HDR", "VnetHeader", "OffloadError", "checkHeader", "plainPackets",
-           "isPlain", "tunMessages", "writeTun"]
+           "isPlain", "tunMessages", "writeTun", "TunDevice", "VnetDevice"]
+
+
+class TunDevice(Protocol):
+    """
+    A TUN device as the tether writes to it: a
+    L{twisted.pair.tuntap.TuntapPort}, or a test's stand-in.
+    """
+
+    def write(self, packet: bytes, /) -> object:
+        ...
+
+
+@runtime_checkable
+class VnetDevice(TunDevice, Protocol):
+    """
+    A TUN device opened with virtio-net headers
+    (L{tether.protocol.OffloadTunPort}): every read and write starts with
+    one, and it may be asked for GSO super-packets.
+    """
+
+    vnet: bool
+    #: Whether the kernel may hand over super-packets now.
+    offload: bool
+
+    def writePlain(self, packet: bytes, /) -> int:
+        """
+        Write a complete IP packet, behind a header that says so.
+        """
+
+    def setOffload(self, on: bool, /) -> bool:
+        """
+        Ask the kernel for super-packets, or for none.
+
+        @return: whether offload is now on.
+        """
+
 
 #: A header that says nothing: a complete packet, checksums done.
 PLAIN_HDR = bytes(VNET_HDR_LEN)

@@ -291,6 +291,8 @@ class TetherResource(Resource):
             return self._refuse(request, 400, f"not a WebSocket handshake: {e}")
         link = self.factory.buildProtocol(request)
         toSend = handshake.send(AcceptConnection(subprotocol=SUBPROTOCOL if offered else None))
+        # An accepted upgrade has its connection.
+        assert handshake.connection is not None
         wire = _LimitedWire(handshake.connection, _compat.serverBootstrap, link)
         wire.maxMessage = self.maxMessage
         wire.limits = self.limits
@@ -375,7 +377,13 @@ async def connectWebSocket(reactor, url: str, link: TetherLink, *, cafile: str |
     endpoint = endpointFactory.endpointForURI(
         URI.fromBytes(url.replace("ws", "http", 1).encode("utf-8"))
     )
-    wire = await endpoint.connect(Factory.forProtocol(lambda: clientWire(url, link, maxMessage, limits)))
+
+    # Typed as Twisted's wire: it declares its factory as making that class,
+    # not a subclass, and Factory.forProtocol checks the two agree.
+    def build() -> _compat.WebSocketWire[Any]:
+        return clientWire(url, link, maxMessage, limits)
+
+    wire = await endpoint.connect(Factory.forProtocol(build))
     return await _compat.handshakeDone(wire)
 
 
@@ -460,6 +468,7 @@ class TetherLink:
         try:
             control, packet = decodeText(message)
             if control is None:
+                assert packet is not None  # decodeText gives a control or a packet
                 self.packetReceived(packet)
             elif control["type"] == "ping":
                 self.sendControl({"type": "pong", "id": control.get("id")})
@@ -488,13 +497,16 @@ class TetherLink:
 
     def sendControl(self, message: dict | str) -> None:
         if self.connected:
+            assert self.transport is not None  # connected
             self.transport.sendTextMessage(message if isinstance(message, str) else encodeControl(message))
 
     def sendPacket(self, packet: bytes) -> None:
+        transport = self.transport
+        assert transport is not None, "no WebSocket to send on yet"
         if self.binary:
-            self.transport.sendBytesMessage(packet)
+            transport.sendBytesMessage(packet)
         else:
-            self.transport.sendTextMessage(encodePacketText(packet))
+            transport.sendTextMessage(encodePacketText(packet))
 
     def sendFromTun(self, data: bytes, vnet: bool, counters) -> str | None:
         """
@@ -663,9 +675,17 @@ class OffloadTunPort(TuntapPort):
         """
         Write a complete IP packet, behind a header that says so.
         """
-        return self.writeSequence((PLAIN_HDR, packet))
+        return self.writev((PLAIN_HDR, packet))
 
-    def writeSequence(self, seq) -> int:
+    def writeSequence(self, seq) -> None:
+        self.writev(seq)
+
+    def writev(self, seq) -> int:
+        """
+        Write the pieces in C{seq} as one datagram, in one system call.
+
+        @return: the bytes written.
+        """
         while True:
             try:
                 return os.writev(self.fileno(), seq)
@@ -673,7 +693,7 @@ class OffloadTunPort(TuntapPort):
                 continue
 
 
-def openTun(name: str, deliver, reactor, system=None, vnet: bool = False):
+def openTun(name: str, deliver, reactor, system=None, vnet: bool = False) -> TuntapPort:
     """
     Open (creating it) the TUN device C{name}; every packet it reads goes
     to C{deliver}.
@@ -684,6 +704,7 @@ def openTun(name: str, deliver, reactor, system=None, vnet: bool = False):
     @return: the started L{TuntapPort}; C{write} sends a packet into it and
         C{interface} is the device's name as the kernel gave it.
     """
+    port: TuntapPort
     if vnet and system is None:
         port = OffloadTunPort(name.encode(), TunProtocol(deliver), maxPacketSize=MAX_PACKET + VNET_HDR_LEN,
                               reactor=reactor)

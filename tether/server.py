@@ -14,16 +14,20 @@ from dataclasses import dataclass, field
 from twisted.application import service
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
+from twisted.pair.tuntap import TuntapPort
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from coursenet.accounts import PasswordFrom
-from tether.offload import PLAIN_HDR, OffloadError, VnetHeader, checkHeader, writeTun
+from tether.netconf import ServerNetwork
+from tether.offload import PLAIN_HDR, OffloadError, TunDevice, VnetHeader, checkHeader, writeTun
 from tether.protocol import (
     OUTPUT_FULL,
     LogBudget,
+    OffloadTunPort,
     OutputLimits,
     TetherLink,
     TetherResource,
@@ -65,7 +69,8 @@ class Lease:
     address: ipaddress.IPv4Address
     counters: Counters = field(default_factory=Counters)
     link: ServerLink | None = None
-    expiry: object = None
+    #: The call that releases the address once the grace period is over.
+    expiry: IDelayedCall | None = None
 
     @property
     def packed(self) -> bytes:
@@ -139,7 +144,7 @@ class TetherServer:
         self.logBudget = LogBudget(self._log, reactor)
         #: The extensions a welcome may accept.
         self.extensions = EXTENSIONS if offload else ()
-        self.tun = None
+        self.tun: TunDevice | None = None
         self.counters = Counters()
         self._denied = [_netmask(n) for n in (*ALWAYS_DENIED, *deny)]
         self._poolNet = _netmask(str(self.pool.network))
@@ -440,8 +445,8 @@ class ServerService(service.MultiService):
         self._network = network
         self._system = system
         self._statsInterval = statsInterval
-        self._net = None
-        self._port = None
+        self._net: ServerNetwork | None = None
+        self._port: TuntapPort | None = None
         self.ready: Deferred | None = None
 
     def startService(self) -> None:
@@ -451,17 +456,17 @@ class ServerService(service.MultiService):
 
     async def _start(self) -> None:
         reactor = self.server.reactor
-        self._port = openTun(self._tunName, self.server.fromTun, reactor, self._system,
-                             vnet=bool(self.server.extensions))
-        self.server.tun = self._port
-        name = self._port.interface.decode()
-        if getattr(self._port, "vnet", False):
+        port = self._port = openTun(self._tunName, self.server.fromTun, reactor, self._system,
+                                    vnet=bool(self.server.extensions))
+        self.server.tun = port
+        name = port.interface.decode()
+        if isinstance(port, OffloadTunPort):
             # One device for every client: super-packets for those whose
             # links take them, cut up in fromTun for the others.
-            on = self._port.setOffload(True)
+            on = port.setOffload(True)
             self._log.info("TUN offloads (GSO super-packets): {state}", state="on" if on else "unavailable")
-        self._net = self._network(name)
-        await self._net.start()
+        net = self._net = self._network(name)
+        await net.start()
         self.server.start(self._statsInterval)
         for child in self:
             child.startService()
