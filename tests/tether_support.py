@@ -103,9 +103,10 @@ class SiteClient:
     @ivar events: what the server sent during the upgrade.
     """
 
-    def __init__(self, site, path: str = "/tether/v1", port: int = 40000) -> None:
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "198.18.0.1", port), lenient=True)
-        self.channel = site.buildProtocol(None)
+    def __init__(self, site, path: str = "/tether/v1", port: int = 40000, host: str = "198.18.0.1") -> None:
+        peer = IPv4Address("TCP", host, port)
+        self.transport = StringTransport(peerAddress=peer, lenient=True)
+        self.channel = site.buildProtocol(peer)
         self.channel.makeConnection(self.transport)
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.channel.dataReceived(self.ws.send(Request(host="198.18.1.1", target=path)))

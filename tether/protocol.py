@@ -23,9 +23,10 @@ from __future__ import annotations
 import fcntl
 import os
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from hyperlink import URL
+from twisted.internet.interfaces import IAddress, IProtocol, ITransport
 from twisted.internet.protocol import AbstractDatagramProtocol, Factory
 from twisted.logger import Logger, LogLevel
 from twisted.pair.raw import IRawPacketProtocol
@@ -43,6 +44,7 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 from zope.interface import implementer
 
+from coursenet.admission import Admission, Busy
 from coursenet.receiver import Outbox
 from coursenet.tls import clientTLSOptions
 from coursenet.transport import noDelay
@@ -77,6 +79,10 @@ OUTPUT_FULL = "output full"
 #: The shortest wait between two keepalive checks, in seconds: a check
 #: that came a hair early must not reschedule itself at once, forever.
 MIN_TICK = 0.05
+#: Seconds an HTTP connection may sit idle before its request is complete
+#: (Twisted's default is a minute); once upgraded, a link has the tether's
+#: keepalive instead.
+HTTP_IDLE_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -321,20 +327,97 @@ class TetherResource(Resource):
         return (errorMessage(code, reason) + "\n").encode("utf-8")
 
 
+def busyReply(reason: str) -> bytes:
+    """
+    The answer to a connection over the caps, before any request:
+    C{503 Service Unavailable} with C{reason} in a one-line JSON error,
+    and the connection closed.
+    """
+    body = (errorMessage(503, reason) + "\n").encode("utf-8")
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+@implementer(IProtocol)
+class AdmittedChannel:
+    """
+    The protocol of an admitted connection: Twisted's HTTP channel, with
+    C{release} called once the connection has ended, whether it was
+    upgraded to a WebSocket (which takes the channel's C{dataReceived} and
+    C{connectionLost} over) or not.
+    """
+
+    def __init__(self, channel: IProtocol, release: Callable[[], None]) -> None:
+        self.channel = channel
+        self._release = release
+
+    def makeConnection(self, transport: ITransport) -> None:
+        self.channel.makeConnection(transport)
+
+    def connectionMade(self) -> None:
+        self.channel.connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.channel.dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        try:
+            self.channel.connectionLost(reason)
+        finally:
+            self._release()
+
+
 class TetherSite(Site):
     """
     A web site for tether resources.  Every request it sees comes before
     any hello, from anyone: its access log goes to the debug level,
     through a L{LogBudget} (C{budget}, or one of its own).
+
+    It takes the connections its L{Admission} allows, in total and from
+    one address, each counted until it closes, upgraded or not; the
+    others get L{busyReply}.  An HTTP connection idle for
+    L{HTTP_IDLE_TIMEOUT} seconds before its request is complete is closed.
+
+    @param admission: the caps; by default as many connections as fit
+        under the descriptor limit, 256 from one address.
     """
 
     _log = Logger()
 
-    def __init__(self, resource: Resource, reactor=None, budget: LogBudget | None = None, **kw) -> None:
+    def __init__(self, resource: Resource, reactor=None, budget: LogBudget | None = None,
+                 admission: Admission | None = None, **kw) -> None:
         if reactor is None:
             from twisted.internet import reactor
+        kw.setdefault("timeout", HTTP_IDLE_TIMEOUT)
         super().__init__(resource, reactor=reactor, **kw)
         self.budget = budget or LogBudget(self._log, reactor)
+        # A link holds its socket and nothing else: one TUN serves them all.
+        self.admission = admission or Admission(fdsPerConnection=1)
+
+    # Twisted's annotation has a Site build only its HTTP channel, where
+    # IProtocolFactory allows any protocol: a refused connection gets Busy,
+    # as with Twisted's own LimitTotalConnectionsFactory (untyped).
+    def buildProtocol(self, addr: IAddress | None) -> IProtocol | None:  # type: ignore[override]
+        """
+        Twisted's HTTP channel for an admitted connection, released when
+        it closes; L{Busy} with L{busyReply} for one over the caps.
+        """
+        host = getattr(addr, "host", None) or str(addr)
+        refusal = self.admission.admit(host)
+        if refusal is not None:
+            self.budget.emit("busy refusals", LogLevel.info, "refused {peer}: {reason}",
+                             peer=describePeer(addr), reason=refusal)
+            busy = Busy(busyReply(refusal), self.reactor)
+            busy.factory = self
+            return busy
+        channel = super().buildProtocol(addr)
+        if channel is None:
+            self.admission.release(host)
+            return None
+        return AdmittedChannel(channel, lambda: self.admission.release(host))
 
     def log(self, request: http.Request) -> None:
         self.budget.emit(

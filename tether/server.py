@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from coursenet.accounts import PasswordFrom
+from coursenet.admission import Admission
 from tether.netconf import ServerNetwork
 from tether.offload import PLAIN_HDR, OffloadError, TunDevice, VnetHeader, checkHeader, writeTun
 from tether.protocol import (
@@ -110,6 +111,8 @@ class TetherServer:
     @param checker: an L{ICredentialsChecker} for C{UsernamePassword}: the
         client's name and token.
     @param limits: how much may wait to be sent to each client.
+    @param admission: how many connections the site takes, in total and
+        from one address (L{TetherSite}'s defaults if L{None}).
     @ivar tun: where packets from clients go (C{write(bytes)}), set once the
         TUN device is open.
     @ivar logBudget: the lines clients cause before their hello, and the
@@ -124,7 +127,7 @@ class TetherServer:
                  deny=(), isolate: bool = True, keepalive: float = 15.0, timeout: float = 45.0,
                  grace: float = 60.0, helloTimeout: float = 10.0, allowPlain: bool = False,
                  maxMessage: int = MAX_MESSAGE, offload: bool = True, limits: OutputLimits = OutputLimits(),
-                 reactor=None) -> None:
+                 admission: Admission | None = None, reactor=None) -> None:
         checkKeepalive(keepalive, timeout)
         if reactor is None:
             from twisted.internet import reactor
@@ -141,6 +144,7 @@ class TetherServer:
         self.allowPlain = allowPlain
         self.maxMessage = maxMessage
         self.limits = limits
+        self.admission = admission
         self.logBudget = LogBudget(self._log, reactor)
         #: The extensions a welcome may accept.
         self.extensions = EXTENSIONS if offload else ()
@@ -175,9 +179,10 @@ class TetherServer:
     def site(self) -> TetherSite:
         """
         The web site to listen with: L{resource}, its access log kept
-        quiet (L{TetherSite}) within L{logBudget}.
+        quiet (L{TetherSite}) within L{logBudget}, its connections capped
+        by L{admission}.
         """
-        return TetherSite(self.resource(), reactor=self.reactor, budget=self.logBudget)
+        return TetherSite(self.resource(), reactor=self.reactor, budget=self.logBudget, admission=self.admission)
 
     # Sessions
 

@@ -13,7 +13,8 @@ from twisted.application import service, strports
 from twisted.python import usage
 
 from coursenet.accounts import PasswordChecker
-from coursenet.options import AccountOptionsMixin
+from coursenet.admission import Admission
+from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 from tether.client import Backoff, ClientService, DirectConnector, TetherClient, relayResource
@@ -39,7 +40,7 @@ def _tls(description: str, cert: str, key: str) -> str:
     return tlsListenString(int(args[0]), cert, key, interface)
 
 
-class ServerOptions(AccountOptionsMixin, GuessOptionsMixin, usage.Options):
+class ServerOptions(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usage.Options):
     synopsis = "--pool CIDR --token-file FILE [--listen ENDPOINT] [options]"
     longdesc = (
         "Serve the tether WebSocket (docs/tether.md) at " + PATH + ": clients get an"
@@ -175,7 +176,10 @@ def makeServerService(options: ServerOptions, reactor=None, runner=None, system=
         mtu=options["mtu"], routes=options["routes"], deny=options["deny"],
         isolate=not options["allow-client-to-client"], keepalive=options["keepalive"],
         timeout=options["timeout"], grace=options["grace"], allowPlain=options["allow-plain"],
-        offload=not options["no-offload"], reactor=reactor,
+        offload=not options["no-offload"],
+        # Counted per HTTP or WebSocket connection, every listener together.
+        admission=Admission(options["max-connections"], options["max-per-address"], fdsPerConnection=1),
+        reactor=reactor,
     )
     runner = runner or ProcessRunner(reactor)
     network = lambda tun: ServerNetwork(  # noqa: E731
