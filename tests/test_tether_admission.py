@@ -25,7 +25,7 @@ from wsproto.events import TextMessage
 from zope.interface.verify import verifyObject
 
 from coursenet.admission import Admission, defaultMaxConnections
-from tests.tether_support import Logged, RecordingRunner, SiteClient, formatted, makeServer
+from tests.tether_support import Logged, NullNetwork, RecordingRunner, SiteClient, formatted, makeServer
 from tether.client import ClientLink, TetherClient
 from tether.protocol import HTTP_IDLE_TIMEOUT, TetherSite, busyReply, connectWebSocket
 from tether.tap import ServerOptions, makeServerService
@@ -197,14 +197,6 @@ def test_defaultCapsFitTheDescriptorLimit():
     assert TetherSite(None, reactor=Clock()).admission.maxConnections == admission.maxConnections
 
 
-class Network:
-    async def apply(self, *a, server=None):
-        pass
-
-    async def restore(self):
-        pass
-
-
 @pytest_twisted.ensureDeferred
 async def test_realClientsSeeTheBusyReply(reactor):
     """Over real sockets, with the one place taken, the tether's client is rejected with 503 and curl reads the reason."""
@@ -215,7 +207,7 @@ async def test_realClientsSeeTheBusyReply(reactor):
     server, site = capped(reactor, maxConnections=1)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     url = f"ws://127.0.0.1:{port.getHost().port}/tether/v1"
-    client = TetherClient("lap", "secret", Network(), reactor=reactor)
+    client = TetherClient("lap", "secret", NullNetwork(), reactor=reactor)
     try:
         first = await connectWebSocket(reactor, url, ClientLink(client))
         with pytest.raises(ConnectionRejected) as rejected:

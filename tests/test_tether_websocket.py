@@ -17,7 +17,7 @@ from twisted.test import iosim
 from twisted.web.server import Site
 
 from coursenet.tls import tlsListenString
-from tests.tether_support import Logged, formatted, ip4, makeServer
+from tests.tether_support import Logged, NullNetwork, formatted, ip4, makeServer
 from tether.client import ClientLink, TetherClient
 from tether.protocol import clientWire, connectWebSocket
 from tether.wire import MAX_MESSAGE, Close, ProtocolError
@@ -39,19 +39,11 @@ def pair(server, client: TetherClient):
     return link, wire, pump
 
 
-class Network:
-    async def apply(self, *a, server=None):
-        pass
-
-    async def restore(self):
-        pass
-
-
 def test_handshakeHelloWelcomeAndPackets():
     """Over Twisted's WebSocket framing the client is welcomed and a packet crosses each way."""
     clock = Clock()
     server = makeServer(clock, allowPlain=True)
-    client = TetherClient("lap", "secret", Network(), reactor=clock)
+    client = TetherClient("lap", "secret", NullNetwork(), reactor=clock)
     client.tun = type("T", (), {"written": [], "write": lambda self, p: self.written.append(p)})()
     link, wire, pump = pair(server, client)
     assert link.welcomed and client.config[0] == "198.18.100.2"
@@ -70,7 +62,7 @@ def test_oversizedMessageRefused1009():
     """A message larger than the limit is refused with close 1009 before it is buffered whole, and logged."""
     clock = Clock()
     server = makeServer(clock, allowPlain=True)
-    client = TetherClient("lap", "secret", Network(), reactor=clock)
+    client = TetherClient("lap", "secret", NullNetwork(), reactor=clock)
     link, wire, pump = pair(server, client)
     with Logged() as events:
         wire.sendBytesMessage(b"\x45" + bytes(MAX_MESSAGE + 10))
@@ -129,7 +121,7 @@ async def test_wssVerifiesServerCertificate(reactor, devCert):
     port = await endpoints.serverFromString(
         reactor, tlsListenString(0, cert, key, "127.0.0.1")).listen(Site(server.resource()))
     url = f"wss://localhost:{port.getHost().port}/tether/v1"
-    client = TetherClient("lap", "secret", Network(), reactor=reactor)
+    client = TetherClient("lap", "secret", NullNetwork(), reactor=reactor)
     welcomed: list = []
     client.welcomed = lambda link, welcome: welcomed.append(welcome)
     try:

@@ -175,6 +175,18 @@ def welcomed(server, name: str = "lap", token: str = "secret", session=None, bin
     return link, ws, welcome
 
 
+class NullNetwork:
+    """
+    A client's L{tether.netconf.ClientNetwork} that configures nothing.
+    """
+
+    async def apply(self, *config, server=None) -> None:
+        pass
+
+    async def restore(self) -> None:
+        pass
+
+
 @implementer(ICommandRunner)
 class RecordingRunner:
     """
