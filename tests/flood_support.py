@@ -40,6 +40,21 @@ class FloodResult:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
+    def assertBounded(self, label: str, deadline: float) -> None:
+        """
+        Print the figures, then check issue 9's bounds: RSS growth under
+        32 MiB, the client cut within C{deadline} (plus 5 s of slack), and
+        the other client's p99 under 100 ms.
+        """
+        print(
+            f"{label}: took {self.sent / MiB:.1f} MiB, cut after {self.cutAfter} s,"
+            f" RSS +{self.rssGrowth / MiB:.1f} MiB, probe p99 {self.p99() * 1000:.1f} ms"
+            f" over {len(self.latencies)} round trips"
+        )
+        assert self.rssGrowth < 32 * MiB, self
+        assert self.cutAfter is not None and self.cutAfter < deadline + 5, self
+        assert len(self.latencies) > 10 and self.p99() < 0.1, self
+
 
 def _connect(port: int, cafile: str | None, host: str = "127.0.0.1") -> socket.socket:
     sock = socket.create_connection((host, port), timeout=30)

@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 
 from coursenet.receiver import CommandReceiver
-from tests.flood_support import MiB, floodWithoutReading, readUntil
+from tests.flood_support import floodWithoutReading, readUntil
 from tests.test_bftp_integration import PASSWORD, USER, mode, root, startServer  # noqa: F401 (fixtures)
 
 LOGIN = f"HELLO BFTP/1\r\nUSER {USER}\r\nPASS {PASSWORD}\r\n".encode()
@@ -34,6 +34,9 @@ async def test_floodWithoutReadingIsBounded(reactor, root, mode, devCert, shortD
     """100 MB of HELP without reading: RSS grows < 32 MiB, the client is cut within the deadline, NOOP p99 < 100 ms for another client."""
     server = await startServer(reactor, root, mode, devCert)
     try:
+        # A password's first check costs 16 MiB (scrypt); later ones a hash.
+        # Pay it before measuring, so the figure is the flood's alone.
+        await (await server.client()).quit()
         result = await floodWithoutReading(
             server.portNumber,
             b"HELP\r\n",
@@ -44,6 +47,4 @@ async def test_floodWithoutReadingIsBounded(reactor, root, mode, devCert, shortD
         )
     finally:
         await server.stop()
-    assert result.rssGrowth < 32 * MiB, result
-    assert result.cutAfter is not None and result.cutAfter < shortDeadline + 5, result
-    assert len(result.latencies) > 10 and result.p99() < 0.1, result
+    result.assertBounded(f"{mode} {'after' if loggedIn else 'before'} login", shortDeadline)

@@ -118,14 +118,7 @@ async def test_flood_without_reading_is_bounded(po, shortDeadline, flood):
     server, request, preamble = FLOODS[flood]
     setup, exchange = probe(server)
     result = await floodWithoutReading(po.ports[server], request, exchange, preamble=preamble, setup=setup)
-    print(
-        f"{flood}: took {result.sent / MiB:.1f} MiB, cut after {result.cutAfter} s,"
-        f" RSS +{result.rssGrowth / MiB:.1f} MiB, probe p99 {result.p99() * 1000:.1f} ms"
-        f" over {len(result.latencies)} round trips"
-    )
-    assert result.rssGrowth < 32 * MiB, result
-    assert result.cutAfter is not None and result.cutAfter < shortDeadline + 5, result
-    assert len(result.latencies) > 10 and result.p99() < 0.1, result
+    result.assertBounded(flood, shortDeadline)
 
 
 # -- overlong lines ----------------------------------------------------------------------
