@@ -101,6 +101,7 @@ class Outbox:
         self._onCutOff = onCutOff
         self._stall: Any = None
         self._producer: Any = None
+        self._direct(True)
         transport.registerProducer(self, True)
 
     # The interfaces of the real transport, as they are now: startTLS adds
@@ -122,6 +123,11 @@ class Outbox:
     # -- ITransport -------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        # Reached only while full or cut off.  Otherwise _direct has put the
+        # real transport's own write (as it was when the connection was
+        # made) in this instance's dict, where it is found first: with
+        # __getattr__ defined, every attribute lookup here is slow, and a
+        # chat fan-out makes one write per member per message.
         if self.cutOff:
             return
         if self.full:
@@ -130,6 +136,16 @@ class Outbox:
                 self.cutOffNow(f"over {self.limit} bytes waiting to be read")
                 return
         self.wrappedTransport.write(data)
+
+    def _direct(self, direct: bool) -> None:
+        """
+        Let writes go straight to the real transport (C{direct}), or through
+        L{write}, which counts them and drops them once cut off.
+        """
+        if direct:
+            self.__dict__["write"] = self.wrappedTransport.write
+        else:
+            self.__dict__.pop("write", None)
 
     def writeSequence(self, seq) -> None:
         self.write(b"".join(seq))
@@ -186,6 +202,7 @@ class Outbox:
             return
         self.full = True
         self.waiting = 0
+        self._direct(False)
         if self.drainTimeout:
             self._stall = self._clock.callLater(self.drainTimeout, self._stalled)
         self._onFull()
@@ -201,6 +218,7 @@ class Outbox:
             return
         self.full = False
         self.waiting = 0
+        self._direct(not self.cutOff)
         self._cancelStall()
         self._onDrained()
 
@@ -229,6 +247,7 @@ class Outbox:
         if self.cutOff:
             return
         self.cutOff = True
+        self._direct(False)
         _cutOffLog(self._clock).info("{transport}: cut off: {why}", transport=self.wrappedTransport, why=why)
         self._onCutOff(why)
         self.abortConnection()

@@ -128,8 +128,8 @@ def smtpSession(store, record):
     p = SMTPServer(LocalDelivery(store, ["example.test"]), None, 100_000, clock=FakeReactor())
     p.host = b"example.test"
     t = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4000))
+    record.watch(t)  # before the connection: the outbox keeps the write it finds
     p.makeConnection(t)
-    record.watch(t)
     p.dataReceived(b"EHLO c.test\r\nMAIL FROM:<bob@else.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
     p.dataReceived(b"Subject: durable\r\n\r\n" + b"x" * 70 + b"\r\n" * 3)
     return p
@@ -180,7 +180,7 @@ def imapSession(record, untagged=False):
     store = memoryStore(record.root, pool, reactor=clock, fsync=record.fsync)
     session = Session(store, clock, pool)
     record.watch(
-        session.transport, keep=lambda line: line if untagged or line[:1] not in b"*+" else None
+        session.server.transport, keep=lambda line: line if untagged or line[:1] not in b"*+" else None
     )
     return store, session
 

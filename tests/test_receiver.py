@@ -444,3 +444,22 @@ def test_protocolProducerThatTheClientStopsTakingIsCut(streaming):
     assert not t.disconnecting
     clock.advance(p.drainTimeout)
     assert t.disconnecting and p.transport.cutOff
+
+
+def test_writesAfterACutOffAreDroppedAndCountingStopsOnDrain():
+    """Once cut off nothing more reaches the transport; after a drain, writes are no longer counted."""
+    p = Echo()
+    p.outputLimit = 50
+    p, t = connect(p)
+    p.transport.write(b"x" * 100)          # full
+    p.transport.write(b"y" * 40)           # counted: 40
+    t.drain()
+    assert p.transport.waiting == 0
+    p.transport.write(b"z" * 10)           # not full: not counted
+    assert p.transport.waiting == 0
+    p.transport.write(b"x" * 100)          # full again
+    p.transport.write(b"w" * 51)           # past the limit: cut off
+    assert p.transport.cutOff
+    sent = t.value()
+    p.transport.write(b"dropped")
+    assert t.value() == sent
