@@ -33,6 +33,7 @@ import ipaddress
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Awaitable, Callable
 
@@ -276,12 +277,30 @@ class SQLiteGuessStore(_Entries):
             # accounts and addresses: the file is its owner's only.
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            for statement in _SCHEMA:
-                db.execute(statement)
+            self._setUp(db)
             self._db, self._pid = db, os.getpid()
         return self._db
+
+    @staticmethod
+    def _setUp(db: sqlite3.Connection) -> None:
+        """
+        WAL mode and the schema.  Two processes opening a new file at once
+        can find it locked without SQLite's busy handler waiting (switching
+        to WAL needs the file to themselves): try again until the busy
+        timeout has passed.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _get(self, key: str, now: float) -> Entry:
         row = self._connection().execute(
