@@ -147,6 +147,20 @@ def fsyncDirectory(path: str) -> None:
         os.close(fd)
 
 
+_lastValidity = 0
+
+
+def newUidValidity() -> int:
+    """
+    A UIDVALIDITY for a new folder: the time in seconds, but always more
+    than the last one given, so that a folder deleted and made again
+    within one second does not get its old value (RFC 3501 section 2.3.1.1).
+    """
+    global _lastValidity
+    _lastValidity = max(int(time.time()), _lastValidity + 1)
+    return _lastValidity
+
+
 class _DirectorySync:
     """
     Group commit of directory fsyncs: a caller returns once a fsync that
@@ -615,7 +629,7 @@ class Folder:
     async def _load(self) -> None:
         state = await self._run(self._readUidList)
         if state is None:
-            validity = int(time.time())
+            validity = newUidValidity()
             await self._run(self._writeUidList, validity, 1, [])
             state = validity, 1, {}
         self.uidValidity, self.uidNext, self._known = state

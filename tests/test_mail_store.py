@@ -330,3 +330,11 @@ def test_unique_names_sort_in_order_made(monkeypatch):
     monkeypatch.setattr(maildir.time, "time", lambda: next(times))
     names = [maildir.uniqueName() for _ in range(4)]
     assert sorted(names) == names
+
+
+def test_uidValidityOfAFolderMadeAgainInTheSameSecondDiffers():
+    """New folders get strictly increasing UIDVALIDITY values, even within one second."""
+    from mail.maildir import newUidValidity
+
+    values = [newUidValidity() for _ in range(5)]
+    assert values == sorted(set(values)) and len(values) == 5
