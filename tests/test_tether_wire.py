@@ -46,6 +46,14 @@ def test_badHelloRefused(message, code):
     assert e.value.code == code
 
 
+@pytest.mark.parametrize("version", [True, 1.0, "1", None])
+def test_nonIntegerVersionRefused(version):
+    """A hello whose version is not a JSON integer (true, 1.0, "1", missing) is refused as malformed."""
+    with pytest.raises(ProtocolError) as e:
+        parseHello({"type": "hello", "version": version, "name": "a", "token": "t"})
+    assert e.value.code == Close.BAD_MESSAGE
+
+
 def test_base64TextData():
     """A text message that is not JSON is a base64 packet; malformed base64 is refused."""
     packet = ip4("198.18.100.2", "198.18.2.2")

@@ -188,7 +188,11 @@ def parseHello(message: dict) -> Hello:
     """
     if message.get("type") != "hello":
         raise ProtocolError(Close.BAD_MESSAGE, "the first message must be a hello")
-    if message.get("version") != VERSION:
+    version = message.get("version")
+    # JSON true and 1.0 compare equal to 1 in Python; only an integer is a version.
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ProtocolError(Close.BAD_MESSAGE, "hello: \"version\" must be an integer")
+    if version != VERSION:
         raise ProtocolError(Close.VERSION, f"unsupported version {message.get('version')!r}; this server speaks {VERSION}")
     session = message.get("session")
     if session is not None:
