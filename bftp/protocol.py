@@ -85,6 +85,9 @@ HELP = [
 ]
 
 
+_BAD_DIGEST_LINE = "expected the SHA-256 of the file as 64 hex digits after the data; upload kept for resume"
+
+
 @dataclass
 class _Upload:
     vpath: str
@@ -174,6 +177,13 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
     # -- input --------------------------------------------------------------
 
     def lineLengthExceeded(self, line: bytes) -> None:
+        if self._upload is not None and self._upload.awaitingDigest:
+            # It stood where the digest goes: a bad digest line, not a
+            # command to drop while the upload waits on.
+            self.resetTimeout()
+            self._endUpload(keepPartial=True)
+            self.reply(Code.BAD_ARGUMENT, _BAD_DIGEST_LINE)
+            return
         self.reply(Code.SYNTAX, f"line too long: the limit is {MAX_LINE} bytes")
 
     def bareLineFeed(self, line: bytes) -> None:
@@ -625,10 +635,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         sink = upload.sink
         if not _DIGEST_LINE.fullmatch(line):
             self._endUpload(keepPartial=True)
-            raise ProtocolError(
-                Code.BAD_ARGUMENT,
-                "expected the SHA-256 of the file as 64 hex digits after the data; upload kept for resume",
-            )
+            raise ProtocolError(Code.BAD_ARGUMENT, _BAD_DIGEST_LINE)
         if sink.error is not None:
             self._endUpload(keepPartial=False)
             if isinstance(sink.error, OSError):

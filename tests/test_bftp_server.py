@@ -441,6 +441,18 @@ def test_digestLineWithTrailingGarbageRefused(root, fake):
     assert (root / (PARTIAL_PREFIX + "f")).read_bytes() == b"abc"
 
 
+def test_overlongDigestLineRefusedAndKept(root, fake):
+    """An overlong line where the digest is expected gets the bad-digest 501, the upload is kept and the connection goes on."""
+    lines, *_ = raw(
+        root, fake, LOGIN,
+        b"PUT f\r\n", b"00000003abc00000000" + b"X" * 5000 + b"\r\n", b"NOOP\r\n",
+    )
+    fake.advance(0)
+    assert codes(lines[4:]) == [350, 501, 200]
+    assert "upload kept for resume" in lines[5]
+    assert (root / (PARTIAL_PREFIX + "f")).read_bytes() == b"abc"
+
+
 def test_fifoRefusedWithoutBlocking(root, fake):
     """GET and HASH of a FIFO answer 555 at once instead of blocking the server on open()."""
     os.mkfifo(root / "pipe")
