@@ -402,6 +402,9 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
     def do_MKDIR(self, command: Command) -> None:
         (arg,) = self._args(command, 1, 1, "MKDIR path")
         vpath = self._path(arg)
+        if vpath in self.factory.uploads:
+            # The upload's rename into place would then fail.
+            raise ProtocolError(Code.BUSY, f"{vpath}: an upload is in progress")
         try:
             os.mkdir(self.factory.jail.real(vpath))
         except OSError as e:

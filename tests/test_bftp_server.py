@@ -511,6 +511,28 @@ def test_renameRefusedDuringUpload(root, fake):
     assert (root / "docs").is_dir()
 
 
+def test_mkdirAndRenameOntoUploadRefused(root, fake):
+    """MKDIR of a path being uploaded, and RENAME onto it, get the 450 that DELETE gets, and the upload still completes."""
+    factory = makeFactory(root, fake)
+    c1, s1, p1 = connected(factory, fake, Raw)
+    c1.transport.write(LOGIN + b"PUT new\r\n")
+    p1.flush()
+    c2, s2, p2 = connected(factory, fake, Raw)
+    c2.transport.write(LOGIN + b"MKDIR new\r\nRENAME docs new\r\n")
+    p2.flush()
+    assert codes(c2.lines()[4:]) == [450, 450]
+    assert c2.lines()[4] == "450 /new: an upload is in progress"
+    assert c2.lines()[5] == "450 an upload to that path is in progress; try later"
+    assert not (root / "new").exists()
+    digest = hashlib.sha256(b"abc").hexdigest().encode()
+    c1.transport.write(b"00000003abc00000000" + digest + b"\r\n")
+    p1.flush()
+    fake.advance(0)
+    p1.flush()
+    assert codes(c1.lines()[4:]) == [350, 226]
+    assert (root / "new").read_bytes() == b"abc"
+
+
 def test_loginDeadline(root, fake):
     """A connection that does not log in within the login timeout gets 421 and is closed, even if it keeps sending NOOP."""
     lines, server, pump, client = raw(root, fake, loginTimeout=30)
