@@ -114,6 +114,24 @@ class VnetTun(ListTun):
         return on
 
 
+def test_tinyGsoSizeRefused():
+    """A gso_size below 536 (the IPv4 TCP default MSS) is refused rather than fanned out into thousands of packets."""
+    packet = superTCP(bytes(60000))
+    with pytest.raises(OffloadError, match="bad GSO size 1"):
+        checkHeader(VnetHeader(NEEDS_CSUM, GSO_TCPV4, 40, 1, 20, 16), packet)
+    with pytest.raises(OffloadError, match="bad GSO size 535"):
+        plainPackets(VnetHeader(NEEDS_CSUM, GSO_TCPV4, 40, 535, 20, 16), packet)
+    checkHeader(VnetHeader(NEEDS_CSUM, GSO_TCPV4, 40, 536, 20, 16), packet)
+
+
+def test_senderSegmentsItsKernelsTinyGsoSize():
+    """A super-packet our own kernel made with a gso_size under 536 is sent as plain packets, not as a header the peer refuses."""
+    data = VnetHeader(NEEDS_CSUM, GSO_TCPV4, 40, 500, 20, 16).pack() + superTCP(bytes(1200))
+    messages = tunMessages(data, vnet=True, offload=True)
+    assert [len(m) for m in messages] == [VNET_HDR_LEN + 540, VNET_HDR_LEN + 540, VNET_HDR_LEN + 240]
+    assert all(m[:VNET_HDR_LEN] == PLAIN_HDR and validTCP(m[VNET_HDR_LEN:]) for m in messages)
+
+
 def test_checksumIsRFC1071():
     """The modulo-0xFFFF checksum equals the word-by-word ones'-complement sum, odd lengths included."""
     for size in (1, 2, 3, 20, 1401, 65535):

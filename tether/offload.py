@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from tether.wire import GSO, VNET_HDR_LEN
 
-__all__ = ["GSO", "VNET_HDR_LEN", "PLAIN_HDR", "VnetHeader", "OffloadError", "checkHeader", "plainPackets",
+__all__ = ["GSO", "VNET_HDR_LEN", "PLAIN_HDR", "MIN_GSO_SIZE", "VnetHeader", "OffloadError", "checkHeader", "plainPackets",
            "isPlain", "tunMessages", "writeTun", "TunDevice", "VnetDevice"]
 
 
@@ -65,6 +65,11 @@ GSO_UDP_L4 = 5
 GSO_ECN = 0x80
 
 _HDR = struct.Struct("<BBHHHH")
+
+#: The smallest C{gso_size} a receiver takes: the IPv4 TCP default MSS
+#: (RFC 879).  Smaller segments would let one 64 KiB message fan out into
+#: tens of thousands of packets.
+MIN_GSO_SIZE = 536
 _TCP, _UDP = 6, 17
 
 
@@ -103,11 +108,11 @@ class VnetHeader:
         return self.gsoType == GSO_NONE and not self.flags & NEEDS_CSUM
 
 
-def checkHeader(header: VnetHeader, packet: bytes) -> None:
+def checkHeader(header: VnetHeader, packet: bytes, minimum: int = MIN_GSO_SIZE) -> None:
     """
     Refuse what a well-behaved kernel never writes: unknown flags or GSO
     types, and offsets outside C{packet} (an IPv4 packet, checked
-    separately).
+    separately), and a GSO size below C{minimum} or past the packet.
 
     @raise OffloadError: with the reason.
     """
@@ -121,7 +126,7 @@ def checkHeader(header: VnetHeader, packet: bytes) -> None:
     if kind != GSO_NONE:
         if not header.flags & NEEDS_CSUM:
             raise OffloadError("GSO without a partial checksum")
-        if not 0 < header.gsoSize <= len(packet):
+        if not max(minimum, 1) <= header.gsoSize <= len(packet):
             raise OffloadError(f"bad GSO size {header.gsoSize}")
         protocol = packet[9] if len(packet) >= 20 else None
         if protocol != (_TCP if kind == GSO_TCPV4 else _UDP):
@@ -152,18 +157,18 @@ def _ipHeader(ip: bytes, total: int, ident: int) -> bytes:
     return bytes(header)
 
 
-def plainPackets(header: VnetHeader, packet: bytes) -> list[bytes]:
+def plainPackets(header: VnetHeader, packet: bytes, minimum: int = MIN_GSO_SIZE) -> list[bytes]:
     """
     What the kernel would have handed over with no offloads: C{packet}
     finished (its partial checksum completed) or, for a GSO super-packet,
     cut into segments of C{gsoSize} payload bytes, each with its own IPv4
     header, TCP sequence number or UDP length, and checksums.
 
-    @raise OffloadError: for a header L{checkHeader} refuses.
+    @raise OffloadError: for a header L{checkHeader} refuses (with C{minimum}).
     """
     if header.plain:
         return [packet]
-    checkHeader(header, packet)
+    checkHeader(header, packet, minimum)
     kind = header.gsoType & ~GSO_ECN
     if kind == GSO_NONE:
         start, at = header.csumStart, header.csumStart + header.csumOffset
@@ -226,7 +231,14 @@ def tunMessages(data: bytes, vnet: bool, offload: bool) -> list[bytes]:
         header and the super-packet go as they are) or not (plain packets).
     """
     if offload:
-        return [data if vnet else PLAIN_HDR + data]
+        if not vnet:
+            return [PLAIN_HDR + data]
+        header = VnetHeader.parse(data)
+        if header.gsoType and header.gsoSize < MIN_GSO_SIZE:
+            # The peer refuses such a header; our own kernel's small-MSS
+            # super-packet is cut up here instead.
+            return [PLAIN_HDR + p for p in plainPackets(header, data[VNET_HDR_LEN:], 1)]
+        return [data]
     if not vnet:
         return [data]
     if isPlain(data):
