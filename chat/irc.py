@@ -125,7 +125,12 @@ class IRCSession(ChatReceiver, irc.IRC):  # type: ignore[misc]
     def commandReceived(self, line: bytes) -> Deferred | None:
         if not line.strip():
             return None
-        text = line.decode("utf-8", "replace")
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            # As the course door does (docs/chat.md section 2): refuse, do not relay U+FFFD.
+            self.numeric("400", "*", "Line is not valid UTF-8; nothing was done")
+            return None
         try:
             prefix, command, params = irc.parsemsg(text)
         except (ValueError, IndexError, irc.IRCBadMessage):

@@ -88,16 +88,19 @@ def test_irc_topic_list_who_names_and_history():
 
 
 def test_irc_overlong_line_and_bad_utf8():
-    """A line over 512 bytes is a 417 and the connection goes on; bad UTF-8 does not crash it."""
+    """A line over 512 bytes is a 417, invalid UTF-8 a 400 with nothing relayed, and the connection goes on."""
     world = World()
     course = world.user("course", "lab")
     irc = ircUser(world, "ircy")
     irc.send("JOIN #lab")
     irc.lines()
-    irc.proto.dataReceived(b"PRIVMSG #lab :" + b"x" * 600 + b"\r\nPRIVMSG #lab :\xff ok\r\n")
+    irc.proto.dataReceived(b"PRIVMSG #lab :" + b"x" * 600 + b"\r\nPRIVMSG #lab :\xff ok\r\nPRIVMSG #lab :fine\r\n")
     lines = irc.lines()
     assert " 417 " in lines[0]
-    assert course.lines()[-1] == "MESSAGE lab ircy \ufffd ok"
+    assert lines[1] == ":coursenet.chat 400 ircy * :Line is not valid UTF-8; nothing was done"
+    seen = course.lines()
+    assert seen[-1] == "MESSAGE lab ircy fine"
+    assert not any("ok" in line for line in seen)
 
 
 def test_irc_nick_change_and_quit_seen_by_course():
