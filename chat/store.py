@@ -42,10 +42,15 @@ class MemoryHistory:
     """
     History kept in memory only: for tests, and servers that need no
     history across restarts.
+
+    @param keep: messages kept per room.
+    @param rooms: rooms with history kept (the server's C{maxRooms}); the
+        least recently written room's history goes first.
     """
 
-    def __init__(self, keep: int = 1000) -> None:
+    def __init__(self, keep: int = 1000, rooms: int = 1000) -> None:
         self.keep = keep
+        self.rooms = rooms
         self.messages: dict[str, collections.deque[Event]] = {}
         self.topics: dict[str, Topic] = {}
 
@@ -54,7 +59,13 @@ class MemoryHistory:
         return succeed((self.topics.get(room), messages))
 
     def append(self, event: Event) -> None:
-        self.messages.setdefault(event.room, collections.deque(maxlen=self.keep)).append(event)
+        kept = self.messages.pop(event.room, None)
+        if kept is None:
+            kept = collections.deque(maxlen=self.keep)
+        kept.append(event)
+        self.messages[event.room] = kept  # last in the dict: the most recently written
+        while len(self.messages) > self.rooms:
+            del self.messages[next(iter(self.messages))]
 
     def setTopic(self, room: str, topic: Topic | None) -> None:
         if topic is None:
@@ -72,14 +83,18 @@ class SQLiteHistory:
     History in an SQLite file.
 
     @param keep: messages kept per room; older ones are deleted.
+    @param rooms: rooms with history kept (the server's C{maxRooms}); when a
+        new room's first message would pass it, the history of the rooms
+        least recently written is deleted.
     """
 
     _log = Logger()
 
-    def __init__(self, path: str, keep: int = 1000, reactor=None) -> None:
+    def __init__(self, path: str, keep: int = 1000, reactor=None, rooms: int = 1000) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.keep = keep
+        self.rooms = rooms
         # One connection, one thread: SQLite writes one at a time anyway, and
         # a single worker runs the queued work in order, so a load always
         # sees the writes queued before it.
@@ -121,8 +136,12 @@ class SQLiteHistory:
 
     def _write(self, txn, batch: list[tuple]) -> None:
         rooms = set()
+        newRoom = False
         for op in batch:
             if op[0] == "message":
+                if op[1] not in rooms:
+                    txn.execute("SELECT 1 FROM messages WHERE room = ? LIMIT 1", (op[1],))
+                    newRoom = newRoom or txn.fetchone() is None
                 txn.execute(
                     "INSERT INTO messages (room, time, nick, text) VALUES (?, ?, ?, ?)", op[1:]
                 )
@@ -140,6 +159,13 @@ class SQLiteHistory:
                 "DELETE FROM messages WHERE room = ? AND id <= (SELECT id FROM messages"
                 " WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                 (room, room, self.keep),
+            )
+        if newRoom:
+            # Only a room's first message can pass the cap, so the scan runs rarely.
+            txn.execute(
+                "DELETE FROM messages WHERE room NOT IN (SELECT room FROM messages"
+                " GROUP BY room ORDER BY MAX(id) DESC LIMIT ?)",
+                (self.rooms,),
             )
 
     def load(self, room: str, count: int) -> Deferred:

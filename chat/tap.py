@@ -111,12 +111,15 @@ class ChatService(service.MultiService):
         return d.addBoth(lambda _: self.store.close())
 
 
-def makeStore(path: str, reactor=None) -> IHistoryStore:
+def makeStore(path: str, reactor=None, rooms: int = 1000) -> IHistoryStore:
+    """
+    The history store at C{path}, keeping history for at most C{rooms} rooms.
+    """
     if path == ":memory:":
-        return MemoryHistory()
+        return MemoryHistory(rooms=rooms)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    return SQLiteHistory(path, reactor=reactor)
+    return SQLiteHistory(path, reactor=reactor, rooms=rooms)
 
 
 def makeServer(options: Options, reactor=None) -> tuple[ChatServer, Limits]:
@@ -129,7 +132,7 @@ def makeServer(options: Options, reactor=None) -> tuple[ChatServer, Limits]:
     if options["passwd"] or options["users"]:
         checker = PasswordChecker(options["passwd"], options["users"], reactor=reactor, rule=options.guessRule())
     server = ChatServer(
-        makeStore(options["history-db"], reactor),
+        makeStore(options["history-db"], reactor, rooms=options["max-rooms"]),
         checker=checker,
         anonymous=not options["accounts-only"],
         historySize=options["history"],

@@ -21,7 +21,7 @@ from twisted.internet.task import deferLater
 
 from chat.client import ChatClient, ChatReplyError, connect
 from chat.protocol import ChatFactory
-from chat.rooms import ChatServer
+from chat.rooms import ChatServer, Event
 from chat.session import Limits
 from chat.store import MemoryHistory, SQLiteHistory
 from coursenet.admission import defaultMaxConnections
@@ -329,3 +329,25 @@ async def test_thousand_clients_in_one_room(reactor):
             c.transport.abortConnection()
         await defer.gatherResults([c.closed for c in clients])
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_kept_for_at_most_max_rooms(reactor, tmp_path):
+    """The SQLite and memory stores keep history for the most recently written rooms only, no more than --max-rooms."""
+    from chat.tap import Options, makeServer
+
+    options = Options()
+    options.parseOptions(["--max-rooms", "2", "--history-db", str(tmp_path / "h.sqlite")])
+    server, _ = makeServer(options, reactor)
+    assert server.store.rooms == 2
+    await server.store.close()
+    for store in (SQLiteHistory(str(tmp_path / "cap.sqlite"), reactor=reactor, rooms=2), MemoryHistory(rooms=2)):
+        try:
+            for n, room in enumerate(["a", "b", "a", "c"]):
+                store.append(Event("MESSAGE", "ada", room, f"m{n}", float(n)))
+                await store.load(room, 10)  # one write batch per message
+            for room, texts in [("a", ["m0", "m2"]), ("b", []), ("c", ["m3"])]:
+                _, messages = await store.load(room, 10)
+                assert [e.text for e in messages] == texts, (store, room)
+        finally:
+            await store.close()
