@@ -122,6 +122,8 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         self._openFiles: set[int] = set()
         self._lost = False
         self._loginDeadline: IDelayedCall | None = None
+        #: A GET's chunks are going out: no reply may be written until then.
+        self._sending = False
 
     @staticmethod
     def busyReply(text: str) -> bytes:
@@ -167,6 +169,14 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             self._close(fd)
 
     def timeoutConnection(self) -> None:
+        if self._sending:
+            # A reply here would land inside the file data: cut the stream.
+            self._log.info(
+                "{peer} read nothing of a download for {t} s; aborting",
+                peer=self.peer, t=self.factory.idleTimeout,
+            )
+            self.transport.abortConnection()
+            return
         self._log.info("{peer} idle for {t} s; closing", peer=self.peer, t=self.factory.idleTimeout)
         self.reply(Code.CLOSING, f"idle for {self.factory.idleTimeout} seconds; closing")
         self.transport.loseConnection()
@@ -525,7 +535,14 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             useSendfile=self.factory.sendfile,
         )
         digest = self.factory.digests.digest(fd, st)
+        self._sending = True
         sending = sender.beginSending(self.transport)
+
+        def sent(result):
+            self._sending = False
+            return result
+
+        sending.addBoth(sent)
 
         def digestFailed(failure):
             # While chunks are still going out no reply can be slipped in:

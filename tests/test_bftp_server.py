@@ -10,7 +10,8 @@ import os
 
 import pytest
 from twisted.cred.credentials import IUsernamePassword
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 
@@ -660,6 +661,40 @@ def test_idleClientThatStopsReadingIsCut(root, fake):
     assert not real.disconnecting
     fake.advance(5)
     assert real.disconnecting
+
+
+def test_idleTimeoutDuringGetAbortsWithoutReply(root, fake):
+    """An idle timeout while a GET's chunks are held back writes no 421 into the data: the connection is aborted and logged."""
+    (root / "big").write_bytes(os.urandom(5_000_000))
+    factory = makeFactory(root, fake, idleTimeout=10, sendfile=False)
+    client, server, pump = connected(factory, fake, Raw)
+    client.transport.write(LOGIN)
+    pump.flush()
+    outbox = server.transport
+    real = outbox.wrappedTransport
+
+    def write(data):
+        # The socket fills up after the first chunk: the client reads no more.
+        real.write(data)
+        if len(data) > 1000 and real.producer is not None:
+            real.producer.pauseProducing()
+
+    outbox.__dict__["write"] = write
+    client.transport.write(b"GET big\r\n")
+    pump.pump()
+    assert pump.serverIO.stream[0].startswith(b"150 ")
+    assert len(pump.serverIO.stream) == 2, "one chunk is sent, then the sender waits"
+    aborted = []
+    real.abortConnection = lambda: aborted.append(True)
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    try:
+        fake.advance(11)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert aborted
+    assert not any(b"421" in data for data in pump.serverIO.stream)
+    assert any("aborting" in e.get("log_format", "") for e in observer)
 
 
 def test_tapOptionsReachTheFactory(tmp_path):
