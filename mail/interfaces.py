@@ -23,6 +23,12 @@ class IMailStore(Interface):
 
     maxMessageSize = Attribute("The largest message L{append} stores, or L{None}.")
 
+    def start() -> Deferred:
+        """
+        Ready the store as the server starts: remove the files left in
+        every Maildir's C{tmp/} by interrupted deliveries, off the reactor.
+        """
+
     def hasUser(name: str) -> bool:
         """
         Whether C{name} is a local account that can receive mail.

@@ -242,6 +242,36 @@ def ensureMaildir(path: str) -> bool:
     return created or made
 
 
+#: How old a file in C{tmp/} may be before it is taken for the remains of
+#: an interrupted delivery and removed (the Maildir convention, 36 hours:
+#: cr.yp.to/proto/maildir.html).
+TMP_MAX_AGE = 36 * 3600
+
+
+def removeStaleTmp(maildir: str, maxAge: float, now: float | None = None) -> list[str]:
+    """
+    Remove the files in C{maildir}'s C{tmp/} last modified more than
+    C{maxAge} seconds before C{now} (the wall clock by default).  Blocking.
+
+    @return: the names removed.
+    """
+    if now is None:
+        now = time.time()
+    removed = []
+    try:
+        entries = list(os.scandir(os.path.join(maildir, "tmp")))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < now - maxAge:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except FileNotFoundError:
+            continue
+    return removed
+
+
 def _writeAll(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -843,6 +873,7 @@ class MaildirStore:
         maxMessageSize: int | None = None,
         threadPool: Any = None,
         fsync: Fsync = os.fsync,
+        tmpMaxAge: float = TMP_MAX_AGE,
     ) -> None:
         """
         @param hasUser: a callable telling whether a user name is an account.
@@ -851,6 +882,9 @@ class MaildirStore:
             own pool, started on first use and stopped by L{close} (or at
             reactor shutdown).
         @param fsync: how message files and UID lists are made durable.
+        @param tmpMaxAge: seconds after which a file left in a Maildir's
+            C{tmp/} (an interrupted delivery) is removed, by L{start} and
+            when the store first opens that Maildir.
         """
         self.maxMessageSize = maxMessageSize
         if reactor is None:
@@ -865,7 +899,60 @@ class MaildirStore:
         self._fsync = fsync
         self._folders: dict[str, Folder] = {}
         self._userLocks: dict[str, DeferredLock] = {}
+        self.tmpMaxAge = tmpMaxAge
+        self._swept: set[str] = set()
         os.makedirs(self.root, mode=0o700, exist_ok=True)
+
+    def start(self) -> Deferred[list[str]]:
+        """
+        Remove stale C{tmp/} files from every Maildir under the root, in
+        the store's pool.
+
+        @return: a L{Deferred} firing with the paths removed.
+        """
+
+        def sweepAll() -> list[str]:
+            removed = []
+            for maildir in self._allMaildirs():
+                self._swept.add(maildir)
+                removed += [os.path.join(maildir, "tmp", n) for n in removeStaleTmp(maildir, self.tmpMaxAge)]
+            return removed
+
+        d = self.run(sweepAll)
+        d.addCallback(self._sweptLog)
+        return d
+
+    def _allMaildirs(self) -> list[str]:
+        found = []
+        with os.scandir(self.root) as users:
+            for user in users:
+                if not user.is_dir(follow_symlinks=False):
+                    continue
+                found.append(user.path)
+                with os.scandir(user.path) as folders:
+                    found += [
+                        f.path for f in folders
+                        if f.name.startswith(".") and f.is_dir(follow_symlinks=False)
+                    ]
+        return found
+
+    def _sweep(self, maildir: str) -> None:
+        """
+        Remove stale C{tmp/} files of C{maildir} the first time the store
+        opens it, in the pool; a failure is logged, never the caller's.
+        """
+        if maildir in self._swept:
+            return
+        self._swept.add(maildir)
+        d = self.run(lambda: [os.path.join(maildir, "tmp", n) for n in removeStaleTmp(maildir, self.tmpMaxAge)])
+        d.addCallback(self._sweptLog)
+        d.addErrback(lambda f: _log.failure("could not clean {path}/tmp", f, path=maildir))
+
+    @staticmethod
+    def _sweptLog(removed: list[str]) -> list[str]:
+        for path in removed:
+            _log.info("removed {path}, left by an interrupted delivery", path=path)
+        return removed
 
     # -- threads -------------------------------------------------------------------
 
@@ -949,6 +1036,7 @@ class MaildirStore:
         path = self.folderPath(user, name)
         folder = self._folders.get(path)
         if folder is None:
+            self._sweep(path)
             folder = self._folders[path] = Folder(
                 path, self.run, self._fsync, create=name.upper() == INBOX
             )
@@ -1086,6 +1174,7 @@ class MaildirStore:
 
     def openDelivery(self, user: str) -> Delivery:
         maildir = self.maildir(user)
+        self._sweep(maildir)
 
         def delivered(name: str) -> str:
             folder = self._folders.get(maildir)

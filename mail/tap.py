@@ -98,6 +98,21 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
                 self[proto].append(description)
 
 
+class MailService(service.MultiService):
+    """
+    The listeners, and the store started with them (stale C{tmp/} files
+    removed, in the store's pool).
+    """
+
+    def __init__(self, store: MaildirStore) -> None:
+        super().__init__()
+        self.store = store
+
+    def startService(self) -> None:
+        self.store.start()
+        super().startService()
+
+
 def makeService(options: Options) -> service.IService:
     checker = PasswordChecker(options["passwd"], options["users"], rule=options.guessRule())
     store = MaildirStore(
@@ -124,7 +139,7 @@ def makeService(options: Options) -> service.IService:
         "pop3": POP3Factory(portal, ctx, loginNeedsTLS=ctx is not None, admission=admission),
         "imap": IMAPFactory(portal, ctx, options["max-message-size"], admission=admission),
     }
-    top = service.MultiService()
+    top = MailService(store)
     for proto, factory in factories.items():
         for description in options[proto]:
             strports.service(description, factory).setServiceParent(top)

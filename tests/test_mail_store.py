@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -338,3 +339,30 @@ def test_uidValidityOfAFolderMadeAgainInTheSameSecondDiffers():
 
     values = [newUidValidity() for _ in range(5)]
     assert values == sorted(set(values)) and len(values) == 5
+
+
+def test_stale_tmp_files_removed_at_start_and_on_first_open(tmp_path):
+    """Files in tmp/ older than the store's tmpMaxAge go at start and when a Maildir is first opened; younger ones stay, all in the pool."""
+    pool = ManualPool()
+    store = memoryStore(str(tmp_path / "mail"), pool, tmpMaxAge=36 * 3600)
+    old = time.time() - 37 * 3600
+    paths = {}
+    for where in ["alice", "alice/.Work", "bob"]:
+        top = os.path.join(store.root, where)
+        maildir.ensureMaildir(top)
+        for age in ("old", "young"):
+            path = paths[where, age] = os.path.join(top, "tmp", f"{age}.partial")
+            with open(path, "wb") as f:
+                f.write(b"half a message")
+        os.utime(paths[where, "old"], (old, old))
+    started = store.start()
+    assert os.path.exists(paths["alice", "old"])  # nothing on the reactor thread
+    pool.runAll()
+    assert sorted(result(started)) == sorted(paths[w, "old"] for w in ["alice", "alice/.Work", "bob"])
+    assert all(os.path.exists(paths[w, "young"]) for w in ["alice", "alice/.Work", "bob"])
+
+    later = memoryStore(str(tmp_path / "mail"), pool, tmpMaxAge=60)
+    os.utime(paths["bob", "young"], (time.time() - 120,) * 2)
+    later.openFolder("bob")
+    pool.runAll()
+    assert not os.path.exists(paths["bob", "young"]) and os.path.exists(paths["alice", "young"])
