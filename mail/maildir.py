@@ -257,7 +257,7 @@ def removeStaleTmp(maildir: str, maxAge: float, now: float | None = None) -> lis
     """
     if now is None:
         now = time.time()
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(os.path.join(maildir, "tmp")))
     except (FileNotFoundError, NotADirectoryError):
