@@ -25,7 +25,7 @@ from twisted.python.components import registerAdapter
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from bftp.wire import CHUNK_SIZE, END_OF_DATA, ChunkDecoder, chunkHeader
+from bftp.wire import CHUNK_SIZE, END_OF_DATA, ChunkDecoder, FramingError, chunkHeader
 from coursenet._compat import setTCPReadSize
 from coursenet.coalesce import Coalescer
 from coursenet.interfaces import IFastTransfer
@@ -425,9 +425,17 @@ class ChunkSink:
     def feed(self, data: bytes) -> None:
         """
         @raise bftp.wire.FramingError: for a chunk header that cannot be
-            read.
+            read, once the chunks before it are written.
         """
-        for piece in self._decoder.feed(data):
+        try:
+            pieces = self._decoder.feed(data)
+        except FramingError as e:
+            self._write(e.pieces)
+            raise
+        self._write(pieces)
+
+    def _write(self, pieces) -> None:
+        for piece in pieces:
             n = len(piece)
             if self.error is None:
                 if self._limit is not None and self.size + n > self._limit:

@@ -80,7 +80,12 @@ class ProtocolError(ReplyError):
 class FramingError(ProtocolError):
     """
     A chunk header that cannot be read: the data stream is lost.
+
+    @ivar pieces: the payload found before the bad header in the same
+        L{ChunkDecoder.feed} call, which is good data all the same.
     """
+
+    pieces: list[memoryview] = []
 
 
 def formatReply(code: int, text: str) -> bytes:
@@ -242,7 +247,8 @@ class ChunkDecoder:
     def feed(self, data: bytes) -> list[memoryview]:
         """
         @raise FramingError: for a header that is not 8 hex digits or that
-            announces more than C{maxChunk} bytes.
+            announces more than C{maxChunk} bytes; its C{pieces} are the
+            payload that came before it in C{data}.
         """
         if self.done:
             self.rest += data
@@ -264,7 +270,11 @@ class ChunkDecoder:
             if len(self._header) < HEADER_LEN:
                 break
             header, self._header = self._header, b""
-            length = _parseHeader(header, self.maxChunk)
+            try:
+                length = _parseHeader(header, self.maxChunk)
+            except FramingError as e:
+                e.pieces = pieces
+                raise
             if length == 0:
                 self.done = True
                 self.rest = bytes(view[pos:])

@@ -242,6 +242,17 @@ def test_putBadChunkHeader(root, fake, header):
     assert (root / "a.txt").read_bytes() == b"hello world\n"
 
 
+def test_putBadChunkHeaderKeepsChunksBeforeIt(root, fake):
+    """The chunks received whole before a bad chunk header, even in the same read, are kept for resume."""
+    data = os.urandom(50_000)
+    lines, server, pump, client = raw(
+        root, fake, LOGIN,
+        b"PUT f\r\n", b"%08x" % len(data) + data + b"zzzzzzzz",
+    )
+    assert codes(lines[4:]) == [350, 500]
+    assert (root / (PARTIAL_PREFIX + "f")).read_bytes() == data
+
+
 def test_putSizeLimit(root, fake):
     """A file over --max-file-size gets 552 after its data, nothing is stored, and the connection goes on."""
     data = b"x" * 100
