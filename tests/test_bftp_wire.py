@@ -160,3 +160,41 @@ def test_fuzzChunkDecoder(pieces):
             assert len(d._header) < 8
     except FramingError:
         pass
+
+
+def _spec() -> str:
+    import pathlib
+
+    return (pathlib.Path(__file__).parent.parent / "docs" / "bftp.md").read_text(encoding="utf-8")
+
+
+def test_specAppendixBReferencesPointAtTheRightItem():
+    """Every "Appendix B, item N" in docs/bftp.md names an existing item about what the citing sentence is about."""
+    import re
+
+    text = _spec()
+    appendix = text.split("## Appendix B.")[1]
+    items = {int(n): title for n, title in re.findall(r"^(\d+)\. \*\*(.+?)\*\*", appendix, re.M)}
+    cues = {
+        "quota": "expire",
+        "RESOLVE_BENEATH": "Symbolic links",
+        "stale": "digests",
+        "IPv4": "guess throttle",
+        "concurrency": "concurrency",
+    }
+    refs = list(re.finditer(r"Appendix B,\s+item (\d+)", text))
+    assert refs
+    for m in refs:
+        n = int(m.group(1))
+        assert n in items, f"item {n} does not exist"
+        before = text[max(0, m.start() - 300) : m.start()]
+        for cue, title in cues.items():
+            if cue in before:
+                assert title in items[n], f"{cue!r} cites item {n}: {items[n]!r}"
+
+
+def test_specLimitsSayTheLoginOptionsExist():
+    """Section 11 names --login-timeout and the --guess-* options rather than saying twistd cannot set them."""
+    limits = _spec().split("## 11. Limits")[1].split("## 12.")[0]
+    assert "has no options" not in limits
+    assert "`--login-timeout`" in limits and "`--guess-forget`" in limits
