@@ -175,7 +175,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
                 "{peer} read nothing of a download for {t} s; aborting",
                 peer=self.peer, t=self.factory.idleTimeout,
             )
-            self.transport.abortConnection()
+            self._connectedOutbox().abortConnection()
             return
         self._log.info("{peer} idle for {t} s; closing", peer=self.peer, t=self.factory.idleTimeout)
         self.reply(Code.CLOSING, f"idle for {self.factory.idleTimeout} seconds; closing")
