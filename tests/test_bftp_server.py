@@ -299,16 +299,26 @@ def test_resumePastReceived(root, fake):
     assert "resume from 5" in lines[4]
 
 
-def test_concurrentPutSamePath(root, fake):
-    """A second PUT to a path being uploaded gets 450; the first is not disturbed."""
+def whileUploading(root, fake, put: bytes, others: bytes):
+    """
+    One client starts C{PUT put}; a second, logged in, then sends
+    C{others}.  Return the uploader's client and pump, and the second
+    client's replies after its login.
+    """
     factory = makeFactory(root, fake)
     c1, s1, p1 = connected(factory, fake, Raw)
-    c1.transport.write(LOGIN + b"PUT f\r\n")
+    c1.transport.write(LOGIN + b"PUT " + put + b"\r\n")
     p1.flush()
     c2, s2, p2 = connected(factory, fake, Raw)
-    c2.transport.write(LOGIN + b"PUT f\r\nDELETE f\r\n")
+    c2.transport.write(LOGIN + others)
     p2.flush()
-    assert codes(c2.lines()[4:]) == [450, 450]
+    return c1, p1, c2.lines()[4:]
+
+
+def test_concurrentPutSamePath(root, fake):
+    """A second PUT to a path being uploaded gets 450; the first is not disturbed."""
+    c1, p1, replies = whileUploading(root, fake, b"f", b"PUT f\r\nDELETE f\r\n")
+    assert codes(replies) == [450, 450]
     data = b"abc"
     c1.transport.write(b"00000003abc00000000" + hashlib.sha256(data).hexdigest().encode() + b"\r\n")
     p1.flush()
@@ -512,29 +522,16 @@ def test_deleteDirectoryKeepsPartial(root, fake):
 
 def test_renameRefusedDuringUpload(root, fake):
     """RENAME of a directory with an upload running inside it gets 450."""
-    factory = makeFactory(root, fake)
-    c1, s1, p1 = connected(factory, fake, Raw)
-    c1.transport.write(LOGIN + b"PUT docs/f\r\n")
-    p1.flush()
-    c2, s2, p2 = connected(factory, fake, Raw)
-    c2.transport.write(LOGIN + b"RENAME docs d2\r\nRMDIR docs\r\n")
-    p2.flush()
-    assert codes(c2.lines()[4:]) == [450, 450]
+    c1, p1, replies = whileUploading(root, fake, b"docs/f", b"RENAME docs d2\r\nRMDIR docs\r\n")
+    assert codes(replies) == [450, 450]
     assert (root / "docs").is_dir()
 
 
 def test_mkdirAndRenameOntoUploadRefused(root, fake):
     """MKDIR of a path being uploaded, and RENAME onto it, get the 450 that DELETE gets, and the upload still completes."""
-    factory = makeFactory(root, fake)
-    c1, s1, p1 = connected(factory, fake, Raw)
-    c1.transport.write(LOGIN + b"PUT new\r\n")
-    p1.flush()
-    c2, s2, p2 = connected(factory, fake, Raw)
-    c2.transport.write(LOGIN + b"MKDIR new\r\nRENAME docs new\r\n")
-    p2.flush()
-    assert codes(c2.lines()[4:]) == [450, 450]
-    assert c2.lines()[4] == "450 /new: an upload is in progress"
-    assert c2.lines()[5] == "450 an upload to that path is in progress; try later"
+    c1, p1, replies = whileUploading(root, fake, b"new", b"MKDIR new\r\nRENAME docs new\r\n")
+    assert codes(replies) == [450, 450]
+    assert replies == ["450 /new: an upload is in progress", "450 an upload to that path is in progress; try later"]
     assert not (root / "new").exists()
     digest = hashlib.sha256(b"abc").hexdigest().encode()
     c1.transport.write(b"00000003abc00000000" + digest + b"\r\n")
