@@ -221,3 +221,71 @@ def test_serviceConfiguresTunAndNatThenUndoesIt():
     assert ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"] in runner.commands
     assert ["nft", "delete", "table", "ip", natTable(tun)] in runner.commands
     assert ws.closed[0] == Close.GOING_AWAY
+
+
+def hello(server, name: str, token: str, session=None):
+    """
+    A link that has sent a hello: C{(link, transport)}, welcomed or not.
+    """
+    link, ws = connect(server)
+    link.textMessageReceived(Hello(name, token, session).encode())
+    return link, ws
+
+
+def test_oneNameCannotTakeThePool():
+    """A name holds one address by default: its further sessions are refused 4429 with a reason, and another name still gets an address from a small pool."""
+    server = makeServer(Clock(), pool="198.18.100.0/29")
+    _, _, first = welcomed(server)
+    for _ in range(6):
+        _, ws = hello(server, "lap", "secret")
+        assert ws.closed[0] == Close.NAME_LIMIT
+    assert ws.controls()[-1]["reason"].startswith("lap already holds 1 address (limit 1 a name)")
+    _, _, other = welcomed(server, "other", "pw")
+    assert other["address"] == "198.18.100.3"
+    assert len(server.pool) == 3
+
+
+def test_leasesPerNameConfigurable():
+    """With maxLeasesPerName 3 a name gets three addresses and a fourth session is refused 4429, not 4503, while the pool has room."""
+    server = makeServer(Clock(), pool="198.18.100.0/28", maxLeasesPerName=3)
+    addresses = {welcomed(server)[2]["address"] for _ in range(3)}
+    assert len(addresses) == 3
+    _, ws = hello(server, "lap", "secret")
+    assert ws.closed[0] == Close.NAME_LIMIT
+    assert welcomed(server, "other", "pw")[2]["address"] not in addresses
+
+
+def test_graceLeaseCountsForItsNameOnly():
+    """A lease kept for the grace period counts against its own name only: another name gets an address meanwhile, and a new session of the same name takes the kept address over at once."""
+    clock = Clock()
+    server = makeServer(clock, grace=60, pool="198.18.100.0/29")
+    link, _, first = welcomed(server)
+    lose(link)
+    _, _, other = welcomed(server, "other", "pw")
+    assert other["address"] != first["address"]
+    _, _, again = welcomed(server)
+    assert again["address"] == first["address"] and again["session"] != first["session"]
+    assert len(server.pool) == 3
+    _, ws = hello(server, "lap", "secret", session=first["session"])
+    assert ws.closed[0] == Close.NAME_LIMIT
+    clock.advance(61)
+    assert len(server.pool) == 3
+
+
+def test_maxLeasesOptionReachesTheServer(tmp_path):
+    """--max-leases-per-token sets the server's limit; below 1 it is a usage error."""
+    import pytest
+    from twisted.python import usage
+
+    from tether.tap import ServerOptions, makeServerService
+
+    args = ["--pool", "198.18.100.0/24", "--user", "lap:secret"]
+    options = ServerOptions()
+    options.parseOptions([*args, "--max-leases-per-token", "4"])
+    service = makeServerService(options, reactor=MemoryReactorClock(), runner=RecordingRunner())
+    assert service.server.maxLeasesPerName == 4
+    options = ServerOptions()
+    options.parseOptions(args)
+    assert options["max-leases-per-token"] == 1
+    with pytest.raises(usage.UsageError, match="at least 1"):
+        ServerOptions().parseOptions([*args, "--max-leases-per-token", "0"])

@@ -95,6 +95,9 @@ class AddressPool:
     def take(self) -> ipaddress.IPv4Address | None:
         return self._free.popleft() if self._free else None
 
+    def __len__(self) -> int:
+        return len(self._free)
+
     def give(self, address: ipaddress.IPv4Address) -> None:
         self._free.append(address)
 
@@ -113,6 +116,8 @@ class TetherServer:
     @param limits: how much may wait to be sent to each client.
     @param admission: how many connections the site takes, in total and
         from one address (L{TetherSite}'s defaults if L{None}).
+    @param maxLeasesPerName: how many addresses one name (one token) may
+        hold at once, its sessions kept for the grace period included.
     @ivar tun: where packets from clients go (C{write(bytes)}), set once the
         TUN device is open.
     @ivar logBudget: the lines clients cause before their hello, and the
@@ -127,8 +132,10 @@ class TetherServer:
                  deny=(), isolate: bool = True, keepalive: float = 15.0, timeout: float = 45.0,
                  grace: float = 60.0, helloTimeout: float = 10.0, allowPlain: bool = False,
                  maxMessage: int = MAX_MESSAGE, offload: bool = True, limits: OutputLimits = OutputLimits(),
-                 admission: Admission | None = None, reactor=None) -> None:
+                 admission: Admission | None = None, maxLeasesPerName: int = 1, reactor=None) -> None:
         checkKeepalive(keepalive, timeout)
+        if maxLeasesPerName < 1:
+            raise ValueError(f"maxLeasesPerName must be at least 1, not {maxLeasesPerName}")
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -145,6 +152,7 @@ class TetherServer:
         self.maxMessage = maxMessage
         self.limits = limits
         self.admission = admission
+        self.maxLeasesPerName = maxLeasesPerName
         self.logBudget = LogBudget(self._log, reactor)
         #: The extensions a welcome may accept.
         self.extensions = EXTENSIONS if offload else ()
@@ -154,6 +162,8 @@ class TetherServer:
         self._poolNet = _netmask(str(self.pool.network))
         self._leases: dict[str, Lease] = {}
         self._byAddress: dict[bytes, Lease] = {}
+        #: Each name's leases, oldest first.
+        self._byName: dict[str, list[Lease]] = {}
         self._stats: LoopingCall | None = None
 
     # WebSocketServerFactory
@@ -215,14 +225,41 @@ class TetherServer:
             if old is not None:
                 old.refuse(ProtocolError(Close.REPLACED, "replaced by a newer connection of this session"))
         else:
-            address = self.pool.take()
-            if address is None:
-                raise ProtocolError(Close.POOL, "address pool exhausted: try again later")
-            lease = Lease(name, secrets.token_urlsafe(18), address)
+            lease = Lease(name, secrets.token_urlsafe(18), self._address(name))
             self._leases[lease.session] = lease
             self._byAddress[lease.packed] = lease
+            self._byName.setdefault(name, []).append(lease)
         lease.link = link
         return lease
+
+    def _address(self, name: str) -> ipaddress.IPv4Address:
+        """
+        An address for a new session of C{name}: a free one while the name
+        holds fewer than L{maxLeasesPerName}, else the one its oldest
+        session without a link was keeping for the grace period (a client
+        restarted without its session takes its own address back).
+
+        @raise ProtocolError: 4429 when every lease of the name has a live
+            link, 4503 when the pool is empty.
+        """
+        held = self._byName.get(name, [])
+        if len(held) >= self.maxLeasesPerName:
+            away = next((lease for lease in held if lease.link is None), None)
+            if away is None:
+                raise ProtocolError(
+                    Close.NAME_LIMIT, f"{name} already holds {len(held)} address"
+                    f"{'es' if len(held) > 1 else ''} (limit {self.maxLeasesPerName} a name): close"
+                    " another connection of it or resume its session, or ask for a higher"
+                    " --max-leases-per-token",
+                )
+            self._log.info("{name}: address {address} of an earlier session taken over by a new one",
+                           name=name, address=str(away.address))
+            self._forget(away)
+            return away.address
+        address = self.pool.take()
+        if address is None:
+            raise ProtocolError(Close.POOL, "address pool exhausted: try again later")
+        return address
 
     def welcome(self, lease: Lease, hello: Hello) -> Welcome:
         return Welcome(
@@ -250,11 +287,27 @@ class TetherServer:
             lease.expiry = self.reactor.callLater(self.grace, self._expire, lease)
 
     def _expire(self, lease: Lease) -> None:
-        lease.expiry = None
-        if self._leases.pop(lease.session, None) is not None:
-            del self._byAddress[lease.packed]
+        if self._forget(lease):
             self.pool.give(lease.address)
             self._log.info("{name}: address {address} released", name=lease.name, address=str(lease.address))
+
+    def _forget(self, lease: Lease) -> bool:
+        """
+        Drop C{lease} (its address not yet back in the pool).
+
+        @return: whether it was held.
+        """
+        if lease.expiry is not None and lease.expiry.active():
+            lease.expiry.cancel()
+        lease.expiry = None
+        if self._leases.pop(lease.session, None) is None:
+            return False
+        del self._byAddress[lease.packed]
+        held = self._byName[lease.name]
+        held.remove(lease)
+        if not held:
+            del self._byName[lease.name]
+        return True
 
     # The packet path
 
@@ -346,8 +399,6 @@ class TetherServer:
         for lease in list(self._leases.values()):
             if lease.link is not None:
                 lease.link.refuse(ProtocolError(Close.GOING_AWAY, "server shutting down"))
-            if lease.expiry is not None and lease.expiry.active():
-                lease.expiry.cancel()
             self._expire(lease)
 
 

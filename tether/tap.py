@@ -65,6 +65,9 @@ class ServerOptions(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixi
         ["keepalive", None, 15.0, "seconds between pings", float],
         ["timeout", None, 45.0, "seconds of silence before a link is closed", float],
         ["grace", None, 60.0, "seconds a lost client keeps its address", float],
+        ["max-leases-per-token", None, 1,
+         "addresses one token name may hold at once, sessions in their grace period included"
+         " (raise it for a token shared by several clients)", int],
         ["stats-interval", None, 60.0, "seconds between per-client counter logs (0: never)", float],
     ]
 
@@ -111,6 +114,8 @@ class ServerOptions(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixi
         if not self["timeout"] > self["keepalive"]:
             raise usage.UsageError(f"--timeout ({self['timeout']:g} s) must be longer than --keepalive"
                                    f" ({self['keepalive']:g} s)")
+        if self["max-leases-per-token"] < 1:
+            raise usage.UsageError(f"--max-leases-per-token must be at least 1, not {self['max-leases-per-token']}")
         self["listen"] = self["listen"] or [DEFAULT_LISTEN]
         if self["tls-cert"]:
             self["listen"] = [_tls(d, self["tls-cert"], self["tls-key"]) for d in self["listen"]]
@@ -176,7 +181,7 @@ def makeServerService(options: ServerOptions, reactor=None, runner=None, system=
         mtu=options["mtu"], routes=options["routes"], deny=options["deny"],
         isolate=not options["allow-client-to-client"], keepalive=options["keepalive"],
         timeout=options["timeout"], grace=options["grace"], allowPlain=options["allow-plain"],
-        offload=not options["no-offload"],
+        offload=not options["no-offload"], maxLeasesPerName=options["max-leases-per-token"],
         # Counted per HTTP or WebSocket connection, every listener together.
         admission=Admission(options["max-connections"], options["max-per-address"], fdsPerConnection=1),
         reactor=reactor,

@@ -62,6 +62,7 @@ class Close(enum.IntEnum):
     TIMEOUT = 4408
     REPLACED = 4409
     VERSION = 4426
+    NAME_LIMIT = 4429
     UPSTREAM = 4502
     POOL = 4503
 
