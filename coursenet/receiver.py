@@ -39,8 +39,9 @@ from __future__ import annotations
 import weakref
 from typing import Any, Callable
 
+from OpenSSL.SSL import RECEIVED_SHUTDOWN
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.interfaces import IPushProducer, ISSLTransport, ISystemHandle, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -162,6 +163,13 @@ class Outbox:
         # for it to be unregistered).
         if self._producer is None:
             self.wrappedTransport.unregisterProducer()
+            if ISSLTransport.providedBy(self.wrappedTransport):
+                # Close TCP right after our close_notify instead of waiting
+                # for the client's (RFC 8446 6.1 allows it): clients that
+                # wait for the server to close first would hang until
+                # closeTimeout.
+                tls: Any = ISystemHandle(self.wrappedTransport).getHandle()
+                tls.set_shutdown(tls.get_shutdown() | RECEIVED_SHUTDOWN)
         self.wrappedTransport.loseConnection()
         self._clock.callLater(self.closeTimeout, self.wrappedTransport.abortConnection)
 

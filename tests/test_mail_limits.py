@@ -1,28 +1,18 @@
 """
-The post office's limits over real sockets on 127.0.0.1: STARTTLS and STLS
-run nothing the client pipelined after them in clear text (RFC 3207 4.2,
-RFC 2595 3.1, CVE-2011-0411), and admission is one cap for SMTP, POP3 and
-IMAP, each refusing in its own words.
+The post office's limits over real sockets on 127.0.0.1: admission is one
+cap for SMTP, POP3 and IMAP, each refusing in its own words.  (STARTTLS
+injection: tests/test_mail_starttls.py.)
 """
 
 from __future__ import annotations
 
 import socket
-import ssl
 import time
 
-import pytest
 import pytest_twisted
 
 from coursenet.admission import Admission
 from tests.mail_support import inThread, startPostOffice
-
-
-@pytest_twisted.async_yield_fixture
-async def po(reactor, tmp_path, devCert):
-    office = await startPostOffice(reactor, str(tmp_path / "mail"), devCert)
-    yield office
-    await office.stop()
 
 
 def readReply(sock, last: bytes) -> bytes:
@@ -36,66 +26,6 @@ def readReply(sock, last: bytes) -> bytes:
             raise ConnectionError(f"closed before {last!r}; got {data!r}")
         data += chunk
     return data
-
-
-def injected(port: int, cafile: str, before: bytes, upgrade: bytes, afterTLS: bytes, last: bytes) -> tuple[bytes, bytes]:
-    """
-    After the greeting, send C{before} (SMTP's EHLO) and read its reply,
-    then C{upgrade}: STARTTLS or STLS with a command after it in the same
-    packet.  Start TLS and send C{afterTLS}.  The clear-text reply to the
-    upgrade, and the lines that came over TLS up to one starting with
-    C{last}.
-    """
-    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-    try:
-        readReply(sock, b"")
-        if before:
-            sock.sendall(before)
-            readReply(sock, b"250 ")
-        sock.sendall(upgrade)
-        clear = readReply(sock, b"")
-        tls = ssl.create_default_context(cafile=cafile).wrap_socket(sock, server_hostname="localhost")
-        tls.sendall(afterTLS)
-        return clear, readReply(tls, last)
-    finally:
-        sock.close()
-
-
-INJECTIONS = {
-    # server: (before, the upgrade and a command in one packet, its reply
-    # in clear text, what is sent over TLS, the whole reply to that)
-    "imap": (
-        b"",
-        b"a STARTTLS\r\nb LOGIN alice secret\r\n",
-        b"a OK Begin TLS negotiation now\r\n",
-        b"c SELECT INBOX\r\n",
-        b"c BAD Unsupported command\r\n",  # still not logged in
-    ),
-    "smtp": (
-        b"EHLO client.test\r\n",
-        b"STARTTLS\r\nHELO evil.test\r\n",
-        b"220 2.0.0 Ready to start TLS\r\n",
-        b"MAIL FROM:<bob@else.test>\r\n",
-        b"503 5.5.1 Send EHLO or HELO first\r\n",  # HELO did not run
-    ),
-    "pop3": (
-        b"",
-        b"STLS\r\nUSER alice\r\n",
-        b"+OK Begin TLS negotiation\r\n",
-        b"PASS secret\r\n",
-        b"-ERR USER required before PASS\r\n",  # USER did not run
-    ),
-}
-
-
-@pytest.mark.parametrize("server", list(INJECTIONS))
-@pytest_twisted.ensureDeferred
-async def test_upgrade_drops_what_was_pipelined_after_it(po, devCert, server):
-    """STARTTLS (STLS) and a command in one packet: the command never runs, before or after TLS, as the reply to the next command over TLS shows."""
-    before, upgrade, clearReply, afterTLS, tlsReply = INJECTIONS[server]
-    last = tlsReply[:2] if server == "imap" else b""
-    clear, over = await inThread(injected, po.ports[server], devCert[0], before, upgrade, afterTLS, last)
-    assert (clear, over) == (clearReply, tlsReply)
 
 
 def crowd(ports: dict[str, int]) -> tuple[dict[str, bytes], bytes]:
