@@ -384,3 +384,74 @@ def test_relayRecoversAfterServerSocketCut(net, relay):
     assert len(addresses) == 1
     fetched = net.curl(10)
     assert fetched.stdout.encode() == PAGE, fetched.stderr
+
+
+class Namespace:
+    """
+    One network namespace of its own (loopback only, C{ip_forward} 0 as in
+    any new namespace), and the twistd servers started in it.
+    """
+
+    def __init__(self, tmp: str, tag: str) -> None:
+        self.tmp = tmp
+        self.name = f"{tag}{os.getpid()}"
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "Namespace":
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
+        self.run(["ip", "link", "set", "lo", "up"], check=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            stopProcess(proc, 15)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+    def run(self, argv: list[str], check: bool = False) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True,
+                              timeout=30, check=check)
+
+    def server(self, n: int, tokens: str, *extra: str) -> subprocess.Popen:
+        """
+        Start tether server C{n} (its own TUN and pool) and wait until it is up.
+        """
+        log = os.path.join(self.tmp, f"{self.name}-server{n}-{len(self.procs)}.log")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.name, TWISTD, "-n", "--pidfile=", "--logfile", log, "tether",
+             "server", "--listen", "tcp:0:interface=127.0.0.1", "--pool", f"198.18.{110 + n}.0/24",
+             "--tun", f"tfw{n}", "--token-file", tokens, "--allow-plain", "--stats-interval", "0", *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.procs.append(proc)
+        waitFor(log, "tether server up", proc=proc)
+        return proc
+
+    def forwarding(self) -> str:
+        return self.run(["cat", "/proc/sys/net/ipv4/ip_forward"], check=True).stdout.strip()
+
+
+def test_forwardingSharedByTwoServersAndRestoredAfterSigkill(tmp_path):
+    """In one namespace: the first of two NAT servers to stop leaves ip_forward on for the other, the last restores 0; after a SIGKILL, the restarted server restores 0, not the 1 the killed one set."""
+    reason = privilegesMissing()
+    if reason:
+        skipOrFail(reason)
+    tokens = str(tmp_path / "tokens")
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "coursenet-passwd"), tokens,
+                    "lap", "--password-env", "TOKEN"], env={**os.environ, "TOKEN": "s3cret"},
+                   check=True, capture_output=True)
+    with Namespace(str(tmp_path), "tlfw") as ns:
+        assert ns.forwarding() == "0"
+        first, second = ns.server(0, tokens), ns.server(1, tokens)
+        assert ns.forwarding() == "1"
+        stopProcess(first, 15)
+        assert ns.forwarding() == "1", "the first server's stop turned forwarding off under the second"
+        stopProcess(second, 15)
+        assert ns.forwarding() == "0"
+        killed = ns.server(0, tokens)
+        killed.kill()
+        killed.wait(10)
+        assert ns.forwarding() == "1"
+        restarted = ns.server(0, tokens)
+        stopProcess(restarted, 15)
+        assert ns.forwarding() == "0", "the restarted server restored the value the killed one had set"

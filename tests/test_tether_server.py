@@ -20,7 +20,7 @@ from tests.tether_support import (
     welcomed,
 )
 from tether._compat import TUN_DEVICE
-from tether.netconf import ServerNetwork, natTable
+from tether.netconf import ForwardingLedger, ServerNetwork, natTable
 from tether.server import ServerService
 from tether.wire import Close, Hello, encodePacketText
 
@@ -196,20 +196,23 @@ def test_stopClosesLinksGoingAway():
     assert server.pool.take().exploded == "198.18.100.3"
 
 
-def test_serviceConfiguresTunAndNatThenUndoesIt():
+def test_serviceConfiguresTunAndNatThenUndoesIt(tmp_path):
     """The service opens the TUN, configures it and NAT, carries TUN reads to clients, and removes NAT on stop."""
     clock = MemoryReactorClock()
     server = makeServer(clock)
     system = MemoryIOSystem()
     system.registerSpecialDevice(TUN_DEVICE, Tunnel)
-    runner = RecordingRunner({("sysctl", "-n"): "0\n"})
+    runner = RecordingRunner()
+    sysctl = tmp_path / "ip_forward"
+    sysctl.write_text("0\n")
+    ledger = ForwardingLedger(str(tmp_path / "state"), str(sysctl), namespace="test")
     svc = ServerService(server, "tether0", lambda tun: ServerNetwork(
-        runner, tun, "198.18.100.1", "198.18.100.0/24", 1400, nat=True, deny=[]), system=system)
+        runner, tun, "198.18.100.1", "198.18.100.0/24", 1400, nat=True, deny=[], forwarding=ledger), system=system)
     svc.startService()
     tun = svc._port.interface.decode()
     assert ["ip", "addr", "add", "198.18.100.1/24", "dev", tun] in runner.commands
     assert any(c[0] == "nft" and "masquerade" in c[1] for c in runner.commands)
-    assert ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"] in runner.commands
+    assert sysctl.read_text() == "1"
     _, ws, _ = welcomed(server)
     packet = ip4("198.18.2.2", "198.18.100.2")
     system.getTunnel(svc._port).addToReadBuffer(packet)
@@ -218,7 +221,7 @@ def test_serviceConfiguresTunAndNatThenUndoesIt():
     runner.commands.clear()
     svc.stopService()
     clock.advance(1)
-    assert ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"] in runner.commands
+    assert sysctl.read_text() == "0"
     assert ["nft", "delete", "table", "ip", natTable(tun)] in runner.commands
     assert ws.closed[0] == Close.GOING_AWAY
 
@@ -289,3 +292,40 @@ def test_maxLeasesOptionReachesTheServer(tmp_path):
     assert options["max-leases-per-token"] == 1
     with pytest.raises(usage.UsageError, match="at least 1"):
         ServerOptions().parseOptions([*args, "--max-leases-per-token", "0"])
+
+
+def ledgers(tmp_path, *pids: int) -> tuple[object, list[ForwardingLedger]]:
+    """
+    A fake C{ip_forward} holding 0, and a ledger for each of C{pids} on
+    one state directory.
+    """
+    sysctl = tmp_path / "ip_forward"
+    sysctl.write_text("0\n")
+    return sysctl, [ForwardingLedger(str(tmp_path / "run"), str(sysctl), pid=p, namespace="ns") for p in pids]
+
+
+def test_forwardingStaysOnWhileAnotherServerUsesIt(tmp_path):
+    """Of two servers, the first to stop leaves ip_forward on; the last restores the original and removes the state file."""
+    import os
+    sysctl, (first, second) = ledgers(tmp_path, os.getpid(), os.getppid())
+    assert first.acquire() == "0" and sysctl.read_text() == "1"
+    assert second.acquire() == "0"
+    assert first.release() is None and sysctl.read_text() == "1"
+    assert second.release() == "0" and sysctl.read_text() == "0"
+    assert os.listdir(tmp_path / "run") == ["lock"]
+
+
+def test_forwardingOriginalSurvivesACrash(tmp_path):
+    """A server killed without stopping leaves its record: the next one restores the original recorded there, not the 1 the dead one set; once the record is gone the value found is the original."""
+    import os
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    sysctl, (crashed, restarted, other) = ledgers(tmp_path, dead.pid, os.getpid(), os.getppid())
+    crashed.acquire()
+    assert sysctl.read_text() == "1"
+    assert restarted.acquire() == "0"
+    assert restarted.release() == "0" and sysctl.read_text() == "0"
+    sysctl.write_text("1\n")
+    assert other.acquire() == "1"
+    assert other.release() == "1" and sysctl.read_text() == "1"

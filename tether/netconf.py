@@ -6,7 +6,9 @@ run through an L{ICommandRunner}.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
+import json
 import os
 import shutil
 
@@ -18,6 +20,10 @@ from zope.interface import implementer
 from tether.interfaces import ICommandRunner
 
 _log = Logger()
+#: Where servers record the forwarding state they share (tmpfs: gone at
+#: boot, as the kernel's own setting is).
+STATE_DIR = "/run/tether"
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 _SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 
@@ -132,6 +138,155 @@ def _covered(address: str, routes: list[str]) -> bool:
     return any(ip in ipaddress.IPv4Network(r) for r in routes)
 
 
+def processStart(pid: int) -> int | None:
+    """
+    When process C{pid} started (clock ticks after boot, C{/proc/PID/stat}
+    field 22), or L{None} if there is no such process: with the PID, it
+    names a process even after the PID is reused.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) is in parentheses and may hold anything.
+    return int(stat[stat.rindex(b")") + 2:].split()[19])
+
+
+def networkNamespace() -> str:
+    """
+    This process's network namespace, as the identity of its nsfs inode.
+    """
+    st = os.stat("/proc/self/ns/net")
+    return f"{st.st_dev}-{st.st_ino}"
+
+
+class ForwardingLedger:
+    """
+    C{net.ipv4.ip_forward} shared by every tether server of one network
+    namespace (docs/tether.md, section 8): the first to start records the
+    original value in a state file and turns forwarding on; the others add
+    themselves; the last to stop restores the original and removes the
+    file.  Users whose process is gone (a SIGKILL) no longer count, and a
+    file they left keeps the true original, so a server restarted after a
+    crash does not take forwarding that a crashed server turned on for the
+    operator's choice.
+
+    The read-modify-write is done under an exclusive C{flock} of one lock
+    file in C{stateDir}; it takes microseconds, so the reactor waits at
+    most that long.
+
+    @param stateDir: where the state files live (created if missing).
+    @param sysctl: the file that holds the setting.
+    @param pid: this server's process.
+    @param namespace: names the state file; the network namespace, since
+        each has its own C{ip_forward}.
+    """
+
+    def __init__(self, stateDir: str = STATE_DIR, sysctl: str = IP_FORWARD, pid: int | None = None,
+                 namespace: str | None = None) -> None:
+        self.stateDir = stateDir
+        self.sysctl = sysctl
+        self.pid = os.getpid() if pid is None else pid
+        self.path = os.path.join(stateDir, f"ip_forward.{namespace or networkNamespace()}.json")
+        self._me: list[int] | None = None
+
+    def acquire(self) -> str:
+        """
+        Count this server as a user and turn forwarding on.
+
+        @return: the original value, as recorded.
+        """
+        with self._locked():
+            state = self._read()
+            if not state["users"] and "original" not in state:
+                state["original"] = self._get()
+            start = processStart(self.pid)
+            self._me = [self.pid, -1 if start is None else start]
+            if self._me not in state["users"]:
+                state["users"].append(self._me)
+            self._write(state)
+            self._set("1")
+            return state["original"]
+
+    def release(self) -> str | None:
+        """
+        Stop counting this server; the last user restores the original.
+
+        @return: the value restored, or L{None} while others still forward.
+        """
+        if self._me is None:
+            return None
+        with self._locked():
+            state = self._read()
+            users = [u for u in state["users"] if u != self._me]
+            self._me = None
+            if users:
+                state["users"] = users
+                self._write(state)
+                return None
+            original = state.get("original")
+            if original is not None:
+                self._set(original)
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            return original
+
+    def _locked(self):
+        os.makedirs(self.stateDir, mode=0o755, exist_ok=True)
+        return _Flock(os.path.join(self.stateDir, "lock"))
+
+    def _read(self) -> dict:
+        """
+        The state, its users still running; a missing or unreadable file
+        is no state.
+        """
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                state = json.load(f)
+            users = [u for u in state["users"] if processStart(u[0]) == u[1]]
+            state = {"original": str(state["original"]), "users": users}
+        except FileNotFoundError:
+            return {"users": []}
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            _log.warn("ignoring unreadable forwarding state {path}: {error}", path=self.path, error=str(e))
+            return {"users": []}
+        return state
+
+    def _write(self, state: dict) -> None:
+        tmp = f"{self.path}.{self.pid}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+        os.replace(tmp, self.path)
+
+    def _get(self) -> str:
+        with open(self.sysctl, encoding="ascii") as f:
+            return f.read().strip()
+
+    def _set(self, value: str) -> None:
+        with open(self.sysctl, "w", encoding="ascii") as f:
+            f.write(value)
+
+
+class _Flock:
+    """
+    An exclusive C{flock} on C{path} for the length of a C{with} block.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc) -> None:
+        os.close(self._fd)
+
+
 class ServerNetwork:
     """
     The server's side: the TUN address and, with NAT, forwarding and the
@@ -139,15 +294,16 @@ class ServerNetwork:
     """
 
     def __init__(self, runner: ICommandRunner, tun: str, gateway: str, pool: str,
-                 mtu: int, nat: bool, deny: list[str]) -> None:
+                 mtu: int, nat: bool, deny: list[str], forwarding: ForwardingLedger | None = None) -> None:
         self._runner = runner
+        self._ledger = forwarding
         self._tun = tun
         self._gateway = gateway
         self._pool = ipaddress.IPv4Network(pool)
         self._mtu = mtu
         self._nat = nat
         self._deny = deny
-        self._forwarding: str | None = None
+        self._forwarding = False
         self._tableUp = False
 
     async def start(self) -> None:
@@ -159,15 +315,23 @@ class ServerNetwork:
         await self._dropTable()
         await self._runner.run(natRules(self._tun, str(self._pool), self._deny))
         self._tableUp = True
-        self._forwarding = (await self._runner.run(["sysctl", "-n", "net.ipv4.ip_forward"])).strip()
-        await self._runner.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        if self._ledger is None:
+            self._ledger = ForwardingLedger()
+        original = self._ledger.acquire()
+        self._forwarding = True
+        _log.info("ip_forward on (originally {original}, recorded in {path})",
+                  original=original, path=self._ledger.path)
         _log.info("NAT on: {pool} masqueraded, nftables table ip {table}",
                   pool=str(self._pool), table=natTable(self._tun))
 
     async def stop(self) -> None:
-        if self._forwarding is not None:
-            await self._runner.run(["sysctl", "-q", "-w", f"net.ipv4.ip_forward={self._forwarding}"])
-            self._forwarding = None
+        if self._forwarding and self._ledger is not None:
+            self._forwarding = False
+            restored = self._ledger.release()
+            if restored is None:
+                _log.info("ip_forward left on: another tether server still forwards")
+            else:
+                _log.info("ip_forward restored to {value}", value=restored)
         if self._tableUp:
             await self._dropTable()
             self._tableUp = False

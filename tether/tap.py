@@ -18,7 +18,7 @@ from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 from tether.client import Backoff, ClientService, DirectConnector, TetherClient, relayResource
-from tether.netconf import ClientNetwork, ProcessRunner, ServerNetwork
+from tether.netconf import STATE_DIR, ClientNetwork, ForwardingLedger, ProcessRunner, ServerNetwork
 from tether.protocol import TetherSite
 from tether.server import ServerService, TetherServer
 from tether.wire import PATH
@@ -68,6 +68,8 @@ class ServerOptions(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixi
         ["max-leases-per-token", None, 1,
          "addresses one token name may hold at once, sessions in their grace period included"
          " (raise it for a token shared by several clients)", int],
+        ["state-dir", None, STATE_DIR,
+         "where the servers of a host record the original ip_forward and who uses it"],
         ["stats-interval", None, 60.0, "seconds between per-client counter logs (0: never)", float],
     ]
 
@@ -189,7 +191,7 @@ def makeServerService(options: ServerOptions, reactor=None, runner=None, system=
     runner = runner or ProcessRunner(reactor)
     network = lambda tun: ServerNetwork(  # noqa: E731
         runner, tun, str(server.pool.gateway), options["pool"], options["mtu"],
-        nat=not options["no-nat"], deny=options["deny"],
+        nat=not options["no-nat"], deny=options["deny"], forwarding=ForwardingLedger(options["state-dir"]),
     )
     top = ServerService(server, options["tun"], network, system=system,
                         statsInterval=options["stats-interval"])
