@@ -10,6 +10,7 @@ entry, or leads through a symbolic link to a place outside the root.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import posixpath
 import stat as statmod
@@ -22,6 +23,8 @@ from bftp.wire import MAX_PATH, Code, ProtocolError, decodePath
 #: uploads); clients can neither see nor name them.
 RESERVED_PREFIX = ".bftp-"
 PARTIAL_PREFIX = RESERVED_PREFIX + "partial."
+#: The longest name a directory entry can have (NAME_MAX on Linux).
+NAME_MAX = 255
 
 
 @dataclass(frozen=True)
@@ -167,13 +170,53 @@ class Jail:
             raise osReply(e, vpath)
         return sorted(entries, key=lambda e: e.name)
 
+    def located(self, vpath: str) -> str:
+        """
+        The virtual path of where C{vpath}'s entry really is: symbolic
+        links on the way to its directory followed, the last name kept.
+        Two paths that name the same entry locate the same, so this is the
+        key of the one-upload-per-path lock.
+
+        @raise ProtocolError: 553 if a link leads outside the root.
+        """
+        if vpath == "/":
+            return "/"
+        parent, name = posixpath.split(vpath)
+        return posixpath.join(self.virtualOf(os.path.realpath(self.real(parent)), vpath), name)
+
+    def canonical(self, vpath: str) -> str:
+        """
+        The virtual path of what C{vpath} names with every symbolic link
+        followed, the last one included.
+
+        @raise ProtocolError: 553 if a link leads outside the root.
+        """
+        return self.virtualOf(os.path.realpath(self.real(vpath)), vpath)
+
+    def virtualOf(self, resolved: str, vpath: str) -> str:
+        """
+        The virtual path of the real path C{resolved} (links already
+        followed), which C{vpath} led to.
+
+        @raise ProtocolError: 553 if it is outside the root.
+        """
+        if not self._inside(resolved):
+            raise ProtocolError(Code.BAD_NAME, f"{vpath}: a symbolic link leads outside the root")
+        relative = os.path.relpath(resolved, self.root)
+        return "/" if relative == "." else "/" + relative.replace(os.sep, "/")
+
     def partialPath(self, vpath: str) -> str:
         """
         The real path where an upload to C{vpath} collects its data: a
         reserved name in the same directory, so the final rename is atomic.
+        A name too long to take the reserved prefix gets a partial named
+        by its SHA-256 instead.
         """
-        parent, name = posixpath.split(vpath)
-        return os.path.join(self.real(parent), PARTIAL_PREFIX + name)
+        parent, name = posixpath.split(self.located(vpath))
+        partial = PARTIAL_PREFIX + name
+        if len(partial.encode("utf-8")) > NAME_MAX:
+            partial = PARTIAL_PREFIX + ".sha256." + hashlib.sha256(name.encode("utf-8")).hexdigest()
+        return os.path.join(self.real(parent), partial)
 
 
 def _representable(name: str) -> bool:

@@ -30,6 +30,8 @@ from twisted.python.failure import Failure
 
 from bftp.fs import PARTIAL_PREFIX, Entry, Jail, formatTime, osReply
 from bftp.interfaces import IAccount
+from bftp.policy import READ, WRITE, Policy
+from bftp.quota import PartialSweeper, Quotas
 from bftp.transfer import (
     ChunkedFileSender,
     ChunkSink,
@@ -91,6 +93,10 @@ _BAD_DIGEST_LINE = "expected the SHA-256 of the file as 64 hex digits after the 
 @dataclass
 class _Upload:
     vpath: str
+    #: The path as located (L{Jail.located}): the key of the upload lock.
+    key: str
+    #: The student whose quota the data counts against, if any.
+    owner: str | None
     real: str
     partial: str
     file: BinaryIO
@@ -254,8 +260,20 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             raise ProtocolError(Code.BAD_ARGUMENT, f"usage: {usage}")
         return command.args
 
-    def _path(self, arg: str) -> str:
-        return self.factory.jail.resolve(self.cwd, arg)
+    def _path(self, arg: str, access: str = READ) -> str:
+        """
+        The virtual path C{arg} names, once the policy lets this account
+        C{access} it both as typed and with its symbolic links followed.
+        """
+        jail = self.factory.jail
+        vpath = jail.resolve(self.cwd, arg)
+        assert self.account is not None
+        policy = self.factory.policy
+        policy.check(self.account, access, vpath)
+        canonical = jail.canonical(vpath)
+        if canonical != vpath:
+            policy.check(self.account, access, canonical)
+        return vpath
 
     def _stat(self, vpath: str) -> os.stat_result:
         st = self.factory.jail.stat(vpath)
@@ -328,11 +346,22 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
 
         def loggedIn(result):
             _, account, _ = result
-            self.account = account
             if self._loginDeadline is not None and self._loginDeadline.active():
                 self._loginDeadline.cancel()
+            policy = self.factory.policy
+            try:
+                self.cwd = self.factory.makeFolders(account)
+            except OSError as e:
+                self._log.error("cannot make the folders of {user}: {e}", user=account.name, e=e)
+                raise ProtocolError(Code.LOCAL_ERROR, f"cannot make your folders on the server: {e.strerror}; try later")
+            self.account = account
             self._log.info("{peer} logged in as {user}", peer=self.peer, user=account.name)
-            note = " (read-only)" if account.readOnly else ""
+            if account.readOnly:
+                note = " (read-only)"
+            elif policy.classMode:
+                note = f" ({policy.role(account)}, home {encodePath(self.cwd)})"
+            else:
+                note = ""
             self.reply(Code.LOGGED_IN, f"logged in as {account.name}{note}")
 
         def refused(failure: Failure) -> Deferred[None]:
@@ -381,7 +410,12 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         vpath = self._path(arg)
         st = self._stat(vpath)
         if statmod.S_ISDIR(st.st_mode):
-            entries = self.factory.jail.listdir(vpath)
+            account, policy = self.account, self.factory.policy
+            assert account is not None
+            entries = [
+                e for e in self.factory.jail.listdir(vpath)
+                if policy.visible(account, posixpath.join(vpath, e.name))
+            ]
         else:
             entries = [Entry.fromStat(posixpath.basename(vpath), st)]
         lines = [f"{e.kind} {e.size} {formatTime(e.mtime)} {encodePath(e.name)}" for e in entries]
@@ -402,17 +436,21 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         else:
             e = Entry.fromStat(posixpath.basename(vpath), st)
             facts += ["exists=yes", f"type={e.kind}", f"size={e.size}", f"mtime={formatTime(e.mtime)}"]
+        assert self.account is not None
+        # An unfinished upload is shown only to those who could resume it.
+        mayWrite = self.factory.policy.refusal(self.account, WRITE, vpath) is None
         if vpath != "/":
             try:
-                facts.append(f"partial={os.stat(self.factory.jail.partialPath(vpath)).st_size}")
+                partial = os.stat(self.factory.jail.partialPath(vpath)).st_size if mayWrite else 0
             except (OSError, ProtocolError):
-                facts.append("partial=0")
+                partial = 0
+            facts.append(f"partial={partial}")
         self.reply(Code.STATUS, " ".join(facts))
 
     def do_MKDIR(self, command: Command) -> None:
         (arg,) = self._args(command, 1, 1, "MKDIR path")
-        vpath = self._path(arg)
-        if vpath in self.factory.uploads:
+        vpath = self._path(arg, WRITE)
+        if self.factory.jail.located(vpath) in self.factory.uploads:
             # The upload's rename into place would then fail.
             raise ProtocolError(Code.BUSY, f"{vpath}: an upload is in progress")
         try:
@@ -423,7 +461,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
 
     def do_RMDIR(self, command: Command) -> None:
         (arg,) = self._args(command, 1, 1, "RMDIR path")
-        vpath = self._path(arg)
+        vpath = self._path(arg, WRITE)
         if vpath == "/":
             raise ProtocolError(Code.BAD_NAME, "the root cannot be removed")
         if os.path.islink(self.factory.jail.real(vpath)):
@@ -437,50 +475,66 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         if not all(n.startswith(PARTIAL_PREFIX) for n in names):
             raise ProtocolError(Code.WRONG_TYPE, f"{vpath}: directory not empty")
         # Only unfinished uploads are left; they go with the directory.
+        freed = 0
         try:
             for name in names:
-                os.unlink(os.path.join(real, name))
+                path = os.path.join(real, name)
+                freed += os.lstat(path).st_size
+                os.unlink(path)
             os.rmdir(real)
         except OSError as e:
             raise osReply(e, vpath)
+        finally:
+            self.factory.quotas.freed(self.factory.policy.ownerOf(self.factory.jail.located(vpath)), freed)
         self.reply(Code.FILE_OK, f"{encodePath(vpath)} removed")
 
     def _uploadsBelow(self, vpath: str) -> bool:
         """
-        Whether an upload runs to C{vpath} or anywhere below it.
+        Whether an upload runs to C{vpath} or anywhere below it, however
+        the path reaches there.
         """
-        prefix = vpath.rstrip("/") + "/"
-        return any(u == vpath or u.startswith(prefix) for u in self.factory.uploads)
+        jail = self.factory.jail
+        tops = {jail.located(vpath), jail.canonical(vpath)}
+        prefixes = tuple(top.rstrip("/") + "/" for top in tops)
+        return any(u in tops or u.startswith(prefixes) for u in self.factory.uploads)
 
     def do_DELETE(self, command: Command) -> None:
         (arg,) = self._args(command, 1, 1, "DELETE path")
-        vpath = self._path(arg)
-        if vpath in self.factory.uploads:
-            raise ProtocolError(Code.BUSY, f"{vpath}: an upload is in progress")
+        vpath = self._path(arg, WRITE)
         jail = self.factory.jail
+        key = jail.located(vpath)
+        if key in self.factory.uploads:
+            raise ProtocolError(Code.BUSY, f"{vpath}: an upload is in progress")
         real = jail.real(vpath)
         link = os.path.islink(real)
         st = jail.stat(vpath)
         if st is not None and statmod.S_ISDIR(st.st_mode) and not link:
             raise ProtocolError(Code.WRONG_TYPE, f"{vpath}: is a directory; use RMDIR")
         removed = []
+        freed = 0
         try:
             if st is not None or link:
+                freed += os.lstat(real).st_size
                 os.unlink(real)
                 removed.append("file")
-            os.unlink(jail.partialPath(vpath))
+            partial = jail.partialPath(vpath)
+            size = os.lstat(partial).st_size
+            os.unlink(partial)
+            freed += size
             removed.append("unfinished upload")
         except FileNotFoundError:
             pass
         except OSError as e:
             raise osReply(e, vpath)
+        finally:
+            self.factory.quotas.freed(self.factory.policy.ownerOf(key), freed)
         if not removed:
             raise ProtocolError(Code.NOT_FOUND, f"{vpath}: no such file")
         self.reply(Code.FILE_OK, f"{encodePath(vpath)} deleted ({' and '.join(removed)})")
 
     def do_RENAME(self, command: Command) -> None:
         src, dst = self._args(command, 2, 2, "RENAME from to")
-        vsrc, vdst = self._path(src), self._path(dst)
+        vsrc, vdst = self._path(src, WRITE), self._path(dst, WRITE)
         if "/" in (vsrc, vdst):
             raise ProtocolError(Code.BAD_NAME, "the root cannot be renamed or replaced")
         if self._uploadsBelow(vsrc) or self._uploadsBelow(vdst):
@@ -489,10 +543,16 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         self._stat(vsrc)
         if jail.stat(vdst) is not None:
             raise ProtocolError(Code.EXISTS, f"{vdst}: already exists; DELETE it first")
+        policy = self.factory.policy
+        owners = {policy.ownerOf(jail.located(vsrc)), policy.ownerOf(jail.located(vdst))}
         try:
             os.rename(jail.real(vsrc), jail.real(vdst))
         except OSError as e:
             raise osReply(e, vdst)
+        if len(owners) > 1:
+            # Data moved from one account's space to another's.
+            for owner in owners:
+                self.factory.quotas.freed(owner, None)
         self.reply(Code.FILE_OK, f"renamed to {encodePath(vdst)}")
 
     # -- file data ------------------------------------------------------------
@@ -568,68 +628,98 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
 
         return DeferredList([sending, digest], consumeErrors=True).addCallback(settled)
 
-    def do_PUT(self, command: Command) -> Deferred | None:
+    def do_PUT(self, command: Command) -> Deferred:
         args = self._args(command, 1, 2, "PUT path [offset]")
-        vpath = self._path(args[0])
+        vpath = self._path(args[0], WRITE)
         offset = decodeOffset(args[1]) if len(args) > 1 else 0
         jail = self.factory.jail
         if vpath == "/":
             raise ProtocolError(Code.WRONG_TYPE, "the root is a directory")
-        if vpath in self.factory.uploads:
+        # The lock is on where the data lands, whichever link led there.
+        key = jail.located(vpath)
+        if key in self.factory.uploads:
             raise ProtocolError(Code.BUSY, f"{vpath}: another upload to this path is in progress; try later")
         parent = jail.stat(posixpath.dirname(vpath))
         if parent is None or not statmod.S_ISDIR(parent.st_mode):
             raise ProtocolError(Code.NOT_FOUND, f"{posixpath.dirname(vpath)}: no such directory")
-        real = jail.real(vpath)
         target = jail.stat(vpath)
         if target is not None and not statmod.S_ISREG(target.st_mode):
             raise ProtocolError(Code.WRONG_TYPE, f"{vpath}: exists and is not a regular file")
         limit = self.factory.maxFileSize
         if limit is not None and offset > limit:
             raise ProtocolError(Code.TOO_LARGE, f"offset {offset} is past the file size limit of {limit} bytes")
-        partial = jail.partialPath(vpath)
-        flags = os.O_RDWR | os.O_NOFOLLOW
+        owner = self.factory.policy.ownerOf(key)
+        self.factory.uploads.add(key)
+        return Deferred.fromCoroutine(self._startUpload(vpath, key, owner, offset, limit))
+
+    async def _startUpload(self, vpath: str, key: str, owner: str | None, offset: int, limit: int | None) -> None:
+        """
+        Open the partial file of an upload whose path is locked, count it
+        against its owner's quota and ask for the data.
+        """
+        jail, quotas = self.factory.jail, self.factory.quotas
         try:
-            if offset == 0:
-                fd = self._open(partial, flags | os.O_CREAT | os.O_TRUNC)
-            else:
-                fd = self._open(partial, flags)
-        except FileNotFoundError:
-            raise ProtocolError(Code.NOT_FOUND, f"{vpath}: no unfinished upload to resume; PUT it from offset 0")
-        except OSError as e:
-            raise osReply(e, vpath)
-        have = os.fstat(fd).st_size
-        if offset > have:
-            self._close(fd)
-            raise ProtocolError(
-                Code.BAD_ARGUMENT,
-                f"offset {offset} is past the {have} bytes received so far; resume from {have}",
-            )
-        os.ftruncate(fd, offset)
-        self.factory.uploads.add(vpath)
+            await quotas.begin(owner)
+        except BaseException:
+            self.factory.uploads.discard(key)
+            raise
+        fd = None
+        try:
+            if self._lost:
+                raise ProtocolError(Code.LOCAL_ERROR, "connection lost")
+            partial = jail.partialPath(vpath)
+            flags = os.O_RDWR | os.O_NOFOLLOW
+            try:
+                if offset == 0:
+                    fd = self._open(partial, flags | os.O_CREAT)
+                else:
+                    fd = self._open(partial, flags)
+            except FileNotFoundError:
+                raise ProtocolError(Code.NOT_FOUND, f"{vpath}: no unfinished upload to resume; PUT it from offset 0")
+            except OSError as e:
+                raise osReply(e, vpath)
+            have = os.fstat(fd).st_size
+            if offset > have:
+                raise ProtocolError(
+                    Code.BAD_ARGUMENT,
+                    f"offset {offset} is past the {have} bytes received so far; resume from {have}",
+                )
+            os.ftruncate(fd, offset)
+            quotas.freed(owner, have - offset)
+            full = quotas.refusal(owner, 1)
+            if full is not None:
+                raise ProtocolError(Code.TOO_LARGE, f"{vpath}: {full}; DELETE something first")
+        except BaseException:
+            if fd is not None:
+                self._close(fd)
+            if offset == 0 and fd is not None:
+                _unlinkQuietly(jail.partialPath(vpath))
+            quotas.end(owner)
+            self.factory.uploads.discard(key)
+            raise
         f = os.fdopen(fd, "r+b", buffering=0, closefd=False)
         f.seek(offset)
-        upload = self._upload = _Upload(vpath, real, partial, f)
-
-        def ready(hasher):
+        upload = self._upload = _Upload(vpath, key, owner, jail.real(key), partial, f)
+        self.factory.partialsInUse.add(partial)
+        if offset == 0:
+            hasher = hashlib.sha256()
+        else:
+            # The data before the offset is already here: hash it first.
+            try:
+                hasher = await hashInThread(self.factory.reactor, fd, offset)
+            except BaseException:
+                self._endUpload(keepPartial=True)
+                raise
             if self._upload is not upload:
                 return  # the connection went meanwhile
-            upload.sink = ChunkSink(
-                self.factory.reactor, f, hasher, limit=limit, progress=lambda n: self.resetTimeout()
-            )
-            self.reply(Code.SEND_DATA, f"{offset} send data from byte {offset}, then the SHA-256 of the whole file")
-            setReadSize(self.transport, _TRANSFER_READ)
-            self.setRawMode()
-
-        if offset == 0:
-            ready(hashlib.sha256())
-            return None
-        # The data before the offset is already here: hash it first.
-        def failed(failure):
-            self._endUpload(keepPartial=True)
-            return failure
-
-        return hashInThread(self.factory.reactor, fd, offset).addCallbacks(ready, failed)
+        upload.sink = ChunkSink(
+            self.factory.reactor, f, hasher, limit=limit,
+            progress=lambda n: self.resetTimeout(),
+            charge=None if owner is None else lambda n: quotas.charge(owner, n),
+        )
+        self.reply(Code.SEND_DATA, f"{offset} send data from byte {offset}, then the SHA-256 of the whole file")
+        setReadSize(self.transport, _TRANSFER_READ)
+        self.setRawMode()
 
     def rawDataReceived(self, data: bytes) -> None:
         self.resetTimeout()
@@ -683,22 +773,27 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             try:
                 fsync(fd)
                 storeDigest(fd, computed)
+                try:
+                    replaced = os.lstat(upload.real).st_size
+                except FileNotFoundError:
+                    replaced = 0
                 os.replace(upload.partial, upload.real)
                 dirfd = os.open(os.path.dirname(upload.real), os.O_RDONLY | os.O_DIRECTORY)
                 try:
                     fsync(dirfd)
                 finally:
                     os.close(dirfd)
-                return os.fstat(fd)
+                return os.fstat(fd), replaced
             finally:
                 os.close(fd)
 
         reactor = self.factory.reactor
         try:
-            st = await deferToThreadPool(reactor, reactor.getThreadPool(), commit)
+            st, replaced = await deferToThreadPool(reactor, reactor.getThreadPool(), commit)
         except OSError as e:
             self._endUpload(keepPartial=True)
             raise osReply(e, upload.vpath)
+        self.factory.quotas.freed(upload.owner, replaced)
         self.factory.digests.remember(st, computed)
         self._endUpload(keepPartial=True)
         self._log.info("{peer} stored {path} ({n} bytes)", peer=self.peer, path=upload.vpath, n=sink.size)
@@ -715,18 +810,29 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         if upload.sink is not None:
             upload.sink.close()
         fd = upload.file.fileno()
-        empty = os.fstat(fd).st_size == 0
+        size = os.fstat(fd).st_size
         upload.file.close()
         self._close(fd)
-        self.factory.uploads.discard(upload.vpath)
-        if not keepPartial or empty:
-            try:
-                os.unlink(upload.partial)
-            except FileNotFoundError:
-                pass
+        if (not keepPartial or size == 0) and not upload.committing:
+            if _unlinkQuietly(upload.partial):
+                self.factory.quotas.freed(upload.owner, size)
+        self.factory.quotas.end(upload.owner)
+        self.factory.partialsInUse.discard(upload.partial)
+        self.factory.uploads.discard(upload.key)
         if not self.line_mode:
             setReadSize(self.transport, None)
             self.setLineMode()
+
+
+def _unlinkQuietly(path: str) -> bool:
+    """
+    Remove a file if it is there; whether it was.
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class BFTPFactory(AdmittingFactory, Factory):
@@ -753,6 +859,7 @@ class BFTPFactory(AdmittingFactory, Factory):
         sendfile: bool = True,
         uploads: MutableSet[str] | None = None,
         fsync: Callable[[int], None] = os.fsync,
+        policy: Policy | None = None,
     ) -> None:
         """
         @param loginDelay: seconds before a failed login is answered.
@@ -764,6 +871,8 @@ class BFTPFactory(AdmittingFactory, Factory):
             forking twin (L{bftp.threaded.SharedNameSet}).
         @param fsync: how a finished upload and its directory are made
             durable (a seam for tests that check the order of the steps).
+        @param policy: who may do what where, quotas and the age at which
+            unfinished uploads expire; shared mode by default.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -780,5 +889,30 @@ class BFTPFactory(AdmittingFactory, Factory):
         self.digests = DigestCache(reactor)
         self.uploads: MutableSet[str] = set() if uploads is None else uploads
         self.fsync = fsync
+        self.policy = Policy() if policy is None else policy
+        self.quotas = Quotas(self.jail, self.policy, reactor)
+        #: The real paths of the partial files this process writes now.
+        self.partialsInUse: set[str] = set()
+        self.sweeper = PartialSweeper(self.jail, self.policy, self.quotas, reactor, lambda: self.partialsInUse)
         # A connection holds its socket, and a file while it transfers one.
         self.admission = Admission(maxConnections, maxPerAddress, fdsPerConnection=2)
+
+    def startFactory(self) -> None:
+        self.sweeper.start()
+
+    def stopFactory(self) -> None:
+        self.sweeper.stop()
+
+    def makeFolders(self, account: IAccount) -> str:
+        """
+        Make the home and hand-in folder of C{account} if the policy gives
+        it any, and return where its session starts.
+
+        @raise OSError: if they cannot be made.
+        """
+        for vpath in self.policy.ownedBy(account.name):
+            os.makedirs(self.jail.real(vpath), exist_ok=True)
+        home = self.policy.home(account)
+        if home != "/":
+            os.makedirs(self.jail.real(home), exist_ok=True)
+        return home

@@ -10,6 +10,7 @@ from twisted.application import service, strports
 from twisted.python import usage
 
 from bftp.auth import makePortal
+from bftp.policy import Policy, parseAge, parseSize
 from bftp.protocol import BFTPFactory
 from coursenet.accounts import PasswordChecker
 from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin
@@ -39,12 +40,23 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
         ["idle-timeout", None, 300, "seconds before an idle connection is closed", int],
         ["max-file-size", None, 0, "largest file a PUT may store, in bytes (0: no limit)", int],
         ["login-timeout", None, 60, "seconds a connection may take to log in", int],
+        ["class-config", None, None, "TOML file of a class: admins, areas, hand-in deadline, quota (docs/bftp.md 18)"],
+        ["quota", None, None, "class mode: bytes a student's home and hand-in may hold, e.g. 200M (default: no quota)"],
+        ["partial-max-age", None, None, "remove unfinished uploads untouched this long, e.g. 36h, 7d; 0 keeps them (default 7d)"],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["users"] = []
+        self["admins"] = []
+
+    def opt_admin(self, name: str) -> None:
+        """
+        This account is an admin; the others are students (repeatable;
+        turns class mode on, docs/bftp.md section 18)
+        """
+        self["admins"].append(name)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -55,6 +67,15 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
 
     def postOptions(self) -> None:
         self.checkTLSPair()
+        try:
+            self["policy"] = Policy.fromConfig(
+                self["class-config"],
+                admins=self["admins"],
+                quota=None if self["quota"] is None else parseSize(self["quota"]),
+                partialMaxAge=None if self["partial-max-age"] is None else parseAge(self["partial-max-age"]),
+            )
+        except (OSError, ValueError) as e:
+            raise usage.UsageError(str(e))
         if not self["passwd"] and not self["users"] and not self["anonymous"]:
             raise usage.UsageError("no accounts: give --passwd, --user or --anonymous")
         if not self["listen"]:
@@ -87,6 +108,7 @@ def makeFactory(options: Options, reactor=None, uploads=None) -> BFTPFactory:
         loginTimeout=options["login-timeout"],
         sendfile=not options["no-sendfile"],
         uploads=uploads,
+        policy=options["policy"],
     )
 
 

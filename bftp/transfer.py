@@ -395,6 +395,7 @@ class ChunkSink:
         hasher,
         limit: int | None = None,
         progress: Progress | None = None,
+        charge: Callable[[int], str | None] | None = None,
     ) -> None:
         """
         @param f: a binary file open for reading and writing, positioned
@@ -402,11 +403,15 @@ class ChunkSink:
         @param hasher: a C{hashlib} object already fed with the bytes before
             that position.
         @param limit: refuse to write past this many bytes in the file.
+        @param charge: called with the size of each piece before it is
+            written (and with minus that size if the write fails); a text
+            it returns refuses the piece and becomes L{error} (a quota).
         """
         self._f = f
         self.size = f.tell()
         self._hashing = BackgroundHasher(reactor, f.fileno(), hasher, self.size)
         self._limit = limit
+        self._charge = charge
         self._progress = progress
         self._decoder = ChunkDecoder()
         self.error: OSError | str | None = None
@@ -440,10 +445,14 @@ class ChunkSink:
             if self.error is None:
                 if self._limit is not None and self.size + n > self._limit:
                     self.error = f"file exceeds the limit of {self._limit} bytes"
+                elif self._charge is not None and (refused := self._charge(n)) is not None:
+                    self.error = refused
                 else:
                     try:
                         self._f.write(piece)
                     except OSError as e:
+                        if self._charge is not None:
+                            self._charge(-n)
                         self.error = e
                     else:
                         self.size += n
