@@ -6,6 +6,7 @@ The C{bftp} command:
     bftp ls   URL          bftp stat URL       bftp rm URL
     bftp mkdir URL         bftp rmdir URL      bftp hash URL
     bftp shell URL
+    bftp collect URL LOCALDIR   (a whole tree: an admin collecting hand-ins)
 
 C{bftps://} uses TLS and verifies the server's certificate (C{--cafile} to
 trust a certificate of your own).  The password comes from C{BFTP_PASSWORD}
@@ -88,6 +89,34 @@ def _listing(entries) -> list[str]:
     return [f"{e.kind:5} {e.size:>12} {formatTime(e.mtime)} {e.name}" for e in entries]
 
 
+async def collect(client, remote: str, local: str, out=None) -> tuple[int, int]:
+    """
+    Download the tree below the remote directory C{remote} into C{local},
+    each file verified as C{get} does (and resumed if cut before).
+
+    Names the server lists that could leave C{local} (C{..}, a slash) are
+    refused: the server is not trusted with the client's file system.
+
+    @return: how many files and bytes were collected.
+    """
+    files = size = 0
+    os.makedirs(local, exist_ok=True)
+    for entry in await client.list(remote):
+        if entry.name in ("", ".", "..") or "/" in entry.name or "\0" in entry.name:
+            raise CLIError(f"the server listed a name that is not a plain name: {entry.name!r}")
+        rpath = posixpath.join(remote, entry.name)
+        lpath = os.path.join(local, entry.name)
+        if entry.kind == "dir":
+            n, b = await collect(client, rpath, lpath, out)
+            files, size = files + n, size + b
+        elif entry.kind == "file":
+            digest = await client.get(rpath, lpath)
+            if out is not None:
+                print(f"{lpath}: sha256 {digest}", file=out)
+            files, size = files + 1, size + entry.size
+    return files, size
+
+
 async def _run(reactor, args) -> None:
     out = args.stdout
     if args.command == "put":
@@ -133,6 +162,9 @@ async def _run(reactor, args) -> None:
         await client.rmdir(url.path)
     elif args.command == "hash":
         print(f"{await client.hash(url.path)}  {url.path}", file=out)
+    elif args.command == "collect":
+        files, size = await collect(client, url.path, args.local, out)
+        print(f"collected {files} files, {size} bytes, from {url.path} into {args.local}", file=out)
     elif args.command == "shell":
         if url.path != "/":
             await client.cd(url.path)
@@ -240,6 +272,9 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("local")
     u.add_argument("url")
     u.add_argument("--resume", action="store_true", help="continue an upload that was cut")
+    c = sub.add_parser("collect", help="download a whole directory tree (e.g. every hand-in)", parents=common)
+    c.add_argument("url")
+    c.add_argument("local")
     for name, text in [("ls", "list a directory"), ("stat", "does a path exist, its size"),
                        ("rm", "delete a file"), ("mkdir", "make a directory"),
                        ("rmdir", "remove an empty directory"), ("hash", "SHA-256 of a remote file"),

@@ -894,6 +894,10 @@ class BFTPFactory(AdmittingFactory, Factory):
         #: The real paths of the partial files this process writes now.
         self.partialsInUse: set[str] = set()
         self.sweeper = PartialSweeper(self.jail, self.policy, self.quotas, reactor, lambda: self.partialsInUse)
+        if self.policy.classMode:
+            for area in (self.policy.homes, self.policy.course, self.policy.handin):
+                if area is not None:
+                    os.makedirs(self.jail.real(area), exist_ok=True)
         # A connection holds its socket, and a file while it transfers one.
         self.admission = Admission(maxConnections, maxPerAddress, fdsPerConnection=2)
 

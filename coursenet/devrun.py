@@ -3,8 +3,8 @@ C{make run}: start every server of the suite on localhost with embedded
 defaults, one C{twistd -n} process each, until Ctrl-C.
 
 Data lives under C{./var}: a self-signed certificate for localhost
-(C{var/tls}), a password file with a demo account (C{var/passwd}), and each
-service's files.
+(C{var/tls}), a password file (C{var/passwd}) with a demo account (an admin
+of the BFTP class) and a student account, and each service's files.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from coursenet.tls import ensureDevCertificate, tlsListenString
 
 VAR = "var"
 DEMO_USER = "demo"
+STUDENT_USER = "student"
 
 
 def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list[str], str]]:
@@ -44,10 +45,13 @@ def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list
             [
                 "--root", os.path.join(var, "bftp"),
                 "--passwd", passwd,
+                "--admin", DEMO_USER,
                 "--listen", "tcp:9021:interface=127.0.0.1",
                 "--tls-cert", cert, "--tls-key", key, "--tls-port", "9022",
             ],
-            f"bftp://{DEMO_USER}@localhost:9021/  and  bftps://{DEMO_USER}@localhost:9022/ (--cafile {cert})",
+            f"bftp://{DEMO_USER}@localhost:9021/  and  bftps://{DEMO_USER}@localhost:9022/ (--cafile {cert});"
+            f" class mode: {DEMO_USER} is an admin, {STUDENT_USER} a student (home /home/{STUDENT_USER},"
+            f" hand-in /handin/{STUDENT_USER})",
         ),
         (
             "postoffice",
@@ -93,20 +97,20 @@ def tetherUnavailable() -> str | None:
     return None
 
 
-def demoPassword(var: str, passwd: str) -> str:
+def demoPassword(var: str, passwd: str, user: str = DEMO_USER) -> str:
     """
-    The demo account's password: made on the first run, kept in
-    C{var/demo-password} (mode 0600) so it can be printed every time.
+    The password of a demo account: made on the first run, kept in
+    C{var/USER-password} (mode 0600) so it can be printed every time.
     """
-    path = os.path.join(var, "demo-password")
-    if os.path.exists(path) and DEMO_USER in readPasswordFile(passwd):
+    path = os.path.join(var, f"{user}-password")
+    if os.path.exists(path) and user in readPasswordFile(passwd):
         with open(path) as f:
             return f.read().strip()
     password = secrets.token_urlsafe(9)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(password + "\n")
-    setPassword(passwd, DEMO_USER, password)
+    setPassword(passwd, user, password)
     return password
 
 
@@ -121,9 +125,12 @@ def main() -> int:
     cert, key = ensureDevCertificate(os.path.join(VAR, "tls"))
     passwd = os.path.join(VAR, "passwd")
     password = demoPassword(VAR, passwd)
+    studentPassword = demoPassword(VAR, passwd, STUDENT_USER)
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     procs = []
-    print(f"demo account: user {DEMO_USER!r}, password {password!r} (also in {VAR}/demo-password)")
+    print(f"demo account: user {DEMO_USER!r}, password {password!r} (also in {VAR}/{DEMO_USER}-password)")
+    print(f"student account: user {STUDENT_USER!r}, password {studentPassword!r}"
+          f" (also in {VAR}/{STUDENT_USER}-password; a BFTP student, a plain user elsewhere)")
     print(f"development certificate: {cert}")
     if tetherUnavailable():
         print(tetherUnavailable())
