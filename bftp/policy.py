@@ -9,7 +9,7 @@ Two modes:
   - B{Class} (C{--class-config FILE} or C{--admin NAME}): admins may do
     everything; every other account is a student who owns a home and a
     hand-in folder and reads the course area; anonymous reads only what
-    the configuration makes public.  See docs/bftp.md section 18.
+    the configuration makes public.  See docs/bftp.md section 17.
 
 Rules are decided on virtual paths alone, never on what exists there, so a
 refusal tells nothing about another account's files.  The protocol checks

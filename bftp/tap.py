@@ -40,7 +40,7 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
         ["idle-timeout", None, 300, "seconds before an idle connection is closed", int],
         ["max-file-size", None, 0, "largest file a PUT may store, in bytes (0: no limit)", int],
         ["login-timeout", None, 60, "seconds a connection may take to log in", int],
-        ["class-config", None, None, "TOML file of a class: admins, areas, hand-in deadline, quota (docs/bftp.md 18)"],
+        ["class-config", None, None, "TOML file of a class: admins, areas, hand-in deadline, quota (docs/bftp.md 17)"],
         ["quota", None, None, "class mode: bytes a student's home and hand-in may hold, e.g. 200M (default: no quota)"],
         ["partial-max-age", None, None, "remove unfinished uploads untouched this long, e.g. 36h, 7d; 0 keeps them (default 7d)"],
     ]
@@ -54,7 +54,7 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
     def opt_admin(self, name: str) -> None:
         """
         This account is an admin; the others are students (repeatable;
-        turns class mode on, docs/bftp.md section 18)
+        turns class mode on, docs/bftp.md section 17)
         """
         self["admins"].append(name)
 
