@@ -70,6 +70,20 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
+_QUOTED_PAIR = re.compile(rb"\\(.)", re.DOTALL)
+
+
+def unquoteLocalPart(local: bytes) -> bytes:
+    """
+    The local part of an address as its mailbox is named: a quoted string
+    (RFC 5321 4.1.2, C{"alice"} or C{"a\\"b"}) without its quotes and
+    backslashes; any other form as it is.
+    """
+    if len(local) >= 2 and local.startswith(b'"') and local.endswith(b'"'):
+        return _QUOTED_PAIR.sub(rb"\1", local[1:-1])
+    return local
+
+
 @implementer(IMessageSMTP)
 class _MaildirMessage:
     """
@@ -97,14 +111,23 @@ class LocalDelivery:
     authenticating would help.  This server does not relay.
     """
 
-    def __init__(self, store: IMailStore, domains: Iterable[str], user: str | None = None) -> None:
+    def __init__(
+        self,
+        store: IMailStore,
+        domains: Iterable[str],
+        user: str | None = None,
+        postmaster: str | None = None,
+    ) -> None:
         """
         @param domains: the local domain names, lower case.
         @param user: the authenticated user, or L{None}.
+        @param postmaster: the account that gets mail for C{postmaster}
+            when there is no account of that name (RFC 5321 4.5.1).
         """
         self._store = store
         self._domains = frozenset(d.lower() for d in domains)
         self.user = user
+        self.postmaster = postmaster
 
     def receivedHeader(self, helo: Any, origin: Any, recipients: Any) -> None:
         return None  # SMTPServer.receivedHeader writes it
@@ -116,11 +139,16 @@ class LocalDelivery:
 
     def localUser(self, local: str) -> str | None:
         """
-        The account a local part names (exactly, or in lower case), if any.
+        The account a local part names (exactly, or in lower case), if any;
+        C{postmaster}, in any case, is L{postmaster} unless an account has
+        that name.
         """
         for name in (local, local.lower()):
             if self._store.hasUser(name):
                 return name
+        if local.lower() == "postmaster" and self.postmaster is not None:
+            if self._store.hasUser(self.postmaster):
+                return self.postmaster
         return None
 
     def validateTo(self, user: smtp.User) -> Callable[[], _MaildirMessage]:
@@ -128,8 +156,12 @@ class LocalDelivery:
         address = _text(bytes(dest))
         if len(dest.local) > 64 or len(dest.domain) > 255:
             raise SMTPServerError(553, f"5.1.3 <{address}>: address too long")
+        local = _text(unquoteLocalPart(dest.local))
         domain = _text(dest.domain).lower().rstrip(".")
-        if domain not in self._domains:
+        # RFC 5321 4.1.1.3: RCPT TO:<postmaster>, with no domain, is for
+        # this server's postmaster whatever its host name.
+        barePostmaster = local.lower() == "postmaster" and b"@" not in dest.addrstr
+        if domain not in self._domains and not barePostmaster:
             if self.user is None:
                 raise SMTPServerError(
                     550,
@@ -141,7 +173,7 @@ class LocalDelivery:
                 f"5.7.1 <{address}>: this server delivers only to its own"
                 " domains and does not relay",
             )
-        name = self.localUser(_text(dest.local))
+        name = self.localUser(local)
         if name is None:
             raise SMTPServerError(550, f"5.1.1 <{address}>: no such user here")
         store = self._store
@@ -166,6 +198,12 @@ class SMTPServer(MailReceiver, smtp.ESMTP):
 
     _replies = 0
     _replyOwed: Deferred[None] | None = None
+    # The message being received, for the delivery log.
+    _inHeader = False
+    _inMessageId = False
+    _messageId: str | None = None
+    _envelope: tuple[str, list[str]] = ("", [])
+    _eomAt = 0.0
 
     def __init__(
         self,
@@ -262,7 +300,12 @@ class SMTPServer(MailReceiver, smtp.ESMTP):
     def _handleLine(self, line: bytes) -> Deferred[None] | None:
         if self.mode == DATA:
             if line != b".":
-                self._dataSize += len(line) + 2
+                # RFC 1870: the size is of the message, without the dots
+                # added by dot-stuffing.
+                unstuffed = line[1:] if line.startswith(b".") else line
+                self._dataSize += len(unstuffed) + 2
+                if self._inHeader:
+                    self._readHeader(unstuffed)
                 if b"\r" in line:
                     self._failData(
                         550,
@@ -274,6 +317,8 @@ class SMTPServer(MailReceiver, smtp.ESMTP):
                         f"5.3.4 Message exceeds the maximum size of"
                         f" {self.maxMessageSize} octets",
                     )
+            elif self.datafailed is None:
+                self._eomAt = self.receiverClock().seconds()
         elif b"\r" in line:
             self._refuseBare()
             return None
@@ -398,7 +443,30 @@ class SMTPServer(MailReceiver, smtp.ESMTP):
 
     def do_DATA(self, rest: bytes) -> None:
         self._dataSize = 0
+        self._inHeader = True
+        self._messageId = None
+        self._envelope = (
+            _text(bytes(self._from)) if self._from is not None else "",
+            [_text(bytes(user.dest)) for user, _ in self._to],
+        )
         smtp.ESMTP.do_DATA(self, rest)
+
+    def _readHeader(self, line: bytes) -> None:
+        """
+        Follow the message's header up to its blank line, for the
+        Message-ID the delivery log gives (unfolded, at most 200
+        characters).
+        """
+        if not line:
+            self._inHeader = False
+        elif line[:1] in (b" ", b"\t"):
+            if self._messageId is not None and self._inMessageId:
+                self._messageId = (self._messageId + " " + _text(line.strip())).strip()[:200]
+        else:
+            name, colon, value = line.partition(b":")
+            self._inMessageId = bool(colon) and name.strip().lower() == b"message-id"
+            if self._inMessageId:
+                self._messageId = _text(value.strip())[:200]
 
     def do_NOOP(self, rest: bytes) -> None:
         self.sendCode(250, "2.0.0 OK")
@@ -437,9 +505,23 @@ class SMTPServer(MailReceiver, smtp.ESMTP):
             )
         else:
             self.sendCode(250, "2.0.0 Ok: message stored")
+            sender, recipients = self._envelope
+            self._log.info(
+                "delivered {messageId} ({size} octets) from <{sender}> to"
+                " {recipients}: durable in {durable:.1f} ms",
+                messageId=self._messageId or "(no Message-ID)",
+                size=self._dataSize,
+                sender=sender,
+                recipients=", ".join(f"<{r}>" for r in recipients),
+                durable=(self.receiverClock().seconds() - self._eomAt) * 1000,
+            )
 
     def _cbAuthenticated(self, loginInfo):
+        postmaster = self.delivery.postmaster
         result = smtp.ESMTP._cbAuthenticated(self, loginInfo)
+        # The realm's delivery for the user: postmaster mail goes where
+        # this server sends it.
+        self.delivery.postmaster = postmaster
         self._log.info("{user} authenticated", user=self.delivery.user)
         return result
 
@@ -466,9 +548,15 @@ class SMTPFactory(MailFactory, smtp.SMTPFactory):
         timeout: int = 300,
         reactor: Any = None,
         admission: Admission | None = None,
+        postmaster: str | None = None,
     ) -> None:
+        """
+        @param postmaster: the account that gets mail for C{postmaster}
+            when no account has that name.
+        """
         MailFactory.__init__(self, reactor, admission)
         smtp.SMTPFactory.__init__(self, portal)
+        self.postmaster = postmaster
         self.store = store
         self.domains = list(domains)
         self.contextFactory = contextFactory
@@ -478,7 +566,7 @@ class SMTPFactory(MailFactory, smtp.SMTPFactory):
 
     def buildSession(self, addr: Any) -> SMTPServer:
         p = SMTPServer(
-            LocalDelivery(self.store, self.domains),
+            LocalDelivery(self.store, self.domains, postmaster=self.postmaster),
             self.contextFactory,
             self.maxMessageSize,
             self.reactor,

@@ -44,6 +44,13 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
         ["tls-key", None, None, "PEM private key for --tls-cert"],
         ["hostname", None, None, "name in greetings and Received: (default: first --domain)"],
         [
+            "postmaster",
+            None,
+            None,
+            "account that gets mail for postmaster (default: the account named"
+            " postmaster, else the first --user, else the first account by name)",
+        ],
+        [
             "max-message-size",
             None,
             DEFAULT_MAX_MESSAGE_SIZE,
@@ -113,6 +120,23 @@ class MailService(service.MultiService):
         super().startService()
 
 
+def postmasterAccount(options: Options, checker: PasswordChecker) -> str | None:
+    """
+    The account that gets mail for C{postmaster} (RFC 5321 4.5.1: it MUST
+    be accepted): C{--postmaster}, else the account of that name, else the
+    first C{--user}, else the first account by name.
+    """
+    if options["postmaster"]:
+        if not checker.hasUser(options["postmaster"]):
+            raise usage.UsageError(f"--postmaster {options['postmaster']}: no such account")
+        return options["postmaster"]
+    if checker.hasUser("postmaster"):
+        return "postmaster"
+    if options["users"]:
+        return options["users"][0][0]
+    return min(checker.userNames(), default=None)
+
+
 def makeService(options: Options) -> service.IService:
     checker = PasswordChecker(options["passwd"], options["users"], rule=options.guessRule())
     store = MaildirStore(
@@ -135,6 +159,7 @@ def makeService(options: Options) -> service.IService:
             options["max-message-size"],
             options["hostname"],
             admission=admission,
+            postmaster=postmasterAccount(options, checker),
         ),
         "pop3": POP3Factory(portal, ctx, loginNeedsTLS=ctx is not None, admission=admission),
         "imap": IMAPFactory(portal, ctx, options["max-message-size"], admission=admission),

@@ -16,7 +16,7 @@ import textwrap
 
 import pytest_twisted
 
-from tests.mail_support import DOMAIN, PASSWORD, USER, inThread, message, run, startPostOffice
+from tests.mail_support import DOMAIN, PASSWORD, USER, TwistdPostOffice, inThread, message, run, startPostOffice
 
 ALICE = f"{USER}@{DOMAIN}"
 
@@ -366,3 +366,35 @@ async def test_imap_literal_that_lies(po, devCert):
     assert cont.startswith(b"+")
     assert any(r.startswith(b"d BAD") for r in replies)
     assert noop.startswith(b"e OK")
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_smtplib_reaches_postmaster_and_a_quoted_local_part(tmp_path):
+    """Under twistd with only alice, smtplib's RCPT TO:<postmaster> and <"alice"@domain> are taken and land in alice's Maildir; a dot-stuffed message of exactly --max-message-size octets is not refused."""
+    server = await inThread(TwistdPostOffice, str(tmp_path), "--max-message-size", "2000")
+    # 2000 octets with CRLF line ends; the body's lines start with a dot,
+    # so smtplib stuffs them and sends more than 2000.
+    head = message("pm", "")
+    body = (b"." + b"d" * 97 + b"\r\n") * ((2000 - len(head)) // 100)
+    data = head + body + b"." + b"e" * (2000 - len(head) - len(body) - 3) + b"\r\n"
+
+    def send():
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20) as s:
+            return s.sendmail("bob@else.test", ["postmaster", f'"{USER}"@{DOMAIN}'], data)
+
+    try:
+        refused = await inThread(send)
+    finally:
+        server.stop()
+    inbox = os.path.join(str(tmp_path), "mail", USER, "new")
+    stored = []
+    for name in os.listdir(inbox):
+        with open(os.path.join(inbox, name), "rb") as f:
+            stored.append(f.read())
+    assert len(data) == 2000 and refused == {}
+    assert sorted(m.split(b"\n")[3].split(b";")[0] for m in stored) == [
+        b'\tfor <"alice"@example.test>',
+        b"\tfor <postmaster@example.test>",
+    ]
+    assert all(m.endswith(data.replace(b"\r\n", b"\n")) for m in stored)

@@ -35,6 +35,8 @@ class FakeDelivery:
 class FakeStore:
     def __init__(self) -> None:
         self.deliveries: list[FakeDelivery] = []
+        #: The account of each delivery, in order.
+        self.users: list[str] = []
 
     def hasUser(self, name: str) -> bool:
         return name in ("alice", "bob")
@@ -42,12 +44,13 @@ class FakeStore:
     def openDelivery(self, user: str) -> FakeDelivery:
         d = FakeDelivery()
         self.deliveries.append(d)
+        self.users.append(user)
         return d
 
 
-def connect(store=None, maxSize=10_000):
+def connect(store=None, maxSize=10_000, postmaster=None):
     store = store or FakeStore()
-    p = SMTPServer(LocalDelivery(store, ["example.test"]), None, maxSize, clock=Clock())
+    p = SMTPServer(LocalDelivery(store, ["example.test"], postmaster=postmaster), None, maxSize, clock=Clock())
     p.host = b"example.test"
     t = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4000))
     p.makeConnection(t)
@@ -105,6 +108,49 @@ def test_open_relay_and_unknown_users_refused_at_rcpt():
     assert say(p, t, b"RCPT TO:<<<>\r\n")[0][:3] in (b"501", b"553")
     assert say(p, t, b"RCPT TO:<" + b"a" * 70 + b"@example.test>\r\n")[0].startswith(b"553")
     assert say(p, t, b"RCPT TO:<alice@example.test> NOTIFY=NEVER\r\n")[0].startswith(b"555")
+
+
+def test_postmaster_accepted_with_or_without_domain():
+    """RCPT TO:<postmaster> (no domain, any case) and postmaster@ a local domain go to the postmaster account (RFC 5321 4.5.1); another domain's postmaster is still not relayed."""
+    p, t, store = connect(postmaster="bob")
+    say(p, t, b"EHLO c\r\nMAIL FROM:<x@else.test>\r\n")
+    assert say(p, t, b"RCPT TO:<postmaster>\r\n") == [b"250 2.0.0 Recipient address accepted"]
+    assert say(p, t, b"RCPT TO:<PostMaster@Example.Test>\r\n") == [b"250 2.0.0 Recipient address accepted"]
+    assert say(p, t, b"RCPT TO:<postmaster@else.test>\r\n")[0].startswith(b"550 5.7.1")
+    say(p, t, b"DATA\r\nhi\r\n.\r\n")
+    assert store.users == ["bob", "bob"]
+
+
+def test_postmaster_without_an_account_is_refused_saying_so():
+    """With no postmaster account configured, RCPT TO:<postmaster> gets 550 5.1.1 naming the address."""
+    p, t, _ = connect()
+    say(p, t, b"EHLO c\r\nMAIL FROM:<x@else.test>\r\n")
+    assert say(p, t, b"RCPT TO:<postmaster>\r\n") == [b"550 5.1.1 <postmaster@example.test>: no such user here"]
+
+
+def test_quoted_local_part_names_the_same_mailbox():
+    """<"alice"@domain> is alice's mailbox and <"b\\ob"@domain> bob's (RFC 5321 4.1.2 quoted string); a quoted name of no account is 550 5.1.1."""
+    p, t, store = connect()
+    say(p, t, b"EHLO c\r\nMAIL FROM:<x@else.test>\r\n")
+    assert say(p, t, b'RCPT TO:<"alice"@example.test>\r\n') == [b"250 2.0.0 Recipient address accepted"]
+    assert say(p, t, b'RCPT TO:<"b\\ob"@example.test>\r\n') == [b"250 2.0.0 Recipient address accepted"]
+    assert say(p, t, b'RCPT TO:<"al ice"@example.test>\r\n')[0].startswith(b"550 5.1.1")
+    say(p, t, b"DATA\r\nhi\r\n.\r\n")
+    assert store.users == ["alice", "bob"]
+
+
+def test_size_limit_does_not_count_dot_stuffing():
+    """A message of exactly the SIZE limit is taken even when every line was dot-stuffed; one octet more is 552 (RFC 1870)."""
+    for extra, stored in ((0, True), (1, False)):
+        p, t, store = connect(maxSize=2000)
+        say(p, t, b"EHLO c\r\nMAIL FROM:<x@else.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        # 20 lines of 100 octets with their CRLF: 2000; each is sent as 101.
+        body = (b"." + b"d" * 97 + b"\r\n") * 19 + b"." + b"d" * (97 + extra) + b"\r\n"
+        lines = say(p, t, b"." + body.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+        if stored:
+            assert lines == [] and not store.deliveries[0].aborted
+        else:
+            assert lines[0].startswith(b"552 5.3.4") and store.deliveries[0].aborted
 
 
 def test_mail_requires_helo():
