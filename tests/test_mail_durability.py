@@ -9,8 +9,10 @@ import os
 import poplib
 import smtplib
 import socket
+import time
 
 import pytest_twisted
+from twisted.internet.task import deferLater
 
 from tests.mail_support import DOMAIN, PASSWORD, USER, TwistdPostOffice, inThread, message
 
@@ -115,3 +117,24 @@ async def test_pop3_deletes_only_at_quit(tmp_path):
         server.stop()
     ids = lambda lines: [line.split()[1] for line in lines]  # noqa: E731
     assert ids(later) == ids(uidls)[1:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_start_removes_stale_tmp_files(reactor, tmp_path):
+    """Starting twistd postoffice removes a delivery left in tmp/ over 36 hours ago (a crash mid-DATA) and keeps a recent one."""
+    tmp = tmp_path / "mail" / USER / "tmp"
+    for sub in ("tmp", "new", "cur"):
+        (tmp_path / "mail" / USER / sub).mkdir(parents=True)
+    stale, recent = tmp / "1.stale.host", tmp / "2.recent.host"
+    for path, age in ((stale, 37 * 3600), (recent, 3600)):
+        path.write_bytes(b"half a message")
+        then = time.time() - age
+        os.utime(path, (then, then))
+    server = await inThread(TwistdPostOffice, str(tmp_path))
+    try:
+        deadline = time.monotonic() + 20
+        while stale.exists() and time.monotonic() < deadline:
+            await deferLater(reactor, 0.05)
+    finally:
+        server.stop()
+    assert not stale.exists() and recent.exists()
