@@ -26,8 +26,9 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from bftp.fs import RESERVED_PREFIX
 from bftp.interfaces import IAccount
-from bftp.wire import Code, ProtocolError
+from bftp.wire import MAX_NAME, Code, ProtocolError
 
 READ = "read"
 WRITE = "write"
@@ -185,12 +186,23 @@ class Policy:
             return "anonymous"
         return "admin" if self.isAdmin(account) else "student"
 
+    def folderRefusal(self, name: str) -> str | None:
+        """
+        Why the account C{name} cannot have folders named after it in
+        class mode (a slash, C{..}, a reserved name), or L{None}.
+        """
+        if not self.classMode:
+            return None
+        if "/" in name or name in (".", "..") or name.startswith(RESERVED_PREFIX) or len(name.encode()) > MAX_NAME:
+            return f"the account name {name!r} cannot name a folder; ask an admin to rename the account"
+        return None
+
     def ownedBy(self, name: str) -> list[str]:
         """
         The areas that belong to the account C{name}: its home and hand-in
         folder (class mode only).
         """
-        if not self.classMode or name in self.admins:
+        if not self.classMode or name in self.admins or self.folderRefusal(name):
             return []
         owned = [posixpath.join(self.homes, name)]
         if self.handin:
@@ -214,7 +226,7 @@ class Policy:
         """
         Where the account starts after login.
         """
-        if not self.classMode or account.readOnly:
+        if not self.classMode or account.readOnly or self.folderRefusal(account.name):
             return "/"
         return posixpath.join(self.homes, account.name)
 
@@ -242,6 +254,8 @@ class Policy:
         if self.isAdmin(account):
             return None
         name = account.name
+        if self.folderRefusal(name):
+            return self.folderRefusal(name)
         if access == READ and vpath in ("/", self.homes, self.handin):
             return None  # listings show the student's own entry only
         for top in (self.homes, self.handin):

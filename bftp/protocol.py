@@ -349,6 +349,9 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             if self._loginDeadline is not None and self._loginDeadline.active():
                 self._loginDeadline.cancel()
             policy = self.factory.policy
+            unusable = None if account.readOnly or policy.isAdmin(account) else policy.folderRefusal(account.name)
+            if unusable is not None:
+                raise ProtocolError(Code.NOT_LOGGED_IN, unusable)
             try:
                 self.cwd = self.factory.makeFolders(account)
             except OSError as e:
