@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES ?= openssl ca-certificates curl procps swaks libnet-ssleay-perl isync ii \
 	iproute2 nftables iputils-ping chromium
 # Peers that only the benchmarks run.
-BENCH_APT_PACKAGES ?= postfix ngircd iperf3
+BENCH_APT_PACKAGES ?= postfix ngircd iperf3 dovecot-imapd
 
 .PHONY: run test typecheck bench sysdeps venv clean
 
