@@ -88,7 +88,8 @@ def tetherUnavailable() -> str | None:
     """
     Why the tether server cannot start here, or L{None}: it needs root (for
     its TUN device) and /dev/net/tun.  C{make run} starts it with
-    C{--no-nat}, so the host's forwarding and nftables stay untouched.
+    C{--no-nat}, so the host's forwarding stays untouched (its nftables
+    table only keeps clients from the host's own services).
     """
     if os.geteuid() != 0:
         return "tether not started: its TUN device needs root (run make run as root)"

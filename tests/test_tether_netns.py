@@ -333,6 +333,84 @@ def test_serverStopAndCrashRestartLeaveNothing(net):
     assert "tether_tether0" in net.run(SERVER, ["nft", "list", "tables"]).stdout
 
 
+def tunnelAddress(log: str, proc: subprocess.Popen | None = None) -> str:
+    """
+    The address a client's log says its tunnel got.
+    """
+    line = next(l for l in waitFor(log, "tunnel up: address", proc=proc).splitlines() if "tunnel up" in l)
+    return line.split("address ")[1].split("/")[0]
+
+
+HOST_SERVICE = 9300
+
+
+@pytest.fixture
+def hostService(net):
+    """
+    A web server in the tether server's namespace on every address, port
+    L{HOST_SERVICE}: one of the host's own services.
+    """
+    proc = net.start(SERVER, [sys.executable, "-u", "-m", "http.server", "--bind", "0.0.0.0",
+                              "--directory", os.path.join(net.tmp, "www"), str(HOST_SERVICE)], log="host.log")
+    deadline = time.monotonic() + 10
+    while f":{HOST_SERVICE}" not in net.run(SERVER, ["ss", "-ltn"]).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    yield
+    net.stop(proc)
+
+
+@pytest.mark.parametrize("n, extra, reachable", [
+    (2, ["--no-nat"], False), (3, [], False), (4, ["--no-nat", "--allow-client-to-server"], True),
+], ids=["no-nat", "nat", "no-nat-allowed"])
+def test_clientsKeptFromTheServersOwnServices(net, client, hostService, n, extra, reachable):
+    """Through the tunnel a client reaches none of the server host's own services, at the gateway address or the host's other addresses, with or without NAT (ping still answers); --allow-client-to-server opens them."""
+    port, pool = 8782 + n, f"198.18.{104 + n}.0/24"
+    proc, log = net.twistd(SERVER, f"hostserver{n}", [
+        "server", "--listen", f"tcp:{port}:interface={ADDRESSES[SERVER]}", "--pool", pool, "--tun", f"tether{n}",
+        "--token-file", net.tokens, "--allow-plain", "--stats-interval", "0", *extra,
+    ])
+    try:
+        waitFor(log, "tether server up", proc=proc)
+        client("--server", f"ws://{ADDRESSES[SERVER]}:{port}/tether/v1")
+        gateway = pool.replace(".0/24", ".1")
+        assert net.run(LAPTOP, ["ping", "-c", "1", "-W", "2", gateway]).returncode == 0
+        for address in (gateway, SERVER_OUT):
+            got = net.run(LAPTOP, ["curl", "-sS", "-m", "2", f"http://{address}:{HOST_SERVICE}/hello.txt"])
+            assert (got.stdout.encode() == PAGE) is reachable, (address, got.stdout, got.stderr)
+    finally:
+        net.stop(proc)
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-nat"]], ids=["nat", "no-nat"])
+def test_clientToClientWhenAllowed(net, client, extra):
+    """With --allow-client-to-client, the laptop pings a second client (in the phone's namespace) at its tunnel address, with NAT as without."""
+    n = 5 + len(extra)
+    port, pool = 8782 + n, f"198.18.{104 + n}.0/24"
+    server, log = net.twistd(SERVER, f"c2cserver{n}", [
+        "server", "--listen", f"tcp:{port}:interface={ADDRESSES[SERVER]}", "--pool", pool, "--route", pool,
+        "--tun", f"tether{n}", "--token-file", net.tokens, "--allow-plain", "--stats-interval", "0",
+        "--max-leases-per-token", "2", "--allow-client-to-client", *extra,
+    ])
+    phone = None
+    try:
+        waitFor(log, "tether server up", proc=server)
+        url = f"ws://{ADDRESSES[SERVER]}:{port}/tether/v1"
+        _, laptopLog = client("--server", url, wait=False)
+        waitFor(laptopLog, f"ran ip route replace {pool}")
+        phone, phoneLog = net.twistd(PHONE, f"c2cphone{n}", [
+            "client", "--server", url, "--token-file", tokenFile(net, "lap:s3cret"), "--allow-plain",
+        ])
+        other = tunnelAddress(phoneLog, phone)
+        waitFor(phoneLog, f"ran ip route replace {pool}", proc=phone)
+        ping = net.run(LAPTOP, ["ping", "-c", "2", "-i", "0.2", "-W", "2", other])
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+    finally:
+        if phone is not None:
+            net.stop(phone)
+        net.stop(server)
+
+
 @pytest.fixture
 def relay(net):
     """

@@ -263,6 +263,26 @@ def test_serverFromTunWholeOrSegmentedPerLink():
     assert plainWS.packets()[-1] == superTCP(b"x", src=FAR, dst="198.18.100.3")
 
 
+def test_clientToClientSuperPacketWholeOrSegmented():
+    """Between clients (isolation off) a checked super-packet goes whole to a gso link and as valid segments to a plain one; a bad header reaches neither."""
+    server = makeServer(Clock(), isolate=False)
+    server.tun = VnetTun()
+    sender, _, _ = serverWelcome(server)
+    _, gsoWS, _ = serverWelcome(server, name="other", token="pw")
+    toGso = gsoHeader(1000) + superTCP(bytes(2000), dst="198.18.100.3")
+    sender.bytesMessageReceived(toGso)
+    assert gsoWS.packets() == [toGso]
+    plainServer = makeServer(Clock(), isolate=False)
+    plainServer.tun = VnetTun()
+    sender, _, _ = serverWelcome(plainServer)
+    _, plainWS, _ = serverWelcome(plainServer, offload=(), name="other", token="pw")
+    sender.bytesMessageReceived(gsoHeader(1000) + superTCP(bytes(2000), dst="198.18.100.3"))
+    sender.bytesMessageReceived(gsoHeader(100) + superTCP(bytes(2000), dst="198.18.100.3"))
+    assert [len(p) for p in plainWS.packets()] == [1040, 1040] and all(validTCP(p) for p in plainWS.packets())
+    assert sender.lease.counters.drops == {"bad offload header": 1}
+    assert server.tun.written == plainServer.tun.written == []
+
+
 def test_clientTurnsOffloadOnWhenWelcomedWithGso():
     """The client offers gso, turns the TUN's offloads on only when the welcome accepts it, and then passes super-packets whole both ways."""
     client = makeClient()

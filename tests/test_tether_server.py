@@ -106,10 +106,19 @@ def test_isolationAndEgressPolicy():
     link.bytesMessageReceived(ip4("198.18.100.2", "198.18.100.1"))
     assert len(server.tun.written) == 1
     assert link.lease.counters.drops == {"client to client": 1, "denied destination": 3}
-    open_ = makeServer(Clock(), isolate=False)
-    other, _, _ = welcomed(open_)
-    other.bytesMessageReceived(ip4("198.18.100.2", "198.18.100.3"))
-    assert len(open_.tun.written) == 1
+
+
+def test_clientToClientDeliveredDirectlyWhenAllowed():
+    """Without isolation a packet to another client's address goes straight to that client's link, never to the TUN (where NAT's forward rules would refuse it); to an address no client holds it is dropped and counted."""
+    server = makeServer(Clock(), isolate=False)
+    sender, _, _ = welcomed(server)
+    _, receiverWS, _ = welcomed(server, "other", "pw", binary=False)
+    packet = ip4("198.18.100.2", "198.18.100.3")
+    sender.bytesMessageReceived(packet)
+    sender.bytesMessageReceived(ip4("198.18.100.2", "198.18.100.9"))
+    assert receiverWS.packets() == [packet]
+    assert server.tun.written == []
+    assert sender.lease.counters.drops == {"no client for destination": 1}
 
 
 def test_tunPacketsReachTheirClientBinaryOrBase64():
@@ -329,3 +338,22 @@ def test_forwardingOriginalSurvivesACrash(tmp_path):
     sysctl.write_text("1\n")
     assert other.acquire() == "1"
     assert other.release() == "1" and sysctl.read_text() == "1"
+
+
+def test_noNatStillClosesTheHostToClients(tmp_path):
+    """With --no-nat the server still installs its table with the input filter (and removes it on stop), but leaves ip_forward alone."""
+    from twisted.internet.defer import Deferred
+
+    runner = RecordingRunner()
+    sysctl = tmp_path / "ip_forward"
+    sysctl.write_text("0\n")
+    ledger = ForwardingLedger(str(tmp_path / "state"), str(sysctl), namespace="test")
+    network = ServerNetwork(runner, "tether0", "198.18.100.1", "198.18.100.0/24", 1400, nat=False, deny=[],
+                            forwarding=ledger)
+    Deferred.fromCoroutine(network.start())
+    (nft,) = [c for c in runner.commands if c[0] == "nft" and c[1] != "delete"]
+    assert 'iifname "tether0" ip protocol != icmp drop' in nft[1] and "masquerade" not in nft[1]
+    runner.commands.clear()
+    Deferred.fromCoroutine(network.stop())
+    assert runner.commands == [["nft", "delete", "table", "ip", natTable("tether0")]]
+    assert sysctl.read_text() == "0\n" and not (tmp_path / "state").exists()

@@ -9,7 +9,7 @@ import pytest
 
 from tests.tether_support import ip4
 from tether.client import Backoff
-from tether.netconf import natRules, parseRouteGet, tunnelRoutes
+from tether.netconf import parseRouteGet, tableRules, tunnelRoutes
 from tether.wire import (
     MAX_CONTROL,
     Close,
@@ -105,13 +105,27 @@ def test_parseRouteGet():
 
 
 def test_natRulesOneTransaction():
-    """NAT is one nft command: masquerade for the pool, denied networks dropped, no new connections inward."""
-    argv = natRules("tether0", "198.18.100.0/24", ["198.18.9.0/24"])
-    assert argv[0] == "nft" and len(argv) == 2
+    """NAT is one nft command: masquerade for the pool, denied networks dropped, no new connections inward, the host's services closed to clients."""
+    argv = tableRules("tether0", "198.18.100.0/24", ["198.18.9.0/24"])
+    assert argv is not None and argv[0] == "nft" and len(argv) == 2
     script = argv[1]
     assert 'ip saddr 198.18.100.0/24 oifname != "tether0" masquerade' in script
     assert 'iifname "tether0" ip daddr { 198.18.9.0/24 } drop' in script
     assert 'oifname "tether0" ct state new drop' in script
+    assert 'input iifname "tether0" ip protocol != icmp drop' in script
+
+
+def test_inputFilterWithoutNatUnlessAllowed():
+    """Without NAT the table still closes the host's services to clients (and drops denied networks), but neither masquerades nor refuses inward connections; allowing the server leaves no input rule, and nothing to do leaves no table."""
+    argv = tableRules("tether0", "198.18.100.0/24", ["198.18.9.0/24"], nat=False)
+    assert argv is not None
+    script = argv[1]
+    assert 'input iifname "tether0" ip protocol != icmp drop' in script
+    assert 'ip daddr { 198.18.9.0/24 } drop' in script
+    assert "masquerade" not in script and "ct state new" not in script
+    allowed = tableRules("tether0", "198.18.100.0/24", [], nat=True, allowServer=True)
+    assert allowed is not None and "input" not in allowed[1] and "masquerade" in allowed[1]
+    assert tableRules("tether0", "198.18.100.0/24", [], nat=False, allowServer=True) is None
 
 
 def test_backoffDoublesToMaximumAndResets():

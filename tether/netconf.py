@@ -108,25 +108,38 @@ def natTable(tun: str) -> str:
     return "tether_" + "".join(c if c.isalnum() else "_" for c in tun)
 
 
-def natRules(tun: str, pool: str, deny: list[str]) -> list[str]:
+def tableRules(tun: str, pool: str, deny: list[str], nat: bool = True,
+               allowServer: bool = False) -> list[str] | None:
     """
     One C{nft} command line (a single transaction) that creates the
-    server's table: masquerade for the pool, no new connections in towards
-    clients, no forwarding to denied networks, and no local service but
-    ICMP for clients.
+    server's table: unless C{allowServer}, no local service but ICMP for
+    clients, at any of the host's addresses; no forwarding to denied
+    networks; and with C{nat}, masquerade for the pool and no new
+    connections in towards clients.
+
+    @return: the command, or L{None} if the table would be empty.
     """
     t = natTable(tun)
-    script = [
-        f"add table ip {t}",
-        f"add chain ip {t} postrouting {{ type nat hook postrouting priority srcnat ; }}",
-        f'add rule ip {t} postrouting ip saddr {pool} oifname != "{tun}" masquerade',
-        f"add chain ip {t} forward {{ type filter hook forward priority filter ; }}",
-        f'add rule ip {t} forward oifname "{tun}" ct state new drop',
-        f"add chain ip {t} input {{ type filter hook input priority filter ; }}",
-        f'add rule ip {t} input iifname "{tun}" ip protocol != icmp drop',
-    ]
+    script = [f"add table ip {t}"]
+    if not allowServer:
+        # The input hook sees every packet for one of the host's own
+        # addresses (the gateway's and all others), whatever NAT does.
+        script += [
+            f"add chain ip {t} input {{ type filter hook input priority filter ; }}",
+            f'add rule ip {t} input iifname "{tun}" ip protocol != icmp drop',
+        ]
+    if nat or deny:
+        script.append(f"add chain ip {t} forward {{ type filter hook forward priority filter ; }}")
+    if nat:
+        script += [
+            f"add chain ip {t} postrouting {{ type nat hook postrouting priority srcnat ; }}",
+            f'add rule ip {t} postrouting ip saddr {pool} oifname != "{tun}" masquerade',
+            f'add rule ip {t} forward oifname "{tun}" ct state new drop',
+        ]
     if deny:
         script.append(f'add rule ip {t} forward iifname "{tun}" ip daddr {{ {", ".join(deny)} }} drop')
+    if len(script) == 1:
+        return None
     return ["nft", " ; ".join(script)]
 
 
@@ -289,12 +302,15 @@ class _Flock:
 
 class ServerNetwork:
     """
-    The server's side: the TUN address and, with NAT, forwarding and the
-    nftables table, undone by L{stop}.
+    The server's side: the TUN address, the nftables table (L{tableRules})
+    and, with NAT, forwarding, undone by L{stop}.
+
+    @param allowServer: let clients reach the host's own services.
     """
 
     def __init__(self, runner: ICommandRunner, tun: str, gateway: str, pool: str,
-                 mtu: int, nat: bool, deny: list[str], forwarding: ForwardingLedger | None = None) -> None:
+                 mtu: int, nat: bool, deny: list[str], forwarding: ForwardingLedger | None = None,
+                 allowServer: bool = False) -> None:
         self._runner = runner
         self._ledger = forwarding
         self._tun = tun
@@ -303,18 +319,24 @@ class ServerNetwork:
         self._mtu = mtu
         self._nat = nat
         self._deny = deny
+        self._allowServer = allowServer
         self._forwarding = False
         self._tableUp = False
 
     async def start(self) -> None:
         for argv in linkUp(self._tun, self._gateway, self._pool.prefixlen, self._mtu):
             await self._runner.run(argv)
-        if not self._nat:
-            return
         # A crash may have left the table behind: replace it.
         await self._dropTable()
-        await self._runner.run(natRules(self._tun, str(self._pool), self._deny))
-        self._tableUp = True
+        rules = tableRules(self._tun, str(self._pool), self._deny, self._nat, self._allowServer)
+        if rules is not None:
+            await self._runner.run(rules)
+            self._tableUp = True
+            _log.info("nftables table ip {table}: {filter}", table=natTable(self._tun),
+                      filter="clients may reach this host's services" if self._allowServer
+                      else "clients reach no service of this host but ICMP")
+        if not self._nat:
+            return
         if self._ledger is None:
             self._ledger = ForwardingLedger()
         original = self._ledger.acquire()
@@ -335,7 +357,7 @@ class ServerNetwork:
         if self._tableUp:
             await self._dropTable()
             self._tableUp = False
-            _log.info("NAT off: nftables table ip {table} removed", table=natTable(self._tun))
+            _log.info("nftables table ip {table} removed", table=natTable(self._tun))
 
     async def _dropTable(self) -> None:
         try:

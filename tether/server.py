@@ -331,7 +331,8 @@ class TetherServer:
             return self._drop(lease, "spoofed source", str(ipaddress.IPv4Address(source)))
         dst = int.from_bytes(destination, "big")
         net, mask = self._poolNet
-        if self.isolate and dst & mask == net and destination != self.pool.gateway.packed:
+        toClient = dst & mask == net and destination != self.pool.gateway.packed
+        if self.isolate and toClient:
             return self._drop(lease, "client to client", str(ipaddress.IPv4Address(destination)))
         for net, mask in self._denied:
             if dst & mask == net:
@@ -339,6 +340,16 @@ class TetherServer:
         try:
             if offload and message[:VNET_HDR_LEN] != PLAIN_HDR:
                 checkHeader(VnetHeader.parse(message), packet)
+            if toClient:
+                # Straight to the other client's link, as a switch would:
+                # the kernel's forwarding and the nftables table (which
+                # refuses new connections towards clients) never see it.
+                peer = self._byAddress.get(destination)
+                if peer is None or peer.link is None:
+                    self._drop(lease, "no client for destination", str(ipaddress.IPv4Address(destination)))
+                else:
+                    self._toLink(peer, message if offload else packet, offload)
+                return
             writeTun(self.tun, message, offload)
         except OffloadError as e:
             self._drop(lease, "bad offload header", str(e))
@@ -356,6 +367,14 @@ class TetherServer:
         if lease is None or lease.link is None:
             self.counters.drop("no client for destination")
             return
+        self._toLink(lease, data, vnet)
+
+    def _toLink(self, lease: Lease, data: bytes, vnet: bool) -> None:
+        """
+        Send C{data} (behind a virtio-net header if C{vnet}) to the client
+        holding C{lease}, which has a link.
+        """
+        assert lease.link is not None
         refusal = lease.link.sendFromTun(data, vnet, lease.counters)
         if refusal == OUTPUT_FULL:
             if lease.counters.drop(OUTPUT_FULL):

@@ -52,6 +52,9 @@ class ServerOptions(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixi
         ["nat", None, "forward and masquerade the pool with nftables (the default)"],
         ["no-nat", None, "no forwarding or NAT: the operator routes the pool"],
         ["allow-client-to-client", None, "let clients reach each other (isolated by default)"],
+        ["allow-client-to-server", None,
+         "let clients reach this host's own services (the gateway's and every other address of the"
+         " host; only ICMP by default, with or without NAT)"],
         ["allow-plain", None, "accept tokens over plain ws:// (tests, trusted links only)"],
         ["no-offload", None, "no TUN offloads: refuse the gso extension, one packet per message"],
     ]
@@ -192,6 +195,7 @@ def makeServerService(options: ServerOptions, reactor=None, runner=None, system=
     network = lambda tun: ServerNetwork(  # noqa: E731
         runner, tun, str(server.pool.gateway), options["pool"], options["mtu"],
         nat=not options["no-nat"], deny=options["deny"], forwarding=ForwardingLedger(options["state-dir"]),
+        allowServer=options["allow-client-to-server"],
     )
     top = ServerService(server, options["tun"], network, system=system,
                         statsInterval=options["stats-interval"])
