@@ -18,11 +18,11 @@ and a session runs its commands one at a time.
 
 from __future__ import annotations
 
+import calendar
 import email.utils
 import io
 import re
-from email.parser import BytesHeaderParser
-from email.policy import compat32
+import time
 from typing import Any
 
 from twisted.internet import task
@@ -39,6 +39,7 @@ from coursenet.admission import Admission
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder, IFolderListener, IMailStore
+from mail.mime import Atom, Entity, crlf, envelope, quote, render, section, structure
 from mail.protocol import MailFactory, MailReceiver
 from mail.maildir import (
     DELIMITER,
@@ -58,121 +59,6 @@ LINE_MAX = 65536
 #: RFC 3501 9: a tag is ASTRING-CHARs but "+".
 _TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]{1,64}')
 _PERMANENT = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "$Forwarded"]
-
-
-class _Part:
-    """
-    One MIME entity as bytes with CRLF line ends, sliced without
-    re-encoding so that sections are byte-exact.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        if data.startswith(b"\r\n"):
-            head, body = b"", data[2:]
-        else:
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                head, body = data + (b"" if data.endswith(b"\r\n") or not data else b"\r\n"), b""
-            else:
-                head, body = data[: end + 2], data[end + 4 :]
-        self.rawHeader = head + b"\r\n"
-        self.body = body
-        self._items: list[tuple[str, str]] | None = None
-        self._parts: list[_Part] | None = None
-
-    def headerItems(self) -> list[tuple[str, str]]:
-        if self._items is None:
-            parsed = BytesHeaderParser(policy=compat32).parsebytes(self.rawHeader)
-            self._items = [(k, str(v)) for k, v in parsed.items()]
-        return self._items
-
-    def headerLines(self, names: list[bytes | str], negate: bool) -> bytes:
-        """
-        The raw header fields named (or, with C{negate}, not named), then
-        the blank line.
-        """
-        wanted = {n.decode() if isinstance(n, bytes) else n for n in names}
-        wanted = {n.lower() for n in wanted}
-        out, keep = [], False
-        for line in self.rawHeader.split(b"\r\n")[:-2]:
-            if line[:1] not in (b" ", b"\t"):
-                name = line.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
-                keep = (name in wanted) != negate
-            if keep:
-                out.append(line + b"\r\n")
-        return b"".join(out) + b"\r\n"
-
-    # IMessagePart, for Twisted's BODYSTRUCTURE and ENVELOPE code.
-
-    def getHeaders(self, negate: bool, *names: bytes | str) -> dict[str, str]:
-        wanted = {(n.decode() if isinstance(n, bytes) else n).lower() for n in names}
-        headers = {
-            k.lower(): v for k, v in self.headerItems() if (k.lower() in wanted) != negate
-        }
-        if not negate and "content-type" in wanted and "content-type" not in headers:
-            # RFC 2045 5.2: the default, so BODYSTRUCTURE says text/plain.
-            headers["content-type"] = "text/plain; charset=us-ascii"
-        return headers
-
-    def getBodyFile(self) -> io.BytesIO:
-        return io.BytesIO(self.body)
-
-    def getSize(self) -> int:
-        return len(self.data)
-
-    def _contentType(self) -> str:
-        for k, v in self.headerItems():
-            if k.lower() == "content-type":
-                return v
-        return ""
-
-    def isMultipart(self) -> bool:
-        return self._contentType().strip().lower().startswith("multipart/") and bool(
-            self.subParts()
-        )
-
-    def isMessage(self) -> bool:
-        return self._contentType().strip().lower().startswith("message/rfc822")
-
-    def subParts(self) -> list["_Part"]:
-        if self._parts is None:
-            self._parts = []
-            parsed = BytesHeaderParser(policy=compat32).parsebytes(self.rawHeader)
-            boundary = parsed.get_param("boundary")
-            if isinstance(boundary, str) and boundary:
-                self._parts = [_Part(p) for p in _splitMultipart(self.body, boundary.encode("utf-8", "replace"))]
-        return self._parts
-
-    def getSubPart(self, part: int) -> "_Part":
-        return self.subParts()[part]
-
-
-def _splitMultipart(body: bytes, boundary: bytes) -> list[bytes]:
-    """
-    The body parts of a multipart body (RFC 2046 5.1.1), preamble and
-    epilogue left out.
-    """
-    text = b"\r\n" + body
-    delimiter = b"\r\n--" + boundary
-    parts = []
-    pos = text.find(delimiter)
-    while pos >= 0:
-        after = pos + len(delimiter)
-        if text.startswith(b"--", after):
-            break
-        eol = text.find(b"\r\n", after)
-        if eol < 0 or text[after:eol].strip(b" \t"):
-            pos = text.find(delimiter, after)
-            continue
-        nxt = text.find(delimiter, eol)
-        parts.append(text[eol + 2 : nxt if nxt >= 0 else len(text)])
-        pos = nxt
-    return parts
-
-
-def _crlf(data: bytes) -> bytes:
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 @implementer(imap4.IMessage, imap4.IMessageFile)
@@ -195,15 +81,23 @@ class MaildirMessage:
         self.folder = folder
         self.size = size
         self.mtime = mtime
-        self._part: _Part | None = None
+        self._part: Entity | None = None
         self.readAhead: _ReadAhead | None = None
+        #: Its file was gone when read: another session expunged it.
+        self.vanished = folder is None
 
     @property
     def loaded(self) -> bool:
         return self._part is not None or self.folder is None
 
-    def setData(self, data: bytes) -> None:
-        self._part = _Part(_crlf(data))
+    def setData(self, data: bytes | None) -> None:
+        """
+        The contents read, or L{None} if the file was gone.
+        """
+        if data is None:
+            self.vanished = True
+            data = b""
+        self._part = Entity(crlf(data))
 
     def unload(self) -> None:
         """
@@ -222,13 +116,13 @@ class MaildirMessage:
             return self.readAhead.load(self)
         assert self.folder is not None
         uid = self.uid
-        return self.folder.read([uid]).addCallback(lambda found: self.setData(found.get(uid, b"")))
+        return self.folder.read([uid]).addCallback(lambda found: self.setData(found.get(uid)))
 
     @property
-    def part(self) -> _Part:
+    def part(self) -> Entity:
         if self._part is None:
             if self.folder is None:
-                return _Part(b"")
+                return Entity(b"")
             # Every caller here loads first; reading on the reactor thread
             # is a fallback for a path that did not.
             _log.warn("message {uid} read on the reactor thread", uid=self.uid)
@@ -236,7 +130,7 @@ class MaildirMessage:
                 with open(self.folder.filename(self.uid), "rb") as f:
                     self.setData(f.read())
             except (KeyError, FileNotFoundError):
-                self.setData(b"")
+                self.setData(None)
             assert self._part is not None
         return self._part
 
@@ -252,20 +146,27 @@ class MaildirMessage:
     def getInternalDate(self) -> str:
         return email.utils.formatdate(self.mtime)
 
+    # The rest of IMessage: FETCH and SEARCH here read L{part} instead.
+
     def getHeaders(self, negate: bool, *names: Any) -> dict[str, str]:
-        return self.part.getHeaders(negate, *names)
+        wanted = {(n.decode() if isinstance(n, bytes) else n).lower() for n in names}
+        return {
+            k.lower(): str(v)
+            for k, v in self.part.message.items()
+            if (k.lower() in wanted) != negate
+        }
 
     def getBodyFile(self) -> io.BytesIO:
-        return self.part.getBodyFile()
+        return io.BytesIO(self.part.body)
 
     def getSize(self) -> int:
         return self.size if self._part is None else len(self._part.data)
 
     def isMultipart(self) -> bool:
-        return self.part.isMultipart()
+        return self.part.isMultipart
 
-    def getSubPart(self, part: int) -> _Part:
-        return self.part.getSubPart(part)
+    def getSubPart(self, part: int) -> Any:
+        raise TypeError("sub-parts are read through the message's part")
 
 
 class _ReadAhead:
@@ -299,7 +200,7 @@ class _ReadAhead:
 
         def loaded(found: dict[int, bytes]) -> None:
             for m in window:
-                m.setData(found.get(m.uid, b""))
+                m.setData(found.get(m.uid))
 
         return self.folder.read([m.uid for m in window]).addCallback(loaded)
 
@@ -309,7 +210,7 @@ def _loadAll(folder: IFolder, messages: list[MaildirMessage]) -> Deferred[None]:
 
     def loaded(found: dict[int, bytes]) -> None:
         for m in wanted:
-            m.setData(found.get(m.uid, b""))
+            m.setData(found.get(m.uid))
 
     return folder.read([m.uid for m in wanted]).addCallback(loaded)
 
@@ -335,6 +236,7 @@ class MaildirMailbox:
         # Batches of new UIDs waiting for their claim, oldest first: each
         # is [uids, what the claim gave, or None while it runs].
         self._batches: list[list[Any]] = []
+        self._settling: list[Deferred[None]] = []
         self.listeners: list[Any] = []
         #: Set while SEARCH asks for messages whose contents it will read.
         self.searchingContents = False
@@ -375,6 +277,17 @@ class MaildirMailbox:
                 if notify is not None:
                     notify()
 
+    def settled(self) -> Deferred[None]:
+        """
+        Fires once the new messages seen so far are numbered (and
+        announced to the listeners).
+        """
+        if not self._batches:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._settling.append(d)
+        return d
+
     def _claimed(self, result: set[int] | Failure, batch: list[Any]) -> None:
         # Claims can finish out of order (a lock is released before the
         # callbacks of what it ran): announce the batches in order.
@@ -387,6 +300,10 @@ class MaildirMailbox:
             else:
                 self.recent |= claimed
             self._add(added)
+        if not self._batches:
+            waiting, self._settling = self._settling, []
+            for d in waiting:
+                d.callback(None)
 
     def _add(self, added: list[int]) -> None:
         self.uids.extend(added)
@@ -443,6 +360,15 @@ class MaildirMailbox:
 
     def getRecentCount(self) -> int:
         return len(self.recent & set(self.uids))
+
+    def firstUnseen(self) -> int | None:
+        """
+        The sequence number of the first message without \\Seen, if any.
+        """
+        for n, uid in enumerate(self.uids):
+            if self.folder.has(uid) and "S" not in self.folder.letters(uid):
+                return n + 1
+        return None
 
     def getUnseenCount(self) -> int:
         return sum(
@@ -532,13 +458,29 @@ class MaildirMailbox:
             return succeed({})
         return self.folder.setFlags(unseen, "S")
 
-    def expunge(self) -> Deferred[list[int]]:
+    def expunge(self, among: imap4.MessageSet | None = None) -> Deferred[list[int]]:
+        """
+        Remove the messages marked \\Deleted (of those whose UIDs are in
+        C{among}, for UID EXPUNGE); their sequence numbers, highest first.
+        """
         if not self.readWrite:
             raise imap4.ReadOnlyMailbox("The mailbox is read-only (EXAMINE)")
-        doomed = {u for u in self.uids if self.folder.has(u) and "T" in self.folder.letters(u)}
-        seqs = [n + 1 for n, u in enumerate(self.uids) if u in doomed]
+        if among is not None:
+            candidates = [u for _, u in self._select(among, 1)]
+        else:
+            candidates = self.uids
+        doomed = [u for u in candidates if self.folder.has(u) and "T" in self.folder.letters(u)]
+        return self.expungeUids(doomed)
+
+    def expungeUids(self, uids: list[int]) -> Deferred[list[int]]:
+        """
+        Remove the messages C{uids} (MOVE, EXPUNGE); their sequence
+        numbers, highest first.
+        """
+        doomed = set(uids) & set(self.uids)
         # Out of this session's numbering at once, so that the folder's
         # notice of the removal is not taken for another session's.
+        seqs = [n + 1 for n, u in enumerate(self.uids) if u in doomed]
         self.uids = [u for u in self.uids if u not in doomed]
         return self.folder.remove(sorted(doomed)).addCallback(lambda _: sorted(seqs, reverse=True))
 
@@ -710,6 +652,133 @@ class MaildirAccount:
         return None
 
 
+def _internalDate(mtime: float) -> bytes:
+    """
+    An INTERNALDATE (RFC 3501 9: date-time), in UTC.
+    """
+    return time.strftime("%d-%b-%Y %H:%M:%S +0000", time.gmtime(mtime)).encode()
+
+
+def _sectionLabel(part: Any) -> tuple[list[int], str, list[bytes], bytes]:
+    """
+    A FETCH BODY[...] item: its part numbers, its text (C{""}, C{"HEADER"},
+    C{"HEADER.FIELDS"}, C{"HEADER.FIELDS.NOT"}, C{"TEXT"}, C{"MIME"}), the
+    header fields it names, and its name in the reply (without C{<n>}).
+    """
+    path = [n + 1 for n in part.part or ()]
+    fields: list[bytes] = []
+    if part.header:
+        fields = [f if isinstance(f, bytes) else f.encode() for f in part.header.fields or []]
+        spec = "HEADER"
+        if fields:
+            spec += ".FIELDS.NOT" if part.header.negate else ".FIELDS"
+    elif part.text:
+        spec = "TEXT"
+    elif part.mime:
+        spec = "MIME"
+    else:
+        spec = ""
+    label = b".".join(b"%d" % n for n in path)
+    if spec:
+        label += (b"." if label else b"") + spec.encode()
+    if fields:
+        label += b" (" + b" ".join(quote(f) if not f.isalnum() and b"-" not in f else f for f in fields) + b")"
+    return path, spec, fields, b"BODY[" + label + b"]"
+
+
+def fetchItems(msg: MaildirMessage, query: list[Any], uid: int) -> list[bytes]:
+    """
+    The items of one message's FETCH reply, in the order asked, with UID
+    first for UID FETCH (RFC 3501 6.4.8).
+    """
+    items: list[bytes] = []
+    if uid and not any(p.type == "uid" for p in query):
+        items.append(b"UID %d" % (msg.uid,))
+    for p in query:
+        kind = p.type
+        if kind == "uid":
+            items.append(b"UID %d" % (msg.uid,))
+        elif kind == "flags":
+            items.append(b"FLAGS (" + " ".join(msg.flags).encode("utf-8", "replace") + b")")
+        elif kind == "internaldate":
+            items.append(b'INTERNALDATE "' + _internalDate(msg.mtime) + b'"')
+        elif kind == "rfc822size":
+            items.append(b"RFC822.SIZE %d" % (msg.getSize(),))
+        elif kind == "envelope":
+            items.append(b"ENVELOPE " + render(envelope(msg.part)))
+        elif kind == "bodystructure":
+            items.append(b"BODYSTRUCTURE " + render(structure(msg.part, True)))
+        elif kind == "rfc822header":
+            items.append(b"RFC822.HEADER " + _literal(msg.part.header))
+        elif kind == "rfc822text":
+            items.append(b"RFC822.TEXT " + _literal(msg.part.body))
+        elif kind == "rfc822":
+            items.append(b"RFC822 " + _literal(msg.part.data))
+        elif kind == "body" and not (p.header or p.text or p.mime or p.empty):
+            items.append(b"BODY " + render(structure(msg.part, False)))
+        elif kind == "body":
+            path, spec, fields, label = _sectionLabel(p)
+            data = section(msg.part, path, spec, fields)
+            if data is None:
+                # No such part: RFC 3501 leaves the answer open; Dovecot's.
+                data = b""
+            if p.partialBegin is not None:
+                data = data[p.partialBegin : p.partialBegin + p.partialLength]
+                label += b"<%d>" % (p.partialBegin,)
+            items.append(label + b" " + _literal(data))
+    return items
+
+
+def _literal(data: bytes) -> bytes:
+    return b"{%d}\r\n%s" % (len(data), data)
+
+
+_MONTHS = {m: n for n, m in enumerate(
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
+)}
+_DATE_TIME = re.compile(rb" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
+
+
+def _parseInternalDate(text: bytes) -> float | None:
+    """
+    The time an APPEND's date-time (RFC 3501 9) names, or L{None}.
+    """
+    m = _DATE_TIME.fullmatch(text)
+    if m is None or m.group(2).lower().decode() not in _MONTHS:
+        return None
+    day, _, year, hour, minute, second = (int(g) if g.isdigit() else 0 for g in m.groups()[:6])
+    month = _MONTHS[m.group(2).lower().decode()]
+    offset = (int(m.group(8)) * 60 + int(m.group(9))) * 60 * (-1 if m.group(7) == b"-" else 1)
+    try:
+        return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) - offset
+    except (ValueError, OverflowError):
+        return None
+
+
+def _uidSet(uids: list[int]) -> bytes:
+    """
+    UIDs, in order, as a sequence set with ranges (C{1:3,7}).
+    """
+    ranges: list[list[int]] = []
+    for uid in uids:
+        if ranges and uid == ranges[-1][1] + 1:
+            ranges[-1][1] = uid
+        else:
+            ranges.append([uid, uid])
+    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in ranges)
+
+
+def _copyUid(validity: int, pairs: list[tuple[int, int]]) -> bytes:
+    """
+    UIDPLUS's COPYUID code (RFC 4315 3) for (source, new) UID pairs.
+    """
+    return b"[COPYUID %d %s %s]" % (
+        validity,
+        _uidSet([old for old, _ in pairs]),
+        _uidSet([new for _, new in pairs]),
+    )
+
+
 def _needsSeen(query: list[Any]) -> bool:
     for part in query:
         if part.type in ("rfc822", "rfc822text"):
@@ -782,6 +851,7 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
     _log = Logger()
     transport: Any
     portal: Any
+    mbox: Any
     challengers: Any
     blocked: Any
 
@@ -998,6 +1068,47 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             return
         imap4.IMAP4Server.parse_idle(self, *args)
 
+    # -- SELECT and EXAMINE ----------------------------------------------------
+
+    def do_SELECT(self, tag: bytes, name: bytes, rw: int, cmdName: bytes) -> None:
+        if self.mbox is not None:
+            # RFC 3501 6.3.1: a SELECT, even a failing one, leaves the
+            # mailbox selected before.
+            old = self._selected()
+            old.removeListener(self)
+            old.close()
+            self.mbox = None
+            self.state = "auth"
+        maybeDeferred(self._account().select, _mailboxName(name), bool(rw)).addCallbacks(
+            self._opened, self._failed, callbackArgs=(tag, cmdName), errbackArgs=(tag, cmdName)
+        )
+
+    def _opened(self, mbox: "MaildirMailbox | None", tag: bytes, cmdName: bytes) -> None:
+        if mbox is None:
+            self.sendNegativeResponse(tag, b"No such mailbox")
+            return
+        flags = " ".join(mbox.getFlags()).encode("utf-8", "replace")
+        self.sendUntaggedResponse(b"FLAGS (" + flags + b")")
+        self.sendUntaggedResponse(b"%d EXISTS" % (mbox.getMessageCount(),))
+        self.sendUntaggedResponse(b"%d RECENT" % (mbox.getRecentCount(),))
+        unseen = mbox.firstUnseen()
+        if unseen is not None:
+            self.sendUntaggedResponse(b"OK [UNSEEN %d] First unseen" % (unseen,))
+        permanent = (flags + b" \\*") if mbox.isWriteable() else b""
+        self.sendUntaggedResponse(b"OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted")
+        self.sendUntaggedResponse(b"OK [UIDVALIDITY %d] UIDs valid" % (mbox.getUIDValidity(),))
+        self.sendUntaggedResponse(b"OK [UIDNEXT %d] Predicted next UID" % (mbox.getUIDNext(),))
+        mbox.addListener(self)
+        self.mbox = mbox
+        self.state = "select"
+        mode = b"READ-WRITE" if mbox.isWriteable() else b"READ-ONLY"
+        self.sendPositiveResponse(tag, b"[" + mode + b"] " + cmdName + b" successful")
+
+    auth_SELECT = _command(do_SELECT, imap4.IMAP4Server.arg_astring, 1, b"SELECT")
+    select_SELECT = auth_SELECT
+    auth_EXAMINE = _command(do_SELECT, imap4.IMAP4Server.arg_astring, 0, b"EXAMINE")
+    select_EXAMINE = auth_EXAMINE
+
     # -- mailboxes, whose changes finish later ---------------------------------
 
     def do_CREATE(self, tag: bytes, name: bytes) -> None:
@@ -1051,8 +1162,65 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
     select_UNSUBSCRIBE = auth_UNSUBSCRIBE
 
     def do_APPEND(self, tag: bytes, mailbox: bytes, flags: Any, date: Any, message: Any) -> None:
-        # Twisted fails on an APPEND without a flag list (imaplib sends none).
-        imap4.IMAP4Server.do_APPEND(self, tag, mailbox, flags or [], date, message)
+        # Twisted's opens the mailbox as if to SELECT it (taking \\Recent
+        # from the session that has it selected), and reports EXISTS for
+        # it whichever mailbox is selected.
+        mtime = None
+        if date is not None:
+            mtime = _parseInternalDate(date)
+            if mtime is None:
+                self.sendBadResponse(tag, b"APPEND date-time must look like \"01-Jan-2020 12:00:00 +0000\"")
+                return
+        try:
+            name = _mailboxName(mailbox)
+            letters = self._letters([f.decode("utf-8", "replace") for f in flags or []])
+        except imap4.MailboxException as e:
+            self.sendNegativeResponse(tag, str(e).encode("utf-8", "replace"))
+            return
+        Deferred.fromCoroutine(self._append(name, message, letters, mtime)).addCallbacks(
+            lambda uid: self.sendPositiveResponse(tag, uid + b" APPEND completed"),
+            self._failed,
+            errbackArgs=(tag, b"APPEND"),
+        )
+
+    async def _append(self, name: str, message: Any, letters: str, mtime: float | None) -> bytes:
+        account = self._account()
+        folder = await self._openTarget(name)
+        try:
+            uid = await account.store.append(folder, message, letters, mtime)
+        except MessageTooLarge as e:
+            raise imap4.MailboxException(str(e))
+        await self._settle(folder)
+        return b"[APPENDUID %d %d]" % (folder.uidValidity, uid)
+
+    async def _openTarget(self, name: str) -> IFolder:
+        """
+        The folder an APPEND, COPY or MOVE puts messages in.
+        """
+        account = self._account()
+        account._path(name)
+        try:
+            return await account.store.openFolder(account.user, name)
+        except NoSuchFolder:
+            raise imap4.MailboxException(f"[TRYCREATE] No mailbox named {name}")
+
+    async def _settle(self, folder: IFolder) -> None:
+        """
+        If C{folder} is the one selected, wait until its new messages are
+        numbered, so that EXISTS comes before the tagged reply.
+        """
+        if isinstance(self.mbox, MaildirMailbox) and self.mbox.folder is folder:
+            await self.mbox.settled()
+
+    def _letters(self, flags: list[str]) -> str:
+        """
+        The Maildir letters for the flags of an APPEND (\\Recent is not
+        one that can be set).
+        """
+        try:
+            return flagsToLetters(f for f in flags if f.lower() != "\\recent")
+        except ValueError as e:
+            raise imap4.MailboxException(f"{e}: only {' '.join(_PERMANENT)} are kept")
 
     auth_APPEND = _command(
         do_APPEND,
@@ -1063,6 +1231,95 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
     )
     select_APPEND = auth_APPEND
 
+    def do_COPY(self, tag: bytes, messages: imap4.MessageSet, mailbox: bytes, uid: int = 0) -> None:
+        self._copyOrMove(tag, messages, mailbox, uid, False)
+
+    select_COPY = _command(do_COPY, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_finalastring)
+
+    def do_MOVE(self, tag: bytes, messages: imap4.MessageSet, mailbox: bytes, uid: int = 0) -> None:
+        self._copyOrMove(tag, messages, mailbox, uid, True)
+
+    select_MOVE = _command(do_MOVE, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_finalastring)
+
+    def _copyOrMove(self, tag: bytes, messages: imap4.MessageSet, mailbox: bytes, uid: int, move: bool) -> None:
+        command = b"MOVE" if move else b"COPY"
+        if move and not self._selected().isWriteable():
+            self.sendNegativeResponse(tag, b"MOVE needs the mailbox selected read-write (SELECT, not EXAMINE)")
+            return
+        Deferred.fromCoroutine(self._copy(_mailboxName(mailbox), messages, uid, move)).addCallbacks(
+            lambda done: self._copied(tag, command, *done),
+            self._failed,
+            errbackArgs=(tag, command),
+        )
+
+    async def _copy(
+        self, name: str, messages: imap4.MessageSet, uid: int, move: bool
+    ) -> tuple[bytes, bool]:
+        """
+        Copy (or move) the messages named; the COPYUID code and whether
+        some were gone.
+        """
+        mbox = self._selected()
+        target = await self._openTarget(name)
+        store = self._account().store
+        pairs: list[tuple[int, int]] = []
+        vanished = False
+        for _, msg in mbox.fetch(messages, uid):
+            if msg.folder is None:
+                vanished = True
+                continue
+            letters = flagsToLetters(f for f in msg.getFlags() if f != "\\Recent")
+            try:
+                pairs.append((msg.uid, await store.copy(target, msg.folder, msg.uid, letters)))
+            except (KeyError, FileNotFoundError):
+                vanished = True
+        if move and pairs:
+            # RFC 6851 4.3: the COPYUID comes untagged, before the EXPUNGEs.
+            self.sendUntaggedResponse(b"OK " + _copyUid(target.uidValidity, pairs) + b" Moved")
+            for seq in await mbox.expungeUids([old for old, _ in pairs]):
+                self.sendUntaggedResponse(b"%d EXPUNGE" % (seq,))
+        await self._settle(target)
+        return (_copyUid(target.uidValidity, pairs) if pairs else b""), vanished
+
+    def _copied(self, tag: bytes, command: bytes, code: bytes, vanished: bool) -> None:
+        if vanished:
+            self.sendNegativeResponse(tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist")
+        elif command == b"MOVE":
+            # RFC 6851 4.3: the COPYUID goes before the EXPUNGEs, untagged.
+            self.sendPositiveResponse(tag, b"MOVE completed")
+        else:
+            self.sendPositiveResponse(tag, (code + b" " if code else b"") + b"COPY completed")
+
+    def do_UID(self, tag: bytes, command: bytes, line: bytes) -> None:
+        command = command.upper()
+        if command == b"EXPUNGE":
+            messages, rest = self.arg_seqset(line)
+            if rest.strip():
+                raise imap4.IllegalClientResponse("UID EXPUNGE takes one set of UIDs")
+            self._answerExpunge(tag, self._selected().expunge(messages))
+        elif command in (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE"):
+            self.dispatchCommand(tag, command, line, uid=1)
+        else:
+            self.sendBadResponse(tag, b"UID goes with COPY, FETCH, STORE, SEARCH, MOVE or EXPUNGE")
+
+    select_UID = _command(do_UID, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_line)
+
+    def do_EXPUNGE(self, tag: bytes) -> None:
+        if not self._selected().isWriteable():
+            self.sendNegativeResponse(tag, b"EXPUNGE needs the mailbox selected read-write (SELECT, not EXAMINE)")
+            return
+        self._answerExpunge(tag, self._selected().expunge())
+
+    select_EXPUNGE = _command(do_EXPUNGE)
+
+    def _answerExpunge(self, tag: bytes, removed: Deferred[list[int]]) -> None:
+        def report(seqs: list[int]) -> None:
+            for seq in seqs:
+                self.sendUntaggedResponse(b"%d EXPUNGE" % (seq,))
+            self.sendPositiveResponse(tag, b"EXPUNGE completed")
+
+        removed.addCallbacks(report, self._failed, errbackArgs=(tag, b"EXPUNGE"))
+
     # -- FETCH and SEARCH --------------------------------------------------------
 
     def do_FETCH(self, tag: bytes, messages: imap4.MessageSet, query: list[Any], uid: int = 0) -> None:
@@ -1072,31 +1329,40 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             seen = mbox.markSeen(messages, uid)
             if not any(p.type == "flags" for p in query):
                 query = list(query) + self.arg_fetchatt(b"FLAGS")[0]
+        seen.addCallback(lambda _: Deferred.fromCoroutine(self._fetch(mbox, messages, query, uid)))
         seen.addCallbacks(
-            lambda _: imap4.IMAP4Server.do_FETCH(self, tag, messages, query, uid),
+            lambda vanished: self.sendNegativeResponse(
+                tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist"
+            )
+            if vanished
+            else self.sendPositiveResponse(tag, b"FETCH completed"),
             self._failed,
             errbackArgs=(tag, b"FETCH"),
         )
 
     select_FETCH = _command(do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_fetchatt)
 
-    def spewMessage(self, id: int, msg: Any, query: list[Any], uid: int) -> Deferred[Any]:
-        # One message at a time, each once the client has read the last
-        # (a FETCH of a whole mailbox is not queued in the transport).
-        return self.whenOutputDrained().addCallback(lambda _: self._spewLoaded(id, msg, query, uid))
-
-    def _spewLoaded(self, id: int, msg: Any, query: list[Any], uid: int) -> Deferred[Any]:
-        if not isinstance(msg, MaildirMessage) or not _needsContents(query):
-            return imap4.IMAP4Server.spewMessage(self, id, msg, query, uid)
-
-        def spew(_: None) -> Deferred[Any]:
-            return imap4.IMAP4Server.spewMessage(self, id, msg, query, uid)
-
-        def forget(result: Any) -> Any:
-            msg.unload()
-            return result
-
-        return msg.load().addCallback(spew).addBoth(forget)
+    async def _fetch(self, mbox: "MaildirMailbox", messages: imap4.MessageSet, query: list[Any], uid: int) -> bool:
+        """
+        Send the FETCH data of each message, one at a time, each once the
+        client has read the last (a FETCH of a whole mailbox is not queued
+        in the transport); whether some had been expunged by others.
+        """
+        contents = _needsContents(query)
+        vanished = False
+        for seq, msg in mbox.fetch(messages, uid):
+            await self.whenOutputDrained()
+            if contents and not msg.vanished:
+                await msg.load()
+            if msg.vanished:
+                vanished = True
+                continue
+            self.resetTimeout()
+            try:
+                self.transport.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(fetchItems(msg, query, uid))))
+            finally:
+                msg.unload()
+        return vanished
 
     def do_SEARCH(self, tag: bytes, charset: Any, query: Any, uid: int = 0) -> None:
         mbox = self._selected()
@@ -1107,45 +1373,6 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             mbox.searchingContents = False
 
     select_SEARCH = _command(do_SEARCH, imap4.IMAP4Server.opt_charset, imap4.IMAP4Server.arg_searchkeys)
-
-    def spew_body(self, part: Any, id: int, msg: Any, _w: Any = None, _f: Any = None) -> Any:
-        if _w is None:
-            _w = self.transport.write
-        if not (part.header or part.text or part.mime or part.empty):
-            return imap4.IMAP4Server.spew_body(self, part, id, msg, _w, _f)
-        node = msg.part
-        for n in part.part:
-            if node.isMultipart():
-                node = node.getSubPart(n)
-            elif n > 0 or node is not msg.part:
-                raise imap4.IMAP4Exception("No such body part")
-        if part.part and node.isMessage() and (part.header or part.text):
-            inner = _Part(node.body)
-        else:
-            inner = node
-        if part.header:
-            fields = part.header.fields
-            data = (
-                inner.headerLines(fields, part.header.negate) if fields else inner.rawHeader
-            )
-        elif part.text:
-            data = inner.body
-        elif part.mime:
-            data = node.rawHeader
-        elif part.part:
-            data = node.body
-        else:
-            data = node.data
-        begin, length = part.partialBegin, part.partialLength
-        label_begin = part.partialBegin
-        part.partialBegin = None
-        label = part.getBytes()
-        part.partialBegin = label_begin
-        if begin is not None:
-            data = data[begin : begin + length]
-            label += b"<%d>" % (begin,)
-        _w(label + b" {%d}\r\n" % (len(data),) + data)
-
 
 class IMAPFactory(MailFactory, ServerFactory):
     """

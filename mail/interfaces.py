@@ -226,7 +226,8 @@ class IFolder(Interface):
 
     def isNew(uid: int) -> bool:
         """
-        Whether message C{uid} is still in C{new/} (no session claimed it).
+        Whether no session has claimed message C{uid} yet: it is still in
+        C{new/}, or was appended or copied here since the last claim.
         """
 
     def read(uids: Iterable[int]) -> "Deferred[dict[int, bytes]]":
@@ -243,8 +244,9 @@ class IFolder(Interface):
 
     def claimNew() -> "Deferred[set[int]]":
         """
-        Move every message from C{new/} to C{cur/}; the UIDs moved (the
-        messages that are \\Recent for the session that claims them).
+        Move every message from C{new/} to C{cur/}; the UIDs moved, and
+        those appended or copied here since the last claim (the messages
+        that are \\Recent for the session that claims them).
         """
 
     def remove(uids: Iterable[int]) -> "Deferred[list[int]]":

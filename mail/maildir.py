@@ -601,6 +601,9 @@ class Folder:
         self._byUid: dict[int, _Entry] = {}
         self._known: dict[str, int] = {}
         self._stale = 0
+        #: Messages appended or copied here in cur/ that no session has
+        #: seen yet: \\Recent for the first to claim them, as mail in new/.
+        self._unclaimed: set[int] = set()
 
     # -- the UID list, in a thread -------------------------------------------
 
@@ -731,6 +734,8 @@ class Folder:
         self._known[base] = uid
         self._entries[base] = entry
         self._byUid[uid] = entry
+        if entry.sub == "cur":
+            self._unclaimed.add(uid)
         self._notify()
         return uid
 
@@ -784,7 +789,7 @@ class Folder:
         return self._byUid[uid].letters
 
     def isNew(self, uid: int) -> bool:
-        return self._byUid[uid].sub == "new"
+        return self._byUid[uid].sub == "new" or uid in self._unclaimed
 
     def read(self, uids: Iterable[int]) -> Deferred[dict[int, bytes]]:
         wanted = [(uid, self._byUid[uid].filename) for uid in uids if uid in self._byUid]
@@ -834,7 +839,10 @@ class Folder:
 
     async def _claimNew(self) -> set[int]:
         new = [e.uid for e in self._entries.values() if e.sub == "new"]
-        return set(await self._setFlags(new, "", "")) if new else set()
+        claimed = set(await self._setFlags(new, "", "")) if new else set()
+        claimed |= {uid for uid in self._unclaimed if uid in self._byUid}
+        self._unclaimed.clear()
+        return claimed
 
     def remove(self, uids: Iterable[int]) -> Deferred[list[int]]:
         return self._lock.run(self._remove, list(uids))
@@ -847,6 +855,7 @@ class Folder:
         removed = []
         for uid, _ in doomed:
             entry = self._byUid.pop(uid, None)
+            self._unclaimed.discard(uid)
             if entry is not None:
                 del self._entries[entry.base]
                 self._stale += 1

@@ -226,7 +226,7 @@ def test_imap_append_synced_before_ok(mailRecord):
     assert events[2:] == [
         ("fsync", "alice/cur"),
         ("fsync", "alice/coursenet-uidlist"),
-        ("reply", b"b OK APPEND complete"),
+        ("reply", b"b OK [APPENDUID %d 1] APPEND completed" % store.folder("alice").uidValidity),
     ]
 
 

@@ -129,7 +129,8 @@ def test_append_then_search_contents(store, clock, pool):
     s.send(b"b APPEND INBOX (\\Flagged) {%d}\r\n" % len(message))
     assert s.lines()[0].startswith(b"+")
     lines = s.say(message + b"\r\n")
-    assert lines[-1] == b"b OK APPEND complete"
+    validity = store.folder("alice").uidValidity
+    assert lines == [b"* 4 EXISTS", b"* 4 RECENT", b"b OK [APPENDUID %d 4] APPEND completed" % validity]
     assert s.say(b"c UID SEARCH BODY hay\r\n") == [b"* SEARCH 4", b"c OK SEARCH completed"]
 
 

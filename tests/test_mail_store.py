@@ -18,7 +18,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 
 from mail import maildir
-from mail.imap import MaildirAccount, _Part
+from mail.imap import MaildirAccount
 from mail.maildir import BadFolderName, Delivery, Folder, writeMessageFile
 from mail.pop3 import POP3Mailbox
 from tests.mail_support import DiskGuard, ManualPool, memoryStore, result
@@ -176,21 +176,6 @@ def test_concurrent_writers_never_clobber(store):
         assert os.path.getsize(os.path.join(path, "new", n)) == int(n.split(",S=")[1].split(",")[0])
 
 
-def test_mime_sections_are_byte_exact():
-    """Multipart bodies split at boundaries: parts, their MIME headers and HEADER.FIELDS keep the original bytes."""
-    raw = (
-        b"From: a@b\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n"
-        b"preamble\r\n--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n--XX\r\n"
-        b"Content-Type: text/html\r\n\r\n<b>hi</b>\r\n--XX--\r\nepilogue\r\n"
-    )
-    part = _Part(raw)
-    assert part.isMultipart() and len(part.subParts()) == 2
-    assert part.getSubPart(0).body == b"hello"
-    assert part.getSubPart(1).rawHeader == b"Content-Type: text/html\r\n\r\n"
-    assert part.headerLines([b"SUBJECT"], False) == b"Subject: s\r\n\r\n"
-    assert part.getHeaders(False, "subject") == {"subject": "s"}
-
-
 def test_large_delivery_spills_to_tmp_and_aborts_clean(store):
     """A message over the in-memory limit goes to tmp/ as it arrives; commit moves it to new/ whole, abort leaves nothing."""
     path = store.maildir("alice")
@@ -322,7 +307,7 @@ def test_sequence_numbers_follow_uids_while_new_mail_is_claimed(tmp_path):
     pool.runOne()  # the appended message is written; its UID waits for the refresh
     pool.runAll()
     assert box.uids == [1, 2] and box.folder.letters(2) == "S"
-    assert heard == [(1, 1), (2, 1)]
+    assert heard == [(1, 1), (2, 2)]  # the appended message is \\Recent too
 
 
 def test_unique_names_sort_in_order_made(monkeypatch):
