@@ -3,7 +3,9 @@ Post office benchmark: SMTP accept rate with Postfix's C{smtp-source}
 against C{twistd postoffice} and against aiosmtpd with a handler that does
 the same fsync'd Maildir delivery (L{mail.maildir.writeMessageFile}: file
 fsync, rename into C{new/}, directory fsync, in a pool of 16 threads,
-as ours), then POP3 and IMAP fetch of 10,000 messages.
+as ours), then POP3 fetch of 10,000 messages, and IMAP FETCH of the same
+10,000 messages with the same client from C{twistd postoffice} and from
+Debian's Dovecot (C{dovecot-imapd}).
 
 Both SMTP servers run as separate processes on 127.0.0.1 and reply 250
 only once the message is durable.  Run with C{make bench} or
@@ -15,6 +17,7 @@ from __future__ import annotations
 import imaplib
 import os
 import poplib
+import pwd
 import shutil
 import subprocess
 import sys
@@ -139,21 +142,170 @@ def popFetch(port: int) -> tuple[float, int]:
     return count / (time.perf_counter() - start), count
 
 
-def imapFetch(port: int) -> tuple[float, int]:
+def servedOctets(directory: str) -> int:
+    """
+    The octets of the messages in C{directory} as IMAP serves them: their
+    LF line ends as CRLF.
+    """
+    total = 0
+    for name in os.listdir(directory):
+        with open(os.path.join(directory, name), "rb") as f:
+            data = f.read()
+        total += len(data) + data.count(b"\n")
+    return total
+
+
+def imapFetch(port: int) -> tuple[float, int, int]:
+    """
+    One session: LOGIN, EXAMINE INBOX, C{FETCH 1:* (UID FLAGS
+    BODY.PEEK[])}, LOGOUT.  Messages per second from connect to logout,
+    the messages fetched and the octets of their bodies.
+    """
     start = time.perf_counter()
     m = imaplib.IMAP4("127.0.0.1", port, timeout=TIMEOUT)
     m.login(USER, PASSWORD)
     count = int(m.select("INBOX", readonly=True)[1][0])
     typ, data = m.fetch("1:*", "(UID FLAGS BODY.PEEK[])")
-    fetched = sum(1 for item in data if isinstance(item, tuple))
+    bodies = [item[1] for item in data if isinstance(item, tuple)]
     m.logout()
-    assert typ == "OK" and fetched == count
-    return count / (time.perf_counter() - start), count
+    elapsed = time.perf_counter() - start
+    if typ != "OK":
+        raise RuntimeError(f"FETCH answered {typ} {data[-1]!r}")
+    return len(bodies) / elapsed, len(bodies), sum(len(b) for b in bodies)
+
+
+#: Dovecot as the reference IMAP server: the configuration
+#: ../shared/conformance/imaptest/run.py uses for imaptest, on one port.
+DOVECOT_CONF = """
+base_dir = {d}/run
+state_dir = {d}/state
+instance_name = coursenet-bench-{pid}
+{rootless}protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+log_path = {d}/dovecot.log
+mail_location = maildir:{d}/mail/%u
+first_valid_uid = {uid}
+first_valid_gid = {gid}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {d}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={d}/mail/%u
+}}
+namespace inbox {{
+  inbox = yes
+  separator = .
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"""
+
+
+def dovecotBinary() -> str | None:
+    found = shutil.which("dovecot") or "/usr/sbin/dovecot"
+    return found if os.path.exists(found) and os.path.exists("/usr/lib/dovecot/imap") else None
+
+
+def startDovecot(root: str) -> tuple[subprocess.Popen, int]:
+    """
+    Dovecot on 127.0.0.1 serving the Maildirs under C{root/mail}; as root
+    its mail processes run as the C{mail} user, otherwise in Dovecot's
+    rootless mode as this user.
+    """
+    port = freePort()
+    os.chmod(root, 0o755)  # Dovecot's unprivileged processes traverse it
+    for sub in ("run", "state"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    if os.geteuid() == 0:
+        mail = pwd.getpwnam("mail")
+        uid, gid, rootless = mail.pw_uid, mail.pw_gid, ""
+        for top, dirs, files in os.walk(os.path.join(root, "mail")):
+            for name in [top] + [os.path.join(top, n) for n in files]:
+                os.chown(name, uid, gid)
+    else:
+        import grp
+
+        uid, gid = os.getuid(), os.getgid()
+        me = pwd.getpwuid(uid).pw_name
+        rootless = (
+            f"default_internal_user = {me}\ndefault_internal_group = {grp.getgrgid(gid).gr_name}\n"
+            f"default_login_user = {me}\n"
+            + "".join(f"service {svc} {{\n  chroot =\n}}\n" for svc in ("anvil", "imap-login"))
+        )
+    with open(os.path.join(root, "passwd"), "w") as f:
+        f.write(f"{USER}:{{PLAIN}}{PASSWORD}::::::\n")
+    conf = os.path.join(root, "dovecot.conf")
+    with open(conf, "w") as f:
+        f.write(DOVECOT_CONF.format(d=root, port=port, uid=uid, gid=gid, pid=os.getpid(), rootless=rootless))
+    with open(os.path.join(root, "dovecot.stdout"), "ab") as out:
+        proc = subprocess.Popen([dovecotBinary() or "dovecot", "-F", "-c", conf], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    waitForPort(port, proc)
+    return proc, port
+
+
+def _dovecotVersion() -> str:
+    try:
+        out = subprocess.run([dovecotBinary() or "dovecot", "--version"], capture_output=True, timeout=10)
+        return out.stdout.decode().split()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "?"
+
+
+def imapAgainstDovecot(work: str) -> tuple[list[float], list[float], list[str]]:
+    """
+    The same 10,000 messages in a Maildir for each server; one untimed
+    pass each (both build their index of the folder), then L{ROUNDS}
+    alternating timed passes.  The rates of each, and what went wrong
+    (a count or a total size that differs from what was stored).
+    """
+    os.chmod(work, 0o755)  # Dovecot's unprivileged processes traverse it
+    roots = {name: os.path.join(work, f"imap-{name}") for name in ("ours", "dovecot")}
+    for root in roots.values():
+        populate(os.path.join(root, "mail", USER), FETCH_MESSAGES)
+    stored = servedOctets(os.path.join(roots["ours"], "mail", USER, "new"))
+    ours, ports = startOurs(roots["ours"])
+    try:
+        dovecot, dovecotPort = startDovecot(roots["dovecot"])
+    except BaseException:
+        stopProcess(ours)
+        raise
+    rates: dict[str, list[float]] = {"ours": [], "dovecot": []}
+    errors: list[str] = []
+    try:
+        servers = {"ours": ports["imap"], "dovecot": dovecotPort}
+        for round in range(ROUNDS + 1):
+            for name, port in servers.items():
+                rate, count, octets = imapFetch(port)
+                if (count, octets) != (FETCH_MESSAGES, stored):
+                    errors.append(f"{name}: {count} messages, {octets} octets"
+                                  f" (stored {FETCH_MESSAGES}, {stored})")
+                if round:
+                    rates[name].append(rate)
+    finally:
+        stopProcess(ours)
+        stopProcess(dovecot)
+    return rates["ours"], rates["dovecot"], errors
 
 
 def main() -> int:
     if shutil.which("smtp-source") is None:
         print("smtp-source missing: apt-get install postfix (see BENCH_APT_PACKAGES)")
+        return 1
+    if dovecotBinary() is None:
+        print("dovecot missing: apt-get install dovecot-imapd (see BENCH_APT_PACKAGES)")
         return 1
     work = tempfile.mkdtemp(prefix="mail-bench-")
     try:
@@ -182,10 +334,10 @@ def main() -> int:
         populate(os.path.join(fetchRoot, "mail", USER), FETCH_MESSAGES)
         ours, ports = startOurs(fetchRoot)
         try:
-            imapRate, imapCount = imapFetch(ports["imap"])
             popRate, popCount = popFetch(ports["pop3"])
         finally:
             stopProcess(ours)
+        imapOurs, imapDovecot, imapErrors = imapAgainstDovecot(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -195,9 +347,17 @@ def main() -> int:
     print(f"  aiosmtpd {_aiosmtpdVersion():8} {peerRate:8.0f} msg/s  (rounds: {', '.join(f'{r:.0f}' for r in peerRates)})")
     print(f"  ratio postoffice/aiosmtpd: {oursRate / peerRate:.2f}")
     print(f"POP3 RETR of {popCount} messages, one session: {popRate:8.0f} msg/s")
-    print(f"IMAP FETCH 1:* BODY.PEEK[] of {imapCount} messages: {imapRate:8.0f} msg/s")
-    ok = all(n == MESSAGES for n in stored)
-    if not ok:
+    oursImap = sorted(imapOurs)[ROUNDS // 2]
+    dovecotImap = sorted(imapDovecot)[ROUNDS // 2]
+    print(f"IMAP FETCH 1:* (UID FLAGS BODY.PEEK[]) of {FETCH_MESSAGES} messages, imaplib, one session,")
+    print(f"after one untimed pass each, median of {ROUNDS} alternating rounds:")
+    print(f"  twistd postoffice  {oursImap:8.0f} msg/s  (rounds: {', '.join(f'{r:.0f}' for r in imapOurs)})")
+    print(f"  dovecot {_dovecotVersion():9} {dovecotImap:8.0f} msg/s  (rounds: {', '.join(f'{r:.0f}' for r in imapDovecot)})")
+    print(f"  ratio postoffice/dovecot: {oursImap / dovecotImap:.2f}; errors: {len(imapErrors)}")
+    for error in imapErrors:
+        print(f"  error: {error}")
+    ok = all(n == MESSAGES for n in stored) and not imapErrors
+    if not all(n == MESSAGES for n in stored):
         print(f"messages stored per round: {stored} (expected {MESSAGES} each)")
     return 0 if ok else 1
 
