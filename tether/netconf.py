@@ -226,7 +226,8 @@ class ForwardingLedger:
         """
         Stop counting this server; the last user restores the original.
 
-        @return: the value restored, or L{None} while others still forward.
+        @return: the value restored, or L{None} while others still forward
+            (or when there is no record of the original).
         """
         if self._me is None:
             return None
@@ -239,7 +240,9 @@ class ForwardingLedger:
                 self._write(state)
                 return None
             original = state.get("original")
-            if original is not None:
+            if original is None:
+                _log.warn("no record of ip_forward's original value in {path}: left as it is", path=self.path)
+            else:
                 self._set(original)
             try:
                 os.unlink(self.path)
@@ -351,7 +354,7 @@ class ServerNetwork:
             self._forwarding = False
             restored = self._ledger.release()
             if restored is None:
-                _log.info("ip_forward left on: another tether server still forwards")
+                _log.info("ip_forward not restored: another tether server still forwards, or no record")
             else:
                 _log.info("ip_forward restored to {value}", value=restored)
         if self._tableUp:
