@@ -1,8 +1,9 @@
 """
 The C{bftp} command:
 
-    bftp get  bftp://USER@HOST:PORT/REMOTE LOCAL
-    bftp put  LOCAL bftp://USER@HOST:PORT/REMOTE
+    bftp get  [-r] bftp://USER@HOST:PORT/REMOTE LOCAL
+    bftp put  [-r] LOCAL bftp://USER@HOST:PORT/REMOTE
+    bftp mv   URL NEWPATH
     bftp ls   URL          bftp stat URL       bftp rm URL
     bftp mkdir URL         bftp rmdir URL      bftp hash URL
     bftp shell URL
@@ -33,8 +34,13 @@ from bftp.fs import formatTime
 
 class CLIError(Exception):
     """
-    A one-line error for the user.
+    A one-line error for the user, and the exit status that goes with it
+    (2: the command was wrong, as argparse exits; 1: it failed).
     """
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _progressBar(enabled: bool, label: str):
@@ -89,32 +95,114 @@ def _listing(entries) -> list[str]:
     return [f"{e.kind:5} {e.size:>12} {formatTime(e.mtime)} {e.name}" for e in entries]
 
 
-async def collect(client, remote: str, local: str, out=None) -> tuple[int, int]:
+async def remoteTree(client, remote: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """
+    The folders and C{(file, size)} pairs below the remote directory
+    C{remote}, as paths relative to it.
+
+    Names the server lists that could lead out of a local folder (C{..},
+    a slash) are refused: the server is not trusted with the client's
+    file system.
+    """
+    folders: list[str] = []
+    files: list[tuple[str, int]] = []
+
+    async def walk(relative: str) -> None:
+        for entry in await client.list(posixpath.join(remote, relative) if relative else remote):
+            if entry.name in ("", ".", "..") or "/" in entry.name or "\0" in entry.name:
+                raise CLIError(f"the server listed a name that is not a plain name: {entry.name!r}", 1)
+            path = posixpath.join(relative, entry.name)
+            if entry.kind == "dir":
+                folders.append(path)
+                await walk(path)
+            elif entry.kind == "file":
+                files.append((path, entry.size))
+
+    await walk("")
+    return folders, files
+
+
+def localTree(local: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """
+    The folders and C{(file, size)} pairs below the local directory
+    C{local}, as relative paths with slashes; links are not followed.
+    """
+    folders: list[str] = []
+    files: list[tuple[str, int]] = []
+    for directory, dirnames, filenames in os.walk(local):
+        relative = os.path.relpath(directory, local)
+        relative = "" if relative == "." else relative.replace(os.sep, "/")
+        dirnames.sort()
+        for name in dirnames:
+            folders.append(posixpath.join(relative, name))
+        for name in sorted(filenames):
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                files.append((posixpath.join(relative, name), os.path.getsize(path)))
+    return folders, files
+
+
+async def collect(client, remote: str, local: str, out=None, progress=None, onStart=None) -> tuple[int, int]:
     """
     Download the tree below the remote directory C{remote} into C{local},
     each file verified as C{get} does (and resumed if cut before).
 
-    Names the server lists that could leave C{local} (C{..}, a slash) are
-    refused: the server is not trusted with the client's file system.
-
+    @param progress: called with every number of bytes received.
+    @param onStart: called once with the total size, before any file.
     @return: how many files and bytes were collected.
     """
-    files = size = 0
+    folders, files = await remoteTree(client, remote)
+    if onStart is not None:
+        onStart(sum(size for _, size in files), 0)
     os.makedirs(local, exist_ok=True)
-    for entry in await client.list(remote):
-        if entry.name in ("", ".", "..") or "/" in entry.name or "\0" in entry.name:
-            raise CLIError(f"the server listed a name that is not a plain name: {entry.name!r}")
-        rpath = posixpath.join(remote, entry.name)
-        lpath = os.path.join(local, entry.name)
-        if entry.kind == "dir":
-            n, b = await collect(client, rpath, lpath, out)
-            files, size = files + n, size + b
-        elif entry.kind == "file":
-            digest = await client.get(rpath, lpath)
-            if out is not None:
-                print(f"{lpath}: sha256 {digest}", file=out)
-            files, size = files + 1, size + entry.size
-    return files, size
+    for folder in folders:
+        os.makedirs(os.path.join(local, *folder.split("/")), exist_ok=True)
+    total = 0
+    for path, size in files:
+        lpath = os.path.join(local, *path.split("/"))
+        digest = await client.get(posixpath.join(remote, path), lpath, progress=progress)
+        if out is not None:
+            print(f"{lpath}: sha256 {digest}", file=out)
+        total += size
+    return len(files), total
+
+
+async def upload(client, local: str, remote: str, out=None, progress=None, onStart=None) -> tuple[int, int]:
+    """
+    Upload the tree below the local directory C{local} as the remote
+    directory C{remote} (made if missing), each file verified by its
+    digest and resumed where an earlier upload was cut.
+
+    @return: how many files and bytes were sent.
+    """
+    folders, files = localTree(local)
+    if onStart is not None:
+        onStart(sum(size for _, size in files), 0)
+    for folder in [""] + folders:
+        try:
+            await client.mkdir(posixpath.join(remote, folder) if folder else remote)
+        except BFTPError as e:
+            if e.code != 551:  # already there
+                raise
+    total = 0
+    for path, size in files:
+        rpath = posixpath.join(remote, path)
+        digest = await client.put(os.path.join(local, *path.split("/")), rpath, resume=True, progress=progress)
+        if out is not None:
+            print(f"{rpath}: stored, sha256 {digest}", file=out)
+        total += size
+    return len(files), total
+
+
+def describeStat(st) -> str:
+    """
+    One line for a STAT result.
+    """
+    unfinished = f" (unfinished upload: {st.partial} bytes)" if st.partial else ""
+    if not st.exists:
+        return f"{st.path}: does not exist{unfinished}"
+    size = f", {st.size} bytes" if st.kind == "file" else ""
+    return f"{st.path}: {st.kind}{size}, modified {formatTime(st.mtime)}{unfinished}"
 
 
 async def _run(reactor, args) -> None:
@@ -122,20 +210,39 @@ async def _run(reactor, args) -> None:
     if args.command == "put":
         url = URL.parse(args.url)
         remote = url.path
+        local = args.local.rstrip(os.sep) or args.local
+        if not os.path.exists(local):
+            raise CLIError(f"{local}: no such file or directory")
+        if os.path.isdir(local) and not args.recursive:
+            raise CLIError(f"{local} is a directory; use put -r to upload it with everything in it")
+        if not os.path.isdir(local) and not os.path.isfile(local):
+            raise CLIError(f"{local}: not a regular file")
         if remote.endswith("/"):
-            remote += os.path.basename(args.local)
+            remote += os.path.basename(local)
         client = await _session(reactor, url, args.cafile)
-        onStart, progress, close = _progressBar(args.progress, os.path.basename(args.local))
+        onStart, progress, close = _progressBar(args.progress, os.path.basename(local))
         try:
-            digest = await client.put(args.local, remote, resume=args.resume, progress=progress, onStart=onStart)
+            if args.recursive and os.path.isdir(local):
+                files, size = await upload(client, local, remote, out, progress, onStart)
+                print(f"sent {files} files, {size} bytes, from {local} into {remote}", file=out)
+            else:
+                digest = await client.put(local, remote, resume=not args.restart, progress=progress, onStart=onStart)
+                print(f"{remote}: stored, sha256 {digest}", file=out)
         finally:
             close()
-        print(f"{remote}: stored, sha256 {digest}", file=out)
         await client.quit()
         return
     url = URL.parse(args.url)
     client = await _session(reactor, url, args.cafile)
-    if args.command == "get":
+    if args.command == "get" and args.recursive:
+        local = args.local or posixpath.basename(url.path.rstrip("/")) or "download"
+        onStart, progress, close = _progressBar(args.progress, posixpath.basename(url.path.rstrip("/")) or "/")
+        try:
+            files, size = await collect(client, url.path, local, out, progress, onStart)
+        finally:
+            close()
+        print(f"received {files} files, {size} bytes, from {url.path} into {local}", file=out)
+    elif args.command == "get":
         local = args.local or posixpath.basename(url.path) or "download"
         if os.path.isdir(local):
             local = os.path.join(local, posixpath.basename(url.path))
@@ -151,9 +258,12 @@ async def _run(reactor, args) -> None:
     elif args.command == "stat":
         st = await client.stat(url.path)
         if not st.exists:
-            print(f"{st.path}: does not exist" + (f" (unfinished upload: {st.partial} bytes)" if st.partial else ""), file=out)
-        else:
-            print(f"{st.path}: {st.kind}, {st.size} bytes, modified {formatTime(st.mtime)}", file=out)
+            await client.quit()
+            raise CLIError(describeStat(st), 1)
+        print(describeStat(st), file=out)
+    elif args.command == "mv":
+        await client.rename(url.path, args.target)
+        print(f"{url.path} -> {args.target}", file=out)
     elif args.command == "rm":
         await client.delete(url.path)
     elif args.command == "mkdir":
@@ -230,7 +340,7 @@ class Shell:
                 close()
             print(f"{dst}: sha256 {digest}", file=out)
         elif verb == "stat":
-            print(await c.stat(a[0]), file=out)
+            print(describeStat(await c.stat(a[0])), file=out)
         elif verb == "hash":
             print(await c.hash(a[0]), file=out)
         elif verb == "rm":
@@ -268,10 +378,16 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("url")
     g.add_argument("local", nargs="?")
     g.add_argument("--no-resume", action="store_true", help="start over instead of continuing LOCAL.bftp-part")
-    u = sub.add_parser("put", help="upload a file", parents=common)
+    g.add_argument("-r", "--recursive", action="store_true", help="download a directory and everything in it")
+    u = sub.add_parser("put", help="upload a file (continuing one that was cut)", parents=common)
     u.add_argument("local")
     u.add_argument("url")
-    u.add_argument("--resume", action="store_true", help="continue an upload that was cut")
+    u.add_argument("-r", "--recursive", action="store_true", help="upload a directory and everything in it")
+    u.add_argument("--restart", action="store_true", help="send the whole file even if the server kept part of it")
+    u.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
+    m = sub.add_parser("mv", help="rename a remote file or directory", parents=common)
+    m.add_argument("url")
+    m.add_argument("target", help="the new path (on the same server)")
     c = sub.add_parser("collect", help="download a whole directory tree (e.g. every hand-in)", parents=common)
     c.add_argument("url")
     c.add_argument("local")
@@ -293,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
             await _run(reactor, args)
         except CLIError as e:
             print(f"bftp: {e}", file=sys.stderr)
-            status.append(2)
+            status.append(e.status)
         except BFTPError as e:
             print(f"bftp: {e}", file=sys.stderr)
             status.append(1)

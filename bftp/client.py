@@ -23,6 +23,7 @@ import calendar
 import collections
 import hashlib
 import os
+import stat
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -396,7 +397,9 @@ class BFTPClient(LineReceiver):
         matches.
 
         @param resume: continue an upload that was cut, from what the server
-            kept (STAT's C{partial}).
+            kept (STAT's C{partial}).  If what it kept turns out not to be
+            the start of this file (the server answers the digest with
+            554), the upload starts over from byte 0, once.
         @return: fires with the hex SHA-256 of the file.
         """
 
@@ -404,6 +407,8 @@ class BFTPClient(LineReceiver):
             fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 size = os.fstat(fd).st_size
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise BFTPError(555, f"{local}: not a regular file")
                 limit = int(_facts(self.serverInfo).get("max-file-size", 0))
                 if limit and size > limit:
                     raise BFTPError(552, f"{local} has {size} bytes; the server takes at most {limit}")
@@ -411,20 +416,38 @@ class BFTPClient(LineReceiver):
                 if resume:
                     facts = _facts((await self._send(f"STAT {encodePath(remote)}")).text)
                     offset = min(int(facts.get("partial", 0)), size)
-                if onStart is not None:
-                    onStart(size, offset)
-                digest = hashInThread(self._reactor, fd, size)
-                await self._send(f"PUT {encodePath(remote)} {offset}", (350, 350))
-                sender = ChunkedFileSender(fd, offset, size, progress=progress)
-                await sender.beginSending(self.transport)
-                hexdigest = (await digest).hexdigest()
-                self.sendLine(hexdigest.encode("ascii"))
-                _check(await self._reply(), (200, 299))
-                return hexdigest
+                hashing = hashInThread(self._reactor, fd, size)
+                memo: list[str] = []
+
+                async def digest() -> str:
+                    # Hashed once, in parallel with the first sending.
+                    if not memo:
+                        memo.append((await hashing).hexdigest())
+                    return memo[0]
+
+                try:
+                    return await self._putFrom(fd, remote, size, offset, digest, progress, onStart)
+                except BFTPError as e:
+                    if e.code != 554 or not offset:
+                        raise
+                # The server's partial upload was not the start of this file
+                # (it is gone now): send it all.
+                return await self._putFrom(fd, remote, size, 0, digest, progress, onStart)
             finally:
                 os.close(fd)
 
         return self._do(put())
+
+    async def _putFrom(self, fd, remote, size, offset, digest, progress, onStart) -> str:
+        if onStart is not None:
+            onStart(size, offset)
+        await self._send(f"PUT {encodePath(remote)} {offset}", (350, 350))
+        sender = ChunkedFileSender(fd, offset, size, progress=progress)
+        await sender.beginSending(self.transport)
+        hexdigest = await digest()
+        self.sendLine(hexdigest.encode("ascii"))
+        _check(await self._reply(), (200, 299))
+        return hexdigest
 
 
 def _check(reply: Reply, ok: tuple[int, int]) -> Reply:

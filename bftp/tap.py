@@ -13,7 +13,7 @@ from bftp.auth import makePortal
 from bftp.policy import Policy, parseAge, parseSize
 from bftp.protocol import BFTPFactory
 from coursenet.accounts import PasswordChecker
-from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin
+from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin, atLeast
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 
@@ -66,7 +66,15 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
         self["listen"].append(description)
 
     def postOptions(self) -> None:
-        self.checkTLSPair()
+        self.checkStartOptions(self.listenEndpoints())
+        self.checkAdmission()
+        atLeast("idle-timeout", self["idle-timeout"], 1)
+        atLeast("login-timeout", self["login-timeout"], 1)
+        atLeast("max-file-size", self["max-file-size"], 0)
+        if not 0 < self["tls-port"] < 65536:
+            raise usage.UsageError(f"--tls-port {self['tls-port']}: must be a TCP port, 1 to 65535")
+        if os.path.exists(self["root"]) and not os.path.isdir(self["root"]):
+            raise usage.UsageError(f"--root {self['root']}: not a directory")
         try:
             self["policy"] = Policy.fromConfig(
                 self["class-config"],

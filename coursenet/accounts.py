@@ -344,8 +344,9 @@ _DUMMY_HASH = hashPassword(secrets.token_hex(8))
 def main(argv: list[str] | None = None) -> int:
     """
     C{coursenet-passwd FILE NAME}: add an account to a password file or
-    change its password.  The password comes from C{--password-env VAR} or
-    a prompt, never from the command line.
+    change its password.  The password comes from C{--password-env VAR},
+    one line on standard input when it is not a terminal, or a prompt;
+    never from the command line.
     """
     parser = argparse.ArgumentParser(
         prog="coursenet-passwd",
@@ -377,9 +378,20 @@ def main(argv: list[str] | None = None) -> int:
         password = os.environ.get(args.password_env)
         if password is None:
             parser.error(f"environment variable {args.password_env} is not set")
+    elif not sys.stdin.isatty():
+        # Piped in (echo pw | coursenet-passwd FILE NAME): one line, no
+        # confirmation, as htpasswd -i and chpasswd read it.
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            parser.error("no password on standard input (pipe one line, or use --password-env)")
     else:
-        password = getpass.getpass(f"password for {args.name}: ")
-        if password != getpass.getpass("again: "):
+        try:
+            password = getpass.getpass(f"password for {args.name}: ")
+            again = getpass.getpass("again: ")
+        except (EOFError, KeyboardInterrupt):
+            print("\ncoursenet-passwd: no password given; nothing changed", file=sys.stderr)
+            return 1
+        if password != again:
             print("coursenet-passwd: passwords differ", file=sys.stderr)
             return 1
     if not password:

@@ -4,7 +4,8 @@ Command-line pieces every service's twistd C{Options} shares.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+from typing import TYPE_CHECKING, Any, Iterable
 
 from twisted.python import usage
 
@@ -38,10 +39,87 @@ class AccountOptionsMixin(OptionsMixinBase):
 
     def checkTLSPair(self) -> None:
         """
-        @raise usage.UsageError: if only one of --tls-cert, --tls-key is set.
+        @raise usage.UsageError: if only one of --tls-cert, --tls-key is
+            set, or a file named by --tls-cert, --tls-key or --passwd cannot
+            be read (L{checkStartOptions} without listeners).
+        """
+        self.checkStartOptions()
+
+    def listenEndpoints(self) -> list[tuple[str, str]]:
+        """
+        The C{(option, endpoint description)} pairs of C{--listen}, for
+        L{checkStartOptions} (the twins' C{HOST:PORT} are not endpoints).
+        """
+        return [("listen", d) for d in self.get("listen", [])]
+
+    def checkStartOptions(self, listeners: Iterable[tuple[str, str]] = ()) -> None:
+        """
+        Refuse, before anything starts, the mistakes that would otherwise
+        show only later as a traceback or as every login failing.
+
+        @param listeners: C{(option, endpoint description)} pairs to parse.
+        @raise usage.UsageError: one line naming the option and what to do.
         """
         if bool(self.get("tls-cert")) != bool(self.get("tls-key")):
             raise usage.UsageError("--tls-cert and --tls-key go together")
+        for option in ("tls-cert", "tls-key"):
+            if self.get(option):
+                readableFile(option, self[option])
+        if self.get("tls-cert"):
+            from coursenet.tls import serverContextFactory
+
+            try:
+                serverContextFactory(self["tls-cert"], self["tls-key"])
+            except Exception as e:
+                raise usage.UsageError(
+                    f"--tls-cert {self['tls-cert']} --tls-key {self['tls-key']}: not a PEM certificate"
+                    f" and its private key ({e.__class__.__name__}: {str(e)[:120]})"
+                )
+        if self.get("passwd"):
+            readableFile(
+                "passwd", self["passwd"],
+                hint=f"; create it with: coursenet-passwd {self['passwd']} NAME",
+            )
+        for option, description in listeners:
+            parseableEndpoint(option, description)
+
+
+def readableFile(option: str, path: str, hint: str = "") -> None:
+    """
+    @raise usage.UsageError: unless C{path} is a file this process can read.
+    """
+    if not os.path.exists(path):
+        raise usage.UsageError(f"--{option} {path}: no such file{hint}")
+    if not os.path.isfile(path):
+        raise usage.UsageError(f"--{option} {path}: not a regular file")
+    if not os.access(path, os.R_OK):
+        raise usage.UsageError(f"--{option} {path}: not readable by this user")
+
+
+def parseableEndpoint(option: str, description: str) -> None:
+    """
+    @raise usage.UsageError: if C{description} is not a server endpoint
+        string Twisted can build (nothing is listened on).
+    """
+    from twisted.internet import endpoints, reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as e:  # whatever building it raises: a parse error, a bad PEM file
+
+        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise usage.UsageError(
+            f"--{option} {description}: not a usable endpoint ({why});"
+            " e.g. tcp:9021:interface=127.0.0.1 or ssl:9022:privateKey=key.pem:certKey=cert.pem"
+        )
+
+
+def atLeast(option: str, value: int | float | None, low: int | float) -> None:
+    """
+    @raise usage.UsageError: if C{value} is below C{low}.
+    """
+    if value is not None and value < low:
+        raise usage.UsageError(f"--{option} {value}: must be at least {low}")
 
 
 class AdmissionOptionsMixin(OptionsMixinBase):
@@ -58,3 +136,10 @@ class AdmissionOptionsMixin(OptionsMixinBase):
          " (default: as many as the descriptor limit allows)", int],
         ["max-per-address", None, None, "connections allowed from one address (default: 256)", int],
     ]
+
+    def checkAdmission(self) -> None:
+        """
+        @raise usage.UsageError: for a cap below 1.
+        """
+        atLeast("max-connections", self.get("max-connections"), 1)
+        atLeast("max-per-address", self.get("max-per-address"), 1)

@@ -96,6 +96,10 @@ class TwinOptionsMixin(OptionsMixinBase):
         else:
             self["listen"].append(description)
 
+    def listenEndpoints(self) -> list[tuple[str, str]]:
+        # HOST:PORT, already checked by opt_listen.
+        return []
+
     def postOptions(self) -> None:
         from twisted.python import usage
 
