@@ -292,7 +292,7 @@ def test_studentRefusedEverythingInAnothersFolders(server):
 
 @serving()
 def test_linksDoNotLeadIntoAnothersFolder(server):
-    """A symbolic link in the course area to a student's home does not open it to other students: reads and writes through it get 534, while its owner and admins use it."""
+    """A symbolic link in the course area to a student's home does not open it to other students (reads and writes through it get 534) while its owner and admins use it; a link in the public area does not open the course area to anonymous."""
     bob = Raw(server.port, *BOB)
     assert bob.put("/home/bob/notes.txt", b"bob's notes").code == 226
     os.symlink("../home/bob", server.root / "course" / "bobs")
@@ -309,6 +309,12 @@ def test_linksDoNotLeadIntoAnothersFolder(server):
     assert teacher.get("/course/bobs/notes.txt")[1] == b"bob's notes"
     teacher.close()
     assert (server.root / "home" / "bob" / "notes.txt").read_bytes() == b"bob's notes"
+    # Nor does a link in the public area open the rest to anonymous.
+    os.symlink("../syllabus.txt", server.root / "course" / "public" / "sneaky.txt")
+    anonymous = Raw(server.port, "anonymous", "guest")
+    reply = anonymous.cmd("GET /course/public/sneaky.txt")
+    assert reply.code == 534 and "not public" in reply.text, reply
+    anonymous.close()
 
 
 @pytest.mark.xfail(strict=True, reason=(
