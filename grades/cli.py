@@ -1,0 +1,147 @@
+"""
+C{grades HOST:PORT COMMAND ...}: query or change the grades database from
+a shell (docs/grades.md)::
+
+    grades 127.0.0.1:7070 name 051883261            # DAN HACKER
+    grades 127.0.0.1:7070 name 051883261 MATH       # DAN HACKER, then 87
+    grades 127.0.0.1:7070 --user demo import marks.csv
+
+The password comes from C{--password-env VAR} or a prompt, never from the
+command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.error import ConnectError
+from twisted.internet.task import react
+
+from coursenet.blocking import parseListen
+from grades.client import connect
+from grades.wire import GradesError
+
+COMMANDS = ("name", "grades", "courses", "avg", "rank", "stats", "set", "import", "export", "whoami")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="grades", description="Query or change a grades server.")
+    p.add_argument("server", help="HOST:PORT")
+    p.add_argument("command", type=str.lower, choices=COMMANDS, metavar="COMMAND",
+                   help="name ID [COURSE...] | grades ID | courses [ID] | avg COURSE | rank ID COURSE |"
+                        " stats COURSE | set ID COURSE GRADE | import FILE.csv | export [COURSE...] | whoami")
+    p.add_argument("args", nargs="*")
+    p.add_argument("--user", help="log in as this account")
+    p.add_argument("--password-env", metavar="VAR", help="read the password from this environment variable")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (the server's TLS port)")
+    p.add_argument("--starttls", action="store_true", help="switch to TLS with STARTTLS before logging in")
+    p.add_argument("--cafile", help="PEM certificates to trust for TLS (e.g. var/tls/cert.pem)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar for import")
+    return p
+
+
+def _need(args: list[str], least: int, most: int, usage: str) -> list[str]:
+    if not least <= len(args) <= most:
+        raise SystemExit(f"grades: usage: {usage}")
+    return args
+
+
+async def run(reactor, options: argparse.Namespace, out=sys.stdout) -> int:
+    host, port = parseListen(options.server)
+    password = None
+    if options.user:
+        if options.password_env:
+            password = os.environ.get(options.password_env)
+            if password is None:
+                raise SystemExit(f"grades: environment variable {options.password_env} is not set")
+        else:
+            password = getpass.getpass(f"password for {options.user}: ")
+    client = await connect(
+        reactor, host, port, tls=options.tls, starttls=options.starttls, cafile=options.cafile,
+        user=options.user, password=password,
+    )
+    args, command = options.args, options.command
+    lines: list[str] = []
+    if command == "name":
+        _need(args, 1, 64, "name ID [COURSE...]")
+        # Pipelined: every command is sent before the first answer comes.
+        answers = [client.name(args[0])] + [client.grade(c) for c in args[1:]]
+        lines = [str(a) for a in await gatherResults(answers, consumeErrors=True)]
+    elif command in ("grades", "courses"):
+        _need(args, 1 if command == "grades" else 0, 1, f"{command} ID")
+        if args:
+            await client.name(args[0])
+        if command == "grades":
+            lines = [f"{c} {g}" for c, g in (await client.grades()).items()]
+        else:
+            lines = await client.courses()
+    elif command == "avg":
+        (course,) = _need(args, 1, 1, "avg COURSE")
+        lines = [f"{await client.average(course):.2f}"]
+    elif command == "rank":
+        sid, course = _need(args, 2, 2, "rank ID COURSE")
+        await client.name(sid)
+        rank, of = await client.rank(course)
+        lines = [f"{rank} of {of}"]
+    elif command == "stats":
+        (course,) = _need(args, 1, 1, "stats COURSE")
+        lines = await client.stats(course)
+    elif command == "set":
+        sid, course, grade = _need(args, 3, 3, "set ID COURSE GRADE")
+        lines = [await client.set(sid, course, grade)]
+    elif command == "import":
+        (path,) = _need(args, 1, 1, "import FILE.csv")
+        with open(path, "rb") as f:
+            data = f.read()
+        lines = [await _import(client, data, options.no_progress)]
+    elif command == "export":
+        out.write(await client.export(*args))
+    elif command == "whoami":
+        lines = [await client.whoami()]
+    for line in lines:
+        print(line, file=out)
+    await client.end()
+    return 0
+
+
+async def _import(client, data: bytes, quiet: bool) -> str:
+    from tqdm import tqdm
+
+    with tqdm(total=len(data), unit="B", unit_scale=True, desc="import", disable=quiet or None) as bar:
+        return await client.importCSV(data, bar.update)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parser().parse_args(argv)
+
+    async def go(reactor) -> None:
+        try:
+            status = await run(reactor, options)
+        except FirstError as e:
+            print(f"grades: {e.subFailure.value}", file=sys.stderr)
+            status = 1
+        except GradesError as e:
+            print(f"grades: {e}", file=sys.stderr)
+            status = 1
+        except (ConnectError, ConnectionError, OSError) as e:
+            print(f"grades: {options.server}: {e}", file=sys.stderr)
+            status = 1
+        if status:
+            raise SystemExit(status)
+
+    def start(reactor) -> Deferred:
+        return Deferred.fromCoroutine(go(reactor))
+
+    try:
+        react(start)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

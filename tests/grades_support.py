@@ -1,0 +1,175 @@
+"""
+Test support for the grades service: a server whose SQLite queries run at
+once in the calling thread, on an in-memory reactor, talked to through
+L{StringTransport}s with no socket at all (L{World}); and for the tests
+over real sockets, C{twistd grades} in a process of its own
+(L{RunningGrades}) and a raw blocking client (L{Raw}).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+
+from coursenet.accounts import hashPassword, writePasswordFile
+from coursenet.procs import freePort, stopProcess, waitForPort
+from grades.auth import makePortal
+from grades.protocol import GradesFactory
+from grades.store import SQLiteStore
+from tests.bftp_support import FakeReactor
+
+PASSWORD = "correct horse"
+#: Accounts of every test server: two students (the seed's DAN HACKER and
+#: ADA LOVELACE of the demo data), two instructors, and one with no role.
+STUDENTS = {"dan": "051883261", "ada": "200000001"}
+INSTRUCTORS = {"mia": ["MATH"], "hal": ["HISTORY", "NETWORKS"]}
+NOBODY = "zed"
+#: The seed's dialogue and what the server must answer, byte for byte.
+SEED = b"HELLO\nNAME 051883261\nGRADE MATH\nGRADE HISTORY\nEND\n"
+SEED_REPLY = b"READY\nDAN HACKER\n87\n93\nBYE\n"
+
+
+def writeAccounts(directory) -> str:
+    """
+    A password file with every test account, PASSWORD each; cheap scrypt
+    parameters, so that a login costs microseconds.
+    """
+    path = os.path.join(str(directory), "passwd")
+    names = [*STUDENTS, *INSTRUCTORS, NOBODY]
+    writePasswordFile(path, {name: hashPassword(PASSWORD, n=16) for name in names})
+    return path
+
+
+class World:
+    """
+    One grades server on an in-memory reactor, SQLite in C{directory} with
+    the demo data and the test accounts' roles.
+    """
+
+    def __init__(self, directory, publicDemo: bool = False, **factoryArgs) -> None:
+        from coursenet.accounts import PasswordChecker
+
+        self.reactor = FakeReactor()
+        self.store = SQLiteStore(os.path.join(str(directory), "grades.sqlite"), self.reactor,
+                                 pool=self.reactor.getThreadPool())
+        self.store.setupNow(STUDENTS, INSTRUCTORS, demo=True)
+        checker = PasswordChecker(writeAccounts(directory), reactor=self.reactor)
+        self.factory = GradesFactory(self.store, makePortal(self.store, checker), reactor=self.reactor,
+                                     publicDemo=publicDemo, **factoryArgs)
+        self._port = 40000
+
+    def connect(self, host: str = "127.0.0.1") -> "Peer":
+        self._port += 1
+        return Peer(self.factory, host, self._port)
+
+    def extended(self, user: str | None = None) -> "Peer":
+        """
+        A peer at the extended level, logged in as C{user}, output cleared.
+        """
+        peer = self.connect()
+        peer.send("HELLO GRADES/2")
+        if user is not None:
+            peer.send(f"USER {user}")
+            peer.send(f"PASS {PASSWORD}")
+        lines = peer.lines()
+        assert user is None or lines[-1].startswith(f"OK logged in as {user}"), lines
+        return peer
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class Peer:
+    def __init__(self, factory, host: str, port: int) -> None:
+        addr = IPv4Address("TCP", host, port)
+        self.proto = factory.buildProtocol(addr)
+        self.transport = StringTransport(peerAddress=addr)
+        self.proto.makeConnection(self.transport)
+
+    def send(self, line: str | bytes) -> None:
+        data = line if isinstance(line, bytes) else line.encode("utf-8") + b"\n"
+        self.proto.dataReceived(data)
+
+    def output(self) -> bytes:
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def lines(self) -> list[str]:
+        return self.output().decode("utf-8").splitlines()
+
+    def ask(self, line: str) -> list[str]:
+        """
+        Send one line; the reply lines it got.
+        """
+        self.send(line)
+        return self.lines()
+
+
+class RunningGrades:
+    """
+    C{twistd grades} (or a twin: C{implementation} C{threaded} or
+    C{forking}) in a process of its own on 127.0.0.1.
+    """
+
+    def __init__(self, args: list[str], log, implementation: str = "twisted") -> None:
+        self.port = freePort()
+        if implementation == "twisted":
+            command = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "--logfile=-",
+                       "grades", "--listen", f"tcp:{self.port}:interface=127.0.0.1", *args]
+        else:
+            forking = ["--forking"] if implementation == "forking" else []
+            command = [sys.executable, "-m", "grades.threaded", "--listen", f"127.0.0.1:{self.port}", *forking, *args]
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            waitForPort(self.port, self.proc, timeout=30)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        stopProcess(self.proc, timeout=10)
+
+
+class Raw:
+    """
+    A raw, blocking client: send bytes, read reply lines.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> str:
+        while b"\n" not in self.buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"closed; got {self.buffer!r}")
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode("utf-8")
+
+    def ask(self, line: str) -> str:
+        self.send(line.encode("utf-8") + b"\n")
+        return self.line()
+
+    def rest(self) -> bytes:
+        """
+        Everything until the server closes.
+        """
+        data = self.buffer
+        while chunk := self.sock.recv(65536):
+            data += chunk
+        self.buffer = b""
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
