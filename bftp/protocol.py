@@ -57,6 +57,7 @@ from bftp.wire import (
 )
 from coursenet.accounts import PasswordFrom
 from coursenet.admission import Admission, AdmittingFactory
+from coursenet.logs import peerName
 from coursenet.receiver import CommandReceiver
 from coursenet.throttle import hostOf
 from coursenet.transport import noDelay
@@ -131,6 +132,13 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         #: A GET's chunks are going out: no reply may be written until then.
         self._sending = False
 
+    @property
+    def who(self) -> str:
+        """
+        The client as log lines name it: C{127.0.0.1:56480 [alice]}.
+        """
+        return peerName(self.peer, self.account.name if self.account is not None else None)
+
     @staticmethod
     def busyReply(text: str) -> bytes:
         return formatReply(Code.CLOSING, text)
@@ -167,7 +175,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         if self._upload is not None and not self._upload.committing:
             self._log.info(
                 "{peer} left during upload of {path}; {n} bytes kept for resume",
-                peer=self.peer, path=self._upload.vpath,
+                peer=self.who, path=self._upload.vpath,
                 n=self._upload.sink.size if self._upload.sink else "all",
             )
             self._endUpload(keepPartial=True)
@@ -179,11 +187,11 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             # A reply here would land inside the file data: cut the stream.
             self._log.info(
                 "{peer} read nothing of a download for {t} s; aborting",
-                peer=self.peer, t=self.factory.idleTimeout,
+                peer=self.who, t=self.factory.idleTimeout,
             )
             self._connectedOutbox().abortConnection()
             return
-        self._log.info("{peer} idle for {t} s; closing", peer=self.peer, t=self.factory.idleTimeout)
+        self._log.info("{peer} idle for {t} s; closing", peer=self.who, t=self.factory.idleTimeout)
         self.reply(Code.CLOSING, f"idle for {self.factory.idleTimeout} seconds; closing")
         self.transport.loseConnection()
 
@@ -250,7 +258,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         if self.account is not None:
             # Not before login: a stranger's flood of commands must not
             # become a flood of log lines.
-            self._log.debug("{peer}: {line}", peer=self.peer, line=command.raw)
+            self._log.debug("{peer}: {line}", peer=self.who, line=command.raw)
         return handler(command)
 
     # -- argument helpers --------------------------------------------------
@@ -358,7 +366,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
                 self._log.error("cannot make the folders of {user}: {e}", user=account.name, e=e)
                 raise ProtocolError(Code.LOCAL_ERROR, f"cannot make your folders on the server: {e.strerror}; try later")
             self.account = account
-            self._log.info("{peer} logged in as {user}", peer=self.peer, user=account.name)
+            self._log.info("{peer} logged in", peer=self.who)
             if account.readOnly:
                 note = " (read-only)"
             elif policy.classMode:
@@ -620,7 +628,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             self._close(fd)
             (sentOK, n), (digestOK, hexdigest) = results
             if self._lost:
-                self._log.info("{peer} left during download of {path}", peer=self.peer, path=vpath)
+                self._log.info("{peer} left during download of {path}", peer=self.who, path=vpath)
             elif sentOK and digestOK:
                 self.reply(Code.TRANSFER_DONE, f"{hexdigest} sent {n} bytes")
             else:
@@ -733,7 +741,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             upload.sink.feed(data)
         except FramingError as e:
             self.reply(e.code, e.message)
-            self._log.info("{peer}: {error}", peer=self.peer, error=e.message)
+            self._log.info("{peer}: {error}", peer=self.who, error=e.message)
             self._endUpload(keepPartial=True)
             self.transport.loseConnection()
             return
@@ -799,7 +807,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         self.factory.quotas.freed(upload.owner, replaced)
         self.factory.digests.remember(st, computed)
         self._endUpload(keepPartial=True)
-        self._log.info("{peer} stored {path} ({n} bytes)", peer=self.peer, path=upload.vpath, n=sink.size)
+        self._log.info("{peer} stored {path} ({n} bytes)", peer=self.who, path=upload.vpath, n=sink.size)
         self.reply(Code.TRANSFER_DONE, f"{computed} stored {sink.size} bytes")
 
     def _endUpload(self, keepPartial: bool) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from twisted.application import service, strports
+from twisted.logger import Logger
 from twisted.python import usage
 
 from bftp.auth import makePortal
@@ -18,6 +19,7 @@ from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 
 DEFAULT_LISTEN = "tcp:9021:interface=127.0.0.1"
+_log = Logger()
 DEFAULT_TLS_PORT = 9022
 
 
@@ -32,7 +34,7 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
         ["no-sendfile", None, "send file data through Python instead of os.sendfile"],
     ]
     optParameters = [
-        ["root", None, "var/bftp", "the directory to serve (created if missing)"],
+        ["root", None, ".", "the directory to serve (created if missing; default: the current one)"],
         ["passwd", None, None, "password file of scrypt hashes (see coursenet-passwd)"],
         ["tls-cert", None, None, "PEM certificate: also listen with TLS"],
         ["tls-key", None, None, "PEM private key for --tls-cert"],
@@ -122,6 +124,12 @@ def makeFactory(options: Options, reactor=None, uploads=None) -> BFTPFactory:
 
 def makeService(options: Options) -> service.IService:
     factory = makeFactory(options)
+    if options["anonymous"]:
+        where = "everything in" if not factory.policy.classMode else "the public areas of"
+        _log.warn(
+            "anonymous access is on: anyone who can connect reads {where} {root}",
+            where=where, root=factory.jail.root,
+        )
     top = service.MultiService()
     for description in options["listen"]:
         strports.service(description, factory).setServiceParent(top)

@@ -49,6 +49,21 @@ def bounded() -> ILogObserver:
     )
 
 
+def peerName(address, user: str | None = None) -> str:
+    """
+    How log lines name a client, as pyftpdlib does: C{127.0.0.1:56480},
+    C{[::1]:56480}, with C{ [alice]} once it has logged in.
+    """
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is None or port is None:
+        name = str(address)
+    elif ":" in host:
+        name = f"[{host}]:{port}"
+    else:
+        name = f"{host}:{port}"
+    return f"{name} [{user}]" if user else name
+
+
 class LogBudget:
     """
     At most C{burst} lines, refilled at C{perMinute} a minute, for one kind

@@ -168,3 +168,41 @@ def test_passwdFromAPipe(tmp_path):
     proc = subprocess.run([tool, str(path), "bob"], input="", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("no password on standard input (pipe one line, or use --password-env)")
+
+
+def test_anonymousQuickStartServesTheCurrentFolder(tmp_path):
+    """`twistd -n bftp --anonymous` alone serves the current folder read-only, warns that it does, and logs clients as ADDRESS:PORT [user]."""
+    import socket
+    import time
+
+    from coursenet.procs import freePort
+
+    (tmp_path / "hello.txt").write_bytes(b"hi\n")
+    port = freePort()
+    proc = subprocess.Popen(
+        [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "bftp", "--anonymous", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        ls = subprocess.run(
+            [os.path.join(BIN, "bftp"), "ls", f"bftp://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=60
+        )
+        put = subprocess.run(
+            [os.path.join(BIN, "bftp"), "put", str(tmp_path / "hello.txt"), f"bftp://127.0.0.1:{port}/copy.txt"],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        proc.terminate()
+        log, _ = proc.communicate(timeout=30)
+    assert ls.returncode == 0 and "hello.txt" in ls.stdout
+    assert put.returncode == 1 and put.stderr.startswith("bftp: 534 ")
+    assert not (tmp_path / "copy.txt").exists()
+    assert f"anonymous access is on: anyone who can connect reads everything in {tmp_path}" in log
+    assert "127.0.0.1:" in log and "[anonymous] logged in" in log

@@ -107,3 +107,15 @@ async def test_failedLoginsAreLoggedWithinABudget(reactor):
         await DeferredList(ds, consumeErrors=True)
     lines = [e for e in events if "failed login" in e.get("log_format", "")]
     assert 0 < len(lines) <= 25
+
+
+def test_peerNameIsAddressPortAndUser():
+    """Log lines name a client as ADDRESS:PORT, IPv6 in brackets, with [user] once known (pyftpdlib's style)."""
+    from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+    from coursenet.logs import peerName
+
+    assert peerName(IPv4Address("TCP", "127.0.0.1", 56480)) == "127.0.0.1:56480"
+    assert peerName(IPv4Address("TCP", "10.1.2.3", 5), "alice") == "10.1.2.3:5 [alice]"
+    assert peerName(IPv6Address("TCP", "::1", 7), "bob") == "[::1]:7 [bob]"
+    assert peerName(UNIXAddress(b"/tmp/s")) == str(UNIXAddress(b"/tmp/s"))
