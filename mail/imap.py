@@ -23,7 +23,7 @@ import email.utils
 import io
 import re
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -39,6 +39,7 @@ from coursenet.admission import Admission
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder, IFolderListener, IMailStore
+from mail.imap_search import Candidate, Query, SearchError, compileQuery
 from mail.mime import Atom, Entity, crlf, envelope, quote, render, section, structure
 from mail.protocol import MailFactory, MailReceiver
 from mail.maildir import (
@@ -47,8 +48,10 @@ from mail.maildir import (
     BadFolderName,
     MessageTooLarge,
     NoSuchFolder,
+    FLAG_LETTERS,
+    MAX_KEYWORDS,
+    TooManyKeywords,
     flagsToLetters,
-    lettersToFlags,
 )
 
 _log = Logger()
@@ -205,16 +208,6 @@ class _ReadAhead:
         return self.folder.read([m.uid for m in window]).addCallback(loaded)
 
 
-def _loadAll(folder: IFolder, messages: list[MaildirMessage]) -> Deferred[None]:
-    wanted = [m for m in messages if not m.loaded]
-
-    def loaded(found: dict[int, bytes]) -> None:
-        for m in wanted:
-            m.setData(found.get(m.uid))
-
-    return folder.read([m.uid for m in wanted]).addCallback(loaded)
-
-
 @implementer(imap4.IMailbox, imap4.IMessageCopier, imap4.ICloseableMailbox, IFolderListener)
 class MaildirMailbox:
     """
@@ -237,9 +230,13 @@ class MaildirMailbox:
         # is [uids, what the claim gave, or None while it runs].
         self._batches: list[list[Any]] = []
         self._settling: list[Deferred[None]] = []
+        #: Each message's flag letters as this session last reported them.
+        self._letters = {uid: folder.letters(uid) for uid in self.uids}
+        #: Messages whose flags this session is changing itself.
+        self._storing: set[int] = set()
+        #: The folder's keywords as this session last reported them.
+        self._keywords = list(folder.keywords)
         self.listeners: list[Any] = []
-        #: Set while SEARCH asks for messages whose contents it will read.
-        self.searchingContents = False
 
     @classmethod
     def open(cls, store: IMailStore, folder: IFolder, readWrite: bool) -> Deferred["MaildirMailbox"]:
@@ -276,6 +273,28 @@ class MaildirMailbox:
                 notify = getattr(listener, "expungesPending", None)
                 if notify is not None:
                     notify()
+        if folder.keywords != self._keywords:
+            self._keywords = list(folder.keywords)
+            for listener in list(self.listeners):
+                notify = getattr(listener, "keywordsChanged", None)
+                if notify is not None:
+                    notify(self.getFlags())
+        changed: dict[int, list[str]] = {}
+        for n, uid in enumerate(self.uids):
+            if uid in self._gone or not folder.has(uid):
+                continue
+            letters = folder.letters(uid)
+            old = self._letters.get(uid)
+            if old != letters:
+                self._letters[uid] = letters
+                if old is not None and uid not in self._storing:
+                    changed[n + 1] = self._flags(uid)
+        if changed:
+            # Another session's STORE (or a mail client's rename).
+            for listener in list(self.listeners):
+                notify = getattr(listener, "flagsChanged", None)
+                if notify is not None:
+                    notify(changed)
 
     def settled(self) -> Deferred[None]:
         """
@@ -307,6 +326,9 @@ class MaildirMailbox:
 
     def _add(self, added: list[int]) -> None:
         self.uids.extend(added)
+        for uid in added:
+            if self.folder.has(uid):
+                self._letters[uid] = self.folder.letters(uid)
         for listener in list(self.listeners):
             listener.newMessages(len(self.uids), self.getRecentCount())
 
@@ -341,7 +363,7 @@ class MaildirMailbox:
     # -- IMailboxInfo / IMailbox --------------------------------------------
 
     def getFlags(self) -> list[str]:
-        return list(_PERMANENT)
+        return list(_PERMANENT) + list(self.folder.keywords)
 
     def getHierarchicalDelimiter(self) -> str:
         return DELIMITER
@@ -387,7 +409,7 @@ class MaildirMailbox:
         return imap4.statusRequestHelper(self, names)
 
     def _flags(self, uid: int) -> list[str]:
-        flags = lettersToFlags(self.folder.letters(uid)) if self.folder.has(uid) else []
+        flags = self.folder.flags(uid) if self.folder.has(uid) else []
         if uid in self.recent:
             flags.append("\\Recent")
         return flags
@@ -415,35 +437,48 @@ class MaildirMailbox:
 
     def fetch(self, messages: imap4.MessageSet, uid: int) -> Any:
         found = [(seq, self._message(u)) for seq, u in self._select(messages, uid)]
-        loaded = [m for _, m in found]
-        if self.searchingContents:
-            return _loadAll(self.folder, loaded).addCallback(lambda _: found)
-        _ReadAhead(self.folder, loaded)
+        _ReadAhead(self.folder, [m for _, m in found])
         return found
-
-    def _flagChange(self, flags: list[str], mode: int) -> tuple[str, str]:
-        try:
-            letters = flagsToLetters(f for f in flags if f.lower() != "\\recent")
-        except ValueError as e:
-            raise imap4.MailboxException(f"{e}: only {' '.join(_PERMANENT)} are kept")
-        if mode == 1:
-            return letters, ""
-        if mode == -1:
-            return "", letters
-        return letters, "DFPRST"
 
     def store(
         self, messages: imap4.MessageSet, flags: list[str], mode: int, uid: int
     ) -> Deferred[dict[int, list[str]]]:
+        """
+        Add (C{mode} 1), remove (-1) or set (0) C{flags}; each message's
+        flags afterwards, by sequence number.
+        """
         if not self.readWrite:
             raise imap4.ReadOnlyMailbox("The mailbox is read-only (EXAMINE)")
-        add, remove = self._flagChange(flags, mode)
         seqs = {u: seq for seq, u in self._select(messages, uid)}
+        return Deferred.fromCoroutine(self._storeFlags(seqs, flags, mode))
 
-        def stored(done: dict[int, str]) -> dict[int, list[str]]:
-            return {seqs[u]: self._flags(u) for u in done}
+    async def _storeFlags(self, seqs: dict[int, int], flags: list[str], mode: int) -> dict[int, list[str]]:
+        letters = await folderLetters(self.folder, flags, create=mode != -1)
+        if mode == 1:
+            add, remove = letters, ""
+        elif mode == -1:
+            add, remove = "", letters
+        else:
+            add, remove = letters, _ALL_LETTERS
+        done = await self._changing(seqs, self.folder.setFlags(seqs, add, remove))
+        return {seqs[u]: self._flags(u) for u in done}
 
-        return self.folder.setFlags(seqs, add, remove).addCallback(stored)
+    def _changing(self, uids: Any, change: Deferred[Any]) -> Deferred[Any]:
+        """
+        C{change} is this session's own change of the flags of C{uids}:
+        not reported to it as another's.
+        """
+        uids = set(uids)
+        self._storing |= uids
+
+        def done(result: Any) -> Any:
+            self._storing -= uids
+            for uid in uids:
+                if self.folder.has(uid):
+                    self._letters[uid] = self.folder.letters(uid)
+            return result
+
+        return change.addBoth(done)
 
     def markSeen(self, messages: imap4.MessageSet, uid: int) -> Deferred[Any]:
         """
@@ -456,7 +491,7 @@ class MaildirMailbox:
         ]
         if not unseen:
             return succeed({})
-        return self.folder.setFlags(unseen, "S")
+        return self._changing(unseen, self.folder.setFlags(unseen, "S"))
 
     def expunge(self, among: imap4.MessageSet | None = None) -> Deferred[list[int]]:
         """
@@ -485,19 +520,15 @@ class MaildirMailbox:
         return self.folder.remove(sorted(doomed)).addCallback(lambda _: sorted(seqs, reverse=True))
 
     def addMessage(self, message: Any, flags: Any = (), date: Any = None) -> Deferred[int]:
-        try:
-            letters = flagsToLetters(f for f in flags if f.lower() != "\\recent")
-        except ValueError as e:
-            return fail(imap4.MailboxException(f"{e}: only {' '.join(_PERMANENT)} are kept"))
         mtime = None
         if date:
             parsed = email.utils.parsedate_tz(date if isinstance(date, str) else date.decode())
             if parsed is not None:
                 mtime = email.utils.mktime_tz(parsed)
+        return Deferred.fromCoroutine(self._append(message, list(flags), mtime))
 
-        return Deferred.fromCoroutine(self._append(message, letters, mtime))
-
-    async def _append(self, message: Any, letters: str, mtime: float | None) -> int:
+    async def _append(self, message: Any, flags: list[str], mtime: float | None) -> int:
+        letters = await folderLetters(self.folder, flags)
         try:
             return await self._store.append(self.folder, message, letters, mtime)
         except MessageTooLarge as e:
@@ -506,8 +537,7 @@ class MaildirMailbox:
     def copy(self, message: MaildirMessage) -> Deferred[int]:
         if message.folder is None:
             return fail(imap4.MailboxException(f"message {message.uid} was removed"))
-        letters = flagsToLetters(f for f in message.getFlags() if f != "\\Recent")
-        return self._store.copy(self.folder, message.folder, message.uid, letters)
+        return Deferred.fromCoroutine(copyMessage(self._store, self.folder, message))
 
 
 class _ListEntry:
@@ -652,6 +682,46 @@ class MaildirAccount:
         return None
 
 
+_ALL_LETTERS = "DFPRST" + "".join(chr(97 + n) for n in range(MAX_KEYWORDS))
+
+
+async def folderLetters(folder: IFolder, flags: Iterable[str], create: bool = True) -> str:
+    """
+    The Maildir info letters of IMAP C{flags} in C{folder}: system flags'
+    letters, and keywords' letters a to z (new keywords get one, with
+    C{create}).  \\Recent is not a flag that can be set; an unknown system
+    flag is refused.
+    """
+    system, keywords = [], []
+    for flag in flags:
+        if flag.lower() == "\\recent":
+            continue
+        if flag.lower() in FLAG_LETTERS:
+            system.append(flag)
+        elif flag.startswith("\\"):
+            raise imap4.MailboxException(
+                f"{flag} is not a system flag; these are {' '.join(_PERMANENT)}"
+            )
+        else:
+            keywords.append(flag)
+    letters = flagsToLetters(system)
+    if keywords:
+        try:
+            letters += await folder.keywordLetters(keywords, create)
+        except TooManyKeywords as e:
+            raise imap4.MailboxException(str(e))
+    return "".join(sorted(letters))
+
+
+async def copyMessage(store: IMailStore, target: IFolder, message: MaildirMessage) -> int:
+    """
+    Copy C{message} into C{target}, flags and keywords too; its new UID.
+    """
+    assert message.folder is not None
+    letters = await folderLetters(target, message.getFlags())
+    return await store.copy(target, message.folder, message.uid, letters)
+
+
 def _internalDate(mtime: float) -> bytes:
     """
     An INTERNALDATE (RFC 3501 9: date-time), in UTC.
@@ -792,22 +862,8 @@ def _needsSeen(query: list[Any]) -> bool:
 
 #: FETCH items that read a message's contents.
 _CONTENT_ITEMS = frozenset(["envelope", "rfc822header", "rfc822text", "rfc822", "body", "bodystructure"])
-#: SEARCH keys that read a message's contents.
-_CONTENT_KEYS = frozenset(
-    ["BCC", "BODY", "CC", "FROM", "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE", "SUBJECT", "TEXT", "TO"]
-)
-
-
 def _needsContents(query: list[Any]) -> bool:
     return any(part.type in _CONTENT_ITEMS for part in query)
-
-
-def _searchNeedsContents(query: Any) -> bool:
-    if isinstance(query, (list, tuple)):
-        return any(_searchNeedsContents(q) for q in query)
-    if isinstance(query, bytes):
-        query = query.decode("ascii", "replace")
-    return isinstance(query, str) and query.upper() in _CONTENT_KEYS
 
 
 def _command(handler: Any, *parsers: Any) -> Any:
@@ -966,6 +1022,9 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         self._finished(tag)
 
     def sendUntaggedResponse(self, message: bytes, isAsync: bool | None = None) -> None:
+        if self.state == "logout" and not message.startswith(b"BYE"):
+            # After LOGOUT nothing more may come (imaptest dies of it).
+            return
         if isAsync and self._running is not None and self.parseState != "idle":
             self._news.append(message)
         else:
@@ -1008,6 +1067,21 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         self._log.failure("{command} failed", failure, command=command.decode())
         self.sendBadResponse(tag, command + b" failed: server error, try again later")
 
+    def do_LOGOUT(self, tag: bytes) -> None:
+        if self.mbox is not None:
+            mbox = self._selected()
+            mbox.removeListener(self)
+            mbox.close()
+            self.mbox = None
+        self.state = "logout"
+        self._news = []
+        imap4.IMAP4Server.do_LOGOUT(self, tag)
+
+    unauth_LOGOUT = _command(do_LOGOUT)
+    auth_LOGOUT = unauth_LOGOUT
+    select_LOGOUT = unauth_LOGOUT
+    logout_LOGOUT = unauth_LOGOUT
+
     # -- TLS -----------------------------------------------------------------------
 
     def do_STARTTLS(self, tag: bytes) -> None:
@@ -1032,6 +1106,16 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
                 self.sendUntaggedResponse(b"%d EXPUNGE" % (seq,), isAsync=True)
 
         return mbox.folder.refresh().addCallback(report)
+
+    def keywordsChanged(self, flags: list[str]) -> None:
+        """
+        The selected folder has a new keyword: FLAGS says so at once, before
+        any FETCH shows it (RFC 3501 7.2.6).
+        """
+        text = " ".join(flags).encode("utf-8", "replace")
+        self.sendUntaggedResponse(b"FLAGS (" + text + b")")
+        if self._selected().isWriteable():
+            self.sendUntaggedResponse(b"OK [PERMANENTFLAGS (" + text + b" \\*)] Flags permitted")
 
     def expungesPending(self) -> None:
         if self.parseState == "idle" and self.mbox is not None:
@@ -1171,21 +1255,18 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             if mtime is None:
                 self.sendBadResponse(tag, b"APPEND date-time must look like \"01-Jan-2020 12:00:00 +0000\"")
                 return
-        try:
-            name = _mailboxName(mailbox)
-            letters = self._letters([f.decode("utf-8", "replace") for f in flags or []])
-        except imap4.MailboxException as e:
-            self.sendNegativeResponse(tag, str(e).encode("utf-8", "replace"))
-            return
-        Deferred.fromCoroutine(self._append(name, message, letters, mtime)).addCallbacks(
+        name = _mailboxName(mailbox)
+        names = [f.decode("utf-8", "replace") for f in flags or []]
+        Deferred.fromCoroutine(self._append(name, message, names, mtime)).addCallbacks(
             lambda uid: self.sendPositiveResponse(tag, uid + b" APPEND completed"),
             self._failed,
             errbackArgs=(tag, b"APPEND"),
         )
 
-    async def _append(self, name: str, message: Any, letters: str, mtime: float | None) -> bytes:
+    async def _append(self, name: str, message: Any, flags: list[str], mtime: float | None) -> bytes:
         account = self._account()
         folder = await self._openTarget(name)
+        letters = await folderLetters(folder, flags)
         try:
             uid = await account.store.append(folder, message, letters, mtime)
         except MessageTooLarge as e:
@@ -1211,16 +1292,6 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         """
         if isinstance(self.mbox, MaildirMailbox) and self.mbox.folder is folder:
             await self.mbox.settled()
-
-    def _letters(self, flags: list[str]) -> str:
-        """
-        The Maildir letters for the flags of an APPEND (\\Recent is not
-        one that can be set).
-        """
-        try:
-            return flagsToLetters(f for f in flags if f.lower() != "\\recent")
-        except ValueError as e:
-            raise imap4.MailboxException(f"{e}: only {' '.join(_PERMANENT)} are kept")
 
     auth_APPEND = _command(
         do_APPEND,
@@ -1268,9 +1339,8 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             if msg.folder is None:
                 vanished = True
                 continue
-            letters = flagsToLetters(f for f in msg.getFlags() if f != "\\Recent")
             try:
-                pairs.append((msg.uid, await store.copy(target, msg.folder, msg.uid, letters)))
+                pairs.append((msg.uid, await copyMessage(store, target, msg)))
             except (KeyError, FileNotFoundError):
                 vanished = True
         if move and pairs:
@@ -1290,13 +1360,41 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         else:
             self.sendPositiveResponse(tag, (code + b" " if code else b"") + b"COPY completed")
 
+    def do_STORE(self, tag: bytes, messages: imap4.MessageSet, mode: bytes, flags: list[bytes], uid: int = 0) -> None:
+        # Twisted's answers a refused flag with BAD "Server error".
+        item = mode.upper()
+        silent = item.endswith(b".SILENT")
+        kind = item[: -len(b".SILENT")] if silent else item
+        modes = {b"FLAGS": 0, b"+FLAGS": 1, b"-FLAGS": -1}
+        if kind not in modes:
+            self.sendBadResponse(tag, b"STORE takes FLAGS, +FLAGS or -FLAGS, with .SILENT or not")
+            return
+        mbox = self._selected()
+        names = [f.decode("utf-8", "replace") for f in flags]
+
+        def stored(result: dict[int, list[str]]) -> None:
+            if not silent:
+                for seq in sorted(result):
+                    uidItem = b" UID %d" % (mbox.getUID(seq),) if uid else b""
+                    flagList = " ".join(result[seq]).encode("utf-8", "replace")
+                    self.sendUntaggedResponse(b"%d FETCH (FLAGS (%s)%s)" % (seq, flagList, uidItem))
+            self.sendPositiveResponse(tag, b"STORE completed")
+
+        maybeDeferred(mbox.store, messages, names, modes[kind], uid).addCallbacks(
+            stored, self._failed, errbackArgs=(tag, b"STORE")
+        )
+
+    select_STORE = _command(
+        do_STORE, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_flaglist
+    )
+
     def do_UID(self, tag: bytes, command: bytes, line: bytes) -> None:
         command = command.upper()
         if command == b"EXPUNGE":
             messages, rest = self.arg_seqset(line)
             if rest.strip():
                 raise imap4.IllegalClientResponse("UID EXPUNGE takes one set of UIDs")
-            self._answerExpunge(tag, self._selected().expunge(messages))
+            self._answerExpunge(tag, messages)
         elif command in (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE"):
             self.dispatchCommand(tag, command, line, uid=1)
         else:
@@ -1308,11 +1406,18 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         if not self._selected().isWriteable():
             self.sendNegativeResponse(tag, b"EXPUNGE needs the mailbox selected read-write (SELECT, not EXAMINE)")
             return
-        self._answerExpunge(tag, self._selected().expunge())
+        self._answerExpunge(tag, None)
 
     select_EXPUNGE = _command(do_EXPUNGE)
 
-    def _answerExpunge(self, tag: bytes, removed: Deferred[list[int]]) -> None:
+    def _answerExpunge(self, tag: bytes, among: imap4.MessageSet | None) -> None:
+        mbox = self._selected()
+        # What others expunged first (EXPUNGE may report it), so that this
+        # session's numbers are current when its own are counted.
+        for seq in mbox.takeExpunged():
+            self.sendUntaggedResponse(b"%d EXPUNGE" % (seq,))
+        removed = maybeDeferred(mbox.expunge, among)
+
         def report(seqs: list[int]) -> None:
             for seq in seqs:
                 self.sendUntaggedResponse(b"%d EXPUNGE" % (seq,))
@@ -1365,12 +1470,46 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         return vanished
 
     def do_SEARCH(self, tag: bytes, charset: Any, query: Any, uid: int = 0) -> None:
+        if charset is not None and charset.upper() not in (b"UTF-8", b"US-ASCII"):
+            self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Search in UTF-8 or US-ASCII")
+            return
         mbox = self._selected()
-        mbox.searchingContents = _searchNeedsContents(query)
         try:
-            imap4.IMAP4Server.do_SEARCH(self, tag, charset, query, uid)
-        finally:
-            mbox.searchingContents = False
+            compiled = compileQuery(query, mbox.getMessageCount(), mbox.uids[-1] if mbox.uids else 0)
+        except SearchError as e:
+            self.sendBadResponse(tag, str(e).encode("utf-8", "replace"))
+            return
+
+        def found(matches: list[int]) -> None:
+            self.sendUntaggedResponse(b" ".join([b"SEARCH"] + [b"%d" % n for n in matches]))
+            self.sendPositiveResponse(tag, b"SEARCH completed")
+
+        Deferred.fromCoroutine(self._search(mbox, compiled, uid)).addCallbacks(
+            found, self._failed, errbackArgs=(tag, b"SEARCH")
+        )
+
+    async def _search(self, mbox: MaildirMailbox, query: Query, uid: int) -> list[int]:
+        """
+        The sequence numbers (or UIDs) of the messages that match, their
+        contents read a window at a time if the keys look at them.
+        """
+        matches = []
+        for seq, msg in mbox.fetch(imap4.parseIdList(b"1:*"), 0):
+            if msg.vanished:
+                continue
+            if query.contents:
+                await msg.load()
+                if msg.vanished:
+                    continue
+            candidate = Candidate(seq, msg.uid, msg.flags, msg.getSize(), msg.mtime)
+            if query.contents:
+                candidate.entity = msg.part
+            try:
+                if query.match(candidate):
+                    matches.append(msg.uid if uid else seq)
+            finally:
+                msg.unload()
+        return matches
 
     select_SEARCH = _command(do_SEARCH, imap4.IMAP4Server.opt_charset, imap4.IMAP4Server.arg_searchkeys)
 

@@ -177,6 +177,19 @@ class IFolder(Interface):
     path = Attribute("The folder's directory.")
     uidValidity = Attribute("The UIDVALIDITY of the mailbox.")
     uidNext = Attribute("The UID the next message will get.")
+    keywords = Attribute("The folder's IMAP keywords, in the order of their info letters a, b, ...")
+
+    def keywordLetters(names: Iterable[str], create: bool = True) -> "Deferred[str]":
+        """
+        The info letters of keywords C{names}, sorted; with C{create},
+        keywords the folder does not have yet get letters (durably), and
+        a 27th fails with L{mail.maildir.TooManyKeywords}.
+        """
+
+    def flags(uid: int) -> list[str]:
+        """
+        The IMAP flags of message C{uid}, keywords included.
+        """
 
     def refresh() -> "Deferred[bool]":
         """

@@ -68,6 +68,10 @@ LETTER_FLAGS = {
 FLAG_LETTERS = {flag.lower(): letter for letter, flag in LETTER_FLAGS.items()}
 
 UIDLIST = "coursenet-uidlist"
+#: A folder's keywords: line N names the keyword of info letter chr(97 + N).
+KEYWORDS = "coursenet-keywords"
+#: Maildir info has the letters a to z for keywords.
+MAX_KEYWORDS = 26
 SUBSCRIPTIONS = "subscriptions"
 INBOX = "INBOX"
 DELIMITER = "."
@@ -103,11 +107,24 @@ def flagsToLetters(flags: Iterable[str]) -> str:
     return "".join(sorted(letters))
 
 
-def lettersToFlags(letters: str) -> list[str]:
+def lettersToFlags(letters: str, keywords: list[str] = []) -> list[str]:
     """
-    The IMAP flags of Maildir info C{letters}; unknown letters are ignored.
+    The IMAP flags of Maildir info C{letters}, the letters a to z standing
+    for C{keywords}; unknown letters are ignored.
     """
-    return [LETTER_FLAGS[c] for c in letters if c in LETTER_FLAGS]
+    flags = []
+    for c in letters:
+        if c in LETTER_FLAGS:
+            flags.append(LETTER_FLAGS[c])
+        elif "a" <= c <= "z" and ord(c) - 97 < len(keywords):
+            flags.append(keywords[ord(c) - 97])
+    return flags
+
+
+class TooManyKeywords(ValueError):
+    """
+    A folder has no letter left for another keyword.
+    """
 
 
 def virtualSize(name: str) -> int | None:
@@ -604,6 +621,8 @@ class Folder:
         #: Messages appended or copied here in cur/ that no session has
         #: seen yet: \\Recent for the first to claim them, as mail in new/.
         self._unclaimed: set[int] = set()
+        #: The keywords of the info letters a, b, ... (L{KEYWORDS}).
+        self.keywords: list[str] = []
 
     # -- the UID list, in a thread -------------------------------------------
 
@@ -657,9 +676,60 @@ class Folder:
         self._appendUidList([(uid, name.partition(":")[0])])
         return mtime
 
+    def _readKeywords(self) -> list[str]:
+        try:
+            with open(os.path.join(self.path, KEYWORDS), encoding="utf-8") as f:
+                lines = [line.rstrip("\n").partition(" ") for line in f]
+        except FileNotFoundError:
+            return []
+        names = {int(n): name for n, _, name in lines if n.isdigit() and name}
+        return [names.get(i, f"$unknown{i}") for i in range(min(len(names), MAX_KEYWORDS))]
+
+    def _writeKeywords(self, keywords: list[str]) -> None:
+        path = os.path.join(self.path, KEYWORDS)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(f"{n} {name}\n" for n, name in enumerate(keywords))
+            f.flush()
+            self._fsync(f.fileno())
+        os.replace(tmp, path)
+        fsyncDirectory(self.path)
+
+    def keywordLetters(self, names: Iterable[str], create: bool = True) -> Deferred[str]:
+        return self._lock.run(self._keywordLetters, list(names), create)
+
+    async def _keywordLetters(self, names: list[str], create: bool) -> str:
+        if not self._loaded:
+            await self._load()
+        known = {k.lower(): n for n, k in enumerate(self.keywords)}
+        keywords = list(self.keywords)
+        letters = set()
+        for name in names:
+            n = known.get(name.lower())
+            if n is None:
+                if not create:
+                    continue
+                if len(keywords) >= MAX_KEYWORDS:
+                    raise TooManyKeywords(
+                        f"[LIMIT] A mailbox holds at most {MAX_KEYWORDS} keywords; {name} is one too many"
+                    )
+                n = known[name.lower()] = len(keywords)
+                keywords.append(name)
+            letters.add(chr(97 + n))
+        if keywords != self.keywords:
+            # Durable before any file name carries the new letter.
+            await self._run(self._writeKeywords, keywords)
+            self.keywords = keywords
+            self._notify()
+        return "".join(sorted(letters))
+
+    def flags(self, uid: int) -> list[str]:
+        return lettersToFlags(self._byUid[uid].letters, self.keywords)
+
     # -- keeping the view up to date, on the reactor thread ------------------
 
     async def _load(self) -> None:
+        self.keywords = await self._run(self._readKeywords)
         state = await self._run(self._readUidList)
         if state is None:
             validity = newUidValidity()
@@ -832,6 +902,8 @@ class Folder:
                 missing = True
         if missing:
             await self._refresh()
+        else:
+            self._notify()
         return done
 
     def claimNew(self) -> Deferred[set[int]]:

@@ -470,7 +470,7 @@ def _tokens(raw: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
-def parseAddresses(raw: bytes) -> list[Value]:
+def parseAddresses(raw: bytes) -> list[list[bytes | None]]:
     """
     An address list as ENVELOPE shows it: one C{(name route mailbox host)}
     per address, a group as C{(NIL NIL group NIL)} ... C{(NIL NIL NIL
@@ -478,7 +478,7 @@ def parseAddresses(raw: bytes) -> list[Value]:
     refused.
     """
     tokens = _tokens(raw)
-    out: list[Value] = []
+    out: list[list[bytes | None]] = []
     inGroup = False
     phrase: list[bytes] = []
     comment: bytes | None = None

@@ -63,7 +63,7 @@ def test_flags_live_in_file_names(store):
     assert result(box.expunge()) == [3]
     assert box.getMessageCount() == 2 and len(os.listdir(os.path.join(store.maildir("alice"), "cur"))) == 2
     with pytest.raises(imap4.MailboxException):
-        box.store(imap4.MessageSet(1), ["$Custom"], 1, False)
+        result(box.store(imap4.MessageSet(1), ["\\Custom"], 1, False))
 
 
 def test_other_sessions_see_expunge_only_when_told(store):
