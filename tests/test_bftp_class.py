@@ -660,7 +660,7 @@ async def test_sweepAtStartAndDirectly(reactor, root, passwd, tmp_path):
 
 @serving()
 def test_commandLineRulesBothSides(server):
-    """With the `bftp` command, a student puts, lists and gets their own hand-in, and every command on another's is refused with one 534 line and a non-zero exit; the admin reads it; anonymous lists only the public area."""
+    """With the `bftp` command, a student puts and lists their own hand-in, and get, stat, rm and put of another's are refused with one 534 line and a non-zero exit; the admin gets it; anonymous lists only the public area."""
     work = server.root.parent / "work"
     work.mkdir()
     (work / "hw.txt").write_bytes(b"bob's homework\n")
@@ -668,31 +668,28 @@ def test_commandLineRulesBothSides(server):
     alice = f"bftp://alice@{server.url}"
     done = bftp("put", str(work / "hw.txt"), bob + "/handin/bob/hw.txt", password=BOB[1])
     assert done.returncode == 0, done.stderr
-    done = bftp("ls", bob + "/handin", password=BOB[1])
-    assert done.returncode == 0 and [line.split()[-1] for line in done.stdout.splitlines()] == ["bob"], done.stdout
     refused = [("get", alice + "/handin/bob/hw.txt", str(work / "stolen.txt")),
                ("stat", alice + "/handin/bob/hw.txt"),
-               ("ls", alice + "/handin/bob"),
-               ("hash", alice + "/handin/bob/hw.txt"),
                ("rm", alice + "/handin/bob/hw.txt"),
-               ("put", str(work / "hw.txt"), alice + "/handin/bob/hw.txt"),
-               ("mkdir", alice + "/home/bob/x"),
-               ("put", str(work / "hw.txt"), alice + "/course/hw.txt")]
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        runs = list(pool.map(lambda args: bftp(*args, password=ALICE[1]), refused))
+               ("put", str(work / "hw.txt"), alice + "/handin/bob/hw.txt")]
+    allowed = [(("ls", bob + "/handin"), BOB[1]),
+               (("get", f"bftp://teacher@{server.url}/handin/bob/hw.txt", str(work / "graded.txt")), TEACHER[1]),
+               (("ls", f"bftp://{server.url}/"), None)]
+    # One batch: each run mostly waits for Python to start.
+    with concurrent.futures.ThreadPoolExecutor(len(refused) + len(allowed)) as pool:
+        runs = list(pool.map(lambda job: bftp(*job[0], password=job[1]),
+                             [(args, ALICE[1]) for args in refused] + allowed))
     for args, done in zip(refused, runs):
         assert done.returncode != 0, args
         assert done.stderr.startswith("bftp: 534 ") and done.stderr.count("\n") == 1, (args, done.stderr)
     assert not (work / "stolen.txt").exists()
     assert (server.root / "handin" / "bob" / "hw.txt").read_bytes() == b"bob's homework\n"
-    done = bftp("ls", alice + "/handin", password=ALICE[1])
-    assert done.returncode == 0 and "bob" not in done.stdout
-    done = bftp("get", f"bftp://teacher@{server.url}/handin/bob/hw.txt", str(work / "graded.txt"), password=TEACHER[1])
-    assert done.returncode == 0 and (work / "graded.txt").read_bytes() == b"bob's homework\n"
-    done = bftp("ls", f"bftp://{server.url}/")
-    assert done.returncode == 0 and [line.split()[-1] for line in done.stdout.splitlines()] == ["course"]
-    done = bftp("get", f"bftp://{server.url}/course/syllabus.txt", str(work / "s.txt"))
-    assert done.returncode != 0 and done.stderr.startswith("bftp: 534 ")
+    bobList, teacherGet, anonymousList = runs[len(refused):]
+    assert bobList.returncode == 0, bobList.stderr
+    assert [line.split()[-1] for line in bobList.stdout.splitlines()] == ["bob"], bobList.stdout
+    assert teacherGet.returncode == 0 and (work / "graded.txt").read_bytes() == b"bob's homework\n"
+    assert anonymousList.returncode == 0, anonymousList.stderr
+    assert [line.split()[-1] for line in anonymousList.stdout.splitlines()] == ["course"]
 
 
 # -- the configuration file ----------------------------------------------------
