@@ -266,11 +266,39 @@ def _dovecotVersion() -> str:
         return "?"
 
 
-def imapAgainstDovecot(work: str) -> tuple[list[float], list[float], list[str]]:
+def cpuSeconds(pid: int) -> float:
+    """
+    CPU time (user and system) used so far by process C{pid}, its live
+    children and the children it has reaped: Dovecot serves each session
+    from a child of its master process.
+    """
+    def times(stat: str) -> list[int]:
+        # The fields after the command name, which is in parentheses.
+        return [int(f) if f.lstrip("-").isdigit() else 0 for f in stat.rsplit(")", 1)[1].split()]
+
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = times(f.read())
+        except OSError:
+            continue
+        if int(entry) == pid:
+            total += sum(fields[11:15])  # utime stime cutime cstime
+        elif fields[1] == pid:
+            total += sum(fields[11:13])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def imapAgainstDovecot(work: str) -> tuple[dict[str, list[float]], dict[str, list[float]], list[str]]:
     """
     The same 10,000 messages in a Maildir for each server; one untimed
     pass each (both build their index of the folder), then L{IMAP_ROUNDS}
-    alternating timed passes.  The rates of each, and what went wrong
+    alternating timed passes.  The rates of each server (C{"ours"},
+    C{"dovecot"}), the server CPU milliseconds per 1000 messages of each
+    pass (steadier than the rate on a loaded machine), and what went wrong
     (a count or a total size that differs from what was stored).
     """
     os.chmod(work, 0o755)  # Dovecot's unprivileged processes traverse it
@@ -285,21 +313,27 @@ def imapAgainstDovecot(work: str) -> tuple[list[float], list[float], list[str]]:
         stopProcess(ours)
         raise
     rates: dict[str, list[float]] = {"ours": [], "dovecot": []}
+    cpu: dict[str, list[float]] = {"ours": [], "dovecot": []}
     errors: list[str] = []
     try:
-        servers = {"ours": ports["imap"], "dovecot": dovecotPort}
+        servers = {"ours": (ports["imap"], ours.pid), "dovecot": (dovecotPort, dovecot.pid)}
         for round in range(IMAP_ROUNDS + 1):
-            for name, port in servers.items():
+            for name, (port, pid) in servers.items():
+                before = cpuSeconds(pid)
                 rate, count, octets = imapFetch(port)
+                if name == "dovecot":
+                    time.sleep(0.2)  # its session process exits and is reaped
+                used = cpuSeconds(pid) - before
                 if (count, octets) != (FETCH_MESSAGES, stored):
                     errors.append(f"{name}: {count} messages, {octets} octets"
                                   f" (stored {FETCH_MESSAGES}, {stored})")
                 if round:
                     rates[name].append(rate)
+                    cpu[name].append(used * 1000 * 1000 / count)
     finally:
         stopProcess(ours)
         stopProcess(dovecot)
-    return rates["ours"], rates["dovecot"], errors
+    return rates, cpu, errors
 
 
 def main() -> int:
@@ -339,7 +373,7 @@ def main() -> int:
             popRate, popCount = popFetch(ports["pop3"])
         finally:
             stopProcess(ours)
-        imapOurs, imapDovecot, imapErrors = imapAgainstDovecot(work)
+        imapRates, imapCPU, imapErrors = imapAgainstDovecot(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -349,13 +383,17 @@ def main() -> int:
     print(f"  aiosmtpd {_aiosmtpdVersion():8} {peerRate:8.0f} msg/s  (rounds: {', '.join(f'{r:.0f}' for r in peerRates)})")
     print(f"  ratio postoffice/aiosmtpd: {oursRate / peerRate:.2f}")
     print(f"POP3 RETR of {popCount} messages, one session: {popRate:8.0f} msg/s")
-    oursImap = sorted(imapOurs)[IMAP_ROUNDS // 2]
-    dovecotImap = sorted(imapDovecot)[IMAP_ROUNDS // 2]
+    imap = {name: sorted(rates)[IMAP_ROUNDS // 2] for name, rates in imapRates.items()}
+    cpu = {name: sorted(ms)[IMAP_ROUNDS // 2] for name, ms in imapCPU.items()}
     print(f"IMAP FETCH 1:* (UID FLAGS BODY.PEEK[]) of {FETCH_MESSAGES} messages, imaplib, one session,")
-    print(f"after one untimed pass each, median of {IMAP_ROUNDS} alternating rounds:")
-    print(f"  twistd postoffice  {oursImap:8.0f} msg/s  (rounds: {', '.join(f'{r:.0f}' for r in imapOurs)})")
-    print(f"  dovecot {_dovecotVersion():9} {dovecotImap:8.0f} msg/s  (rounds: {', '.join(f'{r:.0f}' for r in imapDovecot)})")
-    print(f"  ratio postoffice/dovecot: {oursImap / dovecotImap:.2f}; errors: {len(imapErrors)}")
+    print(f"after one untimed pass each, median of {IMAP_ROUNDS} alternating rounds"
+          " (server CPU ms per 1000 messages):")
+    for name, label in (("ours", "twistd postoffice "), ("dovecot", f"dovecot {_dovecotVersion():9}")):
+        print(f"  {label} {imap[name]:8.0f} msg/s {cpu[name]:6.0f} ms"
+              f"  (rounds: {', '.join(f'{r:.0f}' for r in imapRates[name])} msg/s;"
+              f" {', '.join(f'{c:.0f}' for c in imapCPU[name])} ms)")
+    print(f"  ratio postoffice/dovecot: {imap['ours'] / imap['dovecot']:.2f} in msg/s,"
+          f" {cpu['dovecot'] / cpu['ours']:.2f} in msg per CPU second; errors: {len(imapErrors)}")
     for error in imapErrors:
         print(f"  error: {error}")
     ok = all(n == MESSAGES for n in stored) and not imapErrors
