@@ -71,6 +71,21 @@ def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list
             f" IMAP 1143 (STARTTLS; 1993) for {DEMO_USER}@localhost",
         ),
         (
+            "grades",
+            [
+                "--public-demo",
+                "--db", "sqlite:" + os.path.join(var, "grades", "grades.sqlite"),
+                "--passwd", passwd,
+                "--instructor", f"{DEMO_USER}:MATH,HISTORY,NETWORKS",
+                "--student", f"{STUDENT_USER}:051883261",
+                "--listen", "tcp:7070:interface=127.0.0.1",
+                "--tls-cert", cert, "--tls-key", key, "--tls-port", "7071",
+            ],
+            f"grades localhost:7070 (public demo: printf 'HELLO\\nNAME 051883261\\nGRADE MATH\\nEND\\n'"
+            f" | nc 127.0.0.1 7070; STARTTLS, TLS 7071); {DEMO_USER} teaches MATH HISTORY NETWORKS,"
+            f" {STUDENT_USER} is 051883261",
+        ),
+        (
             "chat",
             [
                 "--passwd", passwd,
