@@ -10,6 +10,7 @@ of the BFTP class) and a student account, and each service's files.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import time
 
 from coursenet.accounts import readPasswordFile, setPassword
 from coursenet.logs import LOG_FILE_ENV
+from coursenet.procs import waitForPort
 from coursenet.tls import ensureDevCertificate, tlsListenString
 
 VAR = "var"
@@ -130,6 +132,16 @@ def demoPassword(var: str, passwd: str, user: str = DEMO_USER) -> str:
     return password
 
 
+def listenPorts(args: list[str]) -> list[int]:
+    """
+    The TCP ports a server started with C{args} listens on: those of its
+    C{tcp:} and C{ssl:} endpoint strings and of C{--tls-port}.
+    """
+    ports = [int(m) for a in args for m in re.findall(r"(?:^|=)(?:tcp|ssl):(\d+)", a)]
+    ports += [int(v) for k, v in zip(args, args[1:]) if k == "--tls-port"]
+    return ports
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -150,15 +162,29 @@ def main() -> int:
     print(f"development certificate: {cert}")
     if tetherUnavailable():
         print(tetherUnavailable())
-    for name, args, where in services(VAR, cert, key, passwd):
-        log = os.path.join(VAR, f"{name}.log")
-        # A log that rotates at 10 MB and keeps 5 old files (coursenet.logs).
-        cmd = [twistd, "-n", "--pidfile=", "--logger", "coursenet.logs.bounded", name, *args]
-        env = {**os.environ, LOG_FILE_ENV: log}
-        procs.append((name, subprocess.Popen(cmd, env=env)))
-        print(f"{name:10} {where}   log: {log}")
-    print("Ctrl-C stops them all.")
+    summary = []
     try:
+        for name, args, where in services(VAR, cert, key, passwd):
+            log = os.path.join(VAR, f"{name}.log")
+            # A log that rotates at 10 MB and keeps 5 old files (coursenet.logs).
+            cmd = [twistd, "-n", "--pidfile=", "--logger", "coursenet.logs.bounded", name, *args]
+            env = {**os.environ, LOG_FILE_ENV: log}
+            # A session of its own: Ctrl-C reaches this process only, which
+            # then stops each server once (two signals make twistd stop a
+            # stopped reactor, and log a traceback).
+            proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+            procs.append((name, proc))
+            summary.append((name, proc, listenPorts(args), f"{name:10} {where}   log: {log}"))
+        for name, proc, ports, line in summary:
+            for port in ports:
+                try:
+                    waitForPort(port, proc, timeout=60)
+                except RuntimeError:
+                    print(f"{name} did not start (nothing listens on port {port}); see {VAR}/{name}.log")
+                    return 1
+        for *_, line in summary:
+            print(line)
+        print("Every server listens. Ctrl-C stops them all.")
         while True:
             for name, p in procs:
                 if p.poll() is not None:
