@@ -14,8 +14,9 @@ BENCH_APT_PACKAGES ?= postfix ngircd iperf3 dovecot-imapd
 
 .PHONY: run test typecheck bench sysdeps venv clean
 
+# make run HOST=0.0.0.0 SERVICES="bftp chat": a classroom, some servers only.
 run: sysdeps venv
-	$(PY) -m coursenet.devrun
+	$(PY) -m coursenet.devrun $(if $(HOST),--host $(HOST)) $(if $(SERVICES),--services "$(SERVICES)")
 
 test: sysdeps venv
 	$(PY) -m pytest $(PYTEST_ARGS)

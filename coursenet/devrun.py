@@ -20,7 +20,7 @@ import time
 from coursenet.accounts import readPasswordFile, setPassword
 from coursenet.logs import LOG_FILE_ENV
 from coursenet.procs import waitForPort
-from coursenet.tls import ensureDevCertificate, tlsListenString
+from coursenet.tls import certificateNames, ensureDevCertificate, quoteEndpointValue, tlsListenString
 
 VAR = "var"
 DEMO_USER = "demo"
@@ -146,11 +146,59 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def main() -> int:
+def localAddresses() -> list[str]:
+    """
+    This machine's names and its addresses other than loopback, read from
+    the system (no packet is sent): what students may type to reach it.
+    """
+    import json
+    import socket
+
+    names = [socket.gethostname(), socket.getfqdn()]
+    try:
+        out = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True, timeout=10).stdout
+        for link in json.loads(out or "[]"):
+            for a in link.get("addr_info", []):
+                if a.get("scope") == "global":
+                    names.append(a["local"])
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    return list(dict.fromkeys(n for n in names if n and n != "localhost"))
+
+
+def bindTo(args: list[str], host: str) -> list[str]:
+    """
+    C{args} with every listener bound to C{host} instead of 127.0.0.1.
+    """
+    value = quoteEndpointValue(host)
+    return [a.replace("interface=127.0.0.1", f"interface={value}") for a in args]
+
+
+def parseArgs(argv: list[str] | None):
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="make run", description="Start the course servers with embedded defaults until Ctrl-C."
+    )
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address every server listens on; 0.0.0.0 serves a classroom (make run HOST=0.0.0.0)")
+    p.add_argument("--services", default="",
+                   help='only these servers, e.g. "bftp chat" (make run SERVICES="bftp chat"); default: all')
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parseArgs(argv)
     # A SIGTERM (from a supervisor, say) stops the servers as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     os.makedirs(VAR, exist_ok=True)
-    cert, key = ensureDevCertificate(os.path.join(VAR, "tls"))
+    classroom = options.host not in ("127.0.0.1", "localhost", "::1")
+    if classroom:
+        # Students reach the server by its name or address: the certificate
+        # must carry those, so it is a separate one.
+        cert, key = ensureDevCertificate(os.path.join(VAR, "tls-classroom"), extraNames=localAddresses())
+    else:
+        cert, key = ensureDevCertificate(os.path.join(VAR, "tls"))
     passwd = os.path.join(VAR, "passwd")
     password = demoPassword(VAR, passwd)
     studentPassword = demoPassword(VAR, passwd, STUDENT_USER)
@@ -159,12 +207,27 @@ def main() -> int:
     print(f"demo account: user {DEMO_USER!r}, password {password!r} (also in {VAR}/{DEMO_USER}-password)")
     print(f"student account: user {STUDENT_USER!r}, password {studentPassword!r}"
           f" (also in {VAR}/{STUDENT_USER}-password; a BFTP student, a plain user elsewhere)")
-    print(f"development certificate: {cert}")
-    if tetherUnavailable():
+    print(f"development certificate: {cert}, valid for {', '.join(certificateNames(cert))}")
+    chosen = options.services.replace(",", " ").split()
+    known = [name for name, _, _ in services(VAR, cert, key, passwd)] + (["tether"] if tetherUnavailable() else [])
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        print(f"make run: unknown service(s) {' '.join(unknown)}; choose from {' '.join(known)}", file=sys.stderr)
+        return 2
+    if tetherUnavailable() and (not chosen or "tether" in chosen):
         print(tetherUnavailable())
+    shown = options.host
+    if classroom:
+        print(f"classroom mode: listening on {options.host}; anyone who can reach this machine can connect")
+        if options.host in ("0.0.0.0", "::"):
+            shown = (localAddresses() or [options.host])[0]
     summary = []
     try:
         for name, args, where in services(VAR, cert, key, passwd):
+            if chosen and name not in chosen:
+                continue
+            if classroom:
+                args, where = bindTo(args, options.host), where.replace("localhost", shown)
             log = os.path.join(VAR, f"{name}.log")
             # A log that rotates at 10 MB and keeps 5 old files (coursenet.logs).
             cmd = [twistd, "-n", "--pidfile=", "--logger", "coursenet.logs.bounded", name, *args]

@@ -8,15 +8,19 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 
 from twisted.internet import ssl
 from twisted.internet.interfaces import IStreamClientEndpoint
 
 
-def ensureDevCertificate(directory: str, hostname: str = "localhost") -> tuple[str, str]:
+def ensureDevCertificate(directory: str, hostname: str = "localhost", extraNames: Sequence[str] = ()) -> tuple[str, str]:
     """
     Make a self-signed certificate for C{hostname} and 127.0.0.1 in
     C{directory} unless one is already there.
+
+    @param extraNames: more host names and IP addresses it is valid for
+        (a classroom server reached by its address, say).
 
     The certificate is its own CA, so clients trust it with
     C{--cafile DIRECTORY/cert.pem}.
@@ -46,10 +50,8 @@ def ensureDevCertificate(directory: str, hostname: str = "localhost") -> tuple[s
         .not_valid_after(now + datetime.timedelta(days=825))
         .add_extension(
             x509.SubjectAlternativeName(
-                [
-                    x509.DNSName(hostname),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
+                [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                + [_altName(n) for n in extraNames if n not in (hostname, "127.0.0.1")]
             ),
             critical=False,
         )
@@ -68,6 +70,30 @@ def ensureDevCertificate(directory: str, hostname: str = "localhost") -> tuple[s
     with open(cert_path, "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def _altName(name: str):
+    from cryptography import x509
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def certificateNames(path: str) -> list[str]:
+    """
+    The host names and addresses a PEM certificate is valid for.
+    """
+    from cryptography import x509
+
+    with open(path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n.value) for n in names]
 
 
 def quoteEndpointValue(value: str) -> str:

@@ -75,3 +75,49 @@ def test_makeRunStartsEverythingAndStopsCleanly(tmp_path):
     assert expected <= set(logs)
     for name, text in logs.items():
         assert "Traceback" not in text, f"{name}:\n{text[-3000:]}"
+
+
+def test_classroomCertificateCarriesTheMachinesNames(tmp_path):
+    """The classroom certificate is valid for localhost, 127.0.0.1 and every extra name and address given."""
+    from coursenet.tls import certificateNames, ensureDevCertificate
+
+    cert, _ = ensureDevCertificate(str(tmp_path), extraNames=["lab-pc", "192.0.2.7", "2001:db8::7"])
+    assert certificateNames(cert) == ["localhost", "127.0.0.1", "lab-pc", "192.0.2.7", "2001:db8::7"]
+
+
+def test_bindToMovesEveryListenerToTheHost():
+    """Classroom mode rebinds each endpoint's interface, quoting an IPv6 host for the endpoint syntax."""
+    from coursenet.devrun import bindTo
+
+    args = ["--listen", "tcp:9021:interface=127.0.0.1", "--imap", "ssl:1993:interface=127.0.0.1:privateKey=k"]
+    assert bindTo(args, "0.0.0.0") == ["--listen", "tcp:9021:interface=0.0.0.0", "--imap", "ssl:1993:interface=0.0.0.0:privateKey=k"]
+    assert bindTo(["tcp:1:interface=127.0.0.1"], "::") == ["tcp:1:interface=\\:\\:"]
+
+
+def test_makeRunWithSomeServicesOnly(tmp_path):
+    """SERVICES="bftp" starts BFTP alone; an unknown name is one line and exit 2 before anything starts."""
+    bad = subprocess.run(
+        [sys.executable, "-m", "coursenet.devrun", "--services", "bftp nosuch"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("make run: unknown service(s) nosuch;")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coursenet.devrun", "--services", "bftp"], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("Every server listens."):
+                break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    started = [line.split()[0] for line in lines if "   log: " in line]
+    assert started == ["bftp"], "".join(lines) + out
+    assert proc.returncode == 0
