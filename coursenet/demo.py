@@ -490,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         writeCSV(rows, os.path.join(out, "results.csv"))
+        print(f"wrote {os.path.join(out, 'results.csv')}")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("no figures: they need matplotlib (pip install 'coursenet[figures]')", file=sys.stderr)
+            continue
         for path in plot(rows, out, service):
             print(f"wrote {path}")
     print(f"done in {time.monotonic() - started:.0f} s")
