@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.python.failure import Failure
 from twisted.logger import Logger
@@ -157,6 +157,31 @@ class WorkerDoor(amp.AMP):
             self.factory.admission.release(host)
         super().connectionLost(reason)
 
+    def dispatchCommand(self, box: amp.AmpBox) -> Deferred:
+        """
+        A command whose arguments do not parse (missing, not a number, not
+        UTF-8) gets a C{BAD_ARGUMENTS} error that names them, and the
+        connection stays open; AMP would call it unhandled and close.
+        """
+        command = _COMMANDS.get(box.get(amp.COMMAND, b""))
+        if command is not None:
+            try:
+                command.parseArguments(amp.AmpBox(box), self)
+            except Exception as e:
+                names = ", ".join(name.decode() for name, _ in command.arguments)
+                return fail(amp.RemoteAmpError(
+                    b"BAD_ARGUMENTS",
+                    f"{command.__name__} takes {names or 'no arguments'}: {type(e).__name__} {e}"[:500]))
+        return super().dispatchCommand(box)
+
+    def unhandledError(self, failure: Failure) -> None:
+        # An unknown command sent without _ask (so nothing to answer):
+        # logged, not a reason to drop the worker.
+        if failure.check(amp.RemoteAmpError):
+            self._log.info("ignored a box from {name}: {error}", name=self.name, error=failure.value)
+            return
+        super().unhandledError(failure)
+
     def _check(self) -> None:
         if self.name is None:
             raise NotLoggedIn("log in first: send Login with the NAME:TOKEN of your token file")
@@ -206,6 +231,9 @@ class WorkerDoor(amp.AMP):
         self._check()
         d = self.factory.scheduler.complete(lease, job, index, value, self)
         return d.addCallback(lambda r: {"accepted": r[0], "reason": r[1]})
+
+
+_COMMANDS = {c.commandName: c for c in (Login, Lease, Progress, Complete)}
 
 
 class WorkerDoorFactory(AdmittingFactory, ServerFactory):
