@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given, settings, strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python import usage
 
+from coursenet.accounts import PasswordChecker
 from mail.smtp import LocalDelivery, SMTPServer
+from mail.tap import Options, postmasterAccount
 
 
 class FakeDelivery:
@@ -227,3 +231,17 @@ def test_fuzz_commands_always_answered(lines):
     pieces = [piece for line in lines for piece in line.split(b"\n")]
     if not any(piece.strip().upper().startswith(b"QUIT") for piece in pieces):
         assert not t.disconnecting
+
+
+def test_postmaster_account_chosen_by_twistd_options(tmp_path):
+    """twistd postoffice sends postmaster mail to --postmaster, else an account named postmaster, else the first --user; an unknown --postmaster is a usage error."""
+    def chosen(*argv: str) -> str | None:
+        options = Options()
+        options.parseOptions(["--maildir", str(tmp_path), *argv])
+        return postmasterAccount(options, PasswordChecker(None, options["users"]))
+
+    assert chosen("--user", "bob:x", "--user", "alice:y") == "bob"
+    assert chosen("--user", "bob:x", "--user", "postmaster:z") == "postmaster"
+    assert chosen("--user", "bob:x", "--user", "alice:y", "--postmaster", "alice") == "alice"
+    with pytest.raises(usage.UsageError, match="--postmaster carol: no such account"):
+        chosen("--user", "bob:x", "--postmaster", "carol")
