@@ -5,6 +5,9 @@ door for workers (or a Dask cluster behind it).
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
 from typing import Any
 
 from twisted.application import service, strports
@@ -51,6 +54,21 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
         ["lease-timeout", None, 30.0, "seconds a chunk's lease lives without a progress report", float],
         ["max-jobs", None, 100, "jobs queued or running at once", int],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["local-workers"] = []
+
+    def opt_local_worker(self, arguments: str) -> None:
+        """
+        Run a compute-worker with these arguments as a child process,
+        restarted if it dies (repeatable), e.g. "--connect 127.0.0.1:8791
+        --cafile cert.pem --token-file w.token --procs 2"
+        """
+        try:
+            self["local-workers"].append(shlex.split(arguments))
+        except ValueError as e:
+            raise usage.UsageError(f"--local-worker: {e}")
 
     def postOptions(self) -> None:
         self.checkTLSPair()
@@ -119,6 +137,14 @@ def makeCoordinator(options: Options, reactor=None) -> CoordinatorService:
         if options["tls-cert"] and not options["workers"].startswith("ssl:"):
             wrapped = TLSMemoryBIOFactory(serverContextFactory(options["tls-cert"], options["tls-key"]), False, factory)
         strports.service(options["workers"], wrapped).setServiceParent(top)
+    if options["local-workers"]:
+        from twisted.runner.procmon import ProcessMonitor
+
+        monitor = ProcessMonitor(reactor) if reactor is not None else ProcessMonitor()
+        for n, arguments in enumerate(options["local-workers"]):
+            monitor.addProcess(f"worker{n}", [sys.executable, "-m", "compute.worker", *arguments],
+                               env=dict(os.environ))
+        monitor.setServiceParent(top)
     return top
 
 
