@@ -98,7 +98,32 @@ def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list
             ],
             f"chat localhost:6665 (TLS 6666, --cafile {cert}), IRC localhost:6667",
         ),
+        (
+            "compute",
+            [
+                "--rpc", "tcp:8790:interface=127.0.0.1",
+                "--workers", "tcp:8791:interface=127.0.0.1", "--tls-cert", cert, "--tls-key", key,
+                "--passwd", passwd, "--db", os.path.join(var, "compute", "jobs.sqlite"),
+                "--local-worker", f"--connect 127.0.0.1:8791 --cafile {cert}"
+                f" --token-file {workerToken(var, passwd)} --procs 2",
+            ],
+            "compute XML-RPC http://localhost:8790/ (one local worker on 8791): python3 -c \"import time,"
+            " xmlrpc.client as x; s=x.ServerProxy('http://127.0.0.1:8790/'); j=s.submit('leibniz', 4000000,"
+            " 500000, 60); [time.sleep(0.2) for _ in iter(lambda: s.status(j)['state'] == 'done', True)];"
+            " print(s.result(j))\"  or  .venv/bin/compute",
+        ),
     ]
+
+
+def workerToken(var: str, passwd: str) -> str:
+    """
+    The token file (C{NAME:TOKEN}) of the compute worker C{make run} starts.
+    """
+    path = os.path.join(var, "compute-worker.token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"worker:{demoPassword(var, passwd, 'worker')}\n")
+    return path
 
 
 def tetherUnavailable() -> str | None:
