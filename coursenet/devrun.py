@@ -25,6 +25,7 @@ from coursenet.tls import certificateNames, ensureDevCertificate, quoteEndpointV
 VAR = "var"
 DEMO_USER = "demo"
 STUDENT_USER = "student"
+WORKER_TOKEN = "compute-worker.token"
 
 
 def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list[str], str]]:
@@ -105,7 +106,7 @@ def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list
                 "--workers", "tcp:8791:interface=127.0.0.1", "--tls-cert", cert, "--tls-key", key,
                 "--passwd", passwd, "--db", os.path.join(var, "compute", "jobs.sqlite"),
                 "--local-worker", f"--connect 127.0.0.1:8791 --cafile {cert}"
-                f" --token-file {workerToken(var, passwd)} --procs 2",
+                f" --token-file {os.path.join(var, WORKER_TOKEN)} --procs 2",
             ],
             "compute XML-RPC http://localhost:8790/ (one local worker on 8791): python3 -c \"import time,"
             " xmlrpc.client as x; s=x.ServerProxy('http://127.0.0.1:8790/'); j=s.submit('leibniz', 4000000,"
@@ -117,9 +118,10 @@ def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list
 
 def workerToken(var: str, passwd: str) -> str:
     """
-    The token file (C{NAME:TOKEN}) of the compute worker C{make run} starts.
+    Write the token file (C{NAME:TOKEN}, account C{worker}) of the compute
+    worker C{make run} starts.
     """
-    path = os.path.join(var, "compute-worker.token")
+    path = os.path.join(var, WORKER_TOKEN)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(f"worker:{demoPassword(var, passwd, 'worker')}\n")
@@ -227,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     passwd = os.path.join(VAR, "passwd")
     password = demoPassword(VAR, passwd)
     studentPassword = demoPassword(VAR, passwd, STUDENT_USER)
+    workerToken(VAR, passwd)
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     procs = []
     print(f"demo account: user {DEMO_USER!r}, password {password!r} (also in {VAR}/{DEMO_USER}-password)")
