@@ -226,9 +226,10 @@ class ChatClient(LineReceiver):
     # builtins.list: in the class body, list is the method above.
     def who(self, room: str) -> Deferred[builtins.list[str]]:
         """
-        Fire with the nicknames in C{room}, in the order they joined.
+        Fire with the nicknames in C{room}, in the order they joined,
+        without the C{@} (operator) and C{+} (voice) the server puts first.
         """
-        return self._reply(f"WHO {room}").addCallback(lambda reply: list(reply.lines))
+        return self._reply(f"WHO {room}").addCallback(lambda reply: [line.lstrip("@+") for line in reply.lines])
 
     def topic(self, room: str, text: str | None = None) -> Deferred[str]:
         """

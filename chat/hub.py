@@ -27,14 +27,20 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chat.interfaces import IChatServer, IParticipant
+from chat.moderation import Change, RoomSettings
 from chat.rooms import ChatServer, Event, Room, Topic
-from chat.wire import ChatError, Code
+from chat.wire import MAX_TEXT, ChatError, Code, foldNick
 from coursenet.blocking import BlockingReactor, ForkingServer, serveConnection
 
 
 @dataclass
 class Member:
     nick: str
+    user: str | None = None
+    host: str | None = None
+    realname: str | None = None
+    account: str | None = None
+    away: str | None = None
 
 
 @dataclass
@@ -47,15 +53,28 @@ class RoomView:
     members: dict[str, Member] = field(default_factory=dict)
     topic: Topic | None = None
     history: list[Event] = field(default_factory=list)
+    settings: RoomSettings = field(default_factory=RoomSettings)
+    #: Each member's prefixes (C{@}, C{+}), by folded nickname.
+    prefixes: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, room: Room, history: bool = False) -> "RoomView":
+    def of(cls, room: Room, server: ChatServer, history: bool = False) -> "RoomView":
         return cls(
             room.name,
             {fold: Member(m.nick) for fold, m in room.members.items()},
             room.topic,
-            list(room.history) if history else [],
+            [_copy(e) for e in room.history] if history else [],
+            RoomSettings.fromDict(room.settings.toDict()),
+            {fold: server.prefixes(room, m) for fold, m in room.members.items()},
         )
+
+
+def _copy(event: Event) -> Event:
+    """
+    C{event} without its cache of encodings: what goes to a child.
+    """
+    return Event(event.kind, event.nick, event.room, event.text, event.when, event.target,
+                 event.source, event.notice, event.account)
 
 
 @implementer(IParticipant)
@@ -66,6 +85,11 @@ class RemoteParticipant:
 
     #: The client's address is known in the child only.
     peer = None
+    user = None
+    host = None
+    realname = None
+    account: str | None = None
+    away: str | None = None
 
     def __init__(self, link: Link) -> None:
         self.link = link
@@ -77,7 +101,7 @@ class RemoteParticipant:
         return self.connected
 
     def deliver(self, event: Event) -> None:
-        self.link.push(("event", Event(event.kind, event.nick, event.room, event.text, event.when, event.target)))
+        self.link.push(("event", _copy(event)))
 
 
 class ChatHub:
@@ -97,7 +121,7 @@ class ChatHub:
         try:
             return ("ok", getattr(self, "_" + method)(who, *args))
         except ChatError as e:
-            return ("error", int(e.code), e.message)
+            return ("error", int(e.code), e.message, e.params)
         except Exception:
             self._log.failure("{method} failed", method=method)
             return ("error", int(Code.LIMIT), "internal server error; the command was not completed")
@@ -111,33 +135,46 @@ class ChatHub:
         account = self.reactor.wait(self.server.register(who, nick, password))
         return account, who.nick
 
-    def _join(self, who, name):
-        return RoomView.of(self.reactor.wait(self.server.join(who, name)), history=True)
+    def _join(self, who, name, key):
+        return RoomView.of(self.reactor.wait(self.server.join(who, name, key)), self.server, history=True)
 
     def _part(self, who, name, reason):
-        return RoomView.of(self.server.part(who, name, reason))
+        return RoomView.of(self.server.part(who, name, reason), self.server)
 
-    def _say(self, who, name, text):
-        return self.server.say(who, name, text)
+    def _say(self, who, name, text, notice, limit):
+        return _copy(self.server.say(who, name, text, notice, limit))
 
-    def _tell(self, who, nick, text):
-        return self.server.tell(who, nick, text)
+    def _tell(self, who, nick, text, notice, limit):
+        return _copy(self.server.tell(who, nick, text, notice, limit))
 
     def _setTopic(self, who, name, text):
-        return self.server.setTopic(who, name, text)
+        return _copy(self.server.setTopic(who, name, text))
+
+    def _mode(self, who, name, changes):
+        event, errors = self.server.mode(who, name, changes)
+        return (_copy(event) if event is not None else None), [(int(e.code), e.message, e.params) for e in errors]
+
+    def _kick(self, who, name, nick, reason):
+        return _copy(self.server.kick(who, name, nick, reason))
+
+    def _invite(self, who, nick, name):
+        return _copy(self.server.invite(who, nick, name))
+
+    def _setAway(self, who, text):
+        return _copy(self.server.setAway(who, text))
 
     def _room(self, who, name):
-        return RoomView.of(self.server.room(name))
+        return RoomView.of(self.server.room(name), self.server)
 
     def _listRooms(self, who):
-        return [RoomView.of(r) for r in self.server.listRooms()]
+        return [RoomView.of(r, self.server) for r in self.server.listRooms()]
 
     def _roomsOf(self, who, nick):
         try:
             member = self.server.find(nick)
         except ChatError:
             return []
-        return [RoomView.of(r) for r in self.server.roomsOf(member)]
+        return [RoomView.of(r, self.server) for r in self.server.roomsOf(member)]
 
     def _find(self, who, nick):
         return Member(self.server.find(nick).nick)
@@ -181,7 +218,7 @@ class RemoteChatServer:
         while reply is None:
             reply = self._received(self.reactor.outside(recvMessage, self._sock))
         if reply[0] == "error":
-            raise ChatError(Code(reply[1]), reply[2])
+            raise ChatError(Code(reply[1]), reply[2], tuple(reply[3]) if len(reply) > 3 else ())
         return reply[1]
 
     def _deferred(self, method, *args) -> Deferred:
@@ -200,17 +237,34 @@ class RemoteChatServer:
 
         return d.addCallback(registered)
 
-    def join(self, who, name: str) -> Deferred:
-        return self._deferred("join", name)
+    def join(self, who, name: str, key: str | None = None) -> Deferred:
+        return self._deferred("join", name, key)
 
     def part(self, who, name: str, reason: str = "") -> RoomView:
         return self._call("part", name, reason)
 
-    def say(self, who, name: str, text: str) -> Event:
-        return self._call("say", name, text)
+    def say(self, who, name: str, text: str, notice: bool = False, limit: int | None = MAX_TEXT) -> Event:
+        return self._call("say", name, text, notice, limit)
 
-    def tell(self, who, nick: str, text: str) -> Event:
-        return self._call("tell", nick, text)
+    def tell(self, who, nick: str, text: str, notice: bool = False, limit: int | None = MAX_TEXT) -> Event:
+        return self._call("tell", nick, text, notice, limit)
+
+    def mode(self, who, name: str, changes: list[Change]) -> tuple[Event | None, list[ChatError]]:
+        event, errors = self._call("mode", name, changes)
+        return event, [ChatError(Code(code), message, tuple(params)) for code, message, params in errors]
+
+    def kick(self, who, name: str, nick: str, reason: str = "") -> Event:
+        return self._call("kick", name, nick, reason)
+
+    def invite(self, who, nick: str, name: str) -> Event:
+        return self._call("invite", nick, name)
+
+    def setAway(self, who, text: str | None) -> Event:
+        who.away = text
+        return self._call("setAway", text)
+
+    def prefixes(self, room: RoomView, who) -> str:
+        return room.prefixes.get(foldNick(who.nick), "")
 
     def setTopic(self, who, name: str, text: str) -> Event:
         return self._call("setTopic", name, text)

@@ -13,6 +13,11 @@ class IParticipant(Interface):
     """
 
     nick = Attribute("The current nickname, C{str}, or L{None} before NICK.")
+    user = Attribute("The user name (IRC USER; the nickname on the course door), C{str} or L{None}.")
+    host = Attribute("The client's host as others see it in C{nick!user@host}, C{str}.")
+    realname = Attribute("The real name (IRC USER), C{str} or L{None}.")
+    account = Attribute("The account logged in to, C{str}, or L{None}.")
+    away = Attribute("The away message, C{str}, or L{None} when not away.")
     online = Attribute("C{False} once the connection is lost or cut off.")
     peer = Attribute(
         "The client's address (an C{IAddress}), or L{None} where it is not"
@@ -58,10 +63,10 @@ class IChatServer(Interface):
         C{who} has gone: out of every room, its nickname released.
         """
 
-    def join(who, name):
+    def join(who, name, key=None):
         """
         @return: a L{Deferred} firing with room C{name}, made if needed,
-            once C{who} is in it.
+            once C{who} is in it (C{key} for a room with one, +k).
         """
 
     def part(who, name, reason=""):
@@ -69,15 +74,43 @@ class IChatServer(Interface):
         Take C{who} out of room C{name}; return the room.
         """
 
-    def say(who, name, text):
+    def say(who, name, text, notice=False, limit=None):
         """
         Say C{text} in room C{name} to its other members; return the
-        L{chat.rooms.Event}.
+        L{chat.rooms.Event}.  A C{notice} is not kept in the history;
+        C{limit} is the longest text in bytes (L{None}: no limit but the
+        line's).
         """
 
-    def tell(who, nick, text):
+    def tell(who, nick, text, notice=False, limit=None):
         """
         Send C{text} to C{nick} alone; return the L{chat.rooms.Event}.
+        """
+
+    def mode(who, name, changes):
+        """
+        Apply L{chat.moderation.Change}s to room C{name}, if C{who} is one
+        of its operators; return C{(event or None, [refusals])}.
+        """
+
+    def kick(who, name, nick, reason=""):
+        """
+        Put C{nick} out of room C{name}; return the C{KICK} event.
+        """
+
+    def invite(who, nick, name):
+        """
+        Invite C{nick} to room C{name}; return the C{INVITE} event.
+        """
+
+    def setAway(who, text):
+        """
+        Mark C{who} away with C{text}, or back with L{None}.
+        """
+
+    def prefixes(room, who):
+        """
+        C{@} and/or C{+} for member C{who} of C{room}: operator, voice.
         """
 
     def setTopic(who, name, text):
@@ -133,11 +166,6 @@ class IFrontDoor(Interface):
         Ask the client to answer with C{token}: it has been silent.
         """
 
-    def refuseFlood(text):
-        """
-        Tell the client that its line was ignored by the flood limit.
-        """
-
     def close(why):
         """
         Tell the client C{why}, then close the connection.
@@ -151,9 +179,10 @@ class IHistoryStore(Interface):
 
     def load(room, count):
         """
-        @return: a L{Deferred} firing with C{(topic, messages)}: the room's
-            topic (a L{chat.rooms.Topic} or L{None}) and its last C{count}
-            messages as L{chat.rooms.Event}s, oldest first.
+        @return: a L{Deferred} firing with C{(topic, messages, settings)}:
+            the room's topic (a L{chat.rooms.Topic} or L{None}), its last
+            C{count} messages as L{chat.rooms.Event}s, oldest first, and its
+            settings (L{chat.moderation.RoomSettings.toDict}) or L{None}.
         """
 
     def append(event):
@@ -165,6 +194,12 @@ class IHistoryStore(Interface):
     def setTopic(room, topic):
         """
         Remember C{room}'s L{chat.rooms.Topic}, or forget it for L{None}.
+        """
+
+    def setSettings(room, settings):
+        """
+        Remember C{room}'s modes, key, limit and bans: a JSON-able C{dict}
+        (L{chat.moderation.RoomSettings.toDict}).
         """
 
     def close():

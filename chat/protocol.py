@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from chat.moderation import FLAG_MODES, parseModeChanges
 from chat.rooms import Event
 from chat.session import ChatReceiver, DoorFactory
 from chat.wire import (
@@ -43,6 +44,9 @@ HELP = [
     "LIST                   rooms, member counts, topics",
     "WHO room               who is in a room",
     "TOPIC room [text]      show or set a room's topic",
+    "MODE room [changes]    show or (operators) change modes: +m, +v nick, +b mask, ...",
+    "KICK room nick [why]   (operators) put someone out of a room",
+    "INVITE nick room       invite someone (past +i, a ban or +l)",
     "PING [token] / PONG token / QUIT [reason] / HELP",
 ]
 
@@ -53,13 +57,19 @@ def encodeEvent(event: Event) -> bytes:
     """
     kind = event.kind
     if kind == "MESSAGE":
-        line = f"MESSAGE {event.room} {event.nick} {event.text}"
+        line = f"{'NOTICE' if event.notice else 'MESSAGE'} {event.room} {event.nick} {event.text}"
     elif kind == "PRIVATE":
-        line = f"PRIVATE {event.nick} {event.text}"
+        line = f"{'PRIVNOTICE' if event.notice else 'PRIVATE'} {event.nick} {event.text}"
     elif kind == "JOIN":
         line = f"JOIN {event.room} {event.nick}"
-    elif kind in ("PART", "TOPIC"):
+    elif kind in ("PART", "TOPIC", "MODE"):
         line = f"{kind} {event.room} {event.nick} {event.text}"
+    elif kind == "KICK":
+        line = f"KICK {event.room} {event.nick} {event.target} {event.text}"
+    elif kind == "INVITE":
+        line = f"INVITE {event.room} {event.nick}"
+    elif kind == "AWAY":
+        return b""  # IRC's away status: the course protocol has none
     else:  # QUIT, NICK
         line = f"{kind} {event.nick} {event.text}"
     return formatLine(line)
@@ -102,9 +112,6 @@ class ChatProtocol(ChatReceiver):
 
     def sendPing(self, token: str) -> None:
         self.send(formatLine(f"PING {token}"))
-
-    def refuseFlood(self, text: str) -> None:
-        self.reply(Code.FLOOD, text)
 
     # -- input ------------------------------------------------------------------
 
@@ -151,14 +158,20 @@ class ChatProtocol(ChatReceiver):
         return self.server.register(self.session, nick, password).addCallback(done)
 
     def do_JOIN(self, command: Command) -> Deferred:
-        (name,) = command.split(1, False, "JOIN room")
+        args = command.rest.split()
+        if not 1 <= len(args) <= 2:
+            raise ChatError(Code.BAD_ARGUMENT, "usage: JOIN room [key]")
+        name, key = args[0], (args[1] if len(args) > 1 else None)
+        if key is not None and self.server.room(name).settings.key is None:
+            # A word too many is more likely a mistake than a key.
+            raise ChatError(Code.BAD_ARGUMENT, f"usage: JOIN room [key]: room {name[:40]} has no key")
 
         def joined(room):
             self.send(b"".join(e.encoded("chat-history", encodeHistory) for e in room.history))
             topic = f"; topic: {room.topic.text}" if room.topic else ""
             self.reply(Code.JOINED, f"{room.name} joined; members {len(room.members)}{topic}")
 
-        return self.server.join(self.session, name).addCallback(joined)
+        return self.server.join(self.session, name, key).addCallback(joined)
 
     def do_PART(self, command: Command) -> None:
         name, reason = command.split(1, True, "PART room [reason]")
@@ -186,7 +199,7 @@ class ChatProtocol(ChatReceiver):
     def do_WHO(self, command: Command) -> None:
         (name,) = command.split(1, False, "WHO room")
         room = self.server.room(name)
-        nicks = [m.nick for m in room.members.values()]
+        nicks = [self.server.prefixes(room, m) + m.nick for m in room.members.values()]
         self.send(formatMultiline(Code.WHO, nicks, f"{len(nicks)} in {room.name}"))
 
     def do_TOPIC(self, command: Command) -> None:
@@ -197,6 +210,47 @@ class ChatProtocol(ChatReceiver):
             return
         event = self.server.setTopic(self.session, name, text)
         self.reply(Code.OK, f"topic of {event.room} set")
+
+    def do_MODE(self, command: Command) -> None:
+        args = command.rest.split()
+        if not args:
+            raise ChatError(Code.BAD_ARGUMENT, "usage: MODE room [+|-modes [arguments]]")
+        name = args[0]
+        if len(args) == 1:
+            room = self.server.room(name)
+            member = any(m is self.session for m in room.members.values())
+            self.reply(Code.MODES, f"{room.name} " + " ".join(room.settings.modeString(showKey=member)))
+            return
+        changes, unknown = parseModeChanges(args[1], args[2:])
+        if unknown:
+            raise ChatError(Code.UNKNOWN_MODE, f"unknown mode {unknown[0]!r}: the modes are {FLAG_MODES}, k, l, o, v, b")
+        if any(c.letter == "b" and c.arg is None for c in changes) and len(changes) == 1:
+            room = self.server.room(name)
+            lines = [f"{b.mask} {b.setter} {formatTime(b.when)}" for b in room.settings.bans]
+            self.send(formatMultiline(Code.BANS, lines, f"{len(lines)} bans in {room.name}"))
+            return
+        changes = [c for c in changes if c.arg is not None or c.letter != "b"]
+        if not changes:
+            raise ChatError(Code.BAD_ARGUMENT, "usage: MODE room +|-modes [arguments]: a mode needs its argument")
+        event, errors = self.server.mode(self.session, name, changes)
+        if event is None and errors:
+            raise errors[0]
+        done = f"mode of {event.room}: {event.text}" if event is not None else "no mode changed"
+        refused = "".join(f"; refused: {e.message}" for e in errors)
+        self.reply(Code.OK, done + refused)
+
+    def do_KICK(self, command: Command) -> None:
+        name, rest = command.split(1, True, "KICK room nick [reason]")
+        nick, _, reason = rest.partition(" ")
+        if not nick:
+            raise ChatError(Code.BAD_ARGUMENT, "usage: KICK room nick [reason]")
+        event = self.server.kick(self.session, name, nick, reason)
+        self.reply(Code.OK, f"{event.target} kicked from {event.room}")
+
+    def do_INVITE(self, command: Command) -> None:
+        nick, name = command.split(2, False, "INVITE nick room")
+        event = self.server.invite(self.session, nick, name)
+        self.reply(Code.OK, f"{event.target} invited to {event.room}")
 
     def do_PING(self, command: Command) -> None:
         token = command.rest or "-"

@@ -20,7 +20,18 @@ from zope.interface import implementer
 
 from chat.auth import IChatAccount, makePortal
 from chat.interfaces import IChatServer, IHistoryStore, IParticipant
-from chat.wire import ChatError, Code, checkNick, checkRoom, checkText, foldNick
+from chat.moderation import MAX_BANS, MAX_MASK, Ban, Change, RoomSettings, checkKey, joinChanges, normalizeMask
+from chat.wire import (
+    MAX_TEXT,
+    MAX_TOPIC,
+    ChatError,
+    Code,
+    checkNick,
+    checkRoom,
+    checkText,
+    cutText,
+    foldNick,
+)
 from coursenet.accounts import PasswordFrom
 from coursenet.admission import Admission
 from coursenet.throttle import hostOf
@@ -31,10 +42,11 @@ class Event:
     """
     Something that happened, sent to participants.
 
-    C{kind} is C{MESSAGE}, C{PRIVATE}, C{JOIN}, C{PART}, C{QUIT}, C{NICK} or
-    C{TOPIC}; C{text} is the message, reason or topic, or for C{NICK} the
-    new nickname.  Each front door encodes an event once, whatever the
-    number of recipients (L{encoded}).
+    C{kind} is C{MESSAGE}, C{PRIVATE}, C{JOIN}, C{PART}, C{QUIT}, C{NICK},
+    C{TOPIC}, C{MODE}, C{KICK}, C{INVITE} or C{AWAY}; C{text} is the
+    message, reason, topic or mode change, for C{NICK} the new nickname.
+    Each front door encodes an event once per way of writing it, whatever
+    the number of recipients (L{encoded}).
     """
 
     kind: str
@@ -42,8 +54,14 @@ class Event:
     room: str = ""
     text: str = ""
     when: float = 0.0
-    #: For C{PRIVATE}: the recipient's nickname.
+    #: For C{PRIVATE}, C{KICK} and C{INVITE}: the other nickname.
     target: str = ""
+    #: The sender as C{nick!user@host}.
+    source: str = ""
+    #: A C{MESSAGE} or C{PRIVATE} sent as a notice: no automatic reply.
+    notice: bool = False
+    #: The sender's account, if it logged in to one.
+    account: str = ""
     _cache: dict = field(default_factory=dict, repr=False)
 
     def encoded(self, key: str, encode) -> bytes:
@@ -63,16 +81,39 @@ class Topic:
     when: float
 
 
+@dataclass(frozen=True)
+class Whowas:
+    nick: str
+    user: str
+    host: str
+    realname: str
+    when: float
+
+
+def hostmask(who) -> str:
+    """
+    C{nick!user@host} of a participant, as bans match it.
+    """
+    return f"{who.nick}!{getattr(who, 'user', None) or who.nick}@{getattr(who, 'host', None) or 'chat'}"
+
+
 class Room:
     """
-    A room: its members in the order they joined, its topic and the last
-    messages said in it.
+    A room: its members in the order they joined, its topic, settings
+    (L{RoomSettings}) and the last messages said in it; and who of its
+    members are operators or voiced, by folded nickname.
     """
 
-    def __init__(self, name: str, historySize: int) -> None:
+    def __init__(self, name: str, historySize: int, created: float = 0.0) -> None:
         self.name = name
         self.members: dict[str, IParticipant] = {}
         self.topic: Topic | None = None
+        self.settings = RoomSettings()
+        self.ops: set[str] = set()
+        self.voices: set[str] = set()
+        #: Folded nicknames invited since they last joined (bounded).
+        self.invited: set[str] = set()
+        self.created = created
         self.history: collections.deque[Event] = collections.deque(maxlen=historySize)
         self.loaded = False
         self._waiting: list[Deferred] = []
@@ -90,9 +131,11 @@ class Room:
         return d
 
     def _loaded(self, result) -> None:
-        topic, messages = result
+        topic, messages, *rest = result
         self.topic = topic
         self.history.extend(messages)
+        if rest and rest[0] is not None:
+            self.settings = RoomSettings.fromDict(rest[0])
         self.loaded = True
         waiting, self._waiting = self._waiting, []
         for d in waiting:
@@ -103,16 +146,36 @@ class Room:
         for d in waiting:
             d.errback(failure)
 
+    def _forget(self, fold: str) -> None:
+        self.members.pop(fold, None)
+        self.ops.discard(fold)
+        self.voices.discard(fold)
+
+    def _rename(self, old: str, new: str, who: IParticipant) -> None:
+        del self.members[old]
+        self.members[new] = who
+        for roles in (self.ops, self.voices):
+            if old in roles:
+                roles.discard(old)
+                roles.add(new)
+
 
 @implementer(IChatServer)
 class ChatServer:
     """
-    Rooms, nicknames and who is where, for every front door.
+    Rooms, nicknames and who is where, for every front door, and the
+    moderation rules of every room (L{chat.moderation}).
 
     @ivar admission: the connection caps every front door shares.
+    @ivar instructors: folded account names that are operators in every
+        room.
     """
 
     _log = Logger()
+    #: Departed nicknames remembered for WHOWAS.
+    whowasSize = 1000
+    #: Invitations a room remembers at once.
+    maxInvited = 100
 
     def __init__(
         self,
@@ -125,6 +188,7 @@ class ChatServer:
         maxConnections: int | None = None,
         maxPerAddress: int | None = None,
         reactor=None,
+        instructors: Iterable[str] = (),
     ) -> None:
         """
         @param checker: a L{coursenet.accounts.PasswordChecker}: its
@@ -133,6 +197,7 @@ class ChatServer:
         @param maxConnections: connections at once, all front doors
             together; by default as many as the descriptor limit allows.
         @param maxPerAddress: connections at once from one address.
+        @param instructors: account names that are operators in every room.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -145,8 +210,11 @@ class ChatServer:
         self.maxRooms = maxRooms
         self.maxRoomsPerUser = maxRoomsPerUser
         self.admission = Admission(maxConnections, maxPerAddress)
+        self.instructors = {foldNick(name) for name in instructors}
         self.users: dict[str, IParticipant] = {}
         self.rooms: dict[str, Room] = {}
+        self.whowasLog: collections.deque[Whowas] = collections.deque(maxlen=self.whowasSize)
+        self.started = reactor.seconds()
         self._joined: dict[IParticipant, dict[str, Room]] = {}
 
     # -- nicknames -------------------------------------------------------------
@@ -174,26 +242,39 @@ class ChatServer:
         """
         return Deferred.fromCoroutine(self._register(who, nick, password))
 
+    def checkPassword(self, who: IParticipant, account: str, password: str) -> Deferred:
+        """
+        Check C{password} for C{account} (SASL PLAIN), throttled as NICK's.
+
+        @return: a L{Deferred} firing with the account's name as the
+            password file spells it, or failing with L{ChatError} (530).
+        """
+        return Deferred.fromCoroutine(self._login(who, account, password))
+
+    async def _login(self, who: IParticipant, account: str, password: str) -> str:
+        name = self._account(account)
+        if name is None:
+            raise ChatError(Code.PASSWORD, f"no account {account[:32]}")
+        address = hostOf(getattr(who, "peer", None))
+        assert self.portal is not None
+        try:
+            _, avatar, _ = await self.portal.login(PasswordFrom(name, password, address), None, IChatAccount)
+        except UnauthorizedLogin:
+            raise ChatError(Code.PASSWORD, f"wrong password for account {account[:32]}")
+        return IChatAccount(avatar).name
+
     async def _register(self, who: IParticipant, nick: str, password: str | None) -> str | None:
         checkNick(nick)
         account = self._account(nick)
-        if account is not None:
+        if account is not None and getattr(who, "account", None) and foldNick(who.account) == foldNick(account):
+            pass  # logged in already (SASL): the nickname is its own
+        elif account is not None:
             if not password:
                 raise ChatError(
                     Code.PASSWORD,
                     f"nickname {nick} is registered: send NICK {nick} PASSWORD",
                 )
-            # A remote participant of the forking twin has no peer here.
-            address = hostOf(getattr(who, "peer", None))
-            # An account comes from the checker, so there is a portal.
-            assert self.portal is not None
-            try:
-                _, avatar, _ = await self.portal.login(
-                    PasswordFrom(account, password, address), None, IChatAccount
-                )
-            except UnauthorizedLogin:
-                raise ChatError(Code.PASSWORD, f"wrong password for registered nickname {nick}")
-            account = IChatAccount(avatar).name
+            account = await self._login(who, account, password)
         elif not self.anonymous:
             raise ChatError(
                 Code.ACCOUNTS_ONLY,
@@ -205,21 +286,45 @@ class ChatServer:
         fold = foldNick(nick)
         holder = self.users.get(fold)
         if holder is not None and holder is not who:
-            raise ChatError(Code.NICK_IN_USE, f"nickname {nick} is in use; choose another")
+            raise ChatError(Code.NICK_IN_USE, f"nickname {nick} is in use; choose another", (nick,))
         old = who.nick
         if old is not None:
-            del self.users[foldNick(old)]
+            oldFold = foldNick(old)
+            del self.users[oldFold]
             for room in self._joined[who].values():
-                del room.members[foldNick(old)]
-                room.members[fold] = who
+                room._rename(oldFold, fold, who)
+            if old != nick:
+                self._rememberWhowas(who)
         self.users[fold] = who
+        source = hostmask(who) if old is not None else ""
         who.nick = nick
+        if account is not None and hasattr(who, "account"):
+            who.account = account
         if old is None:
             self._joined[who] = {}
             self._log.info("{nick} arrived", nick=nick)
         elif old != nick:
-            self._toNeighbours(who, Event("NICK", old, text=nick, when=self.reactor.seconds()))
+            self._toNeighbours(who, Event("NICK", old, text=nick, when=self.reactor.seconds(), source=source))
         return account
+
+    def _rememberWhowas(self, who: IParticipant) -> None:
+        self.whowasLog.append(
+            Whowas(
+                who.nick,
+                getattr(who, "user", None) or who.nick,
+                getattr(who, "host", None) or "chat",
+                getattr(who, "realname", None) or who.nick,
+                self.reactor.seconds(),
+            )
+        )
+
+    def whowas(self, nick: str, count: int = 0) -> list[Whowas]:
+        """
+        The last C{count} (0: all) remembered users called C{nick}, newest first.
+        """
+        fold = foldNick(nick)
+        found = [w for w in reversed(self.whowasLog) if foldNick(w.nick) == fold]
+        return found[:count] if count > 0 else found
 
     def _registered(self, who: IParticipant) -> dict[str, Room]:
         joined = self._joined.get(who)
@@ -244,7 +349,7 @@ class ChatServer:
         """
         who = self.users.get(foldNick(nick))
         if who is None:
-            raise ChatError(Code.NO_SUCH_NICK, f"nobody is called {nick[:32]}")
+            raise ChatError(Code.NO_SUCH_NICK, f"nobody is called {nick[:32]}", (nick[:32],))
         return who
 
     def quit(self, who: IParticipant, reason: str = "") -> None:
@@ -254,12 +359,52 @@ class ChatServer:
         joined = self._joined.get(who)
         if joined is None:
             return
-        self._toNeighbours(who, Event("QUIT", who.nick, text=reason, when=self.reactor.seconds()))
+        self._toNeighbours(who, Event("QUIT", who.nick, text=reason, when=self.reactor.seconds(), source=hostmask(who)))
         for room in joined.values():
-            del room.members[foldNick(who.nick)]
+            room._forget(foldNick(who.nick))
         del self._joined[who]
         del self.users[foldNick(who.nick)]
+        self._rememberWhowas(who)
         self._log.info("{nick} left: {reason}", nick=who.nick, reason=reason)
+
+    def setAway(self, who: IParticipant, text: str | None) -> Event:
+        """
+        Mark C{who} away with C{text}, or back with L{None}; everyone who
+        shares a room is told (IRC's away-notify).
+        """
+        self._registered(who)
+        if text is not None:
+            checkText(text, "away message")
+        who.away = text
+        event = Event("AWAY", who.nick, text=text or "", when=self.reactor.seconds(), source=hostmask(who))
+        self._toNeighbours(who, event)
+        return event
+
+    def countUsers(self) -> int:
+        return len(self.users)
+
+    # -- roles -----------------------------------------------------------------
+
+    def isInstructor(self, who: IParticipant) -> bool:
+        account = getattr(who, "account", None)
+        if not account:
+            return False
+        return foldNick(account) in self.instructors
+
+    def isOperator(self, room: Room, who: IParticipant) -> bool:
+        """
+        Whether C{who} may moderate C{room}: one of its operators, or an
+        instructor (operators everywhere).
+        """
+        return who.nick is not None and foldNick(who.nick) in room.ops or self.isInstructor(who)
+
+    def prefixes(self, room: Room, who) -> str:
+        """
+        C{@} for an operator, C{+} for a voiced member, highest first.
+        """
+        fold = foldNick(who.nick)
+        marks = "@" if fold in room.ops or self.isInstructor(who) else ""
+        return marks + ("+" if fold in room.voices else "")
 
     # -- rooms -----------------------------------------------------------------
 
@@ -269,15 +414,16 @@ class ChatServer:
         """
         room = self.rooms.get(checkRoom(name))
         if room is None or not room.loaded:
-            raise ChatError(Code.NO_SUCH_ROOM, f"no room {name[:40]}; LIST shows the rooms")
+            raise ChatError(Code.NO_SUCH_ROOM, f"no room {name[:40]}; LIST shows the rooms", (name[:40],))
         return room
 
     def _member(self, who: IParticipant, name: str) -> Room:
         joined = self._registered(who)
         room = joined.get(checkRoom(name))
         if room is None:
+            self.room(name)  # 541 if there is no such room at all
             bare = checkRoom(name)
-            raise ChatError(Code.NOT_IN_ROOM, f"you are not in room {bare}; JOIN {bare} first")
+            raise ChatError(Code.NOT_IN_ROOM, f"you are not in room {bare}; JOIN {bare} first", (name[:40],))
         return room
 
     def _open(self, name: str) -> Room:
@@ -292,29 +438,30 @@ class ChatServer:
                     Code.LIMIT,
                     f"too many rooms on this server (limit {self.maxRooms}); join one that LIST shows",
                 )
-        room = self.rooms[name] = Room(name, self.historySize)
+        room = self.rooms[name] = Room(name, self.historySize, self.reactor.seconds())
         d = self.store.load(name, self.historySize)
         d.addCallbacks(room._loaded, room._failed)
         d.addErrback(lambda f: self._log.failure("loading room {room}", f, room=name))
         return room
 
-    def join(self, who: IParticipant, name: str) -> Deferred:
+    def join(self, who: IParticipant, name: str, key: str | None = None) -> Deferred:
         """
-        Put C{who} in room C{name}, made if needed.
+        Put C{who} in room C{name}, made if needed, if the room's modes and
+        bans let it in (C{key} for a room with one).
 
         @return: a L{Deferred} firing with the L{Room}; its C{history} is
             what to replay.
         """
-        return Deferred.fromCoroutine(self._join(who, name))
+        return Deferred.fromCoroutine(self._join(who, name, key))
 
-    async def _join(self, who: IParticipant, name: str) -> Room:
+    async def _join(self, who: IParticipant, name: str, key: str | None) -> Room:
         joined = self._registered(who)
         bare = checkRoom(name)
         if bare in joined:
-            raise ChatError(Code.BAD_SEQUENCE, f"you are already in room {bare}")
+            raise ChatError(Code.BAD_SEQUENCE, f"you are already in room {bare}", (name,))
         if len(joined) >= self.maxRoomsPerUser:
             raise ChatError(
-                Code.LIMIT, f"you are in {len(joined)} rooms, the limit; PART one first"
+                Code.LIMIT, f"you are in {len(joined)} rooms, the limit; PART one first", (name,)
             )
         room = self._open(bare)
         if not room.loaded:
@@ -322,56 +469,279 @@ class ChatServer:
                 await room.whenLoaded()
             except Exception:
                 self.rooms.pop(bare, None)
-                raise ChatError(Code.LIMIT, f"room {bare} could not be loaded; try again later")
+                raise ChatError(Code.LIMIT, f"room {bare} could not be loaded; try again later", (name,))
             if self._joined.get(who) is not joined or bare in joined:
-                raise ChatError(Code.BAD_SEQUENCE, f"you are already in room {bare}")
-        room.members[foldNick(who.nick)] = who
+                raise ChatError(Code.BAD_SEQUENCE, f"you are already in room {bare}", (name,))
+        self._admit(who, room, name, key)
+        fold = foldNick(who.nick)
+        if not room.members:
+            room.ops.add(fold)
+        room.invited.discard(fold)
+        room.members[fold] = who
         joined[bare] = room
-        room.broadcast(Event("JOIN", who.nick, bare, when=self.reactor.seconds()), skip=who)
+        room.broadcast(
+            Event("JOIN", who.nick, bare, when=self.reactor.seconds(), source=hostmask(who),
+                  account=getattr(who, "account", None) or ""),
+            skip=who,
+        )
         return room
+
+    def _admit(self, who: IParticipant, room: Room, name: str, key: str | None) -> None:
+        """
+        @raise ChatError: unless C{who} may enter C{room} now.
+        """
+        if self.isInstructor(who):
+            return
+        settings = room.settings
+        invited = foldNick(who.nick) in room.invited
+        if settings.banned(hostmask(who)) and not invited:
+            raise ChatError(Code.BANNED, f"you are banned from room {room.name}", (name,))
+        if "i" in settings.modes and not invited:
+            raise ChatError(
+                Code.INVITE_ONLY, f"room {room.name} is invite only (+i): ask an operator to INVITE you", (name,)
+            )
+        if settings.key is not None and key != settings.key:
+            raise ChatError(Code.BAD_KEY, f"room {room.name} needs a key (+k): JOIN {room.name} KEY", (name,))
+        if settings.limit is not None and len(room.members) >= settings.limit and not invited:
+            raise ChatError(
+                Code.ROOM_FULL, f"room {room.name} is full (+l {settings.limit}); try later", (name,)
+            )
 
     def part(self, who: IParticipant, name: str, reason: str = "") -> Room:
         room = self._member(who, name)
         if reason:
             checkText(reason, "reason")
-        del room.members[foldNick(who.nick)]
+        event = Event("PART", who.nick, room.name, reason, self.reactor.seconds(), source=hostmask(who))
+        room._forget(foldNick(who.nick))
         del self._joined[who][room.name]
-        room.broadcast(Event("PART", who.nick, room.name, reason, self.reactor.seconds()))
+        room.broadcast(event)
         return room
 
-    def say(self, who: IParticipant, name: str, text: str) -> Event:
+    def say(
+        self, who: IParticipant, name: str, text: str, notice: bool = False, limit: int | None = MAX_TEXT
+    ) -> Event:
         """
-        Say C{text} in a room C{who} is in: to every other member, and into
-        the room's history.
+        Say C{text} in room C{name}: to every other member, and (unless it is
+        a notice) into the room's history.  A member may be silenced (a ban,
+        or +m without voice); one from outside needs a room without +n.
+
+        @param limit: the longest text in bytes; L{None} where the client's
+            line bounds it (IRC).
         """
-        room = self._member(who, name)
-        checkText(text)
-        event = Event("MESSAGE", who.nick, room.name, text, self.reactor.seconds())
-        room.history.append(event)
-        self.store.append(event)
+        self._registered(who)
+        room = self.room(name)
+        fold = foldNick(who.nick)
+        settings = room.settings
+        if fold not in room.members:
+            if "n" in settings.modes and not self.isInstructor(who):
+                raise ChatError(
+                    Code.NOT_IN_ROOM, f"you are not in room {room.name}; JOIN {room.name} first (+n)", (name,)
+                )
+        if not self.isOperator(room, who) and fold not in room.voices:
+            if "m" in settings.modes:
+                raise ChatError(
+                    Code.CANNOT_SEND, f"room {room.name} is moderated (+m): only voiced members speak", (name,)
+                )
+            if settings.banned(hostmask(who)):
+                raise ChatError(Code.CANNOT_SEND, f"you are banned from room {room.name}", (name,))
+        checkText(text, limit=limit)
+        event = Event(
+            "MESSAGE", who.nick, room.name, text, self.reactor.seconds(),
+            source=hostmask(who), notice=notice, account=getattr(who, "account", None) or "",
+        )
+        if not notice:
+            room.history.append(event)
+            self.store.append(event)
         room.broadcast(event, skip=who)
         return event
 
-    def tell(self, who: IParticipant, nick: str, text: str) -> Event:
+    def tell(
+        self, who: IParticipant, nick: str, text: str, notice: bool = False, limit: int | None = MAX_TEXT
+    ) -> Event:
         """
         A private message from C{who} to C{nick}.
         """
         self._registered(who)
         target = self.find(nick)
-        checkText(text)
-        event = Event("PRIVATE", who.nick, "", text, self.reactor.seconds(), target.nick)
+        checkText(text, limit=limit)
+        event = Event(
+            "PRIVATE", who.nick, "", text, self.reactor.seconds(), target.nick,
+            source=hostmask(who), notice=notice, account=getattr(who, "account", None) or "",
+        )
         target.deliver(event)
         return event
 
     def setTopic(self, who: IParticipant, name: str, text: str) -> Event:
+        """
+        Set the topic (cut to L{MAX_TOPIC} bytes), or clear it with empty
+        C{text}; with +t only operators may.
+        """
         room = self._member(who, name)
+        if "t" in room.settings.modes and not self.isOperator(room, who):
+            raise ChatError(
+                Code.NOT_OPERATOR, f"only operators set the topic of {room.name} (+t)", (name,)
+            )
         if text:
-            checkText(text, "topic")
+            checkText(text, "topic", limit=None)
+            text = cutText(text, MAX_TOPIC)
         when = self.reactor.seconds()
         room.topic = Topic(text, who.nick, when) if text else None
         self.store.setTopic(room.name, room.topic)
-        event = Event("TOPIC", who.nick, room.name, text, when)
+        event = Event("TOPIC", who.nick, room.name, text, when, source=hostmask(who))
         room.broadcast(event, skip=who)
+        return event
+
+    # -- moderation --------------------------------------------------------------
+
+    def _moderate(self, who: IParticipant, name: str) -> Room:
+        """
+        The room, if C{who} may moderate it: an operator of it (so a
+        member), or an instructor.
+        """
+        self._registered(who)
+        room = self.room(name)
+        if self.isInstructor(who):
+            return room
+        if foldNick(who.nick) not in room.members:
+            raise ChatError(Code.NOT_IN_ROOM, f"you are not in room {room.name}", (name,))
+        if not self.isOperator(room, who):
+            raise ChatError(Code.NOT_OPERATOR, f"you are not an operator of room {room.name}", (name,))
+        return room
+
+    def mode(self, who: IParticipant, name: str, changes: list[Change]) -> tuple[Event | None, list[ChatError]]:
+        """
+        Apply mode C{changes} to room C{name} (see L{chat.moderation}); its
+        members, C{who} included, get one C{MODE} event with those applied.
+
+        @return: that event (L{None} if nothing changed) and a refusal for
+            each change that could not be made.
+        @raise ChatError: if C{who} may not change the room's modes at all.
+        """
+        room = self._moderate(who, name)
+        settings = room.settings
+        applied: list[Change] = []
+        errors: list[ChatError] = []
+        stored = False
+        for change in changes:
+            letter, adding, arg = change.letter, change.adding, change.arg
+            if letter in "ov":
+                assert arg is not None
+                try:
+                    target = self.find(arg)
+                except ChatError as e:
+                    errors.append(e)
+                    continue
+                fold = foldNick(target.nick)
+                if fold not in room.members:
+                    errors.append(
+                        ChatError(Code.THEY_NOT_IN_ROOM, f"{target.nick} is not in room {room.name}",
+                                  (target.nick, name))
+                    )
+                    continue
+                roles = room.ops if letter == "o" else room.voices
+                (roles.add if adding else roles.discard)(fold)
+                applied.append(Change(adding, letter, target.nick))
+            elif letter == "k":
+                assert arg is not None
+                if adding:
+                    why = checkKey(arg)
+                    if why is not None:
+                        errors.append(ChatError(Code.BAD_MODE_ARGUMENT, why, (name, "k", arg)))
+                        continue
+                    settings.key = arg
+                    applied.append(change)
+                elif settings.key is not None:
+                    settings.key = None
+                    applied.append(Change(False, "k", "*"))
+                stored = True
+            elif letter == "l":
+                if adding:
+                    value = arg or ""
+                    if not value.isdigit() or int(value) <= 0 or int(value) > 1_000_000:
+                        errors.append(
+                            ChatError(Code.BAD_MODE_ARGUMENT, "the limit is a whole number of members, 1 or more",
+                                      (name, "l", value))
+                        )
+                        continue
+                    settings.limit = int(value)
+                    applied.append(Change(True, "l", value))
+                elif settings.limit is not None:
+                    settings.limit = None
+                    applied.append(Change(False, "l"))
+                stored = True
+            elif letter == "b":
+                assert arg is not None
+                mask = normalizeMask(arg)[:MAX_MASK]
+                present = [b for b in settings.bans if b.mask.lower() == mask.lower()]
+                if adding and not present:
+                    if len(settings.bans) >= MAX_BANS:
+                        errors.append(ChatError(Code.LIMIT, f"room {room.name} has {MAX_BANS} bans, the limit",
+                                                (name, mask)))
+                        continue
+                    settings.bans.append(Ban(mask, hostmask(who), self.reactor.seconds()))
+                    applied.append(Change(True, "b", mask))
+                elif not adding and present:
+                    settings.bans.remove(present[0])
+                    applied.append(Change(False, "b", present[0].mask))
+                stored = True
+            elif adding != (letter in settings.modes):
+                (settings.modes.add if adding else settings.modes.discard)(letter)
+                applied.append(change)
+                stored = True
+        if stored:
+            self.store.setSettings(room.name, settings.toDict())
+        if not applied:
+            return None, errors
+        event = Event("MODE", who.nick, room.name, " ".join(joinChanges(applied)), self.reactor.seconds(),
+                      source=hostmask(who))
+        room.broadcast(event)
+        if foldNick(who.nick) not in room.members:
+            who.deliver(event)
+        return event, errors
+
+    def kick(self, who: IParticipant, name: str, nick: str, reason: str = "") -> Event:
+        """
+        Put C{nick} out of room C{name}; every member, C{nick} included, gets
+        the C{KICK} event.
+        """
+        room = self._moderate(who, name)
+        target = self.find(nick)
+        fold = foldNick(target.nick)
+        if fold not in room.members:
+            raise ChatError(Code.THEY_NOT_IN_ROOM, f"{target.nick} is not in room {room.name}", (target.nick, name))
+        if reason:
+            checkText(reason, "reason", limit=None)
+        event = Event("KICK", who.nick, room.name, reason or who.nick, self.reactor.seconds(), target.nick,
+                      source=hostmask(who))
+        room.broadcast(event)
+        if foldNick(who.nick) not in room.members:
+            who.deliver(event)
+        room._forget(fold)
+        self._joined[target].pop(room.name, None)
+        return event
+
+    def invite(self, who: IParticipant, nick: str, name: str) -> Event:
+        """
+        Invite C{nick} to room C{name}: past +i, a ban and +l, once.  In an
+        invite-only room only operators may invite.
+        """
+        self._registered(who)
+        target = self.find(nick)
+        bare = checkRoom(name)
+        room = self.rooms.get(bare)
+        if room is not None and room.loaded:
+            if foldNick(who.nick) not in room.members and not self.isInstructor(who):
+                raise ChatError(Code.NOT_IN_ROOM, f"you are not in room {bare}", (name,))
+            if "i" in room.settings.modes and not self.isOperator(room, who):
+                raise ChatError(Code.NOT_OPERATOR, f"only operators invite to {bare} (+i)", (name,))
+            if foldNick(target.nick) in room.members:
+                raise ChatError(Code.THEY_IN_ROOM, f"{target.nick} is already in room {bare}", (target.nick, name))
+            if len(room.invited) >= self.maxInvited:
+                room.invited.pop()
+            room.invited.add(foldNick(target.nick))
+        event = Event("INVITE", who.nick, bare, when=self.reactor.seconds(), target=target.nick,
+                      source=hostmask(who))
+        target.deliver(event)
         return event
 
     def listRooms(self) -> Iterable[Room]:

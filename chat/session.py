@@ -16,6 +16,7 @@ import secrets
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,8 +35,11 @@ class Limits:
     Per-connection limits, the same for every front door.
 
     @ivar floodRate: lines a second a connection may send on average
-        (0: no flood control).  Every line counts, PONG included.
+        (0: no flood control).  Every line counts, PONG included; a line
+        past the limit waits its turn (it is not dropped).
     @ivar floodBurst: lines it may send at once after a quiet spell.
+    @ivar floodCut: seconds a connection may stay behind its flood limit
+        (its lines kept waiting all along) before it is cut off.
     @ivar maxOutput: bytes that may wait for a client beyond what the
         transport buffers itself (64 KiB); past that the client is cut off.
     @ivar drainTimeout: seconds output may wait for a client that reads
@@ -46,6 +50,7 @@ class Limits:
 
     floodRate: float = 10.0
     floodBurst: int = 20
+    floodCut: float = 60.0
     # Room for a burst from every member of a busy room: a client reading
     # at 1 MB/s takes this in a second, one that reads nothing holds no more.
     maxOutput: int = 1024 * 1024
@@ -56,7 +61,9 @@ class Limits:
 
 class TokenBucket:
     """
-    A token bucket: C{burst} tokens, refilled at C{rate} a second.
+    A token bucket: C{burst} tokens, refilled at C{rate} a second.  A
+    token may be taken before it is there: the taker is told how long to
+    wait for it (ngircd's penalty, Ergo's fakelag).
     """
 
     def __init__(self, rate: float, burst: int, clock) -> None:
@@ -65,18 +72,21 @@ class TokenBucket:
         self._clock = clock
         self._tokens = float(burst)
         self._stamp = clock.seconds()
+        self.level = self._tokens
 
-    def take(self) -> bool:
+    def take(self) -> float:
         """
-        Take one token if there is one.
+        Take one token.
+
+        @return: the seconds until it is there: 0 if it was.
         """
         now = self._clock.seconds()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
+        #: What was there before this take: how far the client is from its limit.
+        self.level = self._tokens
+        self._tokens -= 1
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
 class Heartbeat:
@@ -126,6 +136,10 @@ class Session:
 
     _log = Logger()
     nick: str | None = None
+    user: str | None = None
+    realname: str | None = None
+    account: str | None = None
+    away: str | None = None
     online = True
 
     def __init__(self, door: IFrontDoor, server: IChatServer, limits: Limits, clock, peer) -> None:
@@ -133,6 +147,9 @@ class Session:
         self.server = server
         self.limits = limits
         self.peer = peer
+        self.host = getattr(peer, "host", None) or "chat"
+        self._clock = clock
+        self._behindSince: float | None = None
         self._bucket = (
             TokenBucket(limits.floodRate, limits.floodBurst, clock) if limits.floodRate else None
         )
@@ -155,22 +172,36 @@ class Session:
         if self.online:
             self.door.send(event.encoded(self.door.wire, self.door.encodeEvent))
 
-    def lineArrived(self) -> bool:
+    def lineArrived(self) -> float | None:
         """
         Note a line from the client, whatever it is: an answer to our PING
         is a line like any other.
 
-        @return: C{False} if the flood limit refuses it (the client was
-            told).
+        @return: the seconds the line must wait for the flood limit (0: run
+            it now), or L{None} if the connection has been behind its limit
+            for longer than C{floodCut} seconds and is being cut off.
         """
         self._heartbeat.touch()
-        if self._bucket is None or self._bucket.take():
-            return True
-        self.door.refuseFlood(
-            f"flood limit: at most {self.limits.floodRate:g} lines a second"
-            f" (bursts of {self.limits.floodBurst}); line ignored, slow down"
-        )
-        return False
+        if self._bucket is None:
+            return 0.0
+        wait = self._bucket.take()
+        now = self._clock.seconds()
+        if not wait:
+            # Caught up only once half the burst has come back: a paced
+            # flood finds a token now and then as the clock jitters.
+            if self._bucket.level >= self._bucket.burst / 2:
+                self._behindSince = None
+            return 0.0
+        if self._behindSince is None:
+            self._behindSince = now
+        elif now + wait - self._behindSince > self.limits.floodCut:
+            self._log.info("{peer} ({nick}) cut off for flooding", peer=self.peer, nick=self.nick)
+            self.door.close(
+                f"flood: more than {self.limits.floodRate:g} lines a second for"
+                f" {self.limits.floodCut:g} seconds; closing"
+            )
+            return None
+        return wait
 
     def _ping(self) -> None:
         self.door.sendPing(secrets.token_hex(4))
@@ -186,7 +217,7 @@ class ChatReceiver(CommandReceiver):
     The receiver under both front doors.  The factory has C{server} (an
     L{IChatServer}), C{limits} and C{reactor}; the protocol provides
     the rest of L{IFrontDoor} (C{wire}, C{encodeEvent}, C{sendPing},
-    C{refuseFlood}, C{busyReply}), L{commandReceived} and L{lineTooLong}.
+    C{busyReply}), L{commandReceived} and L{lineTooLong}.
 
     Output to a client that does not read is bounded by the receiver's
     outbox, from L{Limits}: C{maxOutput} bytes beyond the transport's own
@@ -223,7 +254,19 @@ class ChatReceiver(CommandReceiver):
         self.session.end("cut off: not reading")
 
     def lineReceived(self, line: bytes) -> Deferred | None:
-        if not self.session.online or not self.session.lineArrived():
+        if not self.session.online:
+            return None
+        wait = self.session.lineArrived()
+        if wait is None:
+            return None
+        if not wait:
+            return self.commandReceived(line)
+        # The line waits its turn; reading stops until it has run (the
+        # receiver holds the lines after it), so a flood is paced, not lost.
+        return deferLater(self.factory.reactor, wait, self._runLate, line)
+
+    def _runLate(self, line: bytes) -> Deferred | None:
+        if not self.session.online:
             return None
         return self.commandReceived(line)
 
@@ -240,7 +283,8 @@ class ChatReceiver(CommandReceiver):
         raise NotImplementedError
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        if self.session.online and self.session.lineArrived():
+        # Counted like any line; the next line waits for its token.
+        if self.session.online and self.session.lineArrived() is not None:
             self.lineTooLong()
 
     # -- IFrontDoor ---------------------------------------------------------------
@@ -249,9 +293,6 @@ class ChatReceiver(CommandReceiver):
         raise NotImplementedError
 
     def sendPing(self, token: str) -> None:
-        raise NotImplementedError
-
-    def refuseFlood(self, text: str) -> None:
         raise NotImplementedError
 
     def send(self, data: bytes) -> None:

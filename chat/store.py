@@ -10,6 +10,7 @@ transaction per batch rather than one per message.
 from __future__ import annotations
 
 import collections
+import json
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
@@ -28,6 +29,8 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS messages_room ON messages (room, id)",
     "CREATE TABLE IF NOT EXISTS topics ("
     " room TEXT PRIMARY KEY, text TEXT NOT NULL, nick TEXT NOT NULL, time REAL NOT NULL)",
+    # A room's modes, key, limit and bans (chat.moderation.RoomSettings), as JSON.
+    "CREATE TABLE IF NOT EXISTS settings (room TEXT PRIMARY KEY, data TEXT NOT NULL)",
 ]
 
 
@@ -53,10 +56,16 @@ class MemoryHistory:
         self.rooms = rooms
         self.messages: dict[str, collections.deque[Event]] = {}
         self.topics: dict[str, Topic] = {}
+        self.settings: dict[str, dict] = {}
 
     def load(self, room: str, count: int) -> Deferred:
         messages = list(self.messages.get(room, ()))[-count:] if count else []
-        return succeed((self.topics.get(room), messages))
+        return succeed((self.topics.get(room), messages, self.settings.get(room)))
+
+    def setSettings(self, room: str, settings: dict) -> None:
+        self.settings[room] = json.loads(json.dumps(settings))
+        while len(self.settings) > self.rooms:
+            del self.settings[next(iter(self.settings))]
 
     def append(self, event: Event) -> None:
         kept = self.messages.pop(event.room, None)
@@ -118,6 +127,10 @@ class SQLiteHistory:
         self._pending.append(("topic", room, topic))
         self._flush(force=False)
 
+    def setSettings(self, room: str, settings: dict) -> None:
+        self._pending.append(("settings", room, json.dumps(settings)))
+        self._flush(force=False)
+
     def _flush(self, force: bool) -> Deferred | None:
         if not self._pending or (self._writing and not force):
             return None
@@ -146,6 +159,8 @@ class SQLiteHistory:
                     "INSERT INTO messages (room, time, nick, text) VALUES (?, ?, ?, ?)", op[1:]
                 )
                 rooms.add(op[1])
+            elif op[0] == "settings":
+                txn.execute("INSERT OR REPLACE INTO settings (room, data) VALUES (?, ?)", op[1:])
             elif op[2] is None:
                 txn.execute("DELETE FROM topics WHERE room = ?", (op[1],))
             else:
@@ -185,7 +200,9 @@ class SQLiteHistory:
             Event("MESSAGE", nick, room, text, when)
             for when, nick, text in reversed(txn.fetchall())
         ]
-        return topic, messages
+        txn.execute("SELECT data FROM settings WHERE room = ?", (room,))
+        row = txn.fetchone()
+        return topic, messages, json.loads(row[0]) if row else None
 
     def close(self) -> Deferred:
         """

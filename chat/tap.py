@@ -46,6 +46,8 @@ class Options(AdmissionOptionsMixin, GuessOptionsMixin, usage.Options):
         ["history", None, 50, "messages replayed to whoever joins a room", int],
         ["flood-rate", None, 10.0, "lines a second a connection may send, PONG included (0: no limit)", float],
         ["flood-burst", None, 20, "lines a connection may send at once", int],
+        ["flood-cut", None, Limits.floodCut,
+         "seconds a connection may stay behind its flood limit (its lines waiting) before it is cut off", float],
         ["max-output", None, Limits.maxOutput,
          "bytes waiting for a client, beyond the transport's own 64 KiB, before it is cut off", int],
         ["drain-timeout", None, Limits.drainTimeout,
@@ -61,6 +63,7 @@ class Options(AdmissionOptionsMixin, GuessOptionsMixin, usage.Options):
         self["listen"] = []
         self["irc"] = []
         self["users"] = []
+        self["instructors"] = []
 
     def opt_listen(self, description: str) -> None:
         """
@@ -74,6 +77,12 @@ class Options(AdmissionOptionsMixin, GuessOptionsMixin, usage.Options):
         Serve IRC clients on this endpoint (repeatable), e.g. tcp:6667
         """
         self["irc"].append(description)
+
+    def opt_instructor(self, name: str) -> None:
+        """
+        An account that is an operator of every room (repeatable)
+        """
+        self["instructors"].append(name)
 
     def opt_user(self, spec: str) -> None:
         """
@@ -140,10 +149,12 @@ def makeServer(options: Options, reactor=None) -> tuple[ChatServer, Limits]:
         maxConnections=options["max-connections"],
         maxPerAddress=options["max-per-address"],
         reactor=reactor,
+        instructors=options["instructors"],
     )
     limits = Limits(
         floodRate=options["flood-rate"],
         floodBurst=options["flood-burst"],
+        floodCut=options["flood-cut"],
         maxOutput=options["max-output"],
         drainTimeout=options["drain-timeout"],
         idleTimeout=options["idle-timeout"],

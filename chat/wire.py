@@ -23,6 +23,8 @@ VERSION = "CHAT/1"
 MAX_LINE = 512
 #: The longest message text (SAY, MSG, TOPIC, reasons), in UTF-8 bytes.
 MAX_TEXT = 400
+#: The longest topic, in UTF-8 bytes: longer ones are cut (IRC TOPICLEN).
+MAX_TOPIC = 300
 MAX_NICK = 20
 MAX_ROOM = 32
 
@@ -40,7 +42,9 @@ class Code(enum.IntEnum):
     LIST = 210
     WHO = 211
     TOPIC = 212
+    MODES = 213
     HELP = 214
+    BANS = 215
     READY = 220
     BYE = 221
     NICK_OK = 230
@@ -57,23 +61,46 @@ class Code(enum.IntEnum):
     NO_SUCH_NICK = 540
     NO_SUCH_ROOM = 541
     NOT_IN_ROOM = 542
+    NOT_OPERATOR = 543
+    BANNED = 544
+    INVITE_ONLY = 545
+    BAD_KEY = 546
+    ROOM_FULL = 547
+    CANNOT_SEND = 548
+    UNKNOWN_MODE = 549
+    THEY_NOT_IN_ROOM = 550
+    THEY_IN_ROOM = 551
     TOO_LONG = 552
     BAD_NAME = 553
+    BAD_MODE_ARGUMENT = 554
 
 
 class ChatError(ReplyError):
     """
     A refusal: carries the reply that explains it.
+
+    @ivar params: what a front door may need besides the message to say
+        it in its own terms (IRC numerics name the nick, channel or mode
+        refused), in the order IRC puts them.
     """
+
+    def __init__(self, code: int, message: str, params: tuple[str, ...] = ()) -> None:
+        super().__init__(code, message)
+        self.params = params
+
+
+#: The characters no text may hold: they would end or cut a line.  Every
+#: other character, CTCP's \x01, IRC formatting codes and TAB included,
+#: is passed through as sent.
+FORBIDDEN = "\x00\r\n"
+_FORBIDDEN = re.compile("[\x00\r\n]")
 
 
 def clean(text: str) -> str:
     """
-    Replace control characters so that C{text} is always one line.
+    Replace NUL, CR and LF so that C{text} is always one line.
     """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else "?" for c in text)
+    return _FORBIDDEN.sub("?", text)
 
 
 def _cut(data: bytes, limit: int) -> bytes:
@@ -146,19 +173,32 @@ def checkRoom(name: str) -> str:
     return bare.lower()
 
 
-def checkText(text: str, what: str = "message") -> str:
+def checkText(text: str, what: str = "message", limit: int | None = MAX_TEXT) -> str:
     """
-    @raise ChatError: (501) for empty text, (552) for text over
-        L{MAX_TEXT} bytes.
+    @param limit: the most UTF-8 bytes allowed; L{MAX_TEXT} by default,
+        L{None} for text whose line already bounds it (IRC's).
+    @raise ChatError: (501) for empty text or text with NUL, CR or LF,
+        (552) for text over C{limit} bytes.
     """
     if not text:
         raise ChatError(Code.BAD_ARGUMENT, f"empty {what}")
+    if _FORBIDDEN.search(text):
+        raise ChatError(Code.BAD_ARGUMENT, f"NUL, CR or LF in {what}; nothing was done")
     size = len(text.encode("utf-8"))
-    if size > MAX_TEXT:
+    if limit is None:
+        return text
+    if size > limit:
         raise ChatError(
-            Code.TOO_LONG, f"{what} too long: {size} bytes, the limit is {MAX_TEXT}"
+            Code.TOO_LONG, f"{what} too long: {size} bytes, the limit is {limit}"
         )
     return text
+
+
+def cutText(text: str, limit: int) -> str:
+    """
+    C{text} cut to at most C{limit} UTF-8 bytes, whole characters only.
+    """
+    return _cut(text.encode("utf-8"), limit).decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -201,8 +241,8 @@ def parseCommand(line: bytes) -> Command:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise ChatError(Code.SYNTAX, "line is not valid UTF-8; nothing was done")
-    if not text.isprintable():
-        raise ChatError(Code.SYNTAX, "control character in line; nothing was done")
+    if _FORBIDDEN.search(text):
+        raise ChatError(Code.SYNTAX, "NUL or CR in line; nothing was done")
     verb, _, rest = text.partition(" ")
     if not verb:
         raise ChatError(Code.SYNTAX, "empty command; try HELP")
@@ -243,6 +283,7 @@ class ServerEvent:
     nick: str = ""
     text: str = ""
     time: str = ""
+    target: str = ""
 
 
 #: For each event: the words before its free text, and whether it has text.
@@ -254,6 +295,11 @@ EVENT_FIELDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "QUIT": (("nick",), True),
     "NICK": (("nick",), True),
     "TOPIC": (("room", "nick"), True),
+    "NOTICE": (("room", "nick"), True),
+    "PRIVNOTICE": (("nick",), True),
+    "MODE": (("room", "nick"), True),
+    "KICK": (("room", "nick", "target"), True),
+    "INVITE": (("room", "nick"), False),
     "HISTORY": (("room", "time", "nick"), True),
     "PING": ((), True),
 }

@@ -347,7 +347,7 @@ async def test_history_kept_for_at_most_max_rooms(reactor, tmp_path):
                 store.append(Event("MESSAGE", "ada", room, f"m{n}", float(n)))
                 await store.load(room, 10)  # one write batch per message
             for room, texts in [("a", ["m0", "m2"]), ("b", []), ("c", ["m3"])]:
-                _, messages = await store.load(room, 10)
+                _, messages, _ = await store.load(room, 10)
                 assert [e.text for e in messages] == texts, (store, room)
         finally:
             await store.close()

@@ -36,18 +36,18 @@ def test_irc_and_course_users_share_a_room():
     irc = ircUser(world, "ircy")
     irc.send("JOIN #lab")
     lines = irc.lines()
-    assert lines[0] == ":ircy!ircy@chat JOIN #lab"
-    assert ":coursenet.chat 353 ircy = #lab :course ircy" in lines
+    assert lines[0] == ":ircy!~ircy@127.0.0.1 JOIN #lab"
+    assert ":coursenet.chat 353 ircy = #lab :@course ircy" in lines
     assert course.lines() == ["JOIN lab ircy"]
     course.send("SAY lab hi irc")
-    assert irc.lines() == [":course!course@chat PRIVMSG #lab :hi irc"]
+    assert irc.lines() == [":course!course@127.0.0.1 PRIVMSG #lab :hi irc"]
     irc.send("PRIVMSG #lab :hi course")
     irc.send("PRIVMSG course :psst")
     assert course.lines()[-2:] == ["MESSAGE lab ircy hi course", "PRIVATE ircy psst"]
 
 
 def test_irc_refusals_are_numerics():
-    """Nick in use is 433, bad nick 432, unknown nick 401, not on channel 404, unknown command 421."""
+    """Nick in use is 433, bad nick 432, unknown nick 401, no such channel 403, unknown command 421."""
     world = World()
     world.user("taken")
     peer = world.connect(irc=True)
@@ -60,7 +60,7 @@ def test_irc_refusals_are_numerics():
     peer.send("PRIVMSG #lab :x")
     peer.send("FROB")
     numerics = [line.split()[1] for line in peer.lines()]
-    assert numerics == ["401", "404", "421"]
+    assert numerics == ["401", "403", "421"]
     peer2 = world.connect(irc=True)
     peer2.send("NICK TAKEN")
     peer2.send("NICK 9bad")
@@ -77,7 +77,7 @@ def test_irc_topic_list_who_names_and_history():
     lines = irc.lines()
     assert any(line.startswith(":coursenet.chat NOTICE #lab :[") and "<course> earlier" in line for line in lines)
     irc.send("TOPIC #lab :sockets")
-    assert irc.lines() == [":ircy!ircy@chat TOPIC #lab :sockets"]
+    assert irc.lines() == [":ircy!~ircy@127.0.0.1 TOPIC #lab :sockets"]
     assert course.lines()[-1] == "TOPIC lab ircy sockets"
     irc.send("LIST")
     assert ":coursenet.chat 322 ircy #lab 2 :sockets" in irc.lines()
@@ -88,7 +88,7 @@ def test_irc_topic_list_who_names_and_history():
 
 
 def test_irc_overlong_line_and_bad_utf8():
-    """A line over 512 bytes is a 417, invalid UTF-8 a 400 with nothing relayed, and the connection goes on."""
+    """A line over 512 bytes is a 417, invalid UTF-8 a FAIL INVALID_UTF8 with nothing relayed, and the connection goes on."""
     world = World()
     course = world.user("course", "lab")
     irc = ircUser(world, "ircy")
@@ -97,7 +97,7 @@ def test_irc_overlong_line_and_bad_utf8():
     irc.proto.dataReceived(b"PRIVMSG #lab :" + b"x" * 600 + b"\r\nPRIVMSG #lab :\xff ok\r\nPRIVMSG #lab :fine\r\n")
     lines = irc.lines()
     assert " 417 " in lines[0]
-    assert lines[1] == ":coursenet.chat 400 ircy * :Line is not valid UTF-8; nothing was done"
+    assert lines[1] == ":coursenet.chat FAIL PRIVMSG INVALID_UTF8 :Line is not valid UTF-8; nothing was done"
     seen = course.lines()
     assert seen[-1] == "MESSAGE lab ircy fine"
     assert not any("ok" in line for line in seen)
@@ -112,7 +112,7 @@ def test_irc_nick_change_and_quit_seen_by_course():
     irc.lines()
     course.lines()
     irc.send("NICK ircy2")
-    assert irc.lines() == [":ircy!ircy@chat NICK ircy2"]
+    assert irc.lines() == [":ircy!~ircy@127.0.0.1 NICK ircy2"]
     irc.send("QUIT :later")
     irc.lose()
     assert course.lines() == ["NICK ircy ircy2", "QUIT ircy2 later"]
