@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.python.failure import Failure
 from twisted.logger import Logger
@@ -219,7 +219,11 @@ class WorkerDoor(amp.AMP):
             self._asked -= 1
             return result
 
-        return self.factory.scheduler.lease(self).addCallback(granted).addBoth(done)
+        def stopping(failure) -> None:
+            failure.trap(CancelledError)
+            raise amp.RemoteAmpError(b"SHUTTING_DOWN", "the coordinator is stopping; reconnect and ask again")
+
+        return self.factory.scheduler.lease(self).addCallbacks(granted, stopping).addBoth(done)
 
     @Progress.responder
     def progress(self, lease: int, done: int) -> dict:
