@@ -408,6 +408,12 @@ class MaildirMailbox:
     def requestStatus(self, names: list[bytes]) -> dict[bytes, int]:
         return imap4.statusRequestHelper(self, names)
 
+    def flagsOf(self, uid: int) -> list[str]:
+        """
+        The flags of message C{uid} as this session shows them.
+        """
+        return self._flags(uid)
+
     def _flags(self, uid: int) -> list[str]:
         flags = self.folder.flags(uid) if self.folder.has(uid) else []
         if uid in self.recent:
@@ -663,11 +669,37 @@ class MaildirAccount:
         self._subscribed = set(await self.store.subscriptions(self.user))
         result = []
         for name in names:
-            if pattern.fullmatch(name) or (name == INBOX and pattern.fullmatch("inbox")):
+            if _matches(pattern, name):
                 children = any(n.startswith(name + DELIMITER) for n in names)
                 attributes = ["\\HasChildren" if children else "\\HasNoChildren"]
+                special = SPECIAL_USE.get(name.lower())
+                if special is not None:
+                    attributes.append(special)
                 result.append((name, _ListEntry(attributes)))
         return result
+
+    def listSubscribed(self, ref: str, wildcard: str) -> Deferred[list[tuple[str, list[str]]]]:
+        return Deferred.fromCoroutine(self._listSubscribed(ref, wildcard))
+
+    async def _listSubscribed(self, ref: str, wildcard: str) -> list[tuple[str, list[str]]]:
+        """
+        LSUB: the subscribed names that match, and (RFC 3501 6.3.9) the
+        parents that a C{%} matches of subscribed names it does not, as
+        \\Noselect.
+        """
+        pattern = imap4.wildcardToRegexp(ref + wildcard, DELIMITER)
+        subscribed = await self.store.subscriptions(self.user)
+        self._subscribed = set(subscribed)
+        found: dict[str, list[str]] = {}
+        for name in subscribed:
+            if _matches(pattern, name):
+                found[name] = []
+            levels = name.split(DELIMITER)
+            for n in range(1, len(levels)):
+                parent = DELIMITER.join(levels[:n])
+                if parent not in self._subscribed and parent not in found and _matches(pattern, parent):
+                    found[parent] = ["\\Noselect"]
+        return sorted(found.items())
 
     def getPersonalNamespaces(self) -> list[list[bytes]]:
         return [[b"", DELIMITER.encode()]]
@@ -849,6 +881,27 @@ def _copyUid(validity: int, pairs: list[tuple[int, int]]) -> bytes:
     )
 
 
+#: Extensions advertised (with IMAP4rev1, IDLE, NAMESPACE and AUTH= from
+#: Twisted), each once imaptest's scripts for it pass.
+EXTENSIONS = [b"UIDPLUS", b"MOVE", b"ID", b"ENABLE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
+
+#: RFC 6154 attributes of the folders that mail clients make by these names.
+SPECIAL_USE = {
+    "sent": "\\Sent",
+    "sent messages": "\\Sent",
+    "drafts": "\\Drafts",
+    "trash": "\\Trash",
+    "deleted messages": "\\Trash",
+    "junk": "\\Junk",
+    "spam": "\\Junk",
+    "archive": "\\Archive",
+}
+
+
+def _matches(pattern: re.Pattern[str], name: str) -> bool:
+    return bool(pattern.fullmatch(name) or (name == INBOX and pattern.fullmatch("inbox")))
+
+
 def _needsSeen(query: list[Any]) -> bool:
     for part in query:
         if part.type in ("rfc822", "rfc822text"):
@@ -915,6 +968,8 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
     _running: bytes | None = None
     #: What the receiver waits on while the command runs, if it asked.
     _done: Deferred[None] | None = None
+    #: New mail came while a command ran: EXISTS goes before its reply.
+    _existsPending = False
 
     def __init__(
         self, contextFactory: Any = None, maxMessageSize: int | None = None, clock: Any = None
@@ -931,6 +986,8 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         imap4.IMAP4Server.__init__(self, None, contextFactory, scheduler)
         self.maxMessageSize = maxMessageSize
         self._news: list[bytes] = []
+        #: UIDs whose flags another session changed, not reported yet.
+        self._flagsPending: set[int] = set()
 
     @staticmethod
     def busyReply(text: str) -> bytes:
@@ -1039,6 +1096,43 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         news, self._news = self._news, []
         for message in news:
             imap4.IMAP4Server.sendUntaggedResponse(self, message)
+        if self._existsPending:
+            self._existsPending = False
+            self._sendCounts()
+        self._sendFlags()
+
+    def flagsChanged(self, newFlags: dict[int, list[str]]) -> None:
+        # Kept by UID and sent with the sequence numbers of the moment it
+        # goes out, after any EXISTS that numbers it.
+        if not isinstance(self.mbox, MaildirMailbox) or self.state == "logout":
+            return
+        uids = self.mbox.uids
+        self._flagsPending.update(uids[seq - 1] for seq in newFlags if 0 < seq <= len(uids))
+        if self._running is None or self.parseState == "idle":
+            self._sendFlags()
+
+    def _sendFlags(self) -> None:
+        pending, self._flagsPending = self._flagsPending, set()
+        if not pending or not isinstance(self.mbox, MaildirMailbox):
+            return
+        mbox = self.mbox
+        for seq, uid in enumerate(mbox.uids, 1):
+            if uid in pending and mbox.folder.has(uid):
+                flags = " ".join(mbox.flagsOf(uid)).encode("utf-8", "replace")
+                imap4.IMAP4Server.sendUntaggedResponse(self, b"%d FETCH (FLAGS (%s))" % (seq, flags))
+
+    def newMessages(self, exists: int | None, recent: int | None) -> None:
+        # The counts are taken when sent, not when the mail came: an
+        # EXPUNGE sent meanwhile (MOVE into the same mailbox) is counted.
+        if self._running is not None and self.parseState != "idle":
+            self._existsPending = True
+        elif self.state != "logout":
+            self._sendCounts()
+
+    def _sendCounts(self) -> None:
+        if isinstance(self.mbox, MaildirMailbox):
+            imap4.IMAP4Server.sendUntaggedResponse(self, b"%d EXISTS" % (self.mbox.getMessageCount(),))
+            imap4.IMAP4Server.sendUntaggedResponse(self, b"%d RECENT" % (self.mbox.getRecentCount(),))
 
     def _finished(self, tag: bytes | None) -> None:
         if tag is None or tag != self._running:
@@ -1067,6 +1161,46 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         self._log.failure("{command} failed", failure, command=command.decode())
         self.sendBadResponse(tag, command + b" failed: server error, try again later")
 
+    def capabilities(self) -> dict[bytes, Any]:
+        caps = imap4.IMAP4Server.capabilities(self)
+        for name in EXTENSIONS:
+            caps[name] = None
+        return caps
+
+    def do_ID(self, tag: bytes, line: bytes) -> None:
+        # RFC 2971: what the client says of itself is only for logs.
+        try:
+            fields = imap4.parseNestedParens(line)
+        except Exception:
+            fields = None
+        if not fields or not (fields[0] is None or isinstance(fields[0], list)):
+            self.sendBadResponse(tag, b"ID takes a parenthesised list of field-value pairs, or NIL")
+            return
+        self.sendUntaggedResponse(b'ID ("name" "coursenet" "vendor" "coursenet")')
+        self.sendPositiveResponse(tag, b"ID completed")
+
+    unauth_ID = _command(do_ID, imap4.IMAP4Server.arg_line)
+    auth_ID = unauth_ID
+    select_ID = unauth_ID
+
+    def do_ENABLE(self, tag: bytes, line: bytes) -> None:
+        # RFC 5161: none of the extensions offered here needs enabling.
+        self.sendUntaggedResponse(b"ENABLED")
+        self.sendPositiveResponse(tag, b"ENABLE completed")
+
+    auth_ENABLE = _command(do_ENABLE, imap4.IMAP4Server.arg_line)
+
+    def do_UNSELECT(self, tag: bytes) -> None:
+        # RFC 3691: CLOSE without the EXPUNGE.
+        mbox = self._selected()
+        mbox.removeListener(self)
+        mbox.close()
+        self.mbox = None
+        self.state = "auth"
+        self.sendPositiveResponse(tag, b"UNSELECT completed")
+
+    select_UNSELECT = _command(do_UNSELECT)
+
     def do_LOGOUT(self, tag: bytes) -> None:
         if self.mbox is not None:
             mbox = self._selected()
@@ -1075,6 +1209,8 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             self.mbox = None
         self.state = "logout"
         self._news = []
+        self._existsPending = False
+        self._flagsPending = set()
         imap4.IMAP4Server.do_LOGOUT(self, tag)
 
     unauth_LOGOUT = _command(do_LOGOUT)
@@ -1151,6 +1287,38 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             self.sendBadResponse(tag, b"Expected DONE to end IDLE")
             return
         imap4.IMAP4Server.parse_idle(self, *args)
+
+    # -- LIST and LSUB ---------------------------------------------------------
+
+    def do_LIST(self, tag: bytes, ref: bytes, pattern: bytes, sub: int, cmdName: bytes) -> None:
+        try:
+            names = _mailboxName(ref), _mailboxName(pattern)
+        except imap4.IllegalMailboxEncoding:
+            # No mailbox has a name that is not modified UTF-7: none matches.
+            self.sendPositiveResponse(tag, cmdName + b" completed")
+            return
+        account = self._account()
+        if sub:
+            found: Deferred[Any] = account.listSubscribed(*names)
+        else:
+            found = account.listMailboxes(*names).addCallback(
+                lambda entries: [(name, entry.getFlags()) for name, entry in entries]
+            )
+
+        def send(entries: list[tuple[str, list[str]]]) -> None:
+            for name, attributes in entries:
+                self.sendUntaggedResponse(
+                    b"%s (%s) \".\" %s"
+                    % (cmdName, " ".join(attributes).encode(), quote(name.encode("imap4-utf-7")))
+                )
+            self.sendPositiveResponse(tag, cmdName + b" completed")
+
+        found.addCallbacks(send, self._failed, errbackArgs=(tag, cmdName))
+
+    auth_LIST = _command(do_LIST, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_astring, 0, b"LIST")
+    select_LIST = auth_LIST
+    auth_LSUB = _command(do_LIST, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_astring, 1, b"LSUB")
+    select_LSUB = auth_LSUB
 
     # -- SELECT and EXAMINE ----------------------------------------------------
 

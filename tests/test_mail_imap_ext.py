@@ -1,0 +1,99 @@
+"""
+LIST, LSUB and the extensions the IMAP server advertises (UIDPLUS, MOVE,
+ID, ENABLE, UNSELECT, CHILDREN, SPECIAL-USE), over StringTransport.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mail.imap import EXTENSIONS
+from mail.maildir import ensureMaildir, writeMessageFile
+from tests.bftp_support import FakeReactor
+from tests.mail_support import ManualPool, Session, memoryStore
+
+
+@pytest.fixture
+def pool():
+    return ManualPool()
+
+
+@pytest.fixture
+def clock():
+    return FakeReactor()
+
+
+@pytest.fixture
+def store(tmp_path, pool, clock):
+    store = memoryStore(str(tmp_path / "mail"), pool, reactor=clock)
+    inbox = store.maildir("alice")
+    ensureMaildir(inbox)
+    for i in range(3):
+        writeMessageFile(inbox, b"Subject: m%d\n\nbody\n" % i)
+    return store
+
+
+@pytest.fixture
+def s(store, clock, pool):
+    return Session(store, clock, pool)
+
+
+def test_capabilities_list_the_extensions(s):
+    """CAPABILITY names every extension implemented here, once."""
+    line = s.say(b"a CAPABILITY\r\n")[0]
+    words = line.split()
+    for name in EXTENSIONS:
+        assert words.count(name) == 1
+
+
+def test_list_pattern_that_is_not_utf7_is_empty_ok(s):
+    """LIST with a pattern that is not modified UTF-7 matches nothing and is OK, not NO."""
+    assert s.say(b"a LIST \"\" \"&-&foo%*\"\r\n") == [b"a OK LIST completed"]
+    assert s.say(b"b LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*\r\n") == [b"b OK LIST completed"]
+
+
+def test_lsub_percent_marks_unsubscribed_parents_noselect(s):
+    """LSUB with % gives a subscribed name's unsubscribed parent at that level as \\Noselect."""
+    s.say(b"a CREATE Box.one.deep\r\nb CREATE Box.two\r\nc SUBSCRIBE Box.one.deep\r\nd SUBSCRIBE Box.two\r\n")
+    assert s.say(b"e LSUB \"\" Box.%\r\n") == [
+        b'* LSUB (\\Noselect) "." "Box.one"',
+        b'* LSUB () "." "Box.two"',
+        b"e OK LSUB completed",
+    ]
+    assert s.say(b"f LSUB \"\" *deep\r\n") == [b'* LSUB () "." "Box.one.deep"', b"f OK LSUB completed"]
+
+
+def test_special_use_and_children_attributes(s):
+    """LIST marks Sent, Drafts, Trash and Junk with their RFC 6154 attribute, and every folder with children or not."""
+    s.say(b"a CREATE Sent\r\nb CREATE Trash.Old\r\n")
+    lines = s.say(b"c LIST \"\" *\r\n")
+    assert b'* LIST (\\HasNoChildren \\Sent) "." "Sent"' in lines
+    assert b'* LIST (\\HasChildren \\Trash) "." "Trash"' in lines
+    assert b'* LIST (\\HasNoChildren) "." "Trash.Old"' in lines
+
+
+def test_id_enable_unselect(s):
+    """ID answers the server's name (or BAD for junk), ENABLE enables nothing, UNSELECT leaves \\Deleted messages."""
+    assert s.say(b"a ID (\"name\" \"test\")\r\n") == [b'* ID ("name" "coursenet" "vendor" "coursenet")', b"a OK ID completed"]
+    assert s.say(b"b ID NIL\r\n")[-1] == b"b OK ID completed"
+    assert s.say(b"c ID junk\r\n")[0].startswith(b"c BAD ID takes")
+    assert s.say(b"d ENABLE CONDSTORE\r\n") == [b"* ENABLED", b"d OK ENABLE completed"]
+    s.say(b"e SELECT INBOX\r\nf STORE 1 +FLAGS.SILENT (\\Deleted)\r\n")
+    assert s.say(b"g UNSELECT\r\n") == [b"g OK UNSELECT completed"]
+    assert s.say(b"h STATUS INBOX (MESSAGES)\r\n")[0] == b"* STATUS INBOX (MESSAGES 3)"
+    assert s.say(b"i FETCH 1 FLAGS\r\n")[0].startswith(b"i BAD")
+
+
+def test_move_into_the_same_mailbox_counts_after_the_expunge(s, store):
+    """MOVE into the selected mailbox sends COPYUID, EXPUNGE, then EXISTS with the count after both."""
+    s.say(b"a SELECT INBOX\r\n")
+    validity = store.folder("alice").uidValidity
+    assert s.say(b"b MOVE 1 INBOX\r\n") == [
+        b"* OK [COPYUID %d 1 4] Moved" % validity,
+        b"* 1 EXPUNGE",
+        b"* 3 EXISTS",
+        b"* 3 RECENT",
+        b"b OK MOVE completed",
+    ]
+    s.say(b"c EXAMINE INBOX\r\n")
+    assert s.say(b"d MOVE 1 INBOX\r\n")[0].startswith(b"d NO MOVE needs the mailbox selected read-write")
