@@ -55,7 +55,7 @@ _BEFORE_HELLO = {"HELLO", "HELP", "END", "NOOP", "IMPORT"}
 
 HELP = [
     "HELLO                  the base level (the seed's dialogue): READY",
-    f"HELLO {VERSION}        the extended level: every reply OK ..., LIST n or ERR",
+    f"HELLO {VERSION}         the extended level: every reply OK ..., LIST n or ERR",
     "STARTTLS               switch this connection to TLS",
     "USER name / PASS pw    log in (students see their record, instructors their courses)",
     "NAME id                the student's name; selects the student",
@@ -349,6 +349,9 @@ class GradesProtocol(CommandReceiver, TimeoutMixin):
         user = self.user
         if user is None:
             self.ok("nobody (not logged in)")
+            return
+        if isinstance(user, _Guest):
+            self.ok("guest")
             return
         parts = [user.account, user.kind]
         if user.studentId:

@@ -183,6 +183,7 @@ def test_accountWithoutRoleSeesNothing(world):
 def test_demoGuestCannotWrite(demo):
     """In --public-demo mode a guest reads everything but SET and IMPORT need an instructor's login (401)."""
     peer = demo.extended()
+    assert peer.ask("WHOAMI") == ["OK guest"]
     assert peer.ask("SET 051883261 MATH 1") == ["ERR 401 log in as an instructor first: USER name, then PASS password"]
     peer.send(importBlock("1,A B,MATH,1\n"))
     assert peer.lines() == ["ERR 401 IMPORT is for instructors; log in as one"]
