@@ -151,3 +151,41 @@ def waitFor(proxy, job: int, predicate, timeout: float = 60.0) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting; last status {status}")
         time.sleep(0.05)
+
+
+class DaskCluster:
+    """
+    A real C{dask.distributed} scheduler and C{workers} single-threaded
+    workers on 127.0.0.1, each a process of its own session.
+    """
+
+    def __init__(self, tmp: str, workers: int = 2) -> None:
+        self.port = freePort()
+        dask = os.path.join(BIN, "dask")
+        common = ["--no-dashboard"]
+        self.scheduler = subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(self.port), *common],
+            cwd=tmp, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        waitForPort(self.port, self.scheduler)
+        self.workers = [
+            subprocess.Popen(
+                [dask, "worker", f"tcp://127.0.0.1:{self.port}", "--host", "127.0.0.1", "--nthreads", "1",
+                 "--no-nanny", "--local-directory", tmp, *common],
+                cwd=tmp, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(workers)
+        ]
+        self._waitForWorkers(workers)
+
+    def _waitForWorkers(self, count: int, timeout: float = 60) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=timeout) as client:
+            client.wait_for_workers(count, timeout=timeout)
+
+    @property
+    def address(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        for p in [*self.workers, self.scheduler]:
+            killGroup(p)
