@@ -57,7 +57,7 @@ def test_wheelShipsPluginsButNotTheirPackageInit(wheel):
 
 
 def test_twistdListsPluginsInFreshVenv(wheel, tmp_path):
-    """Installed from the wheel into a new virtual environment, `twistd --help` lists every plugin of the project."""
+    """Installed from the wheel into a new virtual environment, `twistd --help` lists every plugin, and every console script runs --help."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = subprocess.run(
@@ -67,4 +67,23 @@ def test_twistdListsPluginsInFreshVenv(wheel, tmp_path):
     help = subprocess.run([str(venv / "bin" / "twistd"), "--help"], capture_output=True, text=True, check=True)
     listed = set(re.findall(r"^\s{4}(\S+)\s", help.stdout, re.M))
     assert pluginNames() <= listed, (pluginNames() - listed, help.stdout)
-    assert (venv / "bin" / "bftp").exists()
+    # Every console script runs from this plain install (no extras).
+    scripts = consoleScripts()
+    assert "bftp" in scripts and "concurrency-demo" in scripts
+    for name in scripts:
+        run = subprocess.run([str(venv / "bin" / name), "--help"], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and "Traceback" not in run.stderr, (name, run.stderr[-2000:])
+        text = (run.stdout + run.stderr).lower()
+        assert "usage" in text or "options:" in text, (name, run.stdout[-500:])
+
+
+def consoleScripts() -> list[str]:
+    """
+    The console scripts setup.cfg declares.
+    """
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(TOP / "setup.cfg")
+    lines = config["options.entry_points"]["console_scripts"].strip().splitlines()
+    return [line.split("=")[0].strip() for line in lines if "=" in line]
