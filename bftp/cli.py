@@ -289,15 +289,100 @@ class Shell:
 
     COMMANDS = "ls [path] | cd path | pwd | get remote [local] | put local [remote] | stat path | hash path | rm path | mkdir path | rmdir path | mv from to | help | quit"
 
+    VERBS = ["ls", "cd", "pwd", "get", "put", "stat", "hash", "rm", "mkdir", "rmdir", "mv", "help", "quit"]
+    #: Which arguments of a verb are local paths; the others are remote.
+    LOCAL_ARGS = {"put": {0}, "get": {1}}
+    HISTORY = os.path.expanduser("~/.bftp_history")
+
     def __init__(self, client, args) -> None:
         self.client = client
         self.args = args
+        self._listings: dict[str, list[str]] = {}
+
+    def completions(self, line: str, begidx: int, text: str, remote, local) -> list[str]:
+        """
+        What the word C{text}, starting at C{begidx} of C{line}, may become:
+        a verb first, then remote or local paths as the verb takes them.
+
+        @param remote: C{directory -> [names, folders ending in /]} on the
+            server.
+        @param local: the same on this machine.
+        """
+        before = line[:begidx].split()
+        if not before:
+            return [v + " " for v in self.VERBS if v.startswith(text)]
+        index = len(before) - 1
+        lister = local if index in self.LOCAL_ARGS.get(before[0], ()) else remote
+        directory, _, stem = text.rpartition("/")
+        prefix = directory + "/" if directory or text.startswith("/") else ""
+        try:
+            names = lister(directory or ("/" if text.startswith("/") else "."))
+        except Exception:
+            return []
+        return [prefix + n for n in names if n.startswith(stem)]
+
+    def _remoteNames(self, directory: str) -> list[str]:
+        from twisted.internet import reactor, threads
+
+        if directory not in self._listings:
+            fromThreads: Any = reactor
+            entries = threads.blockingCallFromThread(fromThreads, self.client.list, directory)
+            self._listings[directory] = [e.name + ("/" if e.kind == "dir" else "") for e in entries]
+        return self._listings[directory]
+
+    @staticmethod
+    def _localNames(directory: str) -> list[str]:
+        return sorted(e.name + ("/" if e.is_dir() else "") for e in os.scandir(directory))
+
+    def _setUpReadline(self) -> None:
+        """
+        Line editing, history (~/.bftp_history) and Tab completion of
+        verbs and paths, when a person types at a terminal.
+        """
+        if not sys.stdin.isatty():
+            return
+        try:
+            import readline
+        except ImportError:
+            return
+        try:
+            readline.read_history_file(self.HISTORY)
+        except OSError:
+            pass
+        readline.set_history_length(1000)
+        readline.set_completer_delims(" \t\n")
+
+        def complete(text: str, state: int) -> str | None:
+            found = self.completions(
+                readline.get_line_buffer(), readline.get_begidx(), text, self._remoteNames, self._localNames
+            )
+            return found[state] if state < len(found) else None
+
+        readline.set_completer(complete)
+        readline.parse_and_bind("tab: complete")
+
+    def _saveHistory(self) -> None:
+        if sys.stdin.isatty():
+            try:
+                import readline
+
+                readline.write_history_file(self.HISTORY)
+            except (ImportError, OSError):
+                pass
 
     async def run(self) -> None:
+        self._setUpReadline()
+        try:
+            await self._loop()
+        finally:
+            self._saveHistory()
+
+    async def _loop(self) -> None:
         from twisted.internet import threads
 
-        print(f"connected: {self.client.serverInfo}. Type help.", file=self.args.stdout)
+        print(f"connected: {self.client.serverInfo}. Type help; Tab completes commands and paths.", file=self.args.stdout)
         while True:
+            self._listings.clear()  # what the last command changed is seen
             try:
                 line = await threads.deferToThread(input, "bftp> ")
             except EOFError:

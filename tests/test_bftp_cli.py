@@ -206,3 +206,22 @@ def test_anonymousQuickStartServesTheCurrentFolder(tmp_path):
     assert not (tmp_path / "copy.txt").exists()
     assert f"anonymous access is on: anyone who can connect reads everything in {tmp_path}" in log
     assert "127.0.0.1:" in log and "[anonymous] logged in" in log
+
+
+def test_shellCompletesVerbsThenRemoteOrLocalPaths():
+    """Tab completes a verb first, then server paths, and local paths where the verb takes them (put's first, get's second)."""
+    from bftp.cli import Shell
+
+    shell = Shell(client=None, args=None)
+    remote = {".": ["notes.txt", "box/"], "box": ["a.bin", "b.bin"], "/": ["box/", "top.txt"]}.__getitem__
+    local = {".": ["draft.txt", "src/"], "src": ["x.py"]}.__getitem__
+    assert shell.completions("", 0, "", remote, local)[:3] == ["ls ", "cd ", "pwd "]
+    assert shell.completions("m", 0, "m", remote, local) == ["mkdir ", "mv "]
+    assert shell.completions("get no", 4, "no", remote, local) == ["notes.txt"]
+    assert shell.completions("get box/", 4, "box/", remote, local) == ["box/a.bin", "box/b.bin"]
+    assert shell.completions("cd /t", 3, "/t", remote, local) == ["/top.txt"]
+    assert shell.completions("put d", 4, "d", remote, local) == ["draft.txt"]
+    assert shell.completions("put src/", 4, "src/", remote, local) == ["src/x.py"]
+    assert shell.completions("put draft.txt n", 14, "n", remote, local) == ["notes.txt"]
+    assert shell.completions("get notes.txt s", 14, "s", remote, local) == ["src/"]
+    assert shell.completions("ls nothere/", 3, "nothere/", remote, local) == []
