@@ -74,7 +74,7 @@ def _copy(event: Event) -> Event:
     C{event} without its cache of encodings: what goes to a child.
     """
     return Event(event.kind, event.nick, event.room, event.text, event.when, event.target,
-                 event.source, event.notice, event.account)
+                 event.source, event.notice, event.account, dict(event.tags), event.msgid, event.tagOnly)
 
 
 @implementer(IParticipant)
@@ -141,11 +141,11 @@ class ChatHub:
     def _part(self, who, name, reason):
         return RoomView.of(self.server.part(who, name, reason), self.server)
 
-    def _say(self, who, name, text, notice, limit):
-        return _copy(self.server.say(who, name, text, notice, limit))
+    def _say(self, who, name, text, notice, limit, tags, tagOnly):
+        return _copy(self.server.say(who, name, text, notice, limit, tags, tagOnly))
 
-    def _tell(self, who, nick, text, notice, limit):
-        return _copy(self.server.tell(who, nick, text, notice, limit))
+    def _tell(self, who, nick, text, notice, limit, tags, tagOnly):
+        return _copy(self.server.tell(who, nick, text, notice, limit, tags, tagOnly))
 
     def _setTopic(self, who, name, text):
         return _copy(self.server.setTopic(who, name, text))
@@ -243,11 +243,13 @@ class RemoteChatServer:
     def part(self, who, name: str, reason: str = "") -> RoomView:
         return self._call("part", name, reason)
 
-    def say(self, who, name: str, text: str, notice: bool = False, limit: int | None = MAX_TEXT) -> Event:
-        return self._call("say", name, text, notice, limit)
+    def say(self, who, name: str, text: str, notice: bool = False, limit: int | None = MAX_TEXT,
+            tags: dict | None = None, tagOnly: bool = False) -> Event:
+        return self._call("say", name, text, notice, limit, tags, tagOnly)
 
-    def tell(self, who, nick: str, text: str, notice: bool = False, limit: int | None = MAX_TEXT) -> Event:
-        return self._call("tell", nick, text, notice, limit)
+    def tell(self, who, nick: str, text: str, notice: bool = False, limit: int | None = MAX_TEXT,
+             tags: dict | None = None, tagOnly: bool = False) -> Event:
+        return self._call("tell", nick, text, notice, limit, tags, tagOnly)
 
     def mode(self, who, name: str, changes: list[Change]) -> tuple[Event | None, list[ChatError]]:
         event, errors = self._call("mode", name, changes)

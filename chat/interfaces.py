@@ -74,15 +74,16 @@ class IChatServer(Interface):
         Take C{who} out of room C{name}; return the room.
         """
 
-    def say(who, name, text, notice=False, limit=None):
+    def say(who, name, text, notice=False, limit=None, tags=None, tagOnly=False):
         """
         Say C{text} in room C{name} to its other members; return the
         L{chat.rooms.Event}.  A C{notice} is not kept in the history;
         C{limit} is the longest text in bytes (L{None}: no limit but the
-        line's).
+        line's); C{tags} are client-only tags to pass on, C{tagOnly} says
+        there is no text (IRC TAGMSG).
         """
 
-    def tell(who, nick, text, notice=False, limit=None):
+    def tell(who, nick, text, notice=False, limit=None, tags=None, tagOnly=False):
         """
         Send C{text} to C{nick} alone; return the L{chat.rooms.Event}.
         """

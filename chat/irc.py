@@ -98,7 +98,7 @@ _NUMERIC: dict[int, str] = {
 
 
 #: Commands whose last parameter is not free text.
-_NO_TEXT = {"JOIN", "NICK", "MODE", "INVITE"}
+_NO_TEXT = {"JOIN", "NICK", "MODE", "INVITE", "TAGMSG"}
 
 
 def _source(event: Event) -> str:
@@ -111,7 +111,11 @@ def encodeEvent(event: Event, caps: frozenset[str] = frozenset()) -> bytes:
     """
     kind, src = event.kind, _source(event)
     params: tuple[str, ...]
-    if kind == "MESSAGE":
+    if event.tagOnly:
+        if "message-tags" not in caps:
+            return b""
+        command, params = "TAGMSG", (("#" + event.room) if kind == "MESSAGE" else event.target,)
+    elif kind == "MESSAGE":
         command, params = ("NOTICE" if event.notice else "PRIVMSG"), ("#" + event.room, event.text)
     elif kind == "PRIVATE":
         command, params = ("NOTICE" if event.notice else "PRIVMSG"), (event.target, event.text)
@@ -140,6 +144,9 @@ def encodeEvent(event: Event, caps: frozenset[str] = frozenset()) -> bytes:
         tags["time"] = serverTime(event.when)
     if "account-tag" in caps and event.account:
         tags["account"] = event.account
+    if "message-tags" in caps and event.msgid:
+        tags["msgid"] = event.msgid
+        tags.update(event.tags)
     return formatMessage(command, *params, source=src, tags=tags, trailing=command not in _NO_TEXT)
 
 
@@ -167,6 +174,7 @@ class IRCSession(ChatReceiver):
         self._sasl: str | None = None
         self._saslBuffer = ""
         self._crEnded = False
+        self._tags: dict[str, str] = {}
         self.factory.sessions.add(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -181,7 +189,7 @@ class IRCSession(ChatReceiver):
         The key of this connection's way of writing events: one per set of
         capabilities that change it.
         """
-        return "irc:" + ",".join(sorted(self.caps & {"server-time", "account-tag", "away-notify"}))
+        return "irc:" + ",".join(sorted(self.caps & {"server-time", "account-tag", "away-notify", "message-tags"}))
 
     def encodeEvent(self, event: Event) -> bytes:
         return encodeEvent(event, self.caps)
@@ -251,6 +259,7 @@ class IRCSession(ChatReceiver):
 
     def handleMessage(self, message: Message):
         command, params = message.command, message.params
+        self._tags = message.tags
         method = getattr(self, "irc_" + command, None)
         if method is None:
             self.numeric(irc.ERR_UNKNOWNCOMMAND, command[:32], "Unknown command")
@@ -568,21 +577,23 @@ class IRCSession(ChatReceiver):
 
     def irc_PRIVMSG(self, params, command: str = "PRIVMSG") -> None:
         notice = command == "NOTICE"
+        tagOnly = command == "TAGMSG"
         if not params or not params[0]:
             if not notice:
                 self.numeric(irc.ERR_NORECIPIENT, f"No recipient given ({command})")
             return
-        if len(params) < 2 or not params[1]:
+        if not tagOnly and (len(params) < 2 or not params[1]):
             if not notice:
                 self.numeric(irc.ERR_NOTEXTTOSEND, "No text to send")
             return
-        text = params[1]
+        text = "" if tagOnly else params[1]
+        tags = {k: v for k, v in self._tags.items() if k.startswith("+")}
         for target in splitList(params[0]):
             try:
                 if target.startswith("#"):
-                    event = self.server.say(self.session, target, text, notice=notice, limit=None)
+                    event = self.server.say(self.session, target, text, notice, None, tags, tagOnly)
                 else:
-                    event = self.server.tell(self.session, target, text, notice=notice, limit=None)
+                    event = self.server.tell(self.session, target, text, notice, None, tags, tagOnly)
                     if not notice:
                         away = getattr(self.server.find(target), "away", None)
                         if away:
@@ -597,6 +608,10 @@ class IRCSession(ChatReceiver):
 
     def irc_NOTICE(self, params) -> None:
         self.irc_PRIVMSG(params, "NOTICE")
+
+    def irc_TAGMSG(self, params) -> None:
+        if "message-tags" in self.caps:
+            self.irc_PRIVMSG(params, "TAGMSG")
 
     def _topic(self, room: Room) -> None:
         channel = "#" + room.name
@@ -665,7 +680,8 @@ class IRCSession(ChatReceiver):
                 door = getattr(who, "door", None)
                 if door is not None and not getattr(door, "welcomed", True):
                     continue
-                if who is not self.session and self._invisible(who) and who not in mine:
+                masked = "*" in mask or "?" in mask
+                if masked and who is not self.session and self._invisible(who) and who not in mine:
                     continue
                 if mask in ("*", "0") or maskMatches(mask, who.nick) or maskMatches(mask, hostmask(who)):
                     self._whoLine(who, None)

@@ -56,6 +56,8 @@ def encodeEvent(event: Event) -> bytes:
     An event as the course protocol sends it (docs/chat.md, section 5).
     """
     kind = event.kind
+    if event.tagOnly:
+        return b""  # IRC's TAGMSG: tags only, nothing to show here
     if kind == "MESSAGE":
         line = f"{'NOTICE' if event.notice else 'MESSAGE'} {event.room} {event.nick} {event.text}"
     elif kind == "PRIVATE":

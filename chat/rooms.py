@@ -10,6 +10,7 @@ door turns into its own reply.
 from __future__ import annotations
 
 import collections
+import secrets
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -62,6 +63,12 @@ class Event:
     notice: bool = False
     #: The sender's account, if it logged in to one.
     account: str = ""
+    #: For C{MESSAGE} and C{PRIVATE}: the client-only tags (C{+name}) the
+    #: sender attached (IRCv3 message-tags), and the message's own id.
+    tags: dict = field(default_factory=dict)
+    msgid: str = ""
+    #: A C{MESSAGE} or C{PRIVATE} with tags and no text (IRC TAGMSG).
+    tagOnly: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
     def encoded(self, key: str, encode) -> bytes:
@@ -484,6 +491,11 @@ class ChatServer:
                   account=getattr(who, "account", None) or ""),
             skip=who,
         )
+        away = getattr(who, "away", None)
+        if away:
+            # What IRC's away-notify promises: the away state of whoever joins.
+            room.broadcast(Event("AWAY", who.nick, text=away, when=self.reactor.seconds(), source=hostmask(who)),
+                           skip=who)
         return room
 
     def _admit(self, who: IParticipant, room: Room, name: str, key: str | None) -> None:
@@ -518,7 +530,8 @@ class ChatServer:
         return room
 
     def say(
-        self, who: IParticipant, name: str, text: str, notice: bool = False, limit: int | None = MAX_TEXT
+        self, who: IParticipant, name: str, text: str, notice: bool = False, limit: int | None = MAX_TEXT,
+        tags: dict | None = None, tagOnly: bool = False,
     ) -> Event:
         """
         Say C{text} in room C{name}: to every other member, and (unless it is
@@ -527,6 +540,8 @@ class ChatServer:
 
         @param limit: the longest text in bytes; L{None} where the client's
             line bounds it (IRC).
+        @param tags: client-only tags to pass on (IRCv3 message-tags).
+        @param tagOnly: tags and no text (IRC TAGMSG): not kept.
         """
         self._registered(who)
         room = self.room(name)
@@ -544,29 +559,34 @@ class ChatServer:
                 )
             if settings.banned(hostmask(who)):
                 raise ChatError(Code.CANNOT_SEND, f"you are banned from room {room.name}", (name,))
-        checkText(text, limit=limit)
+        if not tagOnly:
+            checkText(text, limit=limit)
         event = Event(
             "MESSAGE", who.nick, room.name, text, self.reactor.seconds(),
             source=hostmask(who), notice=notice, account=getattr(who, "account", None) or "",
+            tags=tags or {}, msgid=secrets.token_hex(8), tagOnly=tagOnly,
         )
-        if not notice:
+        if not notice and not tagOnly:
             room.history.append(event)
             self.store.append(event)
         room.broadcast(event, skip=who)
         return event
 
     def tell(
-        self, who: IParticipant, nick: str, text: str, notice: bool = False, limit: int | None = MAX_TEXT
+        self, who: IParticipant, nick: str, text: str, notice: bool = False, limit: int | None = MAX_TEXT,
+        tags: dict | None = None, tagOnly: bool = False,
     ) -> Event:
         """
-        A private message from C{who} to C{nick}.
+        A private message from C{who} to C{nick} (see L{say}).
         """
         self._registered(who)
         target = self.find(nick)
-        checkText(text, limit=limit)
+        if not tagOnly:
+            checkText(text, limit=limit)
         event = Event(
             "PRIVATE", who.nick, "", text, self.reactor.seconds(), target.nick,
             source=hostmask(who), notice=notice, account=getattr(who, "account", None) or "",
+            tags=tags or {}, msgid=secrets.token_hex(8), tagOnly=tagOnly,
         )
         target.deliver(event)
         return event
@@ -646,7 +666,7 @@ class ChatServer:
                 if adding:
                     why = checkKey(arg)
                     if why is not None:
-                        errors.append(ChatError(Code.BAD_MODE_ARGUMENT, why, (name, "k", arg)))
+                        errors.append(ChatError(Code.BAD_MODE_ARGUMENT, why, (name, "k", "*")))
                         continue
                     settings.key = arg
                     applied.append(change)
@@ -660,7 +680,7 @@ class ChatServer:
                     if not value.isdigit() or int(value) <= 0 or int(value) > 1_000_000:
                         errors.append(
                             ChatError(Code.BAD_MODE_ARGUMENT, "the limit is a whole number of members, 1 or more",
-                                      (name, "l", value))
+                                      (name, "l", value or "*"))
                         )
                         continue
                     settings.limit = int(value)
