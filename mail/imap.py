@@ -59,6 +59,8 @@ _log = Logger()
 #: Longest command line, without its CRLF (RFC 7162 recommends accepting
 #: at least 8192).
 LINE_MAX = 65536
+#: A non-synchronizing literal at the end of a line (RFC 7888).
+_LITERAL_PLUS = re.compile(rb"\{(\d{1,10})\+\}$")
 #: RFC 3501 9: a tag is ASTRING-CHARs but "+".
 _TAG = re.compile(rb'[^\x00-\x20\x7f-\xff(){%*"\\+]{1,64}')
 _PERMANENT = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "$Forwarded"]
@@ -883,7 +885,7 @@ def _copyUid(validity: int, pairs: list[tuple[int, int]]) -> bytes:
 
 #: Extensions advertised (with IMAP4rev1, IDLE, NAMESPACE and AUTH= from
 #: Twisted), each once imaptest's scripts for it pass.
-EXTENSIONS = [b"UIDPLUS", b"MOVE", b"ID", b"ENABLE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
+EXTENSIONS = [b"LITERAL+", b"UIDPLUS", b"MOVE", b"ID", b"ENABLE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
 
 #: RFC 6154 attributes of the folders that mail clients make by these names.
 SPECIAL_USE = {
@@ -970,6 +972,8 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
     _done: Deferred[None] | None = None
     #: New mail came while a command ran: EXISTS goes before its reply.
     _existsPending = False
+    #: The line being parsed ends in a LITERAL+ literal: no "+" for it.
+    _nonSync = False
 
     def __init__(
         self, contextFactory: Any = None, maxMessageSize: int | None = None, clock: Any = None
@@ -1022,11 +1026,29 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         # receiver holds them, on the Deferred returned here.
         self.resetTimeout()
         parse = getattr(self, "parse_" + self.parseState)
+        if self.parseState == "pending" and line.startswith(b" "):
+            # The rest of a line after a literal: Twisted hands it on with
+            # its separating space, which its list and set parsers refuse
+            # (STATUS {5}CRLF INBOX (MESSAGES) failed).
+            line = line[1:]
+        plus = _LITERAL_PLUS.search(line) if self.parseState in ("command", "pending") else None
+        if plus is not None:
+            # LITERAL+ (RFC 7888): the data follows without a "+" from us;
+            # Twisted's parsers see a plain literal.
+            line = line[: plus.start()] + b"{" + plus.group(1) + b"}"
+            self._nonSync = True
         try:
             parse(line)
         except Exception as e:
             self._log.failure("could not handle an IMAP line")
             self.sendBadResponse(self._running, b"Server error: " + str(e).encode("utf-8", "replace"))
+        refused, self._nonSync = self._nonSync, False
+        if refused and plus is not None and int(plus.group(1)):
+            # The literal was refused, but its data is on the way and would
+            # be read as commands: the session cannot go on.
+            self.sendUntaggedResponse(b"BYE The literal was refused; its data cannot be skipped")
+            self.transport.loseConnection()
+            return None
         if self._running is None or self.parseState != "command":
             return None
         if self._done is None:
@@ -1035,6 +1057,12 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
 
     def rawDataReceived(self, data: bytes) -> None:
         imap4.IMAP4Server.rawDataReceived(self, data)
+
+    def sendContinuationRequest(self, msg: bytes | None = b"Ready for additional command text") -> None:
+        if self._nonSync:
+            self._nonSync = False
+            return
+        imap4.IMAP4Server.sendContinuationRequest(self, msg)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         text = b"[TOOBIG] Line too long: lines are limited to %d octets" % (LINE_MAX,)

@@ -97,3 +97,21 @@ def test_move_into_the_same_mailbox_counts_after_the_expunge(s, store):
     ]
     s.say(b"c EXAMINE INBOX\r\n")
     assert s.say(b"d MOVE 1 INBOX\r\n")[0].startswith(b"d NO MOVE needs the mailbox selected read-write")
+
+
+def test_literal_plus_needs_no_continuation(s):
+    """LITERAL+ literals ({n+}) are read without a "+" and work in APPEND and in string arguments."""
+    lines = s.say(b"a APPEND INBOX (\\Seen) {5+}\r\nhello\r\nb CREATE {4+}\r\nWork\r\n")
+    assert not any(line.startswith(b"+") for line in lines)
+    assert lines[0].startswith(b"a OK [APPENDUID") and lines[1] == b"b OK Mailbox created"
+    assert s.say(b"c SELECT {5+}\r\nINBOX\r\n")[-1] == b"c OK [READ-WRITE] SELECT successful"
+    assert s.say(b"d STATUS {5+}\r\nINBOX (MESSAGES)\r\n")[0] == b"* STATUS INBOX (MESSAGES 4)"
+    assert s.say(b"e STATUS {5}\r\n")[0].startswith(b"+ ")
+    assert s.say(b"INBOX (MESSAGES)\r\n")[0] == b"* STATUS INBOX (MESSAGES 4)"
+
+
+def test_refused_literal_plus_closes(s):
+    """A LITERAL+ literal over the limit is refused with BAD and the connection closed: its data is not run as commands."""
+    lines = s.say(b"a CREATE {5000+}\r\n" + b"x LOGOUT\r\n" * 10)
+    assert lines[0].startswith(b"a BAD") and lines[1].startswith(b"* BYE")
+    assert s.transport.disconnecting and not any(line.startswith(b"x ") for line in lines)
