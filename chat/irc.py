@@ -98,7 +98,7 @@ _NUMERIC: dict[int, str] = {
 
 
 #: Commands whose last parameter is not free text.
-_NO_TEXT = {"JOIN", "NICK", "MODE", "INVITE", "TAGMSG"}
+_NO_TEXT = {"JOIN", "NICK", "MODE", "INVITE", "TAGMSG", "AUTHENTICATE"}
 
 
 def _source(event: Event) -> str:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chat.ircwire import BadMessage, formatMessage, parseMessage, parseTags
 from chat.protocol import encodeEvent
 from chat.rooms import Event
 from chat.wire import (
@@ -44,7 +45,7 @@ def test_parseCommand_verb_is_case_insensitive():
     ],
 )
 def test_parseCommand_refuses(line, code):
-    """Invalid UTF-8, control characters, empty lines and odd verbs are 500s."""
+    """Invalid UTF-8, NUL, empty lines and odd verbs are 500s."""
     with pytest.raises(ChatError) as e:
         parseCommand(line)
     assert e.value.code == code
@@ -153,3 +154,35 @@ def test_fuzz_parseServerLine(line):
     except ChatError:
         return
     assert isinstance(parsed, (tuple, ServerEvent))
+
+
+# -- IRC messages (chat.ircwire) ---------------------------------------------------
+
+
+
+_word = st.text(st.characters(blacklist_characters=" \r\n\x00:", blacklist_categories=("Cs",)), min_size=1, max_size=20)
+_text = st.text(st.characters(blacklist_characters="\r\n\x00", blacklist_categories=("Cs",)), max_size=50)
+
+
+@given(st.lists(_word, max_size=5), _text, st.dictionaries(_word.filter(lambda w: "=" not in w and ";" not in w and not w.startswith("@")), _text, max_size=3))
+def test_irc_messages_round_trip(middle, last, tags):
+    """Whatever the parameters and tag values, formatting then parsing a message gives them back."""
+    line = formatMessage("PRIVMSG", *middle, last, source="a!b@c", tags=tags, limit=10_000)
+    message = parseMessage(line[:-2].decode("utf-8"))
+    assert (message.command, message.params, message.source) == ("PRIVMSG", [*middle, last], "a!b@c")
+    assert message.tags == tags
+
+
+@given(st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=200))
+def test_irc_parser_takes_any_line(line):
+    """Any line either parses to a message with an upper-case command or is refused as BadMessage; nothing else escapes."""
+    try:
+        message = parseMessage(line)
+    except BadMessage:
+        return
+    assert message.command == message.command.upper() and message.command
+
+
+def test_irc_tag_escapes():
+    """Tag values unescape \\: \\s \\\\ \\r \\n; a key without value is empty."""
+    assert parseTags(r"a=x\:y\sz\\;b;c=\r\n") == {"a": "x;y z\\", "b": "", "c": "\r\n"}
