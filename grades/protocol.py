@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -50,6 +50,8 @@ from grades.wire import (
     parseId,
 )
 
+#: Lookups one connection may have under way at once (see _overlap).
+MAX_OVERLAP = 32
 #: What may come before HELLO.
 _BEFORE_HELLO = {"HELLO", "HELP", "END", "NOOP", "IMPORT"}
 
@@ -100,6 +102,9 @@ class GradesProtocol(CommandReceiver, TimeoutMixin):
     current: str | None = None
     _pendingUser: str | None = None
     _failures = 0
+    _inflight = 0
+    _pendingNames = 0
+    _tail: Deferred | None = None
     _block: bytearray | None = None
     _blockLeft = 0
     _blockRefusal: GradesError | None = None
@@ -150,14 +155,75 @@ class GradesProtocol(CommandReceiver, TimeoutMixin):
         self.resetTimeout()
         try:
             command = parseCommand(line)
-            if command.verb == "IMPORT":
-                # Its block follows at once: read it whatever the answer.
-                self._startBlock(command)
-                return None
-            return maybeDeferred(self._dispatch, command).addErrback(self._failed)
+        except GradesError as e:
+            return self._inOrder(lambda: self.send(formatError(e.code, e.message)))
+        if command.verb == "IMPORT":
+            # Its block follows at once: read it whatever the answer.
+            return self._inOrder(lambda: self._refusing(self._startBlock, command))
+        if self._overlaps(command):
+            self._overlap(command)
+            return None
+        return self._inOrder(lambda: maybeDeferred(self._dispatch, command).addErrback(self._failed))
+
+    # -- overlapped lookups ----------------------------------------------------------------
+    #
+    # The shared receiver runs one command at a time.  A pipelined NAME or
+    # GRADE need not wait for the lookups before it, though: their answers
+    # do not depend on each other, only their effect (NAME selects) must
+    # come in order.  So such lookups start at once, up to MAX_OVERLAP per
+    # connection, and their answers are written, and their effects made,
+    # in command order through one chain (_tail).  Any other command waits
+    # for every lookup before it to be answered.
+
+    def _overlaps(self, command: Command) -> bool:
+        if self._inflight >= MAX_OVERLAP or self.level is None:
+            return False
+        if command.verb == "NAME":
+            return True
+        # GRADE is about the selected student: known unless a NAME is pending.
+        return command.verb == "GRADE" and self._pendingNames == 0
+
+    def _overlap(self, command: Command) -> None:
+        self._inflight += 1
+        naming = command.verb == "NAME"
+        self._pendingNames += naming
+        lookup = self._nameLookup if naming else self._gradeLookup
+        started = maybeDeferred(lookup, command)
+
+        def answer(result) -> None:
+            self._inflight -= 1
+            self._pendingNames -= naming
+            if isinstance(result, Failure):
+                self._failed(result)
+            else:
+                result()
+
+        tail = self._tail if self._tail is not None else succeed(None)
+        self._tail = tail.addCallback(lambda _: started).addBoth(answer)
+
+    def _refusing(self, f, *args) -> None:
+        try:
+            f(*args)
         except GradesError as e:
             self.send(formatError(e.code, e.message))
-            return None
+
+    def _inOrder(self, handle) -> Deferred | None:
+        """
+        Run C{handle} once every overlapped lookup before it is answered
+        (at once if none is pending); its result goes to the receiver,
+        which reads nothing more until it fires.
+        """
+        if not self._inflight:
+            return handle()
+        gate: Deferred = Deferred()
+
+        def through(result):
+            gate.callback(None)
+            return result
+
+        assert self._tail is not None
+        self._tail.addBoth(through)
+        return gate.addCallback(lambda _: handle())
 
     def _failed(self, failure: Failure) -> None:
         if failure.check(GradesError):
@@ -237,6 +303,13 @@ class GradesProtocol(CommandReceiver, TimeoutMixin):
         ))
 
     def do_NAME(self, command: Command) -> Deferred:
+        return self._nameLookup(command).addCallback(lambda apply: apply())
+
+    def _nameLookup(self, command: Command) -> Deferred:
+        """
+        Check and look up NAME; fires with what answers it (a callable that
+        selects the student and writes the name).
+        """
         (arg,) = checkArgs(command, 1, 1, "NAME id")
         sid = parseId(arg)
         user = self._loggedIn()
@@ -244,18 +317,17 @@ class GradesProtocol(CommandReceiver, TimeoutMixin):
             raise GradesError(Code.FORBIDDEN, "you may see only your own record")
         store = self.factory.store
 
-        def named(name: str | None) -> Deferred | None:
+        def named(name: str | None):
             if name is None:
                 raise GradesError(Code.NOT_FOUND, f"no student {sid}")
             if isinstance(user, _Guest) or sid == user.studentId:
-                self._select(sid, name)
-                return None
+                return lambda: self._select(sid, name)
             return store.grades(sid).addCallback(taught, name)
 
-        def taught(pairs: list[tuple[str, int]], name: str) -> None:
+        def taught(pairs: list[tuple[str, int]], name: str):
             if not self._visible(user, sid, pairs):
                 raise GradesError(Code.NOT_FOUND, f"no student {sid} in your courses")
-            self._select(sid, name)
+            return lambda: self._select(sid, name)
 
         return store.name(sid).addCallback(named)
 
@@ -264,15 +336,18 @@ class GradesProtocol(CommandReceiver, TimeoutMixin):
         self.value(name)
 
     def do_GRADE(self, command: Command) -> Deferred:
+        return self._gradeLookup(command).addCallback(lambda apply: apply())
+
+    def _gradeLookup(self, command: Command) -> Deferred:
         (arg,) = checkArgs(command, 1, 1, "GRADE course")
         course = parseCourse(arg)
         sid = self._student()
         self._mayReadCourse(self.user, sid, course)
 
-        def graded(grade: int | None) -> None:
+        def graded(grade: int | None):
             if grade is None:
                 raise GradesError(Code.NOT_FOUND, f"no grade in {course} for {sid}")
-            self.value(str(grade))
+            return lambda: self.value(str(grade))
 
         return self.factory.store.grade(sid, course).addCallback(graded)
 

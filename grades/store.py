@@ -110,6 +110,8 @@ class SQLStore:
     _log = Logger()
     serial = "INTEGER PRIMARY KEY"
     forUpdate = ""
+    #: Read batches running at once (L{_read}).
+    maxBatches = 2
 
     def __init__(self, url: str, reactor=None, threads: int = 4, pool=None) -> None:
         """
@@ -126,6 +128,8 @@ class SQLStore:
         self._local = threading.local()
         self._connections: list[Any] = []
         self._lock = threading.Lock()
+        self._pending: list[tuple[str, tuple, Deferred]] = []
+        self._batches = 0
 
     # -- life --------------------------------------------------------------------
 
@@ -169,7 +173,49 @@ class SQLStore:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
 
     def _read(self, query: str, params: tuple) -> Deferred:
-        return self._run(self._fetch, query, params)
+        """
+        Run a one-statement read.  Reads are batched: while the store's
+        batches are all busy, new reads wait together and go to a thread
+        as one job when one finishes, so that many clients' lookups cost
+        one thread hand-off, not one each.
+        """
+        if not self._ownPool:
+            return self._run(self._fetch, query, params)
+        d: Deferred = Deferred()
+        self._pending.append((query, params, d))
+        if self._batches < self.maxBatches:
+            self._startBatch()
+        return d
+
+    def _startBatch(self) -> None:
+        batch, self._pending = self._pending, []
+        self._batches += 1
+
+        def done(results: list) -> None:
+            self._batches -= 1
+            if self._pending:
+                self._startBatch()
+            for (_, _, d), result in zip(batch, results):
+                if isinstance(result, BaseException):
+                    d.errback(result)
+                else:
+                    d.callback(result)
+
+        def failed(failure):
+            self._batches -= 1
+            for _, _, d in batch:
+                d.errback(failure)
+
+        self._run(self._fetchMany, [(q, p) for q, p, _ in batch]).addCallbacks(done, failed)
+
+    def _fetchMany(self, batch: list[tuple[str, tuple]]) -> list:
+        results: list = []
+        for query, params in batch:
+            try:
+                results.append(self._fetch(query, params))
+            except Exception as e:
+                results.append(e)
+        return results
 
     def _fetch(self, query: str, params: tuple) -> list:
         cursor = self._connection().execute(self._sql(query), params)
@@ -401,6 +447,8 @@ class PostgresStore(SQLStore):
 
     serial = "BIGSERIAL PRIMARY KEY"
     forUpdate = " FOR UPDATE"
+    # Each statement waits on the network: more batches in flight.
+    maxBatches = 6
 
     def __init__(self, url: str, reactor=None, threads: int = 8, pool=None) -> None:
         super().__init__(hidePassword(url), reactor, threads, pool)

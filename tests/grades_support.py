@@ -51,12 +51,16 @@ class World:
     the demo data and the test accounts' roles.
     """
 
-    def __init__(self, directory, publicDemo: bool = False, **factoryArgs) -> None:
+    def __init__(self, directory, publicDemo: bool = False, pool=None, **factoryArgs) -> None:
+        """
+        @param pool: where the store's queries run (by default at once, in
+            the calling thread).
+        """
         from coursenet.accounts import PasswordChecker
 
         self.reactor = FakeReactor()
         self.store = SQLiteStore(os.path.join(str(directory), "grades.sqlite"), self.reactor,
-                                 pool=self.reactor.getThreadPool())
+                                 pool=pool or self.reactor.getThreadPool())
         self.store.setupNow(STUDENTS, INSTRUCTORS, demo=True)
         checker = PasswordChecker(writeAccounts(directory), reactor=self.reactor)
         self.factory = GradesFactory(self.store, makePortal(self.store, checker), reactor=self.reactor,
@@ -82,6 +86,39 @@ class World:
 
     def close(self) -> None:
         self.store.close()
+
+
+class HeldPool:
+    """
+    A thread pool that keeps every call until L{run} runs them, in the
+    order given: to make queries finish out of order.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        self.holding = False
+
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+        if not self.holding:
+            return _runNow(onResult, f, *args, **kwargs)
+        self.calls.append((onResult, f, args, kwargs))
+
+    def run(self, order) -> None:
+        calls, self.calls = self.calls, []
+        for i in order(range(len(calls))):
+            onResult, f, args, kwargs = calls[i]
+            _runNow(onResult, f, *args, **kwargs)
+
+
+def _runNow(onResult, f, *args, **kwargs) -> None:
+    from twisted.python.failure import Failure
+
+    try:
+        result = f(*args, **kwargs)
+    except BaseException:
+        onResult(False, Failure())
+    else:
+        onResult(True, result)
 
 
 class Peer:

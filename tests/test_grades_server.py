@@ -128,6 +128,31 @@ def test_pipelinedCommandsAnsweredInOrder(world):
     ] * 3
 
 
+def test_overlappedLookupsAnsweredInOrder(tmp_path):
+    """Pipelined NAME and GRADE lookups run at once; when the database answers them in reverse, the replies still come in command order."""
+    from tests.grades_support import HeldPool
+
+    pool = HeldPool()
+    w = World(tmp_path, pool=pool)
+    peer = w.extended("mia")
+    pool.holding = True
+    peer.send(b"NAME 051883261\nNAME 200000001\nNAME 999\nGRADE MATH\nBAD\nGRADE MATH\n")
+    assert peer.lines() == []
+    assert len(pool.calls) == 3  # the three NAMEs; GRADE waits for the selection
+    while pool.calls:
+        pool.run(reversed)
+    assert peer.lines() == [
+        "OK DAN HACKER", "OK ADA LOVELACE", "ERR 404 no student 999", "OK 98",
+        "ERR 400 unknown command BAD; try HELP", "OK 98",
+    ]
+    # A refusal known before any query (HISTORY is not mia's) waits its turn too.
+    peer.send(b"GRADE MATH\nGRADE HISTORY\nGRADE MATH\nNOOP\n")
+    assert len(pool.calls) == 2 and peer.lines() == []
+    pool.run(reversed)
+    assert peer.lines() == ["OK 98", "ERR 403 you do not teach HISTORY", "OK 98", "OK nothing done"]
+    w.close()
+
+
 def test_instructorStatisticsAndExport(world):
     """An instructor's STATS gives count, mean, median and a histogram line; EXPORT the CSV of their courses only."""
     peer = world.extended("mia")
