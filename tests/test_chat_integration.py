@@ -1,7 +1,8 @@
 """
 The chat server over real loopback sockets: the scripting client in plain
 TCP and TLS, history in SQLite across a restart, the twistd plugin with a
-real IRC client (ii), the terminal client, and 1000 clients in one room.
+real IRC client (ii), IRC over TLS with weechat verifying the certificate,
+the terminal client, and 1000 clients in one room.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 
 from chat.client import ChatClient, ChatReplyError, connect
+from chat.irc import IRCFactory
 from chat.protocol import ChatFactory
 from chat.rooms import ChatServer, Event
 from chat.session import Limits
@@ -250,6 +252,72 @@ async def test_twistd_plugin_serves_course_and_irc_clients(reactor, tmp_path):
             course.transport.abortConnection()
             await course.closed
         server.stop()
+
+
+def _weechat(home, port: int, nick: str, *commands: str, cafile: str | None = None) -> subprocess.Popen:
+    """
+    weechat-headless connecting to 127.0.0.1 (as localhost) on C{port} over
+    TLS, verifying the certificate against C{cafile} only (or the system's
+    CAs), logging every buffer to C{home}/logs at once.
+    """
+    setup = ["/set logger.file.flush_delay 0"]
+    if cafile is not None:
+        setup += ["/set weechat.network.gnutls_ca_system off", f"/set weechat.network.gnutls_ca_user {cafile}"]
+    setup += [
+        f"/server add lab localhost/{port} -ssl",
+        "/set irc.server.lab.ssl_verify on",
+        f"/set irc.server.lab.nicks {nick}",
+        "/set irc.server.lab.autojoin #lab",
+        *commands,
+        "/connect lab",
+    ]
+    return subprocess.Popen(
+        [shutil.which("weechat-headless") or "weechat-headless", "--dir", str(home), "-r", ";".join(setup)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_irc_over_tls_with_weechat_verifying_the_certificate(reactor, devCert, tmp_path):
+    """weechat over TLS, trusting only the server's certificate, joins a room and talks both ways with a course client; a weechat that cannot verify the certificate never gets in."""
+    if shutil.which("weechat-headless") is None:
+        skipOrFail("weechat-headless is not installed (make sysdeps)")
+    server = ChatServer(MemoryHistory(), reactor=reactor, maxPerAddress=defaultMaxConnections())
+    tls = endpoints.SSL4ServerEndpoint(reactor, 0, serverContextFactory(*devCert), interface="127.0.0.1")
+    ircPort = await tls.listen(IRCFactory(server, Limits(), reactor=reactor))
+    chatPort = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        ChatFactory(server, Limits(), reactor=reactor)
+    )
+    course = await connect(reactor, "127.0.0.1", chatPort.getHost().port)
+    procs = []
+    try:
+        await course.nick("course")
+        await course.join("lab")
+        joined = course.nextEvent("JOIN", room="lab")
+        procs.append(_weechat(tmp_path / "wee", ircPort.getHost().port, "wee", cafile=devCert[0]))
+        assert (await joined).nick == "wee"
+        await course.say("lab", "hello weechat")
+        log = tmp_path / "wee" / "logs" / "irc.lab.#lab.weechatlog"
+        await wait(lambda: b"hello weechat" in _read(log), reactor, timeout=20)
+        heard = course.nextEvent("MESSAGE", room="lab")
+        fifo = tmp_path / "wee" / f"weechat_fifo_{procs[0].pid}"
+        await wait(fifo.exists, reactor)
+        _fifo(fifo, b"irc.lab.#lab *hello course\n")
+        event = await heard
+        assert (event.nick, event.text) == ("wee", "hello course")
+
+        procs.append(_weechat(tmp_path / "untrusted", ircPort.getHost().port, "untrusted"))
+        refused = tmp_path / "untrusted" / "logs" / "irc.server.lab.weechatlog"
+        await wait(lambda: b"TLS handshake failed" in _read(refused), reactor, timeout=20)
+        assert b"certificate is NOT trusted" in _read(refused)
+        assert "untrusted" not in server.users
+    finally:
+        for proc in procs:
+            stopProcess(proc)
+        course.transport.abortConnection()
+        await course.closed
+        await ircPort.stopListening()
+        await chatPort.stopListening()
 
 
 def _read(path) -> bytes:
