@@ -74,6 +74,8 @@ class Worker:
         # spawn: the children do not inherit the reactor's threads or sockets.
         self.pool = pool or concurrent.futures.ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"))
         self.chunksDone = 0
+        self.termsDone = 0
+        self._reported = 0.0
 
     def _inPool(self, f, *args) -> Deferred:
         d: Deferred = Deferred()
@@ -106,8 +108,15 @@ class Worker:
                 pass
 
     async def _loop(self, proto: amp.AMP) -> None:
+        # The next lease is asked for while this one computes, and a result
+        # is sent without waiting for its answer: the process never waits
+        # for a round trip between two chunks.
+        following = self._askLease(proto)
         while True:
-            lease = await proto.callRemote(Lease)
+            lease = await following
+            if lease is None:
+                return
+            following = self._askLease(proto)
             value = 0
             done = 0
             wanted = True
@@ -121,12 +130,32 @@ class Worker:
                         break
             if not wanted:
                 continue
-            answer = await proto.callRemote(
-                Complete, lease=lease["lease"], job=lease["job"], index=lease["index"], value=value)
-            self.chunksDone += 1
-            self._log.info("job {job} chunk {index} ({start}..{stop}): {outcome}",
-                           job=lease["job"], index=lease["index"], start=lease["start"], stop=lease["stop"],
+            sent = proto.callRemote(Complete, lease=lease["lease"], job=lease["job"], index=lease["index"], value=value)
+            sent.addCallbacks(self._completed, self._refused, callbackArgs=(lease,), errbackArgs=(lease,))
+
+    @staticmethod
+    def _askLease(proto: amp.AMP) -> Deferred:
+        """
+        A Lease call that fires with L{None} when the connection is lost
+        (it may never be awaited then).
+        """
+        return proto.callRemote(Lease).addErrback(lambda f: f.trap(ConnectionClosed) and None)
+
+    def _completed(self, answer: dict, lease: dict) -> None:
+        self.chunksDone += 1
+        self.termsDone += lease["stop"] - lease["start"]
+        now = self._reactor.seconds()
+        if not answer["accepted"] or now - self._reported >= 5:
+            self._reported = now
+            self._log.info("{chunks} chunks ({terms} terms) done; last: job {job} chunk {index}: {outcome}",
+                           chunks=self.chunksDone, terms=self.termsDone, job=lease["job"], index=lease["index"],
                            outcome=answer["reason"])
+
+    def _refused(self, failure, lease: dict) -> None:
+        if failure.check(ConnectionClosed):
+            return
+        self._log.error("job {job} chunk {index} refused: {why}", job=lease["job"], index=lease["index"],
+                        why=failure.value)
 
 
 def readTokenFile(path: str) -> tuple[str, str]:
