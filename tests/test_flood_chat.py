@@ -6,6 +6,8 @@ send much and read little (issue 9).
     the replies: the server's memory stays bounded, the client is cut off
     within the drain timeout, and another client is still answered
     promptly.
+  - A paste of 50 lines into a room: every line arrives, in order, paced
+    by the flood limit rather than dropped.
   - A crowd bursting into one room while two honest clients, one per
     door, read at about 1 MB/s: they get every message and stay; only
     output a client leaves unread, in bytes and over time, cuts it off.
@@ -186,3 +188,77 @@ async def test_honest_readers_get_every_message_of_a_crowd_burst(reactor):
         print(f"{door}: {sum(map(len, seen.values()))} messages, {total / MiB:.2f} MiB in {elapsed:.2f} s, still answering: {answered}")
         assert seen == {f"b{n}": list(range(limits.floodBurst)) for n in range(CROWD)}
         assert answered
+
+
+# -- a paste ------------------------------------------------------------------------------
+
+
+def paste(port: int, irc: bool, lines: int) -> float:
+    """
+    Join room paste and send C{lines} messages in one write, as a paste
+    does; return the seconds until the server answered a PING sent after
+    them (it runs lines in order, so every message was taken by then).
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        if irc:
+            ircRegister(sock, "paster")
+            sock.sendall(b"JOIN #paste\r\n")
+            readUntil(sock, b" 366 ")
+            text = b"".join(b"PRIVMSG #paste :line %02d\r\n" % n for n in range(lines))
+        else:
+            courseRegister(sock, "paster")
+            sock.sendall(b"JOIN paste\r\n")
+            readUntil(sock, b"250 ")
+            text = b"".join(b"SAY paste line %02d\r\n" % n for n in range(lines))
+        start = time.monotonic()
+        sock.sendall(text + (b"PING :done\r\n" if irc else b"PING done\r\n"))
+        readUntil(sock, b"done\r\n", limit=1 << 24)
+        return time.monotonic() - start
+    finally:
+        sock.close()
+
+
+def collect(port: int, irc: bool, ready: threading.Event, lines: int) -> list[bytes]:
+    """
+    Join room paste through the other door and return the first C{lines} messages.
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        if irc:
+            ircRegister(sock, "reader")
+            sock.sendall(b"JOIN #paste\r\n")
+            readUntil(sock, b" 366 ")
+        else:
+            courseRegister(sock, "reader")
+            sock.sendall(b"JOIN paste\r\n")
+            readUntil(sock, b"250 ")
+        ready.set()
+        data = b""
+        while data.count(b"line ") < lines:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return [line.rsplit(b" ", 1)[1] for line in data.split(b"\r\n") if b"line " in line]
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("door", ["course", "irc"])
+@pytest_twisted.ensureDeferred
+async def test_a_pasted_50_lines_arrive_whole_and_paced(reactor, door):
+    """50 lines pasted at once into a room, at the default flood limits, all reach a member on the other door, in order, paced over seconds."""
+    listening = await listenAll(reactor, Limits())
+    irc = door == "irc"
+    ready = threading.Event()
+    try:
+        reader = inThread(collect, listening.chatPort if irc else listening.ircPort, not irc, ready, 50)
+        await inThread(ready.wait, 10)
+        elapsed = await inThread(paste, listening.ircPort if irc else listening.chatPort, irc, 50)
+        got = await reader
+    finally:
+        await listening.stop()
+    print(f"{door}: 50 pasted lines taken in {elapsed:.2f} s")
+    assert got == [b"%02d" % n for n in range(50)]
+    assert elapsed > 2.5  # 30 lines past the burst of 20 at 10 a second
