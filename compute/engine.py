@@ -40,7 +40,7 @@ def parseEngine(text: str) -> str | None:
 @implementer(IEngine)
 class DaskEngine:
     """
-    Chunks as Dask tasks, at most C{slots} at once (by default twice the
+    Chunks as Dask tasks, at most C{slots} at once (by default four times the
     cluster's threads when it connects).
     """
 
@@ -71,7 +71,7 @@ class DaskEngine:
 
         def connected(result) -> None:
             self.client, threads = result
-            slots = self.slots or max(2, 2 * threads)
+            slots = self.slots or max(4, 4 * threads)
             self._log.info("dask engine: {address}, {threads} threads, {slots} chunks at once",
                            address=self.address, threads=threads, slots=slots)
             for _ in range(slots):

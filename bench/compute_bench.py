@@ -1,0 +1,401 @@
+"""
+Compute benchmark (docs/benchmarks.md, "Compute"), in one run:
+
+1. The same job (Leibniz, COMPUTE_BENCH_TERMS terms, default 40 million, in
+   chunks of 500,000, 60 digits) by the seed's parallel C{bc} pipes,
+   C{multiprocessing.Pool}, our coordinator with 1 and 2 local workers, and
+   our coordinator on Dask with 2 workers: wall time, speed-up over one
+   process, overhead per chunk; every engine's digits checked against the
+   others'.
+2. Wall time against chunk size (a smaller job) for Pool, our workers and
+   Dask: docs/compute-chunks.png, where RPC overhead takes over.
+3. No-op RPC calls a second, one client calling in turn: XML-RPC on
+   twisted.web and on the stdlib's server (client: xmlrpc.client), AMP and
+   Perspective Broker (Twisted clients).
+
+Every server and worker is a process of its own on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xmlrpc.client
+
+from compute.series import formatScaled, leibnizChunk
+from coursenet.procs import freePort, stopProcess, waitForPort
+from coursenet.tls import ensureDevCertificate
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TERMS = int(os.environ.get("COMPUTE_BENCH_TERMS", 40_000_000))
+CHUNK = 500_000
+DIGITS = 60
+PROCS = 2
+#: bc is stopped after this many seconds (it computes about 0.25M terms a
+#: second a core).
+BC_LIMIT = float(os.environ.get("COMPUTE_BENCH_BC_LIMIT", 400))
+SWEEP_TERMS = 2_000_000
+SWEEP_CHUNKS = (1_000, 4_000, 16_000, 64_000, 250_000, 1_000_000)
+NOOP_CALLS = 2_000
+PNG = os.path.join(TOP, "docs", "compute-chunks.png")
+
+
+def chunks(terms: int, chunk: int) -> list[tuple[int, int, int]]:
+    return [(a, min(a + chunk, terms), DIGITS) for a in range(0, terms, chunk)]
+
+
+def _chunk(args: tuple[int, int, int]) -> int:
+    return leibnizChunk(*args)
+
+
+def oneProcess(terms: int) -> tuple[float, str]:
+    start = time.perf_counter()
+    value = sum(leibnizChunk(a, b, d) for a, b, d in chunks(terms, CHUNK))
+    return time.perf_counter() - start, formatScaled(value, DIGITS)
+
+
+def pool(terms: int, chunk: int) -> tuple[float, str]:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(PROCS) as p:
+        p.map(_chunk, [(0, 10, DIGITS)] * PROCS)  # started, imports done
+        start = time.perf_counter()
+        value = sum(p.map(_chunk, chunks(terms, chunk), chunksize=1))
+        return time.perf_counter() - start, formatScaled(value, DIGITS)
+
+
+def bcPipes(terms: int) -> tuple[float, str]:
+    from tests.compute_support import BC_PSUM
+
+    start = time.perf_counter()
+    env = {**os.environ, "BC_LINE_LENGTH": "0"}
+    procs = []
+    for a, b, _ in chunks(terms, CHUNK):
+        p = subprocess.Popen(["bc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        assert p.stdin is not None
+        p.stdin.write(BC_PSUM + f"scale={DIGITS}\npsum({a},{b})\n")
+        p.stdin.close()
+        procs.append(p)
+    from decimal import Decimal, localcontext
+
+    total = Decimal(0)
+    try:
+        with localcontext() as ctx:
+            ctx.prec = DIGITS + 20
+            for p in procs:
+                assert p.stdout is not None
+                left = BC_LIMIT - (time.perf_counter() - start)
+                p.wait(max(0.1, left))
+                total += Decimal(p.stdout.read().strip())
+    except subprocess.TimeoutExpired:
+        return float("inf"), "stopped"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return time.perf_counter() - start, f"{total:.{DIGITS}f}"
+
+
+class Site:
+    """
+    A coordinator (twistd compute) with local workers, or on Dask.
+    """
+
+    def __init__(self, tmp: str, workers: list[int], engine: str | None = None) -> None:
+        cert, key = ensureDevCertificate(os.path.join(tmp, "tls"))
+        self.rpc, wport = freePort(), freePort()
+        token = os.path.join(tmp, "w.token")
+        with open(token, "w") as f:
+            f.write("w1:bench-token\n")
+        args = [
+            os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
+            "--logfile", os.path.join(tmp, "coordinator.log"), "compute",
+            "--rpc", f"tcp:{self.rpc}:interface=127.0.0.1", "--db", ":memory:",
+            "--workers", f"tcp:{wport}:interface=127.0.0.1", "--tls-cert", cert, "--tls-key", key,
+            "--user", "w1:bench-token",
+        ]
+        if engine:
+            args += ["--engine", engine]
+        self.proc = subprocess.Popen(args, cwd=tmp)
+        waitForPort(self.rpc, self.proc)
+        self.workers = [
+            subprocess.Popen(
+                [os.path.join(os.path.dirname(sys.executable), "compute-worker"), "--connect", f"127.0.0.1:{wport}",
+                 "--cafile", cert, "--token-file", token, "--procs", str(n)],
+                stderr=subprocess.DEVNULL, start_new_session=True)
+            for n in workers
+        ]
+        self.server = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{self.rpc}/")
+        # Warm up: every worker process started and connected.
+        for _ in range(3):
+            self.run(4 * sum(workers or [4]), 1)
+
+    def run(self, terms: int, chunk: int) -> tuple[float, str]:
+        start = time.perf_counter()
+        job = self.server.submit("leibniz", terms, chunk, DIGITS)
+        while True:
+            status = self.server.status(job)
+            if status["state"] in ("done", "failed", "cancelled"):
+                break
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - start
+        return elapsed, str(self.server.result(job))
+
+    def stop(self) -> None:
+        from tests.compute_support import killGroup
+
+        for p in self.workers:
+            killGroup(p)
+        stopProcess(self.proc)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                       for i, (c, w) in enumerate(zip(r, widths))) + " |"
+    out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    return "\n".join(out + [line(r) for r in rows])
+
+
+def jobTable(tmp: str) -> None:
+    from tests.compute_support import DaskCluster
+
+    n = len(chunks(TERMS, CHUNK))
+    print(f"Job: Leibniz, {TERMS:,} terms in {n} chunks of {CHUNK:,}, {DIGITS} digits; {PROCS} processes"
+          f" where parallel; machine: {os.cpu_count()} CPUs", flush=True)
+    base, reference = oneProcess(TERMS)
+    print(f"  one process: {base:.2f} s", flush=True)
+    results: list[tuple[str, int, float, str]] = [("one Python process (baseline)", 1, base, reference)]
+    results.append(("seed: parallel bc pipes (one per chunk)", PROCS, *bcPipes(TERMS)))
+    print(f"  bc: {results[-1][2]:.2f} s", flush=True)
+    results.append(("multiprocessing.Pool(2).map", PROCS, *pool(TERMS, CHUNK)))
+    for label, workers, parallel in [("coordinator + 1 worker --procs 1", [1], 1),
+                                     ("coordinator + 1 worker --procs 2", [2], 2),
+                                     ("coordinator + 2 workers --procs 1", [1, 1], 2)]:
+        site = Site(tmp, workers)
+        try:
+            results.append((label, parallel, *site.run(TERMS, CHUNK)))
+        finally:
+            site.stop()
+        print(f"  {label}: {results[-1][2]:.2f} s", flush=True)
+    cluster = DaskCluster(tmp, workers=PROCS)
+    try:
+        site = Site(tmp, [], engine=f"dask://127.0.0.1:{cluster.port}")
+        try:
+            results.append(("coordinator on Dask, 2 workers x 1 thread", PROCS, *site.run(TERMS, CHUNK)))
+        finally:
+            site.stop()
+    finally:
+        cluster.stop()
+    rows = []
+    poolTime = results[2][2]
+    for label, parallel, wall, digits in results:
+        ok = "same" if digits == reference else ("stopped" if digits == "stopped" else "DIFFERENT")
+        overhead = (wall * parallel - base) / n * 1000
+        rows.append([label, f"{wall:.2f}", f"{base / wall:.2f}", f"{wall / poolTime:.2f}",
+                     f"{overhead:.1f}" if wall != float("inf") else "-", ok])
+    print(table(rows, ["engine", "wall s", "speed-up", "vs Pool", "overhead ms/chunk", "digits"]))
+    print(f"digits: {reference}")
+    if any(r[-1] == "DIFFERENT" for r in rows):
+        raise SystemExit("an engine gave different digits")
+
+
+def sweep(tmp: str) -> None:
+    from tests.compute_support import DaskCluster
+
+    print(f"\nChunk size sweep: {SWEEP_TERMS:,} terms, {PROCS} processes", flush=True)
+    series: dict[str, list[float]] = {"multiprocessing.Pool(2)": [], "coordinator + 2 workers": [],
+                                      "coordinator on Dask (2 workers)": []}
+    for chunk in SWEEP_CHUNKS:
+        series["multiprocessing.Pool(2)"].append(pool(SWEEP_TERMS, chunk)[0])
+    site = Site(tmp, [1, 1])
+    try:
+        for chunk in SWEEP_CHUNKS:
+            series["coordinator + 2 workers"].append(site.run(SWEEP_TERMS, chunk)[0])
+    finally:
+        site.stop()
+    cluster = DaskCluster(tmp, workers=PROCS)
+    try:
+        site = Site(tmp, [], engine=f"dask://127.0.0.1:{cluster.port}")
+        try:
+            for chunk in SWEEP_CHUNKS:
+                series["coordinator on Dask (2 workers)"].append(site.run(SWEEP_TERMS, chunk)[0])
+        finally:
+            site.stop()
+    finally:
+        cluster.stop()
+    rows = [[f"{c:,}", f"{SWEEP_TERMS // c:,}", *(f"{series[k][i]:.2f}" for k in series)]
+            for i, c in enumerate(SWEEP_CHUNKS)]
+    print(table(rows, ["chunk", "chunks", *series]))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, times in series.items():
+        ax.plot(SWEEP_CHUNKS, times, marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("chunk size (terms)")
+    ax.set_ylabel("wall time (s)")
+    ax.set_title(f"Leibniz, {SWEEP_TERMS:,} terms at {DIGITS} digits, {PROCS} processes")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(PNG, dpi=100)
+    print(f"figure: {os.path.relpath(PNG, TOP)}")
+
+
+# No-op RPC servers and clients, each run as `python -m bench.compute_bench serve|call KIND PORT`.
+
+def serve(kind: str, port: int) -> None:
+    if kind == "stdlib":
+        from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
+
+        class Handler(SimpleXMLRPCRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as twisted.web
+
+            def log_message(self, *args) -> None:
+                pass
+
+        server = SimpleXMLRPCServer(("127.0.0.1", port), Handler, logRequests=False)
+        server.register_function(lambda: 0, "noop")
+        server.serve_forever()
+        return
+    from twisted.internet import endpoints, reactor
+
+    if kind == "twisted":
+        from twisted.web import server as web
+        from twisted.web import xmlrpc
+
+        class NoOp(xmlrpc.XMLRPC):
+            def xmlrpc_noop(self) -> int:
+                return 0
+
+        site = web.Site(NoOp())
+        site.noisy = False
+        factory = site
+    elif kind == "amp":
+        from twisted.internet.protocol import Factory
+        from twisted.protocols import amp
+
+        class Server(amp.AMP):
+            @NoOpCommand.responder
+            def noop(self) -> dict:
+                return {}
+
+        factory = Factory.forProtocol(Server)
+    else:
+        from twisted.spread import pb
+
+        class Root(pb.Root):
+            def remote_noop(self) -> int:
+                return 0
+
+        factory = pb.PBServerFactory(Root())
+    endpoints.TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(factory)
+    reactor.run()
+
+
+def _noOpCommand():
+    from twisted.protocols import amp
+
+    class NoOp(amp.Command):
+        commandName = b"NoOp"
+        arguments: list = []
+        response: list = []
+
+    return NoOp
+
+
+NoOpCommand = _noOpCommand()
+
+
+def call(kind: str, port: int, count: int) -> None:
+    """
+    C{count} calls one after another; prints calls a second.
+    """
+    if kind in ("stdlib", "twisted"):
+        proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/")
+        proxy.noop()
+        start = time.perf_counter()
+        for _ in range(count):
+            proxy.noop()
+        print(count / (time.perf_counter() - start))
+        return
+    from twisted.internet import endpoints
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import react
+
+    async def run(reactor) -> None:
+        ep = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        if kind == "amp":
+            from twisted.internet.protocol import Factory
+            from twisted.protocols import amp
+
+            proto = await ep.connect(Factory.forProtocol(amp.AMP))
+            once = lambda: proto.callRemote(NoOpCommand)  # noqa: E731
+        else:
+            from twisted.spread import pb
+
+            factory = pb.PBClientFactory()
+            await ep.connect(factory)
+            root = await factory.getRootObject()
+            once = lambda: root.callRemote("noop")  # noqa: E731
+        await once()
+        start = time.perf_counter()
+        for _ in range(count):
+            await once()
+        print(count / (time.perf_counter() - start))
+
+    react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
+
+
+def noOpTable() -> None:
+    print(f"\nNo-op RPC: {NOOP_CALLS:,} calls one after another, server and client each a process", flush=True)
+    rows = []
+    for label, kind in [("XML-RPC, twisted.web server", "twisted"), ("XML-RPC, stdlib SimpleXMLRPCServer", "stdlib"),
+                        ("AMP (Twisted)", "amp"), ("Perspective Broker (Twisted)", "pb")]:
+        port = freePort()
+        server = subprocess.Popen([sys.executable, "-m", "bench.compute_bench", "serve", kind, str(port)], cwd=TOP)
+        try:
+            waitForPort(port, server)
+            out = subprocess.run([sys.executable, "-m", "bench.compute_bench", "call", kind, str(port), str(NOOP_CALLS)],
+                                 cwd=TOP, capture_output=True, text=True, timeout=300, check=True)
+            rate = float(out.stdout.strip().splitlines()[-1])
+        finally:
+            stopProcess(server)
+        rows.append([label, f"{rate:,.0f}", f"{1e6 / rate:.0f}"])
+    base = float(rows[0][1].replace(",", ""))
+    for r in rows:
+        r.append(f"{float(r[1].replace(',', '')) / base:.2f}")
+    print(table(rows, ["RPC", "calls/s", "us/call", "vs twisted.web XML-RPC"]))
+
+
+def main() -> int:
+    if not shutil.which("bc"):
+        print("compute bench: bc is not installed (Debian package bc)", file=sys.stderr)
+        return 1
+    tmp = tempfile.mkdtemp(prefix="compute-bench-")
+    try:
+        jobTable(tmp)
+        sweep(tmp)
+        noOpTable()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        serve(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "call":
+        call(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        sys.exit(main())
