@@ -1089,6 +1089,10 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
 
     def dispatchCommand(self, tag: bytes, cmd: bytes, rest: bytes | None, uid: Any = None) -> None:
         self._running = tag
+        if not (cmd.isascii() and cmd.isalpha()):
+            # Twisted's lookup fails on a name that is not ASCII.
+            self.sendBadResponse(tag, b"Unsupported command")
+            return
         imap4.IMAP4Server.dispatchCommand(self, tag, cmd, rest, uid)
 
     def sendPositiveResponse(self, tag: bytes | None = None, message: Any = b"") -> None:
@@ -1708,6 +1712,50 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         return matches
 
     select_SEARCH = _command(do_SEARCH, imap4.IMAP4Server.opt_charset, imap4.IMAP4Server.arg_searchkeys)
+
+def _guarded(parser: Any) -> Any:
+    """
+    An argument parser of Twisted's whose unexpected exceptions (on input
+    it does not foresee) become a syntax error: the client gets BAD with
+    the reason instead of "Server error" and a logged traceback.
+    """
+    expected = (imap4.IllegalClientResponse, imap4.IllegalOperation, imap4.IllegalMailboxEncoding)
+
+    def refused(failure: Failure) -> None:
+        if failure.check(*expected):
+            failure.raiseException()
+        raise imap4.IllegalClientResponse(f"cannot parse this argument ({failure.value})")
+
+    def parse(self: Any, line: bytes) -> Any:
+        try:
+            result = parser(self, line)
+        except expected:
+            raise
+        except Exception as e:
+            raise imap4.IllegalClientResponse(f"cannot parse this argument ({e})")
+        if isinstance(result, Deferred):
+            result.addErrback(refused)
+        return result
+
+    return parse
+
+
+def _guardParsers(cls: type) -> None:
+    """
+    Guard every argument parser of C{cls}'s command table (C{auth_FETCH}
+    and the like: a handler, then parsers and constants).
+    """
+    names = {name for klass in cls.__mro__ for name in vars(klass)}
+    for name in sorted(names):
+        if name.split("_", 1)[0] not in ("unauth", "auth", "select", "logout"):
+            continue
+        entry = getattr(cls, name, None)
+        if isinstance(entry, tuple) and entry:
+            setattr(cls, name, (entry[0],) + tuple(_guarded(a) if callable(a) else a for a in entry[1:]))
+
+
+_guardParsers(IMAPServer)
+
 
 class IMAPFactory(MailFactory, ServerFactory):
     """

@@ -88,26 +88,27 @@ def splitMultipart(body: bytes, boundary: bytes) -> list[bytes]:
     """
     The body parts of a multipart body (RFC 2046 5.1.1), preamble and
     epilogue left out; a delimiter line's CRLF before it belongs to it.
+    Only whole delimiter lines count: C{--b} does not cut at C{--b2}.
     """
     text = b"\r\n" + body
     delimiter = b"\r\n--" + boundary
     parts = []
+    start: int | None = None
     pos = text.find(delimiter)
     while pos >= 0:
         after = pos + len(delimiter)
-        if text.startswith(b"--", after):
-            break
+        closing = text.startswith(b"--", after)
         eol = text.find(b"\r\n", after)
-        if eol < 0:
-            # The last delimiter, with nothing after it: an empty part.
-            parts.append(b"")
-            break
-        if text[after:eol].strip(b" \t"):
-            pos = text.find(delimiter, after)
-            continue
-        nxt = text.find(delimiter, eol)
-        parts.append(text[eol + 2 : nxt if nxt >= 0 else len(text)])
-        pos = nxt
+        end = len(text) if eol < 0 else eol
+        if closing or not text[after:end].strip(b" \t"):
+            if start is not None:
+                parts.append(text[start:pos])
+            if closing:
+                return parts
+            start = end + 2 if eol >= 0 else len(text)
+        pos = text.find(delimiter, after)
+    if start is not None:
+        parts.append(text[start:])
     return parts
 
 

@@ -52,3 +52,13 @@ def test_addresses_route_comment_and_groups():
 def test_envelope_of_empty_message():
     """A message with no header at all has an ENVELOPE of NILs, not an error."""
     assert render(envelope(Entity(b""))) == b"(" + b" ".join([b"NIL"] * 10) + b")"
+
+
+def test_boundary_that_prefixes_another_does_not_cut_it():
+    """An outer boundary "b" does not cut at the inner "--b1" lines: only whole delimiter lines count."""
+    raw = (
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\n\r\ninner\r\n--b1--\r\n\r\n--b--\r\n'
+    )
+    message = Entity(raw)
+    assert len(message.children) == 1 and section(message, [1, 1], "") == b"inner"
