@@ -136,17 +136,25 @@ def test_irc_line_limit_is_510_bytes_whatever_the_ending():
 # -- wire basics (issue 12) ---------------------------------------------------------
 
 
-def test_notice_stays_a_notice_and_gets_no_error_reply():
-    """NOTICE reaches IRC users as NOTICE and course users as NOTICE/PRIVNOTICE, is not kept in history, and a failing NOTICE gets no reply."""
+def threeInLab():
+    """
+    A world with C{course} (course door), C{ircy} and C{other} (IRC) in
+    room lab, output cleared: C{(world, course, ircy, other)}.
+    """
     world = World()
     course = world.user("course", "lab")
     irc = ircUser(world, "ircy")
     other = ircUser(world, "other")
-    irc.send("JOIN #lab")
-    other.send("JOIN #lab")
-    irc.lines()
-    other.lines()
-    course.lines()
+    for peer in (irc, other):
+        peer.send("JOIN #lab")
+    for peer in (irc, other, course):
+        peer.lines()
+    return world, course, irc, other
+
+
+def test_notice_stays_a_notice_and_gets_no_error_reply():
+    """NOTICE reaches IRC users as NOTICE and course users as NOTICE/PRIVNOTICE, is not kept in history, and a failing NOTICE gets no reply."""
+    world, course, irc, other = threeInLab()
     irc.send("NOTICE #lab :bot output")
     irc.send("NOTICE course :psst")
     irc.send("NOTICE nobody :x")
@@ -159,14 +167,7 @@ def test_notice_stays_a_notice_and_gets_no_error_reply():
 
 def test_ctcp_formatting_and_tab_pass_through_nul_is_refused():
     """CTCP \\x01, colour, bold and TAB arrive as sent on both doors; a line with NUL is refused and not relayed."""
-    world = World()
-    course = world.user("course", "lab")
-    irc = ircUser(world, "ircy")
-    other = ircUser(world, "other")
-    irc.send("JOIN #lab")
-    other.send("JOIN #lab")
-    for peer in (irc, other, course):
-        peer.lines()
+    world, course, irc, other = threeInLab()
     irc.send("PRIVMSG #lab :\x01ACTION waves\x01")
     irc.send("PRIVMSG #lab :\x02bold\x02 \x0304red\x03\tTAB")
     assert other.lines() == [

@@ -3,9 +3,9 @@ The chat server over real sockets on 127.0.0.1, against clients that
 send much and read little (issue 9).
 
   - A client that floods either front door with commands and never reads
-    the replies: the server's memory stays bounded, the client is cut off
-    within the drain timeout, and another client is still answered
-    promptly.
+    the replies: the server's memory stays bounded, the client, paced by
+    the flood limit, is cut off after the flood cut, and another client is
+    still answered promptly.
   - A paste of 50 lines into a room: every line arrives, in order, paced
     by the flood limit rather than dropped.
   - A crowd bursting into one room while two honest clients, one per
@@ -193,24 +193,32 @@ async def test_honest_readers_get_every_message_of_a_crowd_burst(reactor):
 # -- a paste ------------------------------------------------------------------------------
 
 
+def joinPaste(port: int, irc: bool, nick: str) -> socket.socket:
+    """
+    A connection registered as C{nick} and in room paste.
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if irc:
+        ircRegister(sock, nick)
+        sock.sendall(b"JOIN #paste\r\n")
+        readUntil(sock, b" 366 ")
+    else:
+        courseRegister(sock, nick)
+        sock.sendall(b"JOIN paste\r\n")
+        readUntil(sock, b"250 ")
+    return sock
+
+
 def paste(port: int, irc: bool, lines: int) -> float:
     """
     Join room paste and send C{lines} messages in one write, as a paste
     does; return the seconds until the server answered a PING sent after
     them (it runs lines in order, so every message was taken by then).
     """
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock = joinPaste(port, irc, "paster")
     try:
-        if irc:
-            ircRegister(sock, "paster")
-            sock.sendall(b"JOIN #paste\r\n")
-            readUntil(sock, b" 366 ")
-            text = b"".join(b"PRIVMSG #paste :line %02d\r\n" % n for n in range(lines))
-        else:
-            courseRegister(sock, "paster")
-            sock.sendall(b"JOIN paste\r\n")
-            readUntil(sock, b"250 ")
-            text = b"".join(b"SAY paste line %02d\r\n" % n for n in range(lines))
+        say = b"PRIVMSG #paste :line %02d\r\n" if irc else b"SAY paste line %02d\r\n"
+        text = b"".join(say % n for n in range(lines))
         start = time.monotonic()
         sock.sendall(text + (b"PING :done\r\n" if irc else b"PING done\r\n"))
         readUntil(sock, b"done\r\n", limit=1 << 24)
@@ -223,16 +231,8 @@ def collect(port: int, irc: bool, ready: threading.Event, lines: int) -> list[by
     """
     Join room paste through the other door and return the first C{lines} messages.
     """
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock = joinPaste(port, irc, "reader")
     try:
-        if irc:
-            ircRegister(sock, "reader")
-            sock.sendall(b"JOIN #paste\r\n")
-            readUntil(sock, b" 366 ")
-        else:
-            courseRegister(sock, "reader")
-            sock.sendall(b"JOIN paste\r\n")
-            readUntil(sock, b"250 ")
         ready.set()
         data = b""
         while data.count(b"line ") < lines:
