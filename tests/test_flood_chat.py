@@ -43,6 +43,22 @@ def courseRegister(sock: socket.socket, nick: str) -> None:
     readUntil(sock, b"230 ")
 
 
+def joinRoom(port: int, irc: bool, nick: str, room: str) -> socket.socket:
+    """
+    A connection to either door, registered as C{nick} and in C{room}.
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if irc:
+        ircRegister(sock, nick)
+        sock.sendall(f"JOIN #{room}\r\n".encode())
+        readUntil(sock, b" 366 ")
+    else:
+        courseRegister(sock, nick)
+        sock.sendall(f"JOIN {room}\r\n".encode())
+        readUntil(sock, b"250 ")
+    return sock
+
+
 def ping(sock: socket.socket) -> None:
     """
     One request, one reply line.
@@ -90,11 +106,8 @@ def burster(port: int, nick: str, ready: threading.Barrier, stop: threading.Even
     Join the crowd; when everyone has, send one allowed burst of long
     messages at once; then read (and drop) everything until told to stop.
     """
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock = joinRoom(port, False, nick, "crowd")
     try:
-        courseRegister(sock, nick)
-        sock.sendall(b"JOIN crowd\r\n")
-        readUntil(sock, b"250 ")
         ready.wait()
         pad = "m" * MAX_TEXT
         sock.sendall(b"".join(f"SAY crowd {(f'{nick} {i} ' + pad)[:MAX_TEXT]}\r\n".encode() for i in range(burst)))
@@ -115,18 +128,9 @@ def honestReader(port: int, irc: bool, ready: threading.Barrier, expected: int, 
     messages have come: C{(messages per sender, in order, bytes read,
     seconds, answered a PING afterwards)}.
     """
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    nick = "honestIrc" if irc else "honestCourse"
+    sock = joinRoom(port, irc, "honestIrc" if irc else "honestCourse", "crowd")
     seen: dict[str, list[int]] = {}
     try:
-        if irc:
-            ircRegister(sock, nick)
-            sock.sendall(b"JOIN #crowd\r\n")
-            readUntil(sock, b" 366 ")
-        else:
-            courseRegister(sock, nick)
-            sock.sendall(b"JOIN crowd\r\n")
-            readUntil(sock, b"250 ")
         ready.wait()
         start = time.monotonic()
         rest, total, count = b"", 0, 0
@@ -193,29 +197,13 @@ async def test_honest_readers_get_every_message_of_a_crowd_burst(reactor):
 # -- a paste ------------------------------------------------------------------------------
 
 
-def joinPaste(port: int, irc: bool, nick: str) -> socket.socket:
-    """
-    A connection registered as C{nick} and in room paste.
-    """
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    if irc:
-        ircRegister(sock, nick)
-        sock.sendall(b"JOIN #paste\r\n")
-        readUntil(sock, b" 366 ")
-    else:
-        courseRegister(sock, nick)
-        sock.sendall(b"JOIN paste\r\n")
-        readUntil(sock, b"250 ")
-    return sock
-
-
 def paste(port: int, irc: bool, lines: int) -> float:
     """
     Join room paste and send C{lines} messages in one write, as a paste
     does; return the seconds until the server answered a PING sent after
     them (it runs lines in order, so every message was taken by then).
     """
-    sock = joinPaste(port, irc, "paster")
+    sock = joinRoom(port, irc, "paster", "paste")
     try:
         say = b"PRIVMSG #paste :line %02d\r\n" if irc else b"SAY paste line %02d\r\n"
         text = b"".join(say % n for n in range(lines))
@@ -231,7 +219,7 @@ def collect(port: int, irc: bool, ready: threading.Event, lines: int) -> list[by
     """
     Join room paste through the other door and return the first C{lines} messages.
     """
-    sock = joinPaste(port, irc, "reader")
+    sock = joinRoom(port, irc, "reader", "paste")
     try:
         ready.set()
         data = b""
