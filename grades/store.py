@@ -159,7 +159,9 @@ class SQLStore:
 
     def _connection(self) -> Any:
         connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != os.getpid():
+        # A PostgreSQL connection the server dropped (a restart) is
+        # replaced, so the store recovers once the database is back.
+        if connection is None or self._local.pid != os.getpid() or getattr(connection, "broken", False):
             # Not across a fork: a forked child opens its own.
             connection = self._connect()
             self._local.connection, self._local.pid = connection, os.getpid()
@@ -463,7 +465,6 @@ class PostgresStore(SQLStore):
         return psycopg.connect(self._dsn, autocommit=True)
 
     def _transaction(self, step: Callable, *args):
-        import psycopg
         from psycopg import errors
 
         for attempt in range(_RETRIES):
@@ -474,10 +475,6 @@ class PostgresStore(SQLStore):
             except (errors.UniqueViolation, errors.SerializationFailure, errors.DeadlockDetected):
                 if attempt == _RETRIES - 1:
                     raise
-            except psycopg.OperationalError:
-                # The server went away: a fresh connection next time.
-                self._local.connection = None
-                raise
         raise AssertionError("unreachable")
 
     def _setupLock(self) -> None:

@@ -254,24 +254,61 @@ class Postgres:
                        check=True, capture_output=True, cwd=self.dir)
         self.port = freePort()
         self.log = open(os.path.join(self.dir, "log"), "wb")
-        self.proc = subprocess.Popen(
-            [*runAs, postgres, "-D", data, "-k", self.dir, "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
-             "-c", f"max_connections={maxConnections}", "-c", "fsync=off", "-c", "synchronous_commit=off"],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir,
-        )
+        self._command = [
+            *runAs, postgres, "-D", data, "-k", self.dir, "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+            "-c", f"max_connections={maxConnections}", "-c", "fsync=off", "-c", "synchronous_commit=off",
+        ]
+        self._start()
         import psycopg
 
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE grades")
+
+    def _start(self) -> None:
+        import time
+
+        import psycopg
+
+        self.proc = subprocess.Popen(self._command, stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=self.dir)
         deadline = time.monotonic() + 30
         while True:
             try:
-                with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-                    conn.execute("CREATE DATABASE grades")
-                break
+                psycopg.connect(self.url("postgres")).close()
+                return
             except psycopg.OperationalError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError("postgres did not start")
                 time.sleep(0.1)
+
+    def _shutDown(self) -> None:
+        """
+        A fast shutdown (SIGINT to the postmaster, whose PID its data
+        directory names): clients are disconnected, not waited for.
+        """
+        import signal
+        import time
+
+        try:
+            with open(os.path.join(self.dir, "data", "postmaster.pid")) as f:
+                pid = int(f.readline())
+            os.kill(pid, signal.SIGINT)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)
+                time.sleep(0.05)
+        except (OSError, ValueError):
+            pass  # not running (any more)
+        stopProcess(self.proc, timeout=20)
+
+    def restart(self) -> None:
+        """
+        Stop the server (its clients' connections break) and start it again
+        on the same data.
+        """
+        self._shutDown()
+        self._start()
 
     def url(self, database: str = "grades") -> str:
         return f"postgresql://grades@127.0.0.1:{self.port}/{database}"
@@ -279,6 +316,6 @@ class Postgres:
     def stop(self) -> None:
         import shutil
 
-        stopProcess(self.proc, timeout=20)
+        self._shutDown()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -13,6 +13,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
 from grades.client import connect
+from grades.wire import GradesError
 from grades.store import PostgresStore
 from tests.conftest import skipOrFail
 from tests.grades_support import PASSWORD, Postgres, RunningGrades, writeAccounts
@@ -110,3 +111,25 @@ def test_postgresStoreBindsValues(postgres, payload):
             conn.execute("DELETE FROM grades WHERE course = %s", (payload,))
     finally:
         store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_serverSurvivesPostgresRestart(reactor, twoServers, postgres):
+    """After PostgreSQL restarts, a server answers ERR 503 while its old connections fail, then answers from the database again."""
+    client = await connect(reactor, "127.0.0.1", twoServers[0].port)
+    try:
+        assert await client.name("051883261") == "DAN HACKER"
+        postgres.restart()
+        refusals = []
+        for _ in range(30):
+            try:
+                assert await client.name("051883261") == "DAN HACKER"
+                break
+            except GradesError as e:
+                refusals.append((e.code, e.message))
+        else:
+            pytest.fail(f"no answer after the restart: {refusals}")
+        assert set(refusals) <= {(503, "the database cannot be reached now; try again later")}
+        assert await client.grade("MATH") == 87
+    finally:
+        client.transport.loseConnection()
