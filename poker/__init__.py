@@ -1,0 +1,1 @@
+"""A multi-table no-limit Texas Hold'em server (docs/poker.md)."""

@@ -1,0 +1,261 @@
+"""
+The bank: chip balances, the stacks at the seats, and hand histories, in
+SQLite (docs/poker.md, section 10).
+
+The balances live in memory, where the server reads them; every change is
+also queued as SQL and written by one worker at a time, off the reactor
+thread, many changes to a transaction.  Each change is whole in itself (a
+buy-in takes from a balance and fills a seat in the same batch), so what
+is on disk is always a state the server was in: no chip made or lost.
+
+At start every seat left in the file (the server stopped or died with
+players seated) is emptied back into its owner's balance with the stack it
+had after its last finished hand; the hand that was in play, if any, is
+void.  C{minted} counts every chip that came from outside the game (new
+accounts' and guests' bankrolls): the sum of balances and seated stacks
+always equals it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from poker.interfaces import IBank
+from poker.wire import Code, PokerError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS balances (name TEXT PRIMARY KEY, balance INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS seats (
+    tbl TEXT NOT NULL, seat INTEGER NOT NULL, name TEXT NOT NULL, stack INTEGER NOT NULL,
+    PRIMARY KEY (tbl, seat));
+CREATE TABLE IF NOT EXISTS hands (
+    tbl TEXT NOT NULL, number INTEGER NOT NULL, commitment TEXT NOT NULL, phh TEXT NOT NULL,
+    PRIMARY KEY (tbl, number));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+Runner = Callable[..., Deferred]
+
+
+def open_(path: str) -> sqlite3.Connection:
+    if path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+    return db
+
+
+@implementer(IBank)
+class Bank:
+    """
+    Balances in memory, written behind to SQLite at C{path}.
+
+    @param run: runs a blocking function and returns a L{Deferred} of its
+        result: a thread of the reactor's pool by default; tests pass one
+        that runs it at once.
+    @param keepHands: hand histories kept per table; older ones are
+        deleted.
+    """
+
+    _log = Logger()
+
+    def __init__(self, path: str, reactor: Any = None, run: Runner | None = None, keepHands: int = 10_000) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        if run is None:
+            from twisted.internet.threads import deferToThreadPool
+
+            pool = reactor.getThreadPool()
+            run = lambda f, *a: deferToThreadPool(reactor, pool, f, *a)  # noqa: E731
+        self._run = run
+        self.keepHands = keepHands
+        self._db = open_(path)
+        self._pending: list[tuple[str, tuple]] = []
+        self._flushing: Deferred | None = None
+        self._waiters: list[Deferred] = []
+        self._closed = False
+        self.balances: dict[str, int] = {}
+        self.seated: dict[tuple[str, int], tuple[str, int]] = {}
+        self.minted = 0
+        self.restored = self._restore()
+
+    def _restore(self) -> int:
+        """
+        Empty the seats left by the last run into their owners' balances;
+        return how many there were.  At start, before the reactor runs.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        rows = db.execute("SELECT name, stack FROM seats").fetchall()
+        for name, stack in rows:
+            db.execute(
+                "INSERT INTO balances VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET balance = balance + ?",
+                (name, stack, stack),
+            )
+        db.execute("DELETE FROM seats")
+        db.execute("COMMIT")
+        self.balances = dict(db.execute("SELECT name, balance FROM balances"))
+        row = db.execute("SELECT value FROM meta WHERE key = 'minted'").fetchone()
+        self.minted = row[0] if row else 0
+        self.lastHands = dict(db.execute("SELECT tbl, MAX(number) FROM hands GROUP BY tbl"))
+        return len(rows)
+
+    # -- writing behind ----------------------------------------------------------------
+
+    def _queue(self, *statements: tuple[str, tuple]) -> None:
+        self._pending.extend(statements)
+        if self._flushing is None and not self._closed:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        d = self._run(self._write, batch)
+        self._flushing = d
+        d.addBoth(self._flushed)
+
+    def _write(self, batch: list[tuple[str, tuple]]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, args in batch:
+                db.execute(sql, args)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _flushed(self, result: Any) -> None:
+        self._flushing = None
+        if isinstance(result, Failure):
+            self._log.failure("writing chip balances failed; memory is ahead of the file", result)
+        if self._pending and not self._closed:
+            self._flush()
+        elif not self._pending:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def flushed(self) -> Deferred:
+        """
+        A L{Deferred} that fires once everything queued so far is written.
+        """
+        if self._flushing is None and not self._pending:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def close(self) -> Deferred:
+        def closed(_: Any) -> None:
+            self._closed = True
+            self._db.close()
+
+        return self.flushed().addBoth(closed)
+
+    # -- IBank ---------------------------------------------------------------------------
+
+    def balance(self, name: str) -> int | None:
+        return self.balances.get(name)
+
+    def grant(self, name: str, amount: int) -> int:
+        have = self.balances.get(name, 0)
+        if have >= amount:
+            return have
+        self.balances[name] = amount
+        self.minted += amount - have
+        self._queue(
+            ("INSERT INTO balances VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET balance = ?", (name, amount, amount)),
+            ("INSERT INTO meta VALUES ('minted', ?) ON CONFLICT(key) DO UPDATE SET value = ?", (self.minted, self.minted)),
+        )
+        return amount
+
+    def buyIn(self, name: str, table: str, seat: int, amount: int) -> None:
+        have = self.balances.get(name, 0)
+        if have < amount:
+            raise PokerError(Code.FUNDS, f"buy-in {amount} is more than your balance {have}")
+        if (table, seat) in self.seated:
+            raise PokerError(Code.SEAT, f"seat {seat} at {table} is taken")
+        self.balances[name] = have - amount
+        self.seated[(table, seat)] = (name, amount)
+        self._queue(
+            ("UPDATE balances SET balance = balance - ? WHERE name = ?", (amount, name)),
+            ("INSERT INTO seats VALUES (?, ?, ?, ?)", (table, seat, name, amount)),
+        )
+
+    def cashOut(self, name: str, table: str, seat: int, stack: int) -> None:
+        self.seated.pop((table, seat), None)
+        self.balances[name] = self.balances.get(name, 0) + stack
+        self._queue(
+            ("DELETE FROM seats WHERE tbl = ? AND seat = ?", (table, seat)),
+            (
+                "INSERT INTO balances VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET balance = balance + ?",
+                (name, stack, stack),
+            ),
+        )
+
+    def settle(self, table: str, stacks: list, record: tuple) -> None:
+        statements: list[tuple[str, tuple]] = []
+        for seat, name, stack in stacks:
+            self.seated[(table, seat)] = (name, stack)
+            statements.append(("UPDATE seats SET stack = ? WHERE tbl = ? AND seat = ?", (stack, table, seat)))
+        number, commit, phh = record
+        statements.append(("INSERT OR REPLACE INTO hands VALUES (?, ?, ?, ?)", (table, number, commit, phh)))
+        if number % 100 == 0:
+            statements.append(("DELETE FROM hands WHERE tbl = ? AND number <= ?", (table, number - self.keepHands)))
+        self._queue(*statements)
+
+    def hand(self, table: str, number: int) -> Deferred:
+        def read() -> str | None:
+            row = self._db.execute("SELECT phh FROM hands WHERE tbl = ? AND number = ?", (table, number)).fetchone()
+            return row[0] if row else None
+
+        # After what is queued: a hand just finished is found.
+        return self.flushed().addCallback(lambda _: self._run(read))
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def held(self) -> int:
+        """
+        Chips in balances and seats, as the server sees them.
+        """
+        return sum(self.balances.values()) + sum(stack for _, stack in self.seated.values())
+
+
+def audit(path: str) -> tuple[int, int]:
+    """
+    C{(minted, held)} as the file at C{path} has them: chips that came in
+    from outside the game, and chips in balances and seats.  Equal when
+    nothing was made or lost.
+    """
+    db = open_(path)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'minted'").fetchone()
+        balances = db.execute("SELECT COALESCE(SUM(balance), 0) FROM balances").fetchone()[0]
+        seats = db.execute("SELECT COALESCE(SUM(stack), 0) FROM seats").fetchone()[0]
+        return (row[0] if row else 0), balances + seats
+    finally:
+        db.close()
+
+
+def exportHands(path: str, table: str | None = None) -> list[tuple[str, int, str]]:
+    """
+    The stored hands as C{(table, number, PHH text)}, oldest first.
+    """
+    db = open_(path)
+    try:
+        if table is None:
+            rows = db.execute("SELECT tbl, number, phh FROM hands ORDER BY tbl, number")
+        else:
+            rows = db.execute("SELECT tbl, number, phh FROM hands WHERE tbl = ? ORDER BY number", (table,))
+        return [(t, n, p) for t, n, p in rows]
+    finally:
+        db.close()

@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+poker = ServiceMaker("Poker server", "poker.tap", "Multi-table no-limit Texas Hold'em (pokerkit rules)", "poker")
