@@ -94,7 +94,8 @@ class SQLiteHistory:
     @param keep: messages kept per room; older ones are deleted.
     @param rooms: rooms with history kept (the server's C{maxRooms}); when a
         new room's first message would pass it, the history of the rooms
-        least recently written is deleted.
+        least recently written is deleted.  Room settings are kept for as
+        many rooms, those changed last.
     """
 
     _log = Logger()
@@ -160,7 +161,14 @@ class SQLiteHistory:
                 )
                 rooms.add(op[1])
             elif op[0] == "settings":
+                # REPLACE makes a new row: the newest rowids are the rooms
+                # changed last, and only --max-rooms of them are kept.
                 txn.execute("INSERT OR REPLACE INTO settings (room, data) VALUES (?, ?)", op[1:])
+                txn.execute(
+                    "DELETE FROM settings WHERE rowid NOT IN"
+                    " (SELECT rowid FROM settings ORDER BY rowid DESC LIMIT ?)",
+                    (self.rooms,),
+                )
             elif op[2] is None:
                 txn.execute("DELETE FROM topics WHERE room = ?", (op[1],))
             else:

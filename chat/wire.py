@@ -50,7 +50,6 @@ class Code(enum.IntEnum):
     NICK_OK = 230
     JOINED = 250
     CLOSING = 421
-    FLOOD = 429
     NICK_IN_USE = 433
     LIMIT = 450
     SYNTAX = 500
@@ -234,7 +233,7 @@ def parseCommand(line: bytes) -> Command:
     """
     Parse one command line (without CRLF).
 
-    @raise ChatError: (500) for non-UTF-8 text, control characters, an
+    @raise ChatError: (500) for non-UTF-8 text, NUL or CR, an
         empty line or a verb that is not a word.
     """
     try:

@@ -170,3 +170,17 @@ def test_mode_changes_are_parsed_alike_for_both_doors():
 def test_ban_masks(mask, hostmask, hit):
     """Ban masks are nick!user@host globs, completed from a bare nick or user@host, matched without case."""
     assert maskMatches(normalizeMask(mask), hostmask) is hit
+
+
+@pytest_twisted.ensureDeferred
+async def test_stored_settings_are_bounded_by_max_rooms(reactor, tmp_path):
+    """Settings are kept for at most --max-rooms rooms, those changed last, so the database does not grow with every room ever moderated."""
+    store = SQLiteHistory(str(tmp_path / "h.sqlite"), reactor=reactor, rooms=2)
+    try:
+        for name in ("a", "b", "c"):
+            store.setSettings(name, RoomSettings({"m"}).toDict())
+            await store.load(name, 1)  # one write batch each
+        kept = [(await store.load(name, 1))[2] is not None for name in ("a", "b", "c")]
+    finally:
+        await store.close()
+    assert kept == [False, True, True]
