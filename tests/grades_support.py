@@ -11,17 +11,17 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from coursenet.accounts import hashPassword, writePasswordFile
-from coursenet.procs import freePort, stopProcess, waitForPort
+from coursenet.demo import RunningServer
+from coursenet.procs import freePort, stopProcess
 from grades.auth import makePortal
 from grades.protocol import GradesFactory
 from grades.store import SQLiteStore
-from tests.bftp_support import FakeReactor
+from tests.bftp_support import FakeReactor, SyncThreadPool
 
 PASSWORD = "correct horse"
 #: Accounts of every test server: two students (the seed's DAN HACKER and
@@ -110,15 +110,7 @@ class HeldPool:
             _runNow(onResult, f, *args, **kwargs)
 
 
-def _runNow(onResult, f, *args, **kwargs) -> None:
-    from twisted.python.failure import Failure
-
-    try:
-        result = f(*args, **kwargs)
-    except BaseException:
-        onResult(False, Failure())
-    else:
-        onResult(True, result)
+_runNow = SyncThreadPool().callInThreadWithCallback
 
 
 class Peer:
@@ -148,29 +140,12 @@ class Peer:
         return self.lines()
 
 
-class RunningGrades:
+def RunningGrades(args: list[str], log, implementation: str = "twisted-epoll") -> RunningServer:
     """
     C{twistd grades} (or a twin: C{implementation} C{threaded} or
-    C{forking}) in a process of its own on 127.0.0.1.
+    C{forking}) in a process of its own on 127.0.0.1, with C{args}.
     """
-
-    def __init__(self, args: list[str], log, implementation: str = "twisted") -> None:
-        self.port = freePort()
-        if implementation == "twisted":
-            command = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "--logfile=-",
-                       "grades", "--listen", f"tcp:{self.port}:interface=127.0.0.1", *args]
-        else:
-            forking = ["--forking"] if implementation == "forking" else []
-            command = [sys.executable, "-m", "grades.threaded", "--listen", f"127.0.0.1:{self.port}", *forking, *args]
-        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            waitForPort(self.port, self.proc, timeout=30)
-        except RuntimeError:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        stopProcess(self.proc, timeout=10)
+    return RunningServer("grades", implementation, args, log)
 
 
 class Raw:
