@@ -162,7 +162,7 @@ async def collect(client, remote: str, local: str, out=None, progress=None, onSt
         lpath = os.path.join(local, *path.split("/"))
         digest = await client.get(posixpath.join(remote, path), lpath, progress=progress)
         if out is not None:
-            print(f"{lpath}: sha256 {digest}", file=out)
+            print(f"{lpath}: {client.digest} {digest}", file=out)
         total += size
     return len(files), total
 
@@ -189,7 +189,7 @@ async def upload(client, local: str, remote: str, out=None, progress=None, onSta
         rpath = posixpath.join(remote, path)
         digest = await client.put(os.path.join(local, *path.split("/")), rpath, resume=True, progress=progress)
         if out is not None:
-            print(f"{rpath}: stored, sha256 {digest}", file=out)
+            print(f"{rpath}: stored, {client.digest} {digest}", file=out)
         total += size
     return len(files), total
 
@@ -227,7 +227,7 @@ async def _run(reactor, args) -> None:
                 print(f"sent {files} files, {size} bytes, from {local} into {remote}", file=out)
             else:
                 digest = await client.put(local, remote, resume=not args.restart, progress=progress, onStart=onStart)
-                print(f"{remote}: stored, sha256 {digest}", file=out)
+                print(f"{remote}: stored, {client.digest} {digest}", file=out)
         finally:
             close()
         await client.quit()
@@ -251,7 +251,7 @@ async def _run(reactor, args) -> None:
             digest = await client.get(url.path, local, resume=not args.no_resume, progress=progress, onStart=onStart)
         finally:
             close()
-        print(f"{local}: sha256 {digest}", file=out)
+        print(f"{local}: {client.digest} {digest}", file=out)
     elif args.command == "ls":
         for line in _listing(await client.list(url.path)):
             print(line, file=out)
@@ -423,7 +423,7 @@ class Shell:
                 digest = await method(src, dst, progress=progress, onStart=onStart)
             finally:
                 close()
-            print(f"{dst}: sha256 {digest}", file=out)
+            print(f"{dst}: {c.digest} {digest}", file=out)
         elif verb == "stat":
             print(describeStat(await c.stat(a[0])), file=out)
         elif verb == "hash":

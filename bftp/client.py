@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import calendar
 import collections
-import hashlib
 import os
 import stat
 import time
@@ -37,6 +36,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from bftp.fs import Entry
+from bftp import digests
 from bftp.transfer import ChunkedFileSender, ChunkSink, hashInThread, setReadSize
 from bftp.wire import (
     MAX_LINE,
@@ -117,6 +117,10 @@ class BFTPClient(LineReceiver):
         self._waiting.append(self.greeting)
         self.closed: Deferred[None] = Deferred()
         self.serverInfo = ""
+        #: What to offer in HELLO, preferred first (L{bftp.digests}).
+        self.digestOffer: tuple[str, ...] = digests.AVAILABLE
+        #: The algorithm the server chose: SHA-256 if it negotiates none.
+        self.digest = digests.SHA256
 
     # -- wire ---------------------------------------------------------------
 
@@ -199,8 +203,14 @@ class BFTPClient(LineReceiver):
 
         async def hello():
             _check(await self.greeting, (220, 220))
-            reply = await self._send(f"HELLO {VERSION}")
+            offer = f" digest={','.join(self.digestOffer)}" if self.digestOffer else ""
+            reply = await self._send(f"HELLO {VERSION}{offer}")
             self.serverInfo = reply.text
+            chosen = _facts(reply.text).get("digest", digests.SHA256)
+            if chosen not in digests.AVAILABLE:
+                self.transport.loseConnection()
+                raise BFTPError(505, f"the server chose digest {chosen[:32]}, which this client cannot compute")
+            self.digest = chosen
             return reply
 
         return self._do(hello())
@@ -274,13 +284,15 @@ class BFTPClient(LineReceiver):
 
         return self._do(stat())
 
-    def hash(self, path: str) -> Deferred[str]:
+    def hash(self, path: str, algorithm: str | None = None) -> Deferred[str]:
         """
-        @return: fires with the SHA-256 of a remote file, in hex.
+        @param algorithm: C{sha256} (the server's default) or C{blake3}.
+        @return: fires with the digest of a remote file, in hex.
         """
 
         async def hash_():
-            return (await self._send(f"HASH {encodePath(path)}")).text.split(" ")[0]
+            extra = f" {algorithm}" if algorithm else ""
+            return (await self._send(f"HASH {encodePath(path)}{extra}")).text.split(" ")[0]
 
         return self._do(hash_())
 
@@ -310,14 +322,14 @@ class BFTPClient(LineReceiver):
         Download C{remote} into the file C{local}.
 
         Data goes to C{local + ".bftp-part"} and is renamed to C{local} once
-        the SHA-256 the server sends matches; after a cut connection that
+        the digest the server sends matches; after a cut connection that
         file stays, and the next C{get} with C{resume} continues from its
         end.
 
         @param progress: called with each number of bytes received.
         @param onStart: called with the file's size and the offset the
             transfer starts at.
-        @return: fires with the hex SHA-256 of the file.
+        @return: fires with the hex digest of the file (by the negotiated algorithm).
         """
 
         async def get():
@@ -336,11 +348,12 @@ class BFTPClient(LineReceiver):
         return self._do(get())
 
     async def _get(self, remote, local, part, offset, progress, onStart) -> str:
-        hasher = hashlib.sha256()
+        algorithm = self.digest
+        hasher = digests.new(algorithm)
         if offset:
             fd = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                hasher = await hashInThread(self._reactor, fd, offset)
+                hasher = await hashInThread(self._reactor, fd, offset, algorithm)
             finally:
                 os.close(fd)
         files = []
@@ -355,7 +368,7 @@ class BFTPClient(LineReceiver):
             if onStart is not None:
                 onStart(size, at)
             setReadSize(self.transport, _TRANSFER_READ)
-            return ChunkSink(self._reactor, f, hasher if at else hashlib.sha256(), progress=progress)
+            return ChunkSink(self._reactor, f, hasher if at else digests.new(algorithm), progress=progress)
 
         self._onData = start
         ok = False
@@ -379,7 +392,7 @@ class BFTPClient(LineReceiver):
         expected = reply.text.split(" ")[0]
         if digest != expected:
             os.unlink(part)
-            raise BFTPError(554, f"{remote}: SHA-256 mismatch; the download was discarded")
+            raise BFTPError(554, f"{remote}: {digests.title(algorithm)} mismatch; the download was discarded")
         os.replace(part, local)
         return digest
 
@@ -393,14 +406,14 @@ class BFTPClient(LineReceiver):
     ) -> Deferred[str]:
         """
         Upload the file C{local} as C{remote}.  The server replaces
-        C{remote} only once the whole file has arrived and its SHA-256
+        C{remote} only once the whole file has arrived and its digest
         matches.
 
         @param resume: continue an upload that was cut, from what the server
             kept (STAT's C{partial}).  If what it kept turns out not to be
             the start of this file (the server answers the digest with
             554), the upload starts over from byte 0, once.
-        @return: fires with the hex SHA-256 of the file.
+        @return: fires with the hex digest of the file (by the negotiated algorithm).
         """
 
         async def put():
@@ -416,7 +429,7 @@ class BFTPClient(LineReceiver):
                 if resume:
                     facts = _facts((await self._send(f"STAT {encodePath(remote)}")).text)
                     offset = min(int(facts.get("partial", 0)), size)
-                hashing = hashInThread(self._reactor, fd, size)
+                hashing = hashInThread(self._reactor, fd, size, self.digest)
                 memo: list[str] = []
 
                 async def digest() -> str:

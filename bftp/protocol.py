@@ -9,7 +9,6 @@ may pipeline commands and they are answered in order.
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import posixpath
 import re
@@ -28,6 +27,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from bftp import digests
 from bftp.fs import PARTIAL_PREFIX, Entry, Jail, formatTime, osReply
 from bftp.interfaces import IAccount
 from bftp.policy import READ, WRITE, Policy
@@ -79,7 +79,7 @@ HELP = [
     "STAT path               exists, type, size, mtime, partial upload",
     "GET path [offset]       download, from offset to resume",
     "PUT path [offset]       upload, from offset to resume",
-    "HASH path               SHA-256 of a file",
+    "HASH path [algorithm]   a file's digest: sha256 (default) or blake3",
     "DELETE path             delete a file (and its unfinished upload)",
     "MKDIR path / RMDIR path make / remove a directory",
     "RENAME from to          rename a file or directory",
@@ -88,7 +88,7 @@ HELP = [
 ]
 
 
-_BAD_DIGEST_LINE = "expected the SHA-256 of the file as 64 hex digits after the data; upload kept for resume"
+_BAD_DIGEST_LINE = "expected the digest of the file as 64 hex digits after the data; upload kept for resume"
 
 
 @dataclass
@@ -131,6 +131,8 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         self._loginDeadline: IDelayedCall | None = None
         #: A GET's chunks are going out: no reply may be written until then.
         self._sending = False
+        #: The digest algorithm of this session's transfers (HELLO).
+        self.digest = digests.SHA256
 
     @property
     def who(self) -> str:
@@ -304,15 +306,29 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
     def do_HELLO(self, command: Command) -> None:
         if not command.args:
             raise ProtocolError(Code.BAD_ARGUMENT, f"usage: HELLO {VERSION}")
-        for version in command.args:
+        # digest=NAME,NAME offers algorithms (section 8.4); a server that
+        # predates it takes it for a version it does not know, and ignores it.
+        offered = [
+            name
+            for arg in command.args if arg.lower().startswith("digest=")
+            for name in arg[len("digest="):].split(",") if name
+        ]
+        versions = [arg for arg in command.args if not arg.lower().startswith("digest=")]
+        for version in versions:
             if version.upper() in SUPPORTED_VERSIONS:
                 self._helloDone = True
+                negotiated = ""
+                if offered and self.factory.digestAlgorithms:
+                    self.digest = digests.choose(offered, self.factory.digestAlgorithms)
+                    negotiated = f" digest={self.digest}"
                 self.reply(
                     Code.OK,
                     f"{VERSION} max-line={MAX_LINE} max-chunk={MAX_CHUNK}"
-                    f" max-file-size={self.factory.maxFileSize or 0}",
+                    f" max-file-size={self.factory.maxFileSize or 0}{negotiated}",
                 )
                 return
+        if not versions:
+            raise ProtocolError(Code.BAD_ARGUMENT, f"usage: HELLO {VERSION} [digest=blake3,sha256]")
         raise ProtocolError(
             Code.BAD_VERSION,
             f"version {' '.join(command.args)[:64]} not supported; this server speaks {' '.join(SUPPORTED_VERSIONS)}",
@@ -584,10 +600,15 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         return fd, st
 
     def do_HASH(self, command: Command) -> Deferred:
-        (arg,) = self._args(command, 1, 1, "HASH path")
-        vpath = self._path(arg)
+        args = self._args(command, 1, 2, "HASH path [sha256|blake3]")
+        vpath = self._path(args[0])
+        # SHA-256 unless asked: what sha256sum users compare with.
+        algorithm = args[1].lower() if len(args) > 1 else digests.SHA256
+        if algorithm not in self.factory.digestAlgorithms + (digests.SHA256,):
+            known = " ".join(sorted(set(self.factory.digestAlgorithms + (digests.SHA256,))))
+            raise ProtocolError(Code.BAD_ARGUMENT, f"unknown digest algorithm {args[1][:32]}; this server has {known}")
         fd, st = self._openRegular(vpath)
-        d = self.factory.digests.digest(fd, st)
+        d = self.factory.digests.digest(fd, st, algorithm)
         self._close(fd)  # the digest reads a duplicate
         return d.addCallback(lambda hexdigest: self.reply(Code.DIGEST, f"{hexdigest} {encodePath(vpath)}"))
 
@@ -605,7 +626,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             progress=lambda n: self.resetTimeout(),
             useSendfile=self.factory.sendfile,
         )
-        digest = self.factory.digests.digest(fd, st)
+        digest = self.factory.digests.digest(fd, st, self.digest)
         self._sending = True
         sending = sender.beginSending(self.transport)
 
@@ -713,11 +734,11 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         upload = self._upload = _Upload(vpath, key, owner, jail.real(key), partial, f)
         self.factory.partialsInUse.add(partial)
         if offset == 0:
-            hasher = hashlib.sha256()
+            hasher = digests.new(self.digest)
         else:
             # The data before the offset is already here: hash it first.
             try:
-                hasher = await hashInThread(self.factory.reactor, fd, offset)
+                hasher = await hashInThread(self.factory.reactor, fd, offset, self.digest)
             except BaseException:
                 self._endUpload(keepPartial=True)
                 raise
@@ -728,7 +749,10 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             progress=lambda n: self.resetTimeout(),
             charge=None if owner is None else lambda n: quotas.charge(owner, n),
         )
-        self.reply(Code.SEND_DATA, f"{offset} send data from byte {offset}, then the SHA-256 of the whole file")
+        self.reply(
+            Code.SEND_DATA,
+            f"{offset} send data from byte {offset}, then the {digests.title(self.digest)} of the whole file",
+        )
         setReadSize(self.transport, _TRANSFER_READ)
         self.setRawMode()
 
@@ -771,7 +795,8 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             self._endUpload(keepPartial=False)
             raise ProtocolError(
                 Code.DIGEST_MISMATCH,
-                f"{upload.vpath}: SHA-256 mismatch, the server received data hashing to {computed}; not stored",
+                f"{upload.vpath}: {digests.title(self.digest)} mismatch,"
+                f" the server received data hashing to {computed}; not stored",
             )
         upload.committing = True
         # The thread has its own descriptor, whatever happens to the
@@ -779,11 +804,12 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         fd = os.dup(upload.file.fileno())
 
         fsync = self.factory.fsync
+        algorithm = self.digest
 
         def commit():
             try:
                 fsync(fd)
-                storeDigest(fd, computed)
+                storeDigest(fd, computed, algorithm)
                 try:
                     replaced = os.lstat(upload.real).st_size
                 except FileNotFoundError:
@@ -805,7 +831,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             self._endUpload(keepPartial=True)
             raise osReply(e, upload.vpath)
         self.factory.quotas.freed(upload.owner, replaced)
-        self.factory.digests.remember(st, computed)
+        self.factory.digests.remember(st, computed, algorithm)
         self._endUpload(keepPartial=True)
         self._log.info("{peer} stored {path} ({n} bytes)", peer=self.who, path=upload.vpath, n=sink.size)
         self.reply(Code.TRANSFER_DONE, f"{computed} stored {sink.size} bytes")
@@ -871,6 +897,7 @@ class BFTPFactory(AdmittingFactory, Factory):
         uploads: MutableSet[str] | None = None,
         fsync: Callable[[int], None] = os.fsync,
         policy: Policy | None = None,
+        digestAlgorithms: tuple[str, ...] = digests.AVAILABLE,
     ) -> None:
         """
         @param loginDelay: seconds before a failed login is answered.
@@ -884,6 +911,9 @@ class BFTPFactory(AdmittingFactory, Factory):
             durable (a seam for tests that check the order of the steps).
         @param policy: who may do what where, quotas and the age at which
             unfinished uploads expire; shared mode by default.
+        @param digestAlgorithms: what HELLO may negotiate, preferred first;
+            empty for a server that negotiates nothing (as before it
+            existed: SHA-256, and no C{digest=} in the reply).
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -901,6 +931,7 @@ class BFTPFactory(AdmittingFactory, Factory):
         self.uploads: MutableSet[str] = set() if uploads is None else uploads
         self.fsync = fsync
         self.policy = Policy() if policy is None else policy
+        self.digestAlgorithms = digestAlgorithms
         self.quotas = Quotas(self.jail, self.policy, reactor)
         #: The real paths of the partial files this process writes now.
         self.partialsInUse: set[str] = set()

@@ -6,13 +6,13 @@ transport's backpressure; on a plain TCP transport the chunk payloads go
 from the page cache to the socket with C{os.sendfile}, never through Python
 (L{fastTransfer}: the transport's L{IFastTransfer}, if it has one).
 L{ChunkSink} is the other end: it writes payloads to a file and hashes them.
-L{DigestCache} computes whole-file SHA-256 digests in a thread.
+L{DigestCache} computes whole-file digests (SHA-256 or BLAKE3,
+L{bftp.digests}) in a thread.
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 from typing import Callable, Protocol
 
@@ -25,6 +25,7 @@ from twisted.python.components import registerAdapter
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from bftp import digests
 from bftp.wire import CHUNK_SIZE, END_OF_DATA, ChunkDecoder, FramingError, chunkHeader
 from coursenet._compat import setTCPReadSize
 from coursenet.coalesce import Coalescer
@@ -480,7 +481,7 @@ def hashRange(fd: int, end: int, hasher=None, start: int = 0):
     default) and return it.  Blocking: call it in a thread.
     """
     if hasher is None:
-        hasher = hashlib.sha256()
+        hasher = digests.new(digests.SHA256)
     pos = start
     while pos < end:
         data = os.pread(fd, min(_READ, end - pos), pos)
@@ -491,15 +492,16 @@ def hashRange(fd: int, end: int, hasher=None, start: int = 0):
     return hasher
 
 
-def hashInThread(reactor, fd: int, end: int) -> Deferred:
+def hashInThread(reactor, fd: int, end: int, algorithm: str = digests.SHA256) -> Deferred:
     """
     L{hashRange} from the start of the file in the reactor's thread pool,
     on a duplicate of C{fd} so the caller may close it meanwhile.
 
-    @return: fires with the C{hashlib} object.
+    @param algorithm: a name from L{bftp.digests}.
+    @return: fires with the hasher.
     """
     own = os.dup(fd)
-    d = deferToThreadPool(reactor, reactor.getThreadPool(), hashRange, own, end)
+    d = deferToThreadPool(reactor, reactor.getThreadPool(), hashRange, own, end, digests.new(algorithm))
 
     def release(result):
         os.close(own)
@@ -508,26 +510,34 @@ def hashInThread(reactor, fd: int, end: int) -> Deferred:
     return d.addBoth(release)
 
 
-#: Extended attribute where a verified digest is kept with the file:
-#: C{size:mtime_ns:hex}, valid only while size and mtime still match.
+#: Extended attribute where a verified digest is kept with the file, one
+#: per algorithm: C{size:mtime_ns:hex}, valid only while size and mtime
+#: still match.
 DIGEST_XATTR = "user.bftp.sha256"
 
 
-def storeDigest(fd: int, hexdigest: str) -> None:
+def digestXattr(algorithm: str) -> str:
+    """
+    The extended attribute that keeps a file's digest by C{algorithm}.
+    """
+    return f"user.bftp.{algorithm}"
+
+
+def storeDigest(fd: int, hexdigest: str, algorithm: str = digests.SHA256) -> None:
     """
     Keep C{hexdigest} in the file's extended attributes, where the file
     system allows it.  Blocking: call it in a thread.
     """
     st = os.fstat(fd)
     try:
-        os.setxattr(fd, DIGEST_XATTR, f"{st.st_size}:{st.st_mtime_ns}:{hexdigest}".encode())
+        os.setxattr(fd, digestXattr(algorithm), f"{st.st_size}:{st.st_mtime_ns}:{hexdigest}".encode())
     except OSError:
         pass
 
 
-def _storedDigest(fd: int, st: os.stat_result) -> str | None:
+def _storedDigest(fd: int, st: os.stat_result, algorithm: str = digests.SHA256) -> str | None:
     try:
-        size, mtime, hexdigest = os.getxattr(fd, DIGEST_XATTR).decode().split(":")
+        size, mtime, hexdigest = os.getxattr(fd, digestXattr(algorithm)).decode().split(":")
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     if (int(size), int(mtime)) == (st.st_size, st.st_mtime_ns) and len(hexdigest) == 64:
@@ -535,17 +545,18 @@ def _storedDigest(fd: int, st: os.stat_result) -> str | None:
     return None
 
 
-def _digestOf(fd: int, st: os.stat_result) -> str:
+def _digestOf(fd: int, st: os.stat_result, algorithm: str = digests.SHA256) -> str:
     # Reading does not write the attribute: only a verified upload does.
-    stored = _storedDigest(fd, st)
+    stored = _storedDigest(fd, st, algorithm)
     if stored is not None:
         return stored
-    return hashRange(fd, st.st_size).hexdigest()
+    return hashRange(fd, st.st_size, digests.new(algorithm)).hexdigest()
 
 
 class DigestCache:
     """
-    Whole-file SHA-256 digests, computed in a thread and remembered by
+    Whole-file digests by any algorithm of L{bftp.digests}, computed in a
+    thread and remembered by algorithm and
     device, inode, size and modification time (in memory, and in an
     extended attribute of the file where the file system allows); a digest
     being computed is shared by everyone who asks for it meanwhile.
@@ -558,25 +569,25 @@ class DigestCache:
         self._running = Coalescer()
 
     @staticmethod
-    def _key(st: os.stat_result) -> tuple:
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    def _key(st: os.stat_result, algorithm: str) -> tuple:
+        return (algorithm, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    def remember(self, st: os.stat_result, hexdigest: str) -> None:
+    def remember(self, st: os.stat_result, hexdigest: str, algorithm: str = digests.SHA256) -> None:
         """
         Record a digest already known, for the file whose C{stat} is C{st}.
         """
-        key = self._key(st)
+        key = self._key(st, algorithm)
         self._done[key] = hexdigest
         self._done.move_to_end(key)
         while len(self._done) > self._size:
             self._done.popitem(last=False)
 
-    def digest(self, fd: int, st: os.stat_result) -> Deferred[str]:
+    def digest(self, fd: int, st: os.stat_result, algorithm: str = digests.SHA256) -> Deferred[str]:
         """
-        @return: fires with the hex digest of the file open as C{fd}, whose
-            C{fstat} is C{st}.
+        @return: fires with the hex digest by C{algorithm} of the file open
+            as C{fd}, whose C{fstat} is C{st}.
         """
-        key = self._key(st)
+        key = self._key(st, algorithm)
         if key in self._done:
             self._done.move_to_end(key)
             return succeed(self._done[key])
@@ -588,10 +599,10 @@ class DigestCache:
             def done(result):
                 os.close(own)
                 if not isinstance(result, Failure):
-                    self.remember(st, result)
+                    self.remember(st, result, algorithm)
                 return result
 
             pool = self._reactor.getThreadPool()
-            return deferToThreadPool(self._reactor, pool, _digestOf, own, st).addBoth(done)
+            return deferToThreadPool(self._reactor, pool, _digestOf, own, st, algorithm).addBoth(done)
 
         return self._running.run(key, compute)

@@ -23,6 +23,7 @@ from bftp.protocol import BFTPFactory
 from coursenet.accounts import PasswordChecker
 from coursenet.procs import freePort
 from coursenet.tls import tlsListenString
+from tests.bftp_support import negotiatedDigest
 
 USER, PASSWORD = "bob", "s3cret pw"
 BIN = os.path.dirname(sys.executable)
@@ -115,7 +116,13 @@ async def startServer(reactor, root, mode, devCert, **kwargs):
 
 
 def writeRandom(path, size):
-    h = hashlib.sha256()
+    """
+    Fill C{path} with C{size} random bytes; their digest by the algorithm
+    the client and server negotiate.
+    """
+    from bftp import digests
+
+    h = digests.new(digests.AVAILABLE[0])
     with open(path, "wb") as f:
         left = size
         while left:
@@ -128,7 +135,7 @@ def writeRandom(path, size):
 
 @pytest_twisted.ensureDeferred
 async def test_roundTrip100MB(reactor, root, tmp_path, mode, devCert):
-    """100 MB go up and come back byte for byte, with matching SHA-256 digests, over plain TCP and TLS."""
+    """100 MB go up and come back byte for byte, with matching digests (the negotiated algorithm), over plain TCP and TLS."""
     server = await startServer(reactor, root, mode, devCert)
     try:
         src = tmp_path / "src.bin"
@@ -137,7 +144,7 @@ async def test_roundTrip100MB(reactor, root, tmp_path, mode, devCert):
         assert await client.put(str(src), "/big.bin") == digest
         back = tmp_path / "back.bin"
         assert await client.get("/big.bin", str(back)) == digest
-        assert await client.hash("/big.bin") == digest
+        assert await client.hash("/big.bin", client.digest) == digest
         assert os.path.getsize(back) == 100 * 1024 * 1024
         await client.quit()
     finally:
@@ -187,7 +194,7 @@ async def test_putResumesAfterCut(reactor, root, tmp_path, mode, devCert):
         starts = []
         assert await client.put(str(src), "/f.bin", resume=True, onStart=lambda size, at: starts.append(at)) == digest
         assert starts == [kept]
-        assert hashlib.sha256((root / "f.bin").read_bytes()).hexdigest() == digest
+        assert negotiatedDigest((root / "f.bin").read_bytes()) == digest
         assert sorted(os.listdir(root)) == ["f.bin"]
         await client.quit()
     finally:
@@ -234,7 +241,7 @@ async def test_disconnectMidGetLeaksNothing(reactor, root, tmp_path, mode, devCe
         await settle(reactor, 0.5)
         assert not any(p._openFiles for p in server.protocols)
         assert openFds() <= before
-        assert hashlib.sha256((root / "f.bin").read_bytes()).hexdigest() == digest
+        assert negotiatedDigest((root / "f.bin").read_bytes()) == digest
     finally:
         await server.stop()
 

@@ -20,7 +20,7 @@ from bftp.fs import PARTIAL_PREFIX
 from bftp.wire import Code
 from coursenet.throttle import GuessRule
 from coursenet.tls import clientTLSOptions, serverContextFactory
-from tests.bftp_support import LOGIN, PASSWORD, USER, FakeReactor, Raw, connected, makeFactory, result
+from tests.bftp_support import LOGIN, PASSWORD, USER, FakeReactor, Raw, connected, makeFactory, negotiatedDigest, result
 
 
 @pytest.fixture
@@ -184,13 +184,14 @@ def test_cdAndPwd(root, fake):
 
 
 def test_getAndHash(root, fake, tmp_path):
-    """GET writes the file and returns its SHA-256, which HASH agrees with."""
+    """GET writes the file and returns its digest by the negotiated algorithm, which HASH agrees with; plain HASH is SHA-256."""
     client, server, pump = session(root, fake)
     local = tmp_path / "copy"
     digest = result(client.get("/a.txt", str(local)), pump)
     assert local.read_bytes() == b"hello world\n"
-    assert digest == hashlib.sha256(b"hello world\n").hexdigest()
-    assert result(client.hash("a.txt"), pump) == digest
+    assert digest == negotiatedDigest(b"hello world\n")
+    assert result(client.hash("a.txt", client.digest), pump) == digest
+    assert result(client.hash("a.txt"), pump) == hashlib.sha256(b"hello world\n").hexdigest()
 
 
 def test_getResume(root, fake, tmp_path):
@@ -204,7 +205,7 @@ def test_getResume(root, fake, tmp_path):
     digest = result(client.get("/big", str(local), onStart=lambda size, at: starts.append(at)), pump)
     assert starts == [1_234_567]
     assert local.read_bytes() == data
-    assert digest == hashlib.sha256(data).hexdigest()
+    assert digest == negotiatedDigest(data)
 
 
 def test_putAndReplaceAtomically(root, fake, tmp_path):
@@ -214,7 +215,7 @@ def test_putAndReplaceAtomically(root, fake, tmp_path):
     client, server, pump = session(root, fake)
     digest = result(client.put(str(src), "/a.txt"), pump)
     assert (root / "a.txt").read_bytes() == src.read_bytes()
-    assert digest == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert digest == negotiatedDigest(src.read_bytes())
     assert sorted(os.listdir(root)) == ["a.txt", "docs"]
 
 

@@ -23,6 +23,7 @@ from chat.client import connect as chatConnect
 from coursenet.admission import defaultMaxConnections
 from coursenet.blocking import BlockingReactor, ForkingServer
 from coursenet.demo import RunningServer
+from tests.bftp_support import negotiatedDigest
 
 IMPLS = ["twisted-epoll", "threaded", "forking"]
 USER, PASSWORD = "alice", "correct horse"
@@ -139,14 +140,15 @@ async def test_bftpTransfersWithTheClient(reactor, bftpServer, tmp_path):
     client = await bftpConnect(reactor, "127.0.0.1", server.port)
     try:
         await client.login(USER, PASSWORD)
-        digest = hashlib.sha256(data).hexdigest()
+        digest = negotiatedDigest(data)
         assert await client.put(str(tmp_path / "up"), "/big.bin") == digest
         assert await client.get("/big.bin", str(tmp_path / "down")) == digest
         assert (tmp_path / "down").read_bytes() == data
         assert (root / "big.bin").read_bytes() == data
         stat = await client.stat("/big.bin")
         assert stat.exists and stat.size == len(data) and stat.kind == "file"
-        assert await client.hash("/big.bin") == digest
+        assert await client.hash("/big.bin", client.digest) == digest
+        assert await client.hash("/big.bin") == hashlib.sha256(data).hexdigest()
         await client.mkdir("/d")
         await client.rename("/big.bin", "/d/moved.bin")
         names = [e.name for e in await client.list("/d")]
