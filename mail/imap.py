@@ -40,6 +40,17 @@ from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder, IFolderListener, IMailStore
 from mail.imap_search import Candidate, Query, SearchError, compileQuery
+from mail.imap_sort import (
+    THREAD_ALGORITHMS,
+    needsContents,
+    orderedSubject,
+    parseCriteria,
+    references,
+    renderThreads,
+    sortIds,
+    sortValue,
+    threadMessage,
+)
 from mail.mime import Atom, Entity, crlf, envelope, quote, render, section, structure
 from mail.protocol import MailFactory, MailReceiver
 from mail.maildir import (
@@ -885,7 +896,15 @@ def _copyUid(validity: int, pairs: list[tuple[int, int]]) -> bytes:
 
 #: Extensions advertised (with IMAP4rev1, IDLE, NAMESPACE and AUTH= from
 #: Twisted), each once imaptest's scripts for it pass.
-EXTENSIONS = [b"LITERAL+", b"UIDPLUS", b"MOVE", b"ID", b"ENABLE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
+EXTENSIONS = [
+    b"ESEARCH",
+    b"SORT",
+    b"SORT=DISPLAY",
+    b"THREAD=ORDEREDSUBJECT",
+    b"THREAD=REFERENCES",
+    b"LITERAL+",
+    b"UIDPLUS",
+    b"MOVE", b"ID", b"ENABLE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
 
 #: RFC 6154 attributes of the folders that mail clients make by these names.
 SPECIAL_USE = {
@@ -902,6 +921,22 @@ SPECIAL_USE = {
 
 def _matches(pattern: re.Pattern[str], name: str) -> bool:
     return bool(pattern.fullmatch(name) or (name == INBOX and pattern.fullmatch("inbox")))
+
+
+def _esearch(tag: bytes, uid: int, returns: list[str], matches: list[int]) -> bytes:
+    """
+    An ESEARCH reply (RFC 4731) with the RETURN options asked.
+    """
+    out = b'ESEARCH (TAG "' + tag + b'")' + (b" UID" if uid else b"")
+    if "MIN" in returns and matches:
+        out += b" MIN %d" % min(matches)
+    if "MAX" in returns and matches:
+        out += b" MAX %d" % max(matches)
+    if "COUNT" in returns:
+        out += b" COUNT %d" % len(matches)
+    if "ALL" in returns and matches:
+        out += b" ALL " + _uidSet(sorted(matches))
+    return out
 
 
 def _needsSeen(query: list[Any]) -> bool:
@@ -1595,10 +1630,10 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             if rest.strip():
                 raise imap4.IllegalClientResponse("UID EXPUNGE takes one set of UIDs")
             self._answerExpunge(tag, messages)
-        elif command in (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE"):
+        elif command in (b"COPY", b"FETCH", b"STORE", b"SEARCH", b"MOVE", b"SORT", b"THREAD"):
             self.dispatchCommand(tag, command, line, uid=1)
         else:
-            self.sendBadResponse(tag, b"UID goes with COPY, FETCH, STORE, SEARCH, MOVE or EXPUNGE")
+            self.sendBadResponse(tag, b"UID goes with COPY, FETCH, STORE, SEARCH, SORT, THREAD, MOVE or EXPUNGE")
 
     select_UID = _command(do_UID, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_line)
 
@@ -1670,7 +1705,20 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         return vanished
 
     def do_SEARCH(self, tag: bytes, charset: Any, query: Any, uid: int = 0) -> None:
-        if charset is not None and charset.upper() not in (b"UTF-8", b"US-ASCII"):
+        returns: list[str] | None = None
+        if query and isinstance(query[0], bytes) and query[0].upper() == b"RETURN":
+            # ESEARCH (RFC 4731): SEARCH RETURN (MIN MAX COUNT ALL) ...
+            if len(query) < 2 or not isinstance(query[1], list):
+                self.sendBadResponse(tag, b"RETURN takes a parenthesised list of MIN, MAX, COUNT, ALL")
+                return
+            returns = [o.decode("ascii", "replace").upper() for o in query[1] if isinstance(o, bytes)]
+            if len(returns) != len(query[1]) or not set(returns) <= {"MIN", "MAX", "COUNT", "ALL"}:
+                self.sendBadResponse(tag, b"RETURN takes MIN, MAX, COUNT and ALL")
+                return
+            query = query[2:]
+            if len(query) >= 2 and isinstance(query[0], bytes) and query[0].upper() == b"CHARSET":
+                charset, query = query[1], query[2:]
+        if charset is not None and (not isinstance(charset, bytes) or charset.upper() not in (b"UTF-8", b"US-ASCII")):
             self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Search in UTF-8 or US-ASCII")
             return
         mbox = self._selected()
@@ -1680,36 +1728,110 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             self.sendBadResponse(tag, str(e).encode("utf-8", "replace"))
             return
 
-        def found(matches: list[int]) -> None:
-            self.sendUntaggedResponse(b" ".join([b"SEARCH"] + [b"%d" % n for n in matches]))
+        def found(rows: list[tuple[int, Any]]) -> None:
+            matches = [n for n, _ in rows]
+            if returns is None:
+                self.sendUntaggedResponse(b" ".join([b"SEARCH"] + [b"%d" % n for n in matches]))
+            else:
+                self.sendUntaggedResponse(_esearch(tag, uid, returns or ["ALL"], matches))
             self.sendPositiveResponse(tag, b"SEARCH completed")
 
         Deferred.fromCoroutine(self._search(mbox, compiled, uid)).addCallbacks(
             found, self._failed, errbackArgs=(tag, b"SEARCH")
         )
 
-    async def _search(self, mbox: MaildirMailbox, query: Query, uid: int) -> list[int]:
+    async def _search(
+        self, mbox: MaildirMailbox, query: Query, uid: int, keep: Any = None, contents: bool = False
+    ) -> list[tuple[int, Any]]:
         """
-        The sequence numbers (or UIDs) of the messages that match, their
-        contents read a window at a time if the keys look at them.
+        The sequence numbers (or UIDs) of the messages that match, each
+        with what C{keep} takes of it (C{keep(candidate)}); contents read a
+        window at a time if the keys (or C{contents}) need them.
         """
         matches = []
+        contents = contents or query.contents
         for seq, msg in mbox.fetch(imap4.parseIdList(b"1:*"), 0):
             if msg.vanished:
                 continue
-            if query.contents:
+            if contents:
                 await msg.load()
                 if msg.vanished:
                     continue
             candidate = Candidate(seq, msg.uid, msg.flags, msg.getSize(), msg.mtime)
-            if query.contents:
+            if contents:
                 candidate.entity = msg.part
             try:
                 if query.match(candidate):
-                    matches.append(msg.uid if uid else seq)
+                    matches.append((msg.uid if uid else seq, keep(candidate) if keep else None))
             finally:
                 msg.unload()
         return matches
+
+    def do_SORT(self, tag: bytes, line: bytes, uid: int = 0) -> None:
+        self._sortOrThread(tag, line, uid, b"SORT")
+
+    select_SORT = _command(do_SORT, imap4.IMAP4Server.arg_line)
+
+    def do_THREAD(self, tag: bytes, line: bytes, uid: int = 0) -> None:
+        self._sortOrThread(tag, line, uid, b"THREAD")
+
+    select_THREAD = _command(do_THREAD, imap4.IMAP4Server.arg_line)
+
+    def _sortOrThread(self, tag: bytes, line: bytes, uid: int, command: bytes) -> None:
+        """
+        SORT (criteria) charset keys, or THREAD algorithm charset keys
+        (RFC 5256).
+        """
+        mbox = self._selected()
+        try:
+            words = imap4.parseNestedParens(line)
+        except Exception:
+            words = []
+        try:
+            if len(words) < 3:
+                raise SearchError(f"{command.decode()} takes {'(criteria)' if command == b'SORT' else 'an algorithm'}, a charset and search keys")
+            first, charset, keys = words[0], words[1], words[2:]
+            if command == b"SORT":
+                criteria = parseCriteria(first)
+            else:
+                algorithm = first.decode("ascii", "replace").upper() if isinstance(first, bytes) else ""
+                if algorithm not in THREAD_ALGORITHMS:
+                    raise SearchError("THREAD algorithms are ORDEREDSUBJECT and REFERENCES")
+            compiled = compileQuery(keys, mbox.getMessageCount(), mbox.uids[-1] if mbox.uids else 0)
+        except SearchError as e:
+            self.sendBadResponse(tag, str(e).encode("utf-8", "replace"))
+            return
+        if not isinstance(charset, bytes) or charset.upper() not in (b"UTF-8", b"US-ASCII"):
+            self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Use UTF-8 or US-ASCII")
+            return
+
+        if command == b"SORT":
+            def keep(c: Candidate) -> dict[str, Any]:
+                return {k: sortValue(k, c.entity, c.size, c.mtime) for k, _ in criteria}
+
+            def answer(rows: list[tuple[int, Any]]) -> None:
+                ids = sortIds(rows, criteria)
+                self.sendUntaggedResponse(b" ".join([b"SORT"] + [b"%d" % n for n in ids]))
+                self.sendPositiveResponse(tag, b"SORT completed")
+
+            d = self._search(mbox, compiled, uid, keep, needsContents(criteria))
+        else:
+            def keepThread(c: Candidate) -> Any:
+                assert c.entity is not None
+                return threadMessage(0, c.seq, c.entity, c.mtime)
+
+            def answerThread(rows: list[tuple[int, Any]]) -> None:
+                messages = []
+                for ident, m in rows:
+                    m.id = ident
+                    messages.append(m)
+                roots = orderedSubject(messages) if algorithm == "ORDEREDSUBJECT" else references(messages)
+                self.sendUntaggedResponse(b"THREAD " + renderThreads(roots) if roots else b"THREAD")
+                self.sendPositiveResponse(tag, b"THREAD completed")
+
+            d = self._search(mbox, compiled, uid, keepThread, True)
+            answer = answerThread
+        Deferred.fromCoroutine(d).addCallbacks(answer, self._failed, errbackArgs=(tag, command))
 
     select_SEARCH = _command(do_SEARCH, imap4.IMAP4Server.opt_charset, imap4.IMAP4Server.arg_searchkeys)
 
