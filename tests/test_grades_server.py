@@ -150,6 +150,11 @@ def test_overlappedLookupsAnsweredInOrder(tmp_path):
     assert len(pool.calls) == 2 and peer.lines() == []
     pool.run(reversed)
     assert peer.lines() == ["OK 98", "ERR 403 you do not teach HISTORY", "OK 98", "OK nothing done"]
+    # An IMPORT block behind a pending lookup is read as its block, not as commands.
+    peer.send(b"NAME 051883261\n" + importBlock("300000001,LINUS TORVALDS,MATH,64\n") + b"NOOP\n")
+    while pool.calls:
+        pool.run(list)
+    assert peer.lines() == ["OK DAN HACKER", "OK imported 1 rows, 1 grades changed", "OK nothing done"]
     w.close()
 
 
