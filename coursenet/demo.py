@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import csv
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -388,41 +389,141 @@ FIGURES = (
     ("p99_ms", "latency_p99.png", "99th percentile latency (ms)"),
     ("rss_mb", "memory.png", "server memory, PSS (MB)"),
 )
+#: One look per implementation, the same in every figure: colour, marker
+#: and line style all differ, so the lines stay apart in grey print too.
+STYLES = {
+    "twisted-epoll": ("#1f77b4", "o", "-"),
+    "twisted-poll": ("#2ca02c", "s", "--"),
+    "twisted-select": ("#9467bd", "D", ":"),
+    "threaded": ("#d62728", "^", "-."),
+    "forking": ("#ff7f0e", "v", (0, (5, 1, 1, 1))),
+}
+#: Slide size: 1600 x 1000 pixels.
+SIZE, DPI = (16, 10), 100
 
 
-def plot(rows: list[dict], out: str, service: str) -> list[str]:
+def runInfo(seconds: float, clients: list[int]) -> dict:
     """
-    One PNG per measure against the number of clients, one line per
-    implementation.
-
-    @return: the paths written.
+    What a caption says about the run that made a figure: the load, the
+    duration, the machine and the commit.
     """
+    import platform
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "seconds": seconds, "clients": clients, "cpus": os.cpu_count(), "cpu": model,
+        "python": platform.python_version(), "commit": commit, "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def caption(info: dict) -> str:
+    clients = ", ".join(str(c) for c in info["clients"])
+    return (
+        f"{clients} concurrent clients, {info['seconds']:g} s a point; {info['cpus']} CPUs ({info['cpu']}),"
+        f" Python {info['python']}; commit {info['commit']}, {info['date']}. Reproduce: concurrency-demo (docs/event-vs-threads.md)"
+    )
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    paths = []
+    pyplot.rcParams.update({"font.size": 20, "axes.titlesize": 26, "axes.labelsize": 22,
+                            "legend.fontsize": 18, "xtick.labelsize": 18, "ytick.labelsize": 18})
+    return pyplot
+
+
+def _drawMeasure(ax, rows: list[dict], column: str, label: str, clients: list[int]) -> None:
+    from matplotlib.ticker import FuncFormatter
+
     implementations = list(dict.fromkeys(r["implementation"] for r in rows))
+    # The load levels are evenly spaced and labelled with their counts (10,
+    # 100 and 1000 would crowd the left of a linear axis); the measure is
+    # on a linear axis from zero, so heights compare as they are.
+    where = {n: i for i, n in enumerate(clients)}
+    for impl in implementations:
+        colour, marker, style = STYLES.get(impl, (None, "o", "-"))
+        points = sorted((r["clients"], r[column]) for r in rows if r["implementation"] == impl)
+        ax.plot([where[p[0]] for p in points], [p[1] for p in points], color=colour, marker=marker,
+                linestyle=style, linewidth=3, markersize=12, label=impl)
+    ax.set_xlim(-0.3, len(clients) - 0.7)
+    ax.set_ylim(bottom=0)
+    ax.set_xticks(range(len(clients)), [f"{n:,}" for n in clients])
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel(label)
+    ax.grid(True, alpha=0.3)
+
+
+def plot(rows: list[dict], out: str, service: str, info: dict | None = None) -> list[str]:
+    """
+    The slide figures, 1600 x 1000 pixels: one PNG per measure against the
+    number of clients (one line per implementation, linear axes from
+    zero), and C{summary.png} with the three side by side; each with a
+    caption line saying how the run was made.
+
+    @param info: L{runInfo} of the run (from C{run.json} when replotting).
+    @return: the paths written.
+    """
+    pyplot = _pyplot()
+    clients = sorted({r["clients"] for r in rows})
+    note = caption(info) if info else ""
+    paths = []
     for column, name, label in FIGURES:
-        fig, ax = pyplot.subplots(figsize=(6.4, 4.2), dpi=100)
-        for impl in implementations:
-            points = sorted((r["clients"], r[column]) for r in rows if r["implementation"] == impl)
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=impl)
-        ax.set_xscale("log")
-        if column == "p99_ms":
-            ax.set_yscale("log")
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel(label)
+        fig, ax = pyplot.subplots(figsize=SIZE, dpi=DPI)
+        _drawMeasure(ax, rows, column, label, clients)
         ax.set_title(f"{service}: {label}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
+        ax.legend(loc="best")
+        fig.text(0.01, 0.01, note, fontsize=13, color="#444444")
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
         path = os.path.join(out, name)
         fig.savefig(path)
         pyplot.close(fig)
         paths.append(path)
+    fig, axes = pyplot.subplots(1, 3, figsize=(24, 10), dpi=DPI)
+    for ax, (column, _, label) in zip(axes, FIGURES):
+        _drawMeasure(ax, rows, column, label, clients)
+        ax.set_title(label, fontsize=22)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.suptitle(f"{service}: one event loop against a thread or a process per client", y=0.985, fontsize=26)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.93), ncol=len(labels), fontsize=18)
+    fig.text(0.01, 0.01, note, fontsize=13, color="#444444")
+    fig.tight_layout(rect=(0, 0.04, 1, 0.86))
+    path = os.path.join(out, "summary.png")
+    fig.savefig(path)
+    pyplot.close(fig)
+    paths.append(path)
     return paths
+
+
+def readCSV(path: str) -> list[dict]:
+    """
+    The rows L{writeCSV} wrote, with numbers as numbers.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key, value in row.items():
+            if key != "implementation":
+                row[key] = float(value) if "." in value else int(value)
+    return rows
 
 
 def writeCSV(rows: list[dict], path: str) -> None:
@@ -458,10 +559,14 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"implementations, comma-separated (default: {','.join(IMPLEMENTATIONS)})")
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per point (0.5-30, default 3)")
     parser.add_argument("--out", help="directory for results.csv and the PNG figures")
+    parser.add_argument("--replot", action="store_true",
+                        help="only draw the figures again from --out's results.csv and run.json")
     parser.add_argument("--loader", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.loader:
         return _loaderMain(args.loader)
+    if args.replot:
+        return _replot(args, parser)
     if not args.out:
         parser.error("--out DIR is required")
     if not 0.5 <= args.seconds <= 30:
@@ -490,15 +595,39 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         writeCSV(rows, os.path.join(out, "results.csv"))
-        print(f"wrote {os.path.join(out, 'results.csv')}")
+        info = runInfo(args.seconds, args.clients)
+        with open(os.path.join(out, "run.json"), "w") as f:
+            json.dump(info, f, indent=1)
+        print(f"wrote {os.path.join(out, 'results.csv')} and run.json")
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             print("no figures: they need matplotlib (pip install 'coursenet[figures]')", file=sys.stderr)
             continue
-        for path in plot(rows, out, service):
+        for path in plot(rows, out, service, info):
             print(f"wrote {path}")
     print(f"done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def _replot(args, parser) -> int:
+    import json
+
+    if not args.out:
+        parser.error("--out DIR is required")
+    for service in args.service:
+        out = args.out if len(args.service) == 1 else os.path.join(args.out, service)
+        try:
+            rows = readCSV(os.path.join(out, "results.csv"))
+        except OSError as e:
+            parser.error(f"--replot needs {out}/results.csv: {e.strerror}")
+        try:
+            with open(os.path.join(out, "run.json")) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            info = None
+        for path in plot(rows, out, service, info):
+            print(f"wrote {path}")
     return 0
 
 

@@ -6,6 +6,7 @@ two extra reactors, 2 and 4 clients, half a second a point.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -36,9 +37,40 @@ def test_smallRunWritesCSVAndFigures(tmp_path):
             assert float(r["throughput"]) > 0 and int(r["errors"]) == 0
             assert 0 < float(r["p50_ms"]) <= float(r["p99_ms"])
             assert float(r["rss_mb"]) > 5 and float(r["cpu_s"]) >= 0
-        for name in ("throughput.png", "latency_p99.png", "memory.png"):
+        for name in ("throughput.png", "latency_p99.png", "memory.png", "summary.png"):
             data = (out / service / name).read_bytes()
             assert data.startswith(PNG) and len(data) > 5000
+        info = json.loads((out / service / "run.json").read_text())
+        assert info["clients"] == [2, 4] and info["seconds"] == 0.5 and info["cpus"] == os.cpu_count()
+
+
+def test_replotDrawsSlideFiguresWithACaption(tmp_path):
+    """--replot draws the figures again from results.csv and run.json: 1600x1000 per measure, a 2400x1000 summary, the run in a caption."""
+    from PIL import Image
+
+    from coursenet.demo import caption, plot, readCSV, writeCSV
+
+    rows = [
+        {"implementation": impl, "clients": n, "throughput": 1000.0 + n, "p50_ms": 1.0, "p99_ms": 2.0 + n,
+         "errors": 0, "rss_mb": 30.0, "cpu_s": 1.0}
+        for impl in ("twisted-epoll", "threaded") for n in (10, 100, 1000)
+    ]
+    writeCSV(rows, str(tmp_path / "results.csv"))
+    assert readCSV(str(tmp_path / "results.csv")) == rows
+    info = {"seconds": 3, "clients": [10, 100, 1000], "cpus": 2, "cpu": "Test CPU", "python": "3.11.7",
+            "commit": "abc1234", "date": "2026-12-01"}
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    assert "10, 100, 1000 concurrent clients, 3 s a point; 2 CPUs (Test CPU)" in caption(info)
+    assert "commit abc1234" in caption(info)
+    run = subprocess.run(
+        [os.path.join(BIN, "concurrency-demo"), "--service", "chat", "--replot", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    sizes = {name: Image.open(tmp_path / name).size for name in
+             ("throughput.png", "latency_p99.png", "memory.png", "summary.png")}
+    assert sizes == {"throughput.png": (1600, 1000), "latency_p99.png": (1600, 1000),
+                     "memory.png": (1600, 1000), "summary.png": (2400, 1000)}
 
 
 def test_rejectsUnknownImplementation(tmp_path):
