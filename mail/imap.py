@@ -70,6 +70,12 @@ _log = Logger()
 #: Longest command line, without its CRLF (RFC 7162 recommends accepting
 #: at least 8192).
 LINE_MAX = 65536
+#: One message of an APPEND: flags, date-time, literal (RFC 3501 6.3.11).
+_APPEND_ONE = re.compile(rb'\s*(?:\((?P<flags>[^()]*)\)\s*)?(?:"(?P<date>[^"]*)"\s*)?\{(?P<size>\d{1,12})\}')
+#: MULTIAPPEND's bounds: messages in one APPEND, and octets in all as a
+#: multiple of the largest message.
+MULTIAPPEND_MAX = 1000
+MULTIAPPEND_FACTOR = 4
 #: A non-synchronizing literal at the end of a line (RFC 7888).
 _LITERAL_PLUS = re.compile(rb"\{(\d{1,10})\+\}$")
 #: RFC 3501 9: a tag is ASTRING-CHARs but "+".
@@ -899,12 +905,14 @@ def _copyUid(validity: int, pairs: list[tuple[int, int]]) -> bytes:
 EXTENSIONS = [
     b"ESEARCH",
     b"SORT",
+    b"ESORT",
     b"SORT=DISPLAY",
     b"THREAD=ORDEREDSUBJECT",
     b"THREAD=REFERENCES",
     b"LITERAL+",
     b"UIDPLUS",
-    b"MOVE", b"ID", b"ENABLE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
+    b"MOVE",
+    b"MULTIAPPEND", b"ID", b"ENABLE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
 
 #: RFC 6154 attributes of the folders that mail clients make by these names.
 SPECIAL_USE = {
@@ -923,19 +931,21 @@ def _matches(pattern: re.Pattern[str], name: str) -> bool:
     return bool(pattern.fullmatch(name) or (name == INBOX and pattern.fullmatch("inbox")))
 
 
-def _esearch(tag: bytes, uid: int, returns: list[str], matches: list[int]) -> bytes:
+def _esearch(tag: bytes, uid: int, returns: list[str], matches: list[int], ordered: bool = False) -> bytes:
     """
-    An ESEARCH reply (RFC 4731) with the RETURN options asked.
+    An ESEARCH reply (RFC 4731) with the RETURN options asked; for ESORT
+    (C{ordered}, RFC 5267) MIN and MAX are the first and last in sort
+    order and ALL keeps that order.
     """
     out = b'ESEARCH (TAG "' + tag + b'")' + (b" UID" if uid else b"")
     if "MIN" in returns and matches:
-        out += b" MIN %d" % min(matches)
+        out += b" MIN %d" % (matches[0] if ordered else min(matches))
     if "MAX" in returns and matches:
-        out += b" MAX %d" % max(matches)
+        out += b" MAX %d" % (matches[-1] if ordered else max(matches))
     if "COUNT" in returns:
         out += b" COUNT %d" % len(matches)
     if "ALL" in returns and matches:
-        out += b" ALL " + _uidSet(sorted(matches))
+        out += b" ALL " + _uidSet(matches if ordered else sorted(matches))
     return out
 
 
@@ -1480,34 +1490,76 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
     auth_UNSUBSCRIBE = _command(do_UNSUBSCRIBE, imap4.IMAP4Server.arg_finalastring)
     select_UNSUBSCRIBE = auth_UNSUBSCRIBE
 
-    def do_APPEND(self, tag: bytes, mailbox: bytes, flags: Any, date: Any, message: Any) -> None:
+    def do_APPENDS(self, tag: bytes, mailbox: bytes, messages: list[tuple[list[bytes], bytes | None, Any]]) -> None:
         # Twisted's opens the mailbox as if to SELECT it (taking \\Recent
-        # from the session that has it selected), and reports EXISTS for
-        # it whichever mailbox is selected.
-        mtime = None
-        if date is not None:
-            mtime = _parseInternalDate(date)
-            if mtime is None:
-                self.sendBadResponse(tag, b"APPEND date-time must look like \"01-Jan-2020 12:00:00 +0000\"")
-                return
-        name = _mailboxName(mailbox)
-        names = [f.decode("utf-8", "replace") for f in flags or []]
-        Deferred.fromCoroutine(self._append(name, message, names, mtime)).addCallbacks(
-            lambda uid: self.sendPositiveResponse(tag, uid + b" APPEND completed"),
+        # from the session that has it selected), reports EXISTS for it
+        # whichever mailbox is selected, needs a flag list, and takes one
+        # message (MULTIAPPEND, RFC 3502, takes several).
+        prepared = []
+        for flags, date, message in messages:
+            mtime = None
+            if date is not None:
+                mtime = _parseInternalDate(date)
+                if mtime is None:
+                    self.sendBadResponse(tag, b'APPEND date-time must look like "01-Jan-2020 12:00:00 +0000"')
+                    return
+            prepared.append(([f.decode("utf-8", "replace") for f in flags], mtime, message))
+        Deferred.fromCoroutine(self._append(_mailboxName(mailbox), prepared)).addCallbacks(
+            lambda code: self.sendPositiveResponse(tag, code + b" APPEND completed"),
             self._failed,
             errbackArgs=(tag, b"APPEND"),
         )
 
-    async def _append(self, name: str, message: Any, flags: list[str], mtime: float | None) -> bytes:
+    def arg_messages(self, line: bytes) -> Deferred[tuple[list[tuple[list[bytes], bytes | None, Any]], bytes]]:
+        """
+        The messages of an APPEND: C{[(flags)] ["date-time"] literal},
+        once or more, each literal read as a file.
+        """
+        return Deferred.fromCoroutine(self._readMessages(line))
+
+    async def _readMessages(self, line: bytes) -> tuple[list[tuple[list[bytes], bytes | None, Any]], bytes]:
+        messages: list[tuple[list[bytes], bytes | None, Any]] = []
+        total = 0
+        while True:
+            if messages and not line.strip():
+                return messages, b""
+            m = _APPEND_ONE.fullmatch(line)
+            if m is None:
+                raise imap4.IllegalClientResponse(
+                    'APPEND takes [(flags)] ["date-time"] {size} after the mailbox, once or more'
+                )
+            size = int(m.group("size"))
+            total += size
+            if len(messages) >= MULTIAPPEND_MAX or (
+                self.maxMessageSize is not None and total > MULTIAPPEND_FACTOR * self.maxMessageSize
+            ):
+                raise imap4.IllegalClientResponse(
+                    f"[TOOBIG] One APPEND takes at most {MULTIAPPEND_MAX} messages"
+                    + (f" and {MULTIAPPEND_FACTOR * self.maxMessageSize} octets" if self.maxMessageSize else "")
+                )
+            flags = m.group("flags").split() if m.group("flags") is not None else []
+            data, line = await self._fileLiteral(size)
+            messages.append((flags, m.group("date"), data))
+
+    async def _append(self, name: str, messages: list[tuple[list[str], float | None, Any]]) -> bytes:
+        """
+        Store the messages of one APPEND, all or none; the APPENDUID code.
+        """
         account = self._account()
         folder = await self._openTarget(name)
-        letters = await folderLetters(folder, flags)
+        uids: list[int] = []
         try:
-            uid = await account.store.append(folder, message, letters, mtime)
-        except MessageTooLarge as e:
-            raise imap4.MailboxException(str(e))
+            for flags, mtime, message in messages:
+                letters = await folderLetters(folder, flags)
+                uids.append(await account.store.append(folder, message, letters, mtime))
+        except BaseException as e:
+            if uids:
+                await folder.remove(uids)
+            if isinstance(e, MessageTooLarge):
+                raise imap4.MailboxException(str(e))
+            raise
         await self._settle(folder)
-        return b"[APPENDUID %d %d]" % (folder.uidValidity, uid)
+        return b"[APPENDUID %d %s]" % (folder.uidValidity, _uidSet(uids))
 
     async def _openTarget(self, name: str) -> IFolder:
         """
@@ -1528,13 +1580,7 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         if isinstance(self.mbox, MaildirMailbox) and self.mbox.folder is folder:
             await self.mbox.settled()
 
-    auth_APPEND = _command(
-        do_APPEND,
-        imap4.IMAP4Server.arg_astring,
-        imap4.IMAP4Server.opt_plist,
-        imap4.IMAP4Server.opt_datetime,
-        imap4.IMAP4Server.arg_literal,
-    )
+    auth_APPEND = _command(do_APPENDS, imap4.IMAP4Server.arg_astring, arg_messages)
     select_APPEND = auth_APPEND
 
     def do_COPY(self, tag: bytes, messages: imap4.MessageSet, mailbox: bytes, uid: int = 0) -> None:
@@ -1787,6 +1833,15 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             words = imap4.parseNestedParens(line)
         except Exception:
             words = []
+        returns: list[str] | None = None
+        if command == b"SORT" and words and isinstance(words[0], bytes) and words[0].upper() == b"RETURN":
+            # ESORT (RFC 5267): the answer as ESEARCH, in sort order.
+            options = words[1] if len(words) > 1 and isinstance(words[1], list) else None
+            returns = [o.decode("ascii", "replace").upper() for o in options or [] if isinstance(o, bytes)]
+            if options is None or len(returns) != len(options) or not set(returns) <= {"MIN", "MAX", "COUNT", "ALL"}:
+                self.sendBadResponse(tag, b"RETURN takes a parenthesised list of MIN, MAX, COUNT, ALL")
+                return
+            words = words[2:]
         try:
             if len(words) < 3:
                 raise SearchError(f"{command.decode()} takes {'(criteria)' if command == b'SORT' else 'an algorithm'}, a charset and search keys")
@@ -1811,7 +1866,10 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
 
             def answer(rows: list[tuple[int, Any]]) -> None:
                 ids = sortIds(rows, criteria)
-                self.sendUntaggedResponse(b" ".join([b"SORT"] + [b"%d" % n for n in ids]))
+                if returns is None:
+                    self.sendUntaggedResponse(b" ".join([b"SORT"] + [b"%d" % n for n in ids]))
+                else:
+                    self.sendUntaggedResponse(_esearch(tag, uid, returns or ["ALL"], ids, ordered=True))
                 self.sendPositiveResponse(tag, b"SORT completed")
 
             d = self._search(mbox, compiled, uid, keep, needsContents(criteria))

@@ -115,3 +115,20 @@ def test_refused_literal_plus_closes(s):
     lines = s.say(b"a CREATE {5000+}\r\n" + b"x LOGOUT\r\n" * 10)
     assert lines[0].startswith(b"a BAD") and lines[1].startswith(b"* BYE")
     assert s.transport.disconnecting and not any(line.startswith(b"x ") for line in lines)
+
+
+def test_multiappend_all_or_nothing(s, store):
+    """APPEND of several messages stores them all with one APPENDUID; if one fails, none stays."""
+    s.send(b"a APPEND INBOX (\\Seen) {5}\r\n")
+    s.pump()
+    s.lines()
+    s.send(b"hello (\\Flagged) \"01-Jan-2020 00:00:00 +0000\" {3}\r\n")
+    s.pump()
+    assert s.lines() == [b"+ Ready for 3 octets of data"]
+    reply = s.say(b"two\r\n")
+    validity = s.say(b"z STATUS INBOX (UIDVALIDITY)\r\n")[0].split()[-1].rstrip(b")")
+    assert reply == [b"a OK [APPENDUID " + validity + b" 4:5] APPEND completed"]
+    lines = s.say(b"b APPEND INBOX {2+}\r\nok (\\Bogus) {2+}\r\nno\r\n")
+    assert lines[-1].startswith(b"b NO \\Bogus")
+    assert s.say(b"c STATUS INBOX (MESSAGES)\r\n")[0] == b"* STATUS INBOX (MESSAGES 5)"
+    assert s.say(b"d APPEND INBOX (\\Seen) {1+}\r\nx junk\r\n")[0].startswith(b"d BAD Illegal syntax: APPEND takes")

@@ -104,3 +104,9 @@ def test_criteria_parsing():
     assert parseCriteria([b"reverse", b"date", b"size"]) == [("DATE", True), ("SIZE", False)]
     with pytest.raises(SearchError):
         parseCriteria(b"DATE")
+
+
+def test_esort(s):
+    """SORT RETURN answers ESEARCH in sort order: MIN and MAX are the first and last sorted, ALL keeps the order."""
+    assert s.say(b"b SORT RETURN (MIN MAX ALL) (DATE) UTF-8 ALL\r\n")[0] == b'* ESEARCH (TAG "b") MIN 3 MAX 2 ALL 3,1:2'
+    assert s.say(b"c SORT RETURN (FIRST) (DATE) UTF-8 ALL\r\n")[0].startswith(b"c BAD")
