@@ -46,6 +46,8 @@ def parseSize(text: str | int) -> int:
     @raise ValueError: for anything else.
     """
     if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"not a size: {text} (it must not be negative)")
         return text
     m = _SIZE.fullmatch(text)
     if not m:
@@ -60,6 +62,8 @@ def parseAge(text: str | int) -> int:
     @raise ValueError: for anything else.
     """
     if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"not an age: {text} (it must not be negative)")
         return text
     m = _AGE.fullmatch(text)
     if not m:
@@ -145,25 +149,53 @@ class Policy:
             extra = set(table) - keys
             if extra:
                 raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(extra))}; expected {', '.join(sorted(keys))}")
-        allAdmins = frozenset(config.get("admins", [])) | frozenset(admins)
+        def value(table: dict, key: str, name: str, kinds: tuple, parse=None):
+            # Every value is checked for its kind and parsed with its key
+            # named, so a mistake is one line that says where it is.
+            raw = table[key]
+            if not isinstance(raw, kinds) or isinstance(raw, bool):
+                want = " or ".join(k.__name__ for k in kinds).replace("str", "a string").replace("int", "a number")
+                raise ValueError(f"{path}: {name} must be {want}, not {raw!r}")
+            if parse is None:
+                return raw
+            try:
+                return parse(raw)
+            except ValueError as e:
+                raise ValueError(f"{path}: {name}: {e}")
+
+        for table in (areas, limits):
+            if not isinstance(table, dict):
+                raise ValueError(f"{path}: [areas] and [limits] must be tables")
+        fileAdmins: list[str] = []
+        if "admins" in config:
+            fileAdmins = value(config, "admins", "admins", (list,))
+            if not all(isinstance(a, str) and a for a in fileAdmins):
+                raise ValueError(f'{path}: admins must be a list of account names, e.g. admins = ["teacher"]')
+        allAdmins = frozenset(fileAdmins) | frozenset(admins)
         policy = cls(classMode=bool(path) or bool(allAdmins), admins=allAdmins, _clock=clock)
-        policy.homes = _area(areas.get("homes", policy.homes), "areas.homes")
-        policy.course = _area(areas.get("course", policy.course), "areas.course")
-        handin = areas.get("handin", policy.handin)
-        policy.handin = _area(handin, "areas.handin") if handin else None
+        for key in ("homes", "course"):
+            if key in areas:
+                setattr(policy, key, value(areas, key, f"areas.{key}", (str,), lambda t, k=key: _area(t, f"areas.{k}")))
+        if "handin" in areas:
+            handin = value(areas, "handin", "areas.handin", (str,))
+            policy.handin = _area(handin, "areas.handin") if handin else None
         if "handin-deadline" in areas:
-            policy.handinDeadline = parseDeadline(areas["handin-deadline"])
-        policy.public = tuple(_area(p, "areas.public") for p in areas.get("public", []))
+            policy.handinDeadline = value(areas, "handin-deadline", "areas.handin-deadline", (str,), parseDeadline)
+        if "public" in areas:
+            public = value(areas, "public", "areas.public", (list,))
+            if not all(isinstance(p, str) for p in public):
+                raise ValueError(f'{path}: areas.public must be a list of folders, e.g. public = ["/course/slides"]')
+            policy.public = tuple(_area(p, "areas.public") for p in public)
         tops = [policy.homes, policy.course] + ([policy.handin] if policy.handin else [])
         for a in tops:
             for b in tops:
                 if a is not b and _below(a, b):
                     raise ValueError(f"{path}: areas {a} and {b} overlap")
         if quota is None and "quota" in limits:
-            quota = parseSize(limits["quota"])
+            quota = value(limits, "quota", "limits.quota", (str, int), parseSize)
         policy.quota = quota or None
         if partialMaxAge is None and "partial-max-age" in limits:
-            partialMaxAge = parseAge(limits["partial-max-age"])
+            partialMaxAge = value(limits, "partial-max-age", "limits.partial-max-age", (str, int), parseAge)
         if partialMaxAge is not None:
             policy.partialMaxAge = partialMaxAge
         return policy
@@ -271,7 +303,9 @@ class Policy:
                 return None
         if _below(vpath, self.course):
             return None if access == READ else "the course area is written by admins only"
-        return "students may use only their home, their hand-in folder and the course area"
+        if access == READ and self._publicOrAbove(vpath):
+            return None  # what anonymous may read, every account may
+        return "students may use only their home, their hand-in folder, the course area and the public areas"
 
     def _publicOrAbove(self, vpath: str) -> bool:
         return any(_below(vpath, p) or _below(p, vpath) for p in self.public)

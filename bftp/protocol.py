@@ -437,12 +437,11 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         vpath = self._path(arg)
         st = self._stat(vpath)
         if statmod.S_ISDIR(st.st_mode):
-            account, policy = self.account, self.factory.policy
+            account, policy, jail = self.account, self.factory.policy, self.factory.jail
             assert account is not None
-            entries = [
-                e for e in self.factory.jail.listdir(vpath)
-                if policy.visible(account, posixpath.join(vpath, e.name))
-            ]
+            entries = jail.listdir(vpath)
+            if not policy.isAdmin(account):
+                entries = [e for e in entries if self._visible(posixpath.join(vpath, e.name))]
         else:
             entries = [Entry.fromStat(posixpath.basename(vpath), st)]
         lines = [f"{e.kind} {e.size} {formatTime(e.mtime)} {encodePath(e.name)}" for e in entries]
@@ -452,6 +451,21 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
                 f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'} in {encodePath(vpath)}",
             )
         )
+
+    def _visible(self, vpath: str) -> bool:
+        """
+        Whether a listing shows this account the entry C{vpath}: it may
+        read it as named and where its links lead.
+        """
+        assert self.account is not None
+        policy = self.factory.policy
+        if not policy.visible(self.account, vpath):
+            return False
+        try:
+            canonical = self.factory.jail.canonical(vpath)
+        except ProtocolError:
+            return False  # a link out of the root (listdir leaves those out)
+        return canonical == vpath or policy.visible(self.account, canonical)
 
     def do_STAT(self, command: Command) -> None:
         (arg,) = self._args(command, 1, 1, "STAT path")

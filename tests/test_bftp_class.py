@@ -317,10 +317,6 @@ def test_linksDoNotLeadIntoAnothersFolder(server):
     anonymous.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING for the lead: do_LIST filters entries with policy.visible on the typed path only, so a link"
-    " /course/bobs -> /home/bob is listed to alice (with bob's home's mtime) though she may not read it"
-))
 @serving()
 def test_listingHidesLinksIntoAnothersFolder(server):
     """LIST does not show a student a link that leads into another student's folder."""
@@ -462,10 +458,6 @@ def test_anonymousSeesOnlyThePublicArea(server):
     anonymous.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING for the lead: Policy.refusal lets anonymous read [areas] public but refuses a logged-in student"
-    " the same area when it lies outside /course (\"students may use only their home, ...\")"
-))
 @serving(lambda tmp_path: classPolicy(tmp_path, '[areas]\npublic = ["/staff"]\n'))
 def test_studentReadsWhatAnonymousMayRead(server):
     """A student can read a public area that anonymous can read."""
@@ -732,11 +724,6 @@ def test_badConfigStopsTwistd(tmp_path, config, named):
     assert named in output.strip().splitlines()[-1] and "Traceback" not in output, output[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING for the lead: these bad values are refused with a message that does not name the key"
-    " (quota, handin-deadline, partial-max-age), crash twistd with a traceback (homes = 5), or are accepted"
-    " (admins = \"teacher\" makes the letters t, e, a, c, h, r admins; quota = -5 refuses every upload)"
-))
 @pytest.mark.parametrize("config, named", [
     ('[limits]\nquota = "lots"\n', "quota"),
     ('[limits]\npartial-max-age = "forever"\n', "partial-max-age"),
