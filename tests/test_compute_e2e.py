@@ -11,6 +11,8 @@ import sys
 import xmlrpc.client
 
 import pytest
+import pytest_twisted
+from twisted.web.xmlrpc import Fault
 
 from compute.series import formatScaled, leibnizChunk
 from tests.compute_support import Coordinator, bcPipes, killGroup, waitFor
@@ -108,3 +110,20 @@ def test_workerWithWrongTokenIsRefused(coordinator, tmp_path):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2
     assert "login incorrect" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_asyncClientComputesAndSeesFaults(coordinator, reactor):
+    """compute.client.ComputeClient (twisted.web.xmlrpc.Proxy) submits, waits with progress and gets the exact digits; a bad job is a Fault."""
+    coordinator.start()
+    coordinator.worker(procs=1)
+    from compute.client import ComputeClient
+
+    client = ComputeClient(coordinator.url, reactor=reactor)
+    job = await client.submit("leibniz", 300_000, 30_000, 50)
+    seen = []
+    status = await client.wait(job, interval=0.05, progress=seen.append)
+    assert status["state"] == "done" and seen[-1] == status
+    assert await client.result(job) == formatScaled(leibnizChunk(0, 300_000, 50), 50)
+    with pytest.raises(Fault, match="digits must be"):
+        await client.compute("leibniz", 10, 10, 0)
