@@ -192,18 +192,29 @@ def _sha256(path: str) -> str:
 def _makeFile(path: str, size: int) -> str:
     """
     Write C{size} bytes that do not repeat at any 1 MiB offset (a random
-    block, each copy stamped with its index) and return their SHA-256.
+    block, each copy stamped with its index) and return their SHA-256;
+    their digest by every algorithm BFTP may negotiate goes into
+    L{_DIGESTS}, to check what the client reports.
     """
+    from bftp import digests
+
     base = bytearray(os.urandom(BLOCK))
-    h = hashlib.sha256()
+    hashers = {name: digests.new(name) for name in digests.AVAILABLE}
     with open(path, "wb", buffering=0) as f:
         for i in range(-(-size // BLOCK)):
             base[:8] = i.to_bytes(8, "big")
             data = base[: min(BLOCK, size - i * BLOCK)]
             f.write(data)
-            h.update(data)
+            for h in hashers.values():
+                h.update(data)
         os.fsync(f.fileno())
-    return h.hexdigest()
+    sha256 = hashers["sha256"].hexdigest()
+    _DIGESTS[sha256] = {name: h.hexdigest() for name, h in hashers.items()}
+    return sha256
+
+
+#: SHA-256 of a test file -> its digest by each algorithm.
+_DIGESTS: dict[str, dict[str, str]] = {}
 
 
 class Bench:
@@ -332,8 +343,9 @@ class Bench:
         try:
             result = self._timed(row, s, proto + "-transfer", spec, 600)
             if result is not None:
-                if "digest" in result and result["digest"] != self.bigDigest:
-                    row.failure = f"{case}: client reported SHA-256 {result['digest']}"
+                expected = _DIGESTS[self.bigDigest].get(result.get("algorithm", "sha256"))
+                if "digest" in result and result["digest"] != expected:
+                    row.failure = f"{case}: client reported {result.get('algorithm')} {result['digest']}"
                     row.seconds.clear()
                 else:
                     path = local if op == "GET" else os.path.join(self.root, remote)
@@ -585,7 +597,7 @@ def _bftpTransfer(spec: dict) -> None:
             digest = await client.put(spec["local"], spec["remote"])
         t1 = time.perf_counter()
         await client.quit()
-        _report(seconds=t1 - t0, digest=digest)
+        _report(seconds=t1 - t0, digest=digest, algorithm=client.digest)
 
     react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
 
