@@ -7,9 +7,11 @@ the terminal client, and 1000 clients in one room.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ import pytest_twisted
 from twisted.internet import defer, endpoints
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 
 from chat.client import ChatClient, ChatReplyError, connect
 from chat.irc import IRCFactory
@@ -26,6 +29,7 @@ from chat.protocol import ChatFactory
 from chat.rooms import ChatServer, Event
 from chat.session import Limits
 from chat.store import MemoryHistory, SQLiteHistory
+from coursenet.accounts import PasswordChecker
 from coursenet.admission import defaultMaxConnections
 from coursenet.procs import stopProcess
 from coursenet.tls import ensureDevCertificate, serverContextFactory
@@ -419,3 +423,48 @@ async def test_history_kept_for_at_most_max_rooms(reactor, tmp_path):
                 assert [e.text for e in messages] == texts, (store, room)
         finally:
             await store.close()
+
+
+def _saslSession(port: int, password: bytes) -> bytes:
+    """
+    An IRC client logging in to account prof with SASL PLAIN; once in, it
+    makes #lab moderated and quits.  What the server said.
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        plain = base64.b64encode(b"\x00prof\x00" + password)
+        sock.sendall(b"CAP REQ :sasl\r\nAUTHENTICATE PLAIN\r\nAUTHENTICATE " + plain + b"\r\n")
+        data = b""
+        while b" 903 " not in data and b" 904 " not in data:
+            data += sock.recv(65536)
+        if b" 903 " in data:
+            sock.sendall(b"NICK prof\r\nUSER prof 0 * :Prof\r\nCAP END\r\nMODE #lab +m\r\nQUIT\r\n")
+            while b"ERROR" not in data:
+                data += sock.recv(65536)
+        return data
+    finally:
+        sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_irc_sasl_plain_and_instructor_over_tcp(reactor):
+    """Over a socket, SASL PLAIN checks the password file (904 for a wrong password) and logs in; an instructor so logged in moderates a room it did not create."""
+    checker = PasswordChecker(None, [("prof", "sesame")], reactor=reactor)
+    server = ChatServer(MemoryHistory(), checker=checker, reactor=reactor, instructors=["prof"],
+                        maxPerAddress=defaultMaxConnections())
+    tcp = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    ircPort = await tcp.listen(IRCFactory(server, Limits(floodRate=0), reactor=reactor))
+    chatPort = await tcp.listen(ChatFactory(server, Limits(floodRate=0), reactor=reactor))
+    course = await connect(reactor, "127.0.0.1", chatPort.getHost().port)
+    try:
+        await course.nick("ann")
+        await course.join("lab")
+        wrong = await deferToThread(_saslSession, ircPort.getHost().port, b"nope")
+        assert b" 904 " in wrong and b" 001 " not in wrong
+        moderated = course.nextEvent("MODE", room="lab")
+        right = await deferToThread(_saslSession, ircPort.getHost().port, b"sesame")
+        assert b" 900 " in right and b" 001 prof " in right
+        assert ((await moderated).nick, (await moderated).text) == ("prof", "+m")
+    finally:
+        await closeAll(chatPort, course)
+        await ircPort.stopListening()

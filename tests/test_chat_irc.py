@@ -442,3 +442,15 @@ def test_sasl_plain_logs_in_a_registered_nick():
     assert lines[1] == "AUTHENTICATE +"
     assert [line.split()[1] for line in lines[2:5]] == ["900", "903", "001"]
     assert lines[4].endswith("demo!~demo@127.0.0.1")
+
+
+def test_topic_is_cut_to_topiclen_on_both_doors():
+    """A topic longer than TOPICLEN (300 bytes) is cut to it, set from either door."""
+    world = World()
+    course = world.user("course", "lab")
+    irc = ircUser(world, "ircy")
+    irc.send("JOIN #lab")
+    course.send("TOPIC lab " + "c" * 400)
+    assert world.server.room("lab").topic.text == "c" * 300
+    irc.send("TOPIC #lab :" + "i" * 450)
+    assert world.server.room("lab").topic.text == "i" * 300
