@@ -1,0 +1,1 @@
+"""BitTorrent on Twisted: metainfo, an HTTP tracker and peers (docs/swarm.md)."""

@@ -1,0 +1,439 @@
+"""
+One torrent being seeded or downloaded: which pieces we have, which blocks
+are on their way from whom, the piece picker and the choker.
+
+Picking (seed 002's "request rarest chunks first"): the first
+C{RANDOM_FIRST} pieces are picked at random among those a peer has (a
+newcomer needs something to trade soon, and the rarest may be slow to
+come); after that the piece fewest connected peers have, ties broken at
+random.  Blocks of pieces already started are asked for first, so few
+pieces are ever half-done.  Endgame: once every missing block has been
+asked for, the ones still out are asked of other peers too, and cancelled
+where they were not needed.
+
+Every completed piece is hashed (SHA-1) before it is announced or served.
+A piece that fails is thrown away and re-downloaded; each peer that sent
+part of it gets a strike, and a peer with C{MAX_STRIKES} is disconnected
+and its address refused for the rest of the run.
+
+Choking (seed 003's tit-for-tat) is L{Choker}'s.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from swarm import wire
+from swarm.metainfo import Metainfo
+from swarm.storage import Storage
+
+RANDOM_FIRST = 4
+MAX_STRIKES = 2
+MAX_PEERS = 50
+#: Pieces started and not finished, at most this many plus one per peer.
+MAX_ACTIVE = 8
+
+
+def newPeerId() -> bytes:
+    """
+    An Azureus-style peer id: C{-CN0100-} and 12 random bytes.
+    """
+    return b"-CN0100-" + secrets.token_bytes(12)
+
+
+class PieceState:
+    """
+    A piece being downloaded: its blocks, which have arrived (written to
+    storage, not kept in memory), which are asked for and from whom.
+    """
+
+    def __init__(self, index: int, size: int) -> None:
+        self.index = index
+        self.blocks = [(b, min(wire.BLOCK, size - b)) for b in range(0, size, wire.BLOCK)] or [(0, 0)]
+        self.received: set[int] = set()
+        self.requested: dict[int, set[Any]] = {}
+        self.senders: set[str] = set()
+
+    def complete(self) -> bool:
+        return len(self.received) == len(self.blocks)
+
+
+class Choker:
+    """
+    Tit-for-tat as seed 003 says: every C{interval} seconds the
+    C{slots} interested peers that gave us the most (while downloading;
+    while seeding, those that took the most, so the fastest readers finish
+    first) are unchoked and the rest choked; every C{optimisticInterval}
+    seconds one more choked, interested peer is picked at random and
+    unchoked (the optimistic unchoke), so newcomers get a start.
+
+    Between rounds, a peer that becomes interested while a slot is free is
+    unchoked at once rather than left waiting up to 10 s.  Every round is
+    logged as one line a student can read.
+    """
+
+    _log = Logger()
+
+    def __init__(self, torrent: Torrent, slots: int = 4, interval: float = 10.0, optimisticInterval: float = 30.0) -> None:
+        self.torrent = torrent
+        self.slots = slots
+        self.interval = interval
+        self.optimisticInterval = optimisticInterval
+        self.optimistic: Any = None
+        self.rounds = 0
+        self.decisions: list[str] = []
+        self._call: Any = None
+
+    def start(self) -> None:
+        self._call = self.torrent.clock.callLater(self.interval, self.round)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+
+    def unchoked(self) -> list[Any]:
+        return [p for p in self.torrent.peers if not p.amChoking]
+
+    def interestChanged(self, peer: Any) -> None:
+        if peer.peerInterested and peer.amChoking and len(self.unchoked()) < self.slots + 1:
+            peer.setChoking(False)
+            self.record(f"unchoke {peer.address}: interested and a slot is free")
+        elif not peer.peerInterested and not peer.amChoking and peer is not self.optimistic:
+            peer.setChoking(True)
+            self.record(f"choke {peer.address}: no longer interested")
+
+    def record(self, line: str) -> None:
+        self.decisions.append(line)
+        del self.decisions[:-100]
+        self._log.info("choker: {line}", line=line)
+
+    def round(self) -> None:
+        """
+        One re-evaluation: rank, unchoke the best C{slots}, choke the rest;
+        every third round (30 s at the default 10 s) a new optimistic pick.
+        """
+        seeding = self.torrent.complete
+        peers = [p for p in self.torrent.peers if p.torrent is not None]
+        for p in peers:
+            p.rateDown, p.rateUp = p.downloadedBytes, p.uploadedBytes
+            p.downloadedBytes = p.uploadedBytes = 0
+        interested = [p for p in peers if p.peerInterested]
+        key: Callable[[Any], int] = (lambda p: p.rateUp) if seeding else (lambda p: p.rateDown)
+        ranked = sorted(interested, key=lambda p: (key(p), random.random()), reverse=True)
+        best = ranked[: self.slots]
+        if self.rounds % max(1, round(self.optimisticInterval / self.interval)) == 0 or self.optimistic not in peers:
+            rest = [p for p in interested if p not in best]
+            self.optimistic = random.choice(rest) if rest else None
+        keep = set(best) | ({self.optimistic} if self.optimistic is not None else set())
+        for p in peers:
+            p.setChoking(p not in keep)
+        self.rounds += 1
+        self.record(
+            f"round {self.rounds} ({'seeding: by bytes they took' if seeding else 'by bytes they gave'}):"
+            f" unchoked {', '.join(f'{p.address} ({key(p)} B)' for p in best) or 'nobody'};"
+            f" optimistic {self.optimistic.address if self.optimistic else 'none'};"
+            f" choked {len([p for p in peers if p not in keep])}"
+        )
+        self._call = self.torrent.clock.callLater(self.interval, self.round)
+
+
+class Torrent:
+    """
+    The state of one torrent in this process.
+
+    @ivar done: fires with the final path once every piece is here and
+        verified (at once for a seeder).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        meta: Metainfo,
+        storage: Storage,
+        have: list[bool],
+        clock: Any,
+        final: str | None = None,
+        peerId: bytes | None = None,
+        maxPeers: int = MAX_PEERS,
+        connect: Callable[[Torrent, str, int], None] | None = None,
+    ) -> None:
+        self.meta = meta
+        self.storage = storage
+        self.have = have
+        self.clock = clock
+        self.final = final
+        self.peerId = peerId or newPeerId()
+        self.maxPeers = maxPeers
+        self.peers: set[Any] = set()
+        self.availability = [0] * meta.numPieces
+        self.active: dict[int, PieceState] = {}
+        self.strikes: dict[str, int] = {}
+        self.banned: set[str] = set()
+        self.uploaded = 0
+        self.downloaded = 0
+        self.wasted = 0
+        self.hashFailures = 0
+        self.connecting: set[tuple[str, int]] = set()
+        self.known: dict[tuple[str, int], None] = {}
+        self.ownAddresses: set[tuple[str, int]] = set()
+        self._connect = connect
+        self.choker = Choker(self)
+        self.done: Deferred[str] = Deferred()
+        self.stopped = False
+        if self.complete:
+            self.done.callback(final or storage.root)
+
+    @property
+    def complete(self) -> bool:
+        return all(self.have)
+
+    @property
+    def left(self) -> int:
+        return sum(self.meta.pieceSize(i) for i, h in enumerate(self.have) if not h)
+
+    def start(self) -> None:
+        self.choker.start()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.choker.stop()
+        for p in list(self.peers):
+            p.close("torrent stopped")
+        self.storage.close()
+
+    # -- peers ----------------------------------------------------------------
+
+    def addPeers(self, addresses: list[tuple[str, int]]) -> None:
+        """
+        Peers a tracker gave: connect to those not already known, up to the
+        peer limit.
+        """
+        for addr in addresses:
+            if addr in self.ownAddresses or addr[0] in self.banned:
+                continue
+            self.known[addr] = None
+            while len(self.known) > 4 * self.maxPeers:
+                del self.known[next(iter(self.known))]
+        self.connectMore()
+
+    def connectMore(self) -> None:
+        if self.stopped or self._connect is None or self.complete:
+            return
+        connected = {(p.host, getattr(p, "remotePort", None)) for p in self.peers}
+        for addr in list(self.known):
+            if len(self.peers) + len(self.connecting) >= self.maxPeers:
+                return
+            if addr in self.connecting or addr in connected:
+                continue
+            self.connecting.add(addr)
+            del self.known[addr]
+            self._connect(self, *addr)
+
+    def connectFailed(self, dest: Any) -> None:
+        self.connecting.discard((dest.host, dest.port))
+
+    def admitPeer(self, peer: Any) -> str | None:
+        """
+        Why C{peer}, whose handshake just came, may not join, or None.
+        """
+        if self.stopped:
+            return "torrent stopped"
+        if peer.host in self.banned:
+            return f"{peer.host} sent bad data before"
+        if len(self.peers) >= self.maxPeers:
+            return f"torrent full ({self.maxPeers} peers)"
+        if any(p.peerId == peer.peerId for p in self.peers):
+            return "already connected to this peer id"
+        return None
+
+    def peerReady(self, peer: Any) -> None:
+        if peer.initiator is not None:
+            dest = peer.transport.getPeer()
+            peer.remotePort = dest.port
+            self.connecting.discard((dest.host, dest.port))
+        self.peers.add(peer)
+        self._log.debug("peer {peer} joined", peer=peer.address)
+
+    def peerLost(self, peer: Any) -> None:
+        if peer.initiator is not None:
+            try:
+                dest = peer.transport.getPeer()
+                self.connecting.discard((dest.host, dest.port))
+            except Exception:
+                pass
+        if peer not in self.peers:
+            return
+        self.peers.discard(peer)
+        for i, b in enumerate(peer.bits):
+            if b:
+                self.availability[i] -= 1
+        self._unrequest(peer)
+        if self.choker.optimistic is peer:
+            self.choker.optimistic = None
+        self.connectMore()
+
+    def peerHas(self, peer: Any, indexes: list[int]) -> None:
+        for i in indexes:
+            self.availability[i] += 1
+        self.updateInterest(peer)
+        self.fillRequests(peer)
+
+    def peerChoked(self, peer: Any) -> None:
+        self._unrequest(peer)
+
+    def _unrequest(self, peer: Any) -> None:
+        for (index, begin, _length) in list(peer.outstanding):
+            state = self.active.get(index)
+            if state is not None:
+                state.requested.get(begin, set()).discard(peer)
+        peer.outstanding.clear()
+
+    def updateInterest(self, peer: Any) -> None:
+        peer.setInterested(any(b and not h for b, h in zip(peer.bits, self.have)))
+
+    # -- downloading ------------------------------------------------------------
+
+    def fillRequests(self, peer: Any) -> None:
+        """
+        Keep up to L{swarm.protocol.PIPELINE} requests out to C{peer}.
+        """
+        from swarm.protocol import PIPELINE
+
+        if peer.peerChoking or self.complete or peer.closed:
+            return
+        while len(peer.outstanding) < PIPELINE:
+            block = self.nextBlock(peer)
+            if block is None:
+                return
+            peer.sendRequest(*block)
+
+    def nextBlock(self, peer: Any) -> tuple[int, int, int] | None:
+        bits = peer.bits
+        for state in self.active.values():
+            if bits[state.index]:
+                for begin, length in state.blocks:
+                    if begin not in state.received and not state.requested.get(begin):
+                        state.requested.setdefault(begin, set()).add(peer)
+                        return state.index, begin, length
+        if len(self.active) < MAX_ACTIVE + len(self.peers):
+            index = self.pick(peer)
+            if index is not None:
+                state = self.active[index] = PieceState(index, self.meta.pieceSize(index))
+                begin, length = state.blocks[0]
+                state.requested[begin] = {peer}
+                return index, begin, length
+        # Endgame: every missing block is asked for; ask this peer too.
+        if any(not h and i not in self.active for i, h in enumerate(self.have)):
+            return None
+        for state in self.active.values():
+            if bits[state.index]:
+                for begin, length in state.blocks:
+                    askedOf = state.requested.setdefault(begin, set())
+                    if begin not in state.received and peer not in askedOf and len(askedOf) < 3:
+                        askedOf.add(peer)
+                        return state.index, begin, length
+        return None
+
+    def pick(self, peer: Any) -> int | None:
+        """
+        The next piece to start from C{peer}: random for the first
+        L{RANDOM_FIRST}, then rarest first.
+        """
+        candidates = [
+            i for i, b in enumerate(peer.bits) if b and not self.have[i] and i not in self.active
+        ]
+        if not candidates:
+            return None
+        if sum(self.have) < RANDOM_FIRST:
+            return random.choice(candidates)
+        return min(candidates, key=lambda i: (self.availability[i], random.random()))
+
+    def blockReceived(self, peer: Any, index: int, begin: int, data: bytes) -> None:
+        key = (index, begin, len(data))
+        if key not in peer.outstanding:
+            # Unasked (or cancelled and sent anyway): not written.
+            self.wasted += len(data)
+            if self.wasted > 64 * self.meta.pieceLength + (16 << 20):
+                raise wire.WireError("too many blocks we did not ask for")
+            return
+        del peer.outstanding[key]
+        state = self.active.get(index)
+        if state is None or begin in state.received:
+            self.wasted += len(data)
+            self.fillRequests(peer)
+            return
+        self.storage.write(index, begin, data)
+        self.downloaded += len(data)
+        state.received.add(begin)
+        state.senders.add(peer.host)
+        for other in state.requested.pop(begin, set()):
+            if other is not peer:
+                other.sendCancel(index, begin, len(data))
+        if state.complete():
+            self.pieceDone(state)
+        self.fillRequests(peer)
+
+    def pieceDone(self, state: PieceState) -> None:
+        index = state.index
+        del self.active[index]
+        if not self.storage.verify(index):
+            self.hashFailures += 1
+            self._log.warn(
+                "piece {index} failed its SHA-1 check; discarded, strike for {senders}",
+                index=index, senders=sorted(state.senders),
+            )
+            for host in state.senders:
+                self.strikes[host] = self.strikes.get(host, 0) + 1
+                if self.strikes[host] >= MAX_STRIKES or len(state.senders) == 1:
+                    self.banned.add(host)
+                    for p in list(self.peers):
+                        if p.host == host:
+                            p.close(f"sent piece {index}, which failed its hash check")
+            return
+        self.have[index] = True
+        for p in list(self.peers):
+            p.send(wire.have(index))
+            if p.amInterested:
+                self.updateInterest(p)
+        if self.complete:
+            self.finished()
+
+    def finished(self) -> None:
+        self.storage.flush()
+        if self.final is not None and self.storage.root != self.final:
+            self.storage.renameTo(self.final)
+        self._log.info("{name}: complete, {n} bytes", name=self.meta.name, n=self.meta.length)
+        for p in list(self.peers):
+            p.outstanding.clear()
+            # Two seeds have nothing to say to each other.
+            if all(p.bits):
+                p.close("both complete")
+        if not self.done.called:
+            self.done.callback(self.final or self.storage.root)
+
+
+def openTorrent(meta: Metainfo, path: str, clock: Any, download: bool, **kw: Any) -> Torrent:
+    """
+    A torrent whose data is at C{path} (seeding, C{download} false: every
+    piece is verified first and the bad ones offered to nobody), or is to
+    be downloaded to C{path} through C{path}.part (resumed from what a
+    .part already holds, re-verified).
+    """
+    if not download or os.path.exists(path):
+        storage = Storage(meta, path, writable=False)
+        have = storage.existing()
+        if download and not all(have):
+            raise FileExistsError(f"{path} exists and is not this torrent's data; move it away")
+        return Torrent(meta, storage, have, clock, final=path, **kw)
+    part = path + ".part"
+    storage = Storage(meta, part, writable=True)
+    have = storage.existing()
+    storage.create()
+    return Torrent(meta, storage, have, clock, final=path, **kw)
