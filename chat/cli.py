@@ -55,6 +55,16 @@ def describe(event: ServerEvent) -> str:
         return f"*** {event.nick} is now {event.text}"
     if kind == "TOPIC":
         return f"*** {event.nick} set the topic of {event.room}: {event.text}"
+    if kind == "NOTICE":
+        return f"[{event.room}] -{event.nick}- {event.text}"
+    if kind == "PRIVNOTICE":
+        return f"-{event.nick}- {event.text}"
+    if kind == "MODE":
+        return f"*** {event.nick} sets mode {event.text} on {event.room}"
+    if kind == "KICK":
+        return f"*** {event.nick} kicked {event.target} from {event.room} ({event.text})"
+    if kind == "INVITE":
+        return f"*** {event.nick} invites you to {event.room}"
     return f"*** {kind} {event.text}"
 
 

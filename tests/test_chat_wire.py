@@ -107,6 +107,12 @@ def test_events_parse_back():
         (Event("QUIT", "ada", text="gone"), ServerEvent("QUIT", nick="ada", text="gone")),
         (Event("NICK", "ada", text="eve"), ServerEvent("NICK", nick="ada", text="eve")),
         (Event("TOPIC", "ada", "lab", "sockets"), ServerEvent("TOPIC", "lab", "ada", "sockets")),
+        (Event("MESSAGE", "bot", "lab", "beep", notice=True), ServerEvent("NOTICE", "lab", "bot", "beep")),
+        (Event("PRIVATE", "bot", text="psst", notice=True), ServerEvent("PRIVNOTICE", nick="bot", text="psst")),
+        (Event("MODE", "ada", "lab", "+mv bob"), ServerEvent("MODE", "lab", "ada", "+mv bob")),
+        (Event("KICK", "ada", "lab", "too loud", target="bob"),
+         ServerEvent("KICK", "lab", "ada", "too loud", target="bob")),
+        (Event("INVITE", "ada", "lab", target="bob"), ServerEvent("INVITE", "lab", "ada")),
     ]
     for event, expected in cases:
         assert parseServerLine(encodeEvent(event)[:-2]) == expected
