@@ -40,13 +40,13 @@ from pokerkit import (
     StandardHighHand,
 )
 
-#: Everything but the players' decisions, the dealing (done here, from the
+#: Everything but the players' decisions, collecting the bets (done here,
+#: to announce the pots each collection makes), the dealing (done here, from the
 #: committed deck order) and the showdown (here every hand still in is
 #: shown: pokerkit's automation would first ask whether each can win,
 #: which costs more than the rest of the hand).
 AUTOMATIONS = (
     Automation.ANTE_POSTING,
-    Automation.BET_COLLECTION,
     Automation.BLIND_OR_STRADDLE_POSTING,
     Automation.RUNOUT_COUNT_SELECTION,
     Automation.HAND_KILLING,
@@ -186,6 +186,7 @@ class Hand:
     state: Any = field(init=False)
     game: Any = field(init=False)
     _seen: int = field(default=0, init=False)
+    _collected: deque = field(default_factory=deque, init=False)
     _lastBetStreet: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -216,7 +217,11 @@ class Hand:
         """
         state = self.state
         while state.status and state.actor_index is None:
-            if state.showdown_index is not None:
+            if state.can_collect_bets():
+                state.collect_bets()
+                # The pots as this collection left them, for its step.
+                self._collected.append(tuple((p.amount, tuple(p.player_indices)) for p in state.pots))
+            elif state.showdown_index is not None:
                 state.show_or_muck_hole_cards(True)
             elif state.can_burn_card():
                 state.burn_card()
@@ -253,8 +258,7 @@ class Hand:
         if isinstance(op, CompletionBettingOrRaisingTo):
             return Step("action", op.player_index, op.amount, self._lastVerb)
         if isinstance(op, BetCollection):
-            pots = tuple((p.amount, tuple(p.player_indices)) for p in self.state.pots)
-            return Step("pots", pots=pots)
+            return Step("pots", pots=self._collected.popleft())
         if isinstance(op, HoleCardsShowingOrMucking):
             if op.hole_cards:
                 return Step("show", op.player_index, cards=tuple(map(cardText, op.hole_cards)))
@@ -352,7 +356,16 @@ class Hand:
         return list(self.state.stacks)
 
     def holeCards(self, player: int) -> tuple[str, ...]:
-        return tuple(cardText(c) for c in self.state.hole_cards[player])
+        """
+        The cards C{player} was dealt (pokerkit forgets those of a hand
+        it kills).
+        """
+        return tuple(
+            cardText(c)
+            for op in self.state.operations
+            if isinstance(op, HoleDealing) and op.player_index == player
+            for c in op.cards
+        )
 
     def board(self) -> tuple[str, ...]:
         return tuple(cardText(c) for c in self.state.get_board_cards(0))
