@@ -83,6 +83,8 @@ class PeerProtocol(Protocol):
         self.rateDown = 0
         self.rateUp = 0
         self.sentWhilePaused = 0
+        self.peakSentWhilePaused = 0
+        self.remotePort: int | None = None
         self._stall: Any = None
         self._timers: list[Any] = []
         self._idle: Any = None
@@ -256,6 +258,7 @@ class PeerProtocol(Protocol):
         if not self.closed:
             if self.paused:
                 self.sentWhilePaused += len(data)
+                self.peakSentWhilePaused = max(self.peakSentWhilePaused, self.sentWhilePaused)
             self.transport.write(data)  # type: ignore[union-attr]
 
     def serve(self) -> None:

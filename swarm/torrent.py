@@ -13,8 +13,10 @@ where they were not needed.
 
 Every completed piece is hashed (SHA-1) before it is announced or served.
 A piece that fails is thrown away and re-downloaded; each peer that sent
-part of it gets a strike, and a peer with C{MAX_STRIKES} is disconnected
-and its address refused for the rest of the run.
+part of it gets a strike, and a peer that sent all of it alone, or has
+C{MAX_STRIKES}, is disconnected and refused for the rest of the run: its
+peer id and the address it listens on.  (Not its whole IP address: peers
+behind one NAT, or on one test machine, share it.)
 
 Choking (seed 003's tit-for-tat) is L{Choker}'s.
 """
@@ -58,7 +60,7 @@ class PieceState:
         self.blocks = [(b, min(wire.BLOCK, size - b)) for b in range(0, size, wire.BLOCK)] or [(0, 0)]
         self.received: set[int] = set()
         self.requested: dict[int, set[Any]] = {}
-        self.senders: set[str] = set()
+        self.senders: set[Any] = set()
 
     def complete(self) -> bool:
         return len(self.received) == len(self.blocks)
@@ -174,8 +176,9 @@ class Torrent:
         self.peers: set[Any] = set()
         self.availability = [0] * meta.numPieces
         self.active: dict[int, PieceState] = {}
-        self.strikes: dict[str, int] = {}
-        self.banned: set[str] = set()
+        self.strikes: dict[bytes, int] = {}
+        self.banned: set[bytes] = set()
+        self.bannedAddresses: set[tuple[str, int]] = set()
         self.uploaded = 0
         self.downloaded = 0
         self.wasted = 0
@@ -216,7 +219,7 @@ class Torrent:
         peer limit.
         """
         for addr in addresses:
-            if addr in self.ownAddresses or addr[0] in self.banned:
+            if addr in self.ownAddresses or addr in self.bannedAddresses:
                 continue
             self.known[addr] = None
             while len(self.known) > 4 * self.maxPeers:
@@ -245,8 +248,8 @@ class Torrent:
         """
         if self.stopped:
             return "torrent stopped"
-        if peer.host in self.banned:
-            return f"{peer.host} sent bad data before"
+        if peer.peerId in self.banned:
+            return f"peer {peer.peerId!r} sent bad data before"
         if len(self.peers) >= self.maxPeers:
             return f"torrent full ({self.maxPeers} peers)"
         if any(p.peerId == peer.peerId for p in self.peers):
@@ -372,7 +375,7 @@ class Torrent:
         self.storage.write(index, begin, data)
         self.downloaded += len(data)
         state.received.add(begin)
-        state.senders.add(peer.host)
+        state.senders.add(peer)
         for other in state.requested.pop(begin, set()):
             if other is not peer:
                 other.sendCancel(index, begin, len(data))
@@ -386,16 +389,18 @@ class Torrent:
         if not self.storage.verify(index):
             self.hashFailures += 1
             self._log.warn(
-                "piece {index} failed its SHA-1 check; discarded, strike for {senders}",
-                index=index, senders=sorted(state.senders),
+                "piece {index} failed its SHA-1 check; discarded, a strike for {senders}",
+                index=index, senders=sorted(p.address for p in state.senders),
             )
-            for host in state.senders:
-                self.strikes[host] = self.strikes.get(host, 0) + 1
-                if self.strikes[host] >= MAX_STRIKES or len(state.senders) == 1:
-                    self.banned.add(host)
-                    for p in list(self.peers):
-                        if p.host == host:
-                            p.close(f"sent piece {index}, which failed its hash check")
+            for p in state.senders:
+                self.strikes[p.peerId] = self.strikes.get(p.peerId, 0) + 1
+                if self.strikes[p.peerId] >= MAX_STRIKES or len(state.senders) == 1:
+                    self.banned.add(p.peerId)
+                    if getattr(p, "remotePort", None):
+                        self.bannedAddresses.add((p.host, p.remotePort))
+                    p.close(f"sent piece {index}, which failed its hash check")
+            for p in list(self.peers):
+                self.fillRequests(p)
             return
         self.have[index] = True
         for p in list(self.peers):
