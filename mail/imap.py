@@ -76,6 +76,10 @@ _APPEND_ONE = re.compile(rb'\s*(?:\((?P<flags>[^()]*)\)\s*)?(?:"(?P<date>[^"]*)"
 #: multiple of the largest message.
 MULTIAPPEND_MAX = 1000
 MULTIAPPEND_FACTOR = 4
+#: CONDSTORE's FETCH item and modifiers (RFC 7162).
+_MODSEQ_ITEM = re.compile(rb"(?<![\w.\[\]-])MODSEQ(?![\w.\[\]-])", re.I)
+_CHANGEDSINCE = re.compile(rb"\s*\(\s*CHANGEDSINCE\s+(\d{1,19})\s*\)\s*$", re.I)
+_UNCHANGEDSINCE = re.compile(rb"\(\s*UNCHANGEDSINCE\s+(\d{1,19})\s*\)\s*", re.I)
 #: A non-synchronizing literal at the end of a line (RFC 7888).
 _LITERAL_PLUS = re.compile(rb"\{(\d{1,10})\+\}$")
 #: RFC 3501 9: a tag is ASTRING-CHARs but "+".
@@ -425,7 +429,11 @@ class MaildirMailbox:
         raise imap4.MailboxException("Use DELETE to remove a mailbox")
 
     def requestStatus(self, names: list[bytes]) -> dict[bytes, int]:
-        return imap4.statusRequestHelper(self, names)
+        known = [n for n in names if n.upper() != "HIGHESTMODSEQ"]
+        status = imap4.statusRequestHelper(self, known)
+        if len(known) != len(names):
+            status["HIGHESTMODSEQ"] = self.folder.highestModseq
+        return status
 
     def flagsOf(self, uid: int) -> list[str]:
         """
@@ -903,6 +911,7 @@ def _copyUid(validity: int, pairs: list[tuple[int, int]]) -> bytes:
 #: Extensions advertised (with IMAP4rev1, IDLE, NAMESPACE and AUTH= from
 #: Twisted), each once imaptest's scripts for it pass.
 EXTENSIONS = [
+    b"CONDSTORE",
     b"ESEARCH",
     b"SORT",
     b"ESORT",
@@ -1019,6 +1028,8 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
     _existsPending = False
     #: The line being parsed ends in a LITERAL+ literal: no "+" for it.
     _nonSync = False
+    #: CONDSTORE is enabled: FETCH responses with FLAGS carry MODSEQ.
+    _condstore = False
 
     def __init__(
         self, contextFactory: Any = None, maxMessageSize: int | None = None, clock: Any = None
@@ -1196,7 +1207,8 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         for seq, uid in enumerate(mbox.uids, 1):
             if uid in pending and mbox.folder.has(uid):
                 flags = " ".join(mbox.flagsOf(uid)).encode("utf-8", "replace")
-                imap4.IMAP4Server.sendUntaggedResponse(self, b"%d FETCH (FLAGS (%s))" % (seq, flags))
+                modseq = b" MODSEQ (%d)" % (mbox.folder.modseq(uid),) if self._condstore else b""
+                imap4.IMAP4Server.sendUntaggedResponse(self, b"%d FETCH (FLAGS (%s)%s)" % (seq, flags, modseq))
 
     def newMessages(self, exists: int | None, recent: int | None) -> None:
         # The counts are taken when sent, not when the mail came: an
@@ -1261,9 +1273,24 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
     select_ID = unauth_ID
 
     def do_ENABLE(self, tag: bytes, line: bytes) -> None:
-        # RFC 5161: none of the extensions offered here needs enabling.
-        self.sendUntaggedResponse(b"ENABLED")
+        # RFC 5161: CONDSTORE is the one extension here that can be enabled.
+        names = line.upper().split()
+        enabled = b""
+        if b"CONDSTORE" in names and not self._condstore:
+            self._condstore = True
+            enabled = b" CONDSTORE"
+        self.sendUntaggedResponse(b"ENABLED" + enabled)
         self.sendPositiveResponse(tag, b"ENABLE completed")
+
+    def _enableCondstore(self) -> None:
+        """
+        A CONDSTORE-enabling command (RFC 7162 3.1): the mailbox's
+        HIGHESTMODSEQ is told at once.
+        """
+        if not self._condstore:
+            self._condstore = True
+            if isinstance(self.mbox, MaildirMailbox):
+                self.sendUntaggedResponse(b"OK [HIGHESTMODSEQ %d] Highest" % (self.mbox.folder.highestModseq,))
 
     auth_ENABLE = _command(do_ENABLE, imap4.IMAP4Server.arg_line)
 
@@ -1399,7 +1426,23 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
 
     # -- SELECT and EXAMINE ----------------------------------------------------
 
-    def do_SELECT(self, tag: bytes, name: bytes, rw: int, cmdName: bytes) -> None:
+    def arg_selectParameters(self, line: bytes) -> tuple[list[bytes], bytes]:
+        """
+        SELECT's optional parameters (RFC 4466): only CONDSTORE is known.
+        """
+        line = line.strip()
+        if not line:
+            return [], b""
+        if not (line.startswith(b"(") and line.endswith(b")")):
+            raise imap4.IllegalClientResponse("SELECT takes a mailbox and optionally (CONDSTORE)")
+        params = line[1:-1].upper().split()
+        if any(p != b"CONDSTORE" for p in params):
+            raise imap4.IllegalClientResponse("the only SELECT parameter is CONDSTORE")
+        return params, b""
+
+    def do_SELECT(self, tag: bytes, name: bytes, params: list[bytes], rw: int, cmdName: bytes) -> None:
+        if params:
+            self._condstore = True
         if self.mbox is not None:
             # RFC 3501 6.3.1: a SELECT, even a failing one, leaves the
             # mailbox selected before.
@@ -1427,15 +1470,16 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         self.sendUntaggedResponse(b"OK [PERMANENTFLAGS (" + permanent + b")] Flags permitted")
         self.sendUntaggedResponse(b"OK [UIDVALIDITY %d] UIDs valid" % (mbox.getUIDValidity(),))
         self.sendUntaggedResponse(b"OK [UIDNEXT %d] Predicted next UID" % (mbox.getUIDNext(),))
+        self.sendUntaggedResponse(b"OK [HIGHESTMODSEQ %d] Highest" % (mbox.folder.highestModseq,))
         mbox.addListener(self)
         self.mbox = mbox
         self.state = "select"
         mode = b"READ-WRITE" if mbox.isWriteable() else b"READ-ONLY"
         self.sendPositiveResponse(tag, b"[" + mode + b"] " + cmdName + b" successful")
 
-    auth_SELECT = _command(do_SELECT, imap4.IMAP4Server.arg_astring, 1, b"SELECT")
+    auth_SELECT = _command(do_SELECT, imap4.IMAP4Server.arg_astring, arg_selectParameters, 1, b"SELECT")
     select_SELECT = auth_SELECT
-    auth_EXAMINE = _command(do_SELECT, imap4.IMAP4Server.arg_astring, 0, b"EXAMINE")
+    auth_EXAMINE = _command(do_SELECT, imap4.IMAP4Server.arg_astring, arg_selectParameters, 0, b"EXAMINE")
     select_EXAMINE = auth_EXAMINE
 
     # -- mailboxes, whose changes finish later ---------------------------------
@@ -1641,7 +1685,26 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         else:
             self.sendPositiveResponse(tag, (code + b" " if code else b"") + b"COPY completed")
 
-    def do_STORE(self, tag: bytes, messages: imap4.MessageSet, mode: bytes, flags: list[bytes], uid: int = 0) -> None:
+    def arg_storeModifiers(self, line: bytes) -> tuple[int | None, bytes]:
+        """
+        STORE's optional (UNCHANGEDSINCE n) (RFC 7162 3.1.3).
+        """
+        m = _UNCHANGEDSINCE.match(line)
+        if m is None:
+            if line.startswith(b"("):
+                raise imap4.IllegalClientResponse("the only STORE modifier is (UNCHANGEDSINCE mod-sequence)")
+            return None, line
+        return int(m.group(1)), line[m.end() :]
+
+    def do_STOREFLAGS(
+        self,
+        tag: bytes,
+        messages: imap4.MessageSet,
+        unchangedSince: int | None,
+        mode: bytes,
+        flags: list[bytes],
+        uid: int = 0,
+    ) -> None:
         # Twisted's answers a refused flag with BAD "Server error".
         item = mode.upper()
         silent = item.endswith(b".SILENT")
@@ -1650,23 +1713,47 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         if kind not in modes:
             self.sendBadResponse(tag, b"STORE takes FLAGS, +FLAGS or -FLAGS, with .SILENT or not")
             return
+        if unchangedSince is not None:
+            self._enableCondstore()
         mbox = self._selected()
         names = [f.decode("utf-8", "replace") for f in flags]
+        modified: list[int] = []
+        if unchangedSince is not None:
+            # Those changed since are left alone and named in [MODIFIED].
+            chosen = imap4.MessageSet()
+            for seq, u in mbox._select(messages, uid):
+                if mbox.folder.has(u) and mbox.folder.modseq(u) > unchangedSince:
+                    modified.append(u if uid else seq)
+                else:
+                    chosen.add(u if uid else seq)
+            messages = chosen
 
         def stored(result: dict[int, list[str]]) -> None:
-            if not silent:
-                for seq in sorted(result):
-                    uidItem = b" UID %d" % (mbox.getUID(seq),) if uid else b""
-                    flagList = " ".join(result[seq]).encode("utf-8", "replace")
-                    self.sendUntaggedResponse(b"%d FETCH (FLAGS (%s)%s)" % (seq, flagList, uidItem))
-            self.sendPositiveResponse(tag, b"STORE completed")
+            for seq in sorted(result):
+                items = []
+                if uid:
+                    items.append(b"UID %d" % (mbox.getUID(seq),))
+                if not silent:
+                    items.append(b"FLAGS (" + " ".join(result[seq]).encode("utf-8", "replace") + b")")
+                if self._condstore:
+                    items.append(b"MODSEQ (%d)" % (mbox.folder.modseq(mbox.getUID(seq)),))
+                if not silent or self._condstore:
+                    self.sendUntaggedResponse(b"%d FETCH (%s)" % (seq, b" ".join(items)))
+            if modified:
+                self.sendPositiveResponse(tag, b"[MODIFIED " + _uidSet(sorted(modified)) + b"] Conditional STORE failed")
+            else:
+                self.sendPositiveResponse(tag, b"STORE completed")
 
         maybeDeferred(mbox.store, messages, names, modes[kind], uid).addCallbacks(
             stored, self._failed, errbackArgs=(tag, b"STORE")
         )
 
     select_STORE = _command(
-        do_STORE, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_flaglist
+        do_STOREFLAGS,
+        imap4.IMAP4Server.arg_seqset,
+        arg_storeModifiers,
+        imap4.IMAP4Server.arg_atom,
+        imap4.IMAP4Server.arg_flaglist,
     )
 
     def do_UID(self, tag: bytes, command: bytes, line: bytes) -> None:
@@ -1708,14 +1795,42 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
 
     # -- FETCH and SEARCH --------------------------------------------------------
 
-    def do_FETCH(self, tag: bytes, messages: imap4.MessageSet, query: list[Any], uid: int = 0) -> None:
+    def arg_fetchItems(self, line: bytes) -> tuple[tuple[list[Any], bool, int | None], bytes]:
+        """
+        FETCH's items, with CONDSTORE's MODSEQ item and (CHANGEDSINCE n)
+        modifier (RFC 7162 3.1.4), which Twisted's parser does not know:
+        taken off before it parses the rest.
+        """
+        changedSince = None
+        m = _CHANGEDSINCE.search(line)
+        if m is not None:
+            changedSince = int(m.group(1))
+            line = line[: m.start()]
+        line, count = _MODSEQ_ITEM.subn(b"", line)
+        line = line.strip()
+        if line in (b"", b"()"):
+            if not count and changedSince is None:
+                raise imap4.IllegalClientResponse("FETCH needs at least one item")
+            return ([], True, changedSince), b""
+        if line.startswith(b"(") and line.endswith(b")"):
+            line = b"(" + b" ".join(line[1:-1].split()) + b")"
+        query, rest = imap4.IMAP4Server.arg_fetchatt(self, line)
+        return (query, bool(count), changedSince), rest
+
+    def do_FETCH(self, tag: bytes, messages: imap4.MessageSet, items: tuple[list[Any], bool, int | None], uid: int = 0) -> None:
+        query, modseq, changedSince = items
+        if modseq or changedSince is not None:
+            self._enableCondstore()
         mbox = self._selected()
         seen: Deferred[Any] = succeed(None)
         if query and mbox.isWriteable() and _needsSeen(query):
             seen = mbox.markSeen(messages, uid)
             if not any(p.type == "flags" for p in query):
                 query = list(query) + self.arg_fetchatt(b"FLAGS")[0]
-        seen.addCallback(lambda _: Deferred.fromCoroutine(self._fetch(mbox, messages, query, uid)))
+        withModseq = self._condstore and (modseq or changedSince is not None or any(p.type == "flags" for p in query))
+        seen.addCallback(
+            lambda _: Deferred.fromCoroutine(self._fetch(mbox, messages, query, uid, withModseq, changedSince))
+        )
         seen.addCallbacks(
             lambda vanished: self.sendNegativeResponse(
                 tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist"
@@ -1726,9 +1841,17 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             errbackArgs=(tag, b"FETCH"),
         )
 
-    select_FETCH = _command(do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_fetchatt)
+    select_FETCH = _command(do_FETCH, imap4.IMAP4Server.arg_seqset, arg_fetchItems)
 
-    async def _fetch(self, mbox: "MaildirMailbox", messages: imap4.MessageSet, query: list[Any], uid: int) -> bool:
+    async def _fetch(
+        self,
+        mbox: "MaildirMailbox",
+        messages: imap4.MessageSet,
+        query: list[Any],
+        uid: int,
+        withModseq: bool = False,
+        changedSince: int | None = None,
+    ) -> bool:
         """
         Send the FETCH data of each message, one at a time, each once the
         client has read the last (a FETCH of a whole mailbox is not queued
@@ -1737,6 +1860,8 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         contents = _needsContents(query)
         vanished = False
         for seq, msg in mbox.fetch(messages, uid):
+            if changedSince is not None and (msg.folder is None or msg.folder.modseq(msg.uid) <= changedSince):
+                continue
             await self.whenOutputDrained()
             if contents and not msg.vanished:
                 await msg.load()
@@ -1745,7 +1870,10 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
                 continue
             self.resetTimeout()
             try:
-                self.transport.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(fetchItems(msg, query, uid))))
+                items = fetchItems(msg, query, uid)
+                if withModseq and msg.folder is not None:
+                    items.append(b"MODSEQ (%d)" % (msg.folder.modseq(msg.uid),))
+                self.transport.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
             finally:
                 msg.unload()
         return vanished
@@ -1774,15 +1902,30 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             self.sendBadResponse(tag, str(e).encode("utf-8", "replace"))
             return
 
+        if compiled.modseq:
+            self._enableCondstore()
+
         def found(rows: list[tuple[int, Any]]) -> None:
             matches = [n for n, _ in rows]
+            highest = max((m for _, m in rows), default=0) if compiled.modseq else 0
             if returns is None:
-                self.sendUntaggedResponse(b" ".join([b"SEARCH"] + [b"%d" % n for n in matches]))
+                modseq = [b"(MODSEQ %d)" % highest] if highest else []
+                self.sendUntaggedResponse(b" ".join([b"SEARCH"] + [b"%d" % n for n in matches] + modseq))
             else:
-                self.sendUntaggedResponse(_esearch(tag, uid, returns or ["ALL"], matches))
+                line = _esearch(tag, uid, returns or ["ALL"], matches)
+                if highest and matches:
+                    # RFC 7162 3.1.5: with MIN or MAX alone, that message's.
+                    modseqs = dict(rows)
+                    if returns == ["MIN"]:
+                        highest = modseqs[min(matches)]
+                    elif returns == ["MAX"]:
+                        highest = modseqs[max(matches)]
+                    line += b" MODSEQ %d" % highest
+                self.sendUntaggedResponse(line)
             self.sendPositiveResponse(tag, b"SEARCH completed")
 
-        Deferred.fromCoroutine(self._search(mbox, compiled, uid)).addCallbacks(
+        keep = (lambda c: c.modseq) if compiled.modseq else None
+        Deferred.fromCoroutine(self._search(mbox, compiled, uid, keep)).addCallbacks(
             found, self._failed, errbackArgs=(tag, b"SEARCH")
         )
 
@@ -1804,6 +1947,8 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
                 if msg.vanished:
                     continue
             candidate = Candidate(seq, msg.uid, msg.flags, msg.getSize(), msg.mtime)
+            if msg.folder is not None:
+                candidate.modseq = msg.folder.modseq(msg.uid)
             if contents:
                 candidate.entity = msg.part
             try:

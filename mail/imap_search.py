@@ -48,6 +48,7 @@ class Candidate:
     size: int
     mtime: float
     entity: Entity | None = None
+    modseq: int = 0
     _parsed: Message | None = field(default=None, repr=False)
     _text: str | None = field(default=None, repr=False)
 
@@ -93,6 +94,8 @@ class Query:
 
     match: Predicate
     contents: bool
+    #: The keys include MODSEQ (RFC 7162 3.1.5): the answer says the highest.
+    modseq: bool = False
 
 
 def compileQuery(keys: list[Any], count: int, lastUid: int) -> Query:
@@ -109,7 +112,7 @@ def compileQuery(keys: list[Any], count: int, lastUid: int) -> Query:
     predicates = []
     while stream:
         predicates.append(compiler.key(stream))
-    return Query(_all(predicates), compiler.contents)
+    return Query(_all(predicates), compiler.contents, compiler.modseq)
 
 
 def _all(predicates: list[Predicate]) -> Predicate:
@@ -131,6 +134,7 @@ class _Compiler:
         self.count = count
         self.lastUid = lastUid
         self.contents = False
+        self.modseq = False
 
     def _take(self, stream: list[Any], what: str) -> bytes:
         if not stream:
@@ -223,6 +227,18 @@ class _Compiler:
             first = self.key(stream)
             second = self.key(stream)
             return lambda c: first(c) or second(c)
+        if name == "MODSEQ":
+            self.modseq = True
+            value = self._take(stream, "mod-sequence")
+            if not value.isdigit():
+                # An entry name and type (RFC 7162 3.1.5): flags' mod-
+                # sequences are the message's here.
+                self._take(stream, "entry type")
+                value = self._take(stream, "mod-sequence")
+            if not value.isdigit():
+                raise SearchError(f"{value!r} is not a mod-sequence")
+            least = int(value)
+            return lambda c: c.modseq >= least
         if name == "UID":
             uids = self._set(self._take(stream, "UID set"), self.lastUid)
             return lambda c: c.uid in uids

@@ -178,6 +178,12 @@ class IFolder(Interface):
     uidValidity = Attribute("The UIDVALIDITY of the mailbox.")
     uidNext = Attribute("The UID the next message will get.")
     keywords = Attribute("The folder's IMAP keywords, in the order of their info letters a, b, ...")
+    highestModseq = Attribute("The highest mod-sequence of the folder (RFC 7162), never lower than before.")
+
+    def modseq(uid: int) -> int:
+        """
+        The mod-sequence of message C{uid}: raised whenever its flags change.
+        """
 
     def keywordLetters(names: Iterable[str], create: bool = True) -> "Deferred[str]":
         """

@@ -70,6 +70,9 @@ FLAG_LETTERS = {flag.lower(): letter for letter, flag in LETTER_FLAGS.items()}
 UIDLIST = "coursenet-uidlist"
 #: A folder's keywords: line N names the keyword of info letter chr(97 + N).
 KEYWORDS = "coursenet-keywords"
+#: A folder's mod-sequences (RFC 7162): "<uid> <modseq>" lines, the last
+#: for a UID counting.
+MODSEQS = "coursenet-modseq"
 #: Maildir info has the letters a to z for keywords.
 MAX_KEYWORDS = 26
 SUBSCRIPTIONS = "subscriptions"
@@ -623,6 +626,10 @@ class Folder:
         self._unclaimed: set[int] = set()
         #: The keywords of the info letters a, b, ... (L{KEYWORDS}).
         self.keywords: list[str] = []
+        #: Each message's mod-sequence, and the highest given (L{MODSEQS}).
+        self._modseqs: dict[int, int] = {}
+        self.highestModseq = 0
+        self._modseqLines = 0
 
     # -- the UID list, in a thread -------------------------------------------
 
@@ -695,6 +702,62 @@ class Folder:
         os.replace(tmp, path)
         fsyncDirectory(self.path)
 
+    # -- mod-sequences (CONDSTORE) ------------------------------------------------
+    #
+    # A mod-sequence is the time in microseconds when it is handed out, or
+    # one more than the last if that is larger: so every one handed out
+    # after a restart is above every one before it, though only the
+    # messages' own are kept (in MODSEQS, written before the change it
+    # records, without fsync: a process that dies keeps them, a machine
+    # that loses power may give some messages a new, higher one).
+
+    def _readModseqs(self) -> dict[int, int]:
+        found: dict[int, int] = {}
+        try:
+            with open(os.path.join(self.path, MODSEQS), encoding="ascii", errors="replace") as f:
+                for line in f:
+                    uid, _, value = line.strip().partition(" ")
+                    if uid.isdigit() and value.isdigit():
+                        found[int(uid)] = int(value)
+        except FileNotFoundError:
+            pass
+        return found
+
+    def _writeModseqs(self, lines: list[tuple[int, int]], rewrite: bool = False) -> None:
+        path = os.path.join(self.path, MODSEQS)
+        if rewrite:
+            with open(path + ".tmp", "w", encoding="ascii") as f:
+                f.writelines(f"{uid} {value}\n" for uid, value in lines)
+            os.replace(path + ".tmp", path)
+            return
+        with open(path, "a", encoding="ascii") as f:
+            f.writelines(f"{uid} {value}\n" for uid, value in lines)
+
+    def _nextModseq(self) -> int:
+        self.highestModseq = max(self.highestModseq + 1, int(time.time() * 1e6))
+        return self.highestModseq
+
+    async def _recordModseqs(self, uids: Iterable[int]) -> None:
+        """
+        Give C{uids} a new mod-sequence, on disk before in memory.
+        """
+        lines = [(uid, self._nextModseq()) for uid in uids]
+        if not lines:
+            return
+        self._modseqLines += len(lines)
+        if self._modseqLines > 2 * len(self._modseqs) + 1000:
+            merged = dict(self._modseqs)
+            merged.update(lines)
+            everything = sorted((u, m) for u, m in merged.items() if u in self._byUid or u in dict(lines))
+            await self._run(self._writeModseqs, everything, True)
+            self._modseqLines = len(everything)
+        else:
+            await self._run(self._writeModseqs, lines)
+        self._modseqs.update(lines)
+
+    def modseq(self, uid: int) -> int:
+        return self._modseqs.get(uid, 1)
+
     def keywordLetters(self, names: Iterable[str], create: bool = True) -> Deferred[str]:
         return self._lock.run(self._keywordLetters, list(names), create)
 
@@ -730,6 +793,9 @@ class Folder:
 
     async def _load(self) -> None:
         self.keywords = await self._run(self._readKeywords)
+        self._modseqs = await self._run(self._readModseqs)
+        self._modseqLines = len(self._modseqs)
+        self.highestModseq = max([int(time.time() * 1e6), *self._modseqs.values()])
         state = await self._run(self._readUidList)
         if state is None:
             validity = newUidValidity()
@@ -753,6 +819,7 @@ class Folder:
             changed = True
         added: list[_Entry] = []
         fresh: list[_Entry] = []
+        relettered: list[int] = []
         taken: set[int] = set()
         uidNext = self.uidNext
         for base in sorted(found):
@@ -760,6 +827,8 @@ class Folder:
             known = self._entries.get(base)
             if known is not None:
                 if (known.sub, known.letters) != (sub, letters):
+                    if known.letters != letters:
+                        relettered.append(known.uid)
                     known.sub, known.letters = sub, letters
                     changed = True
                 continue
@@ -788,6 +857,9 @@ class Folder:
             self._entries[entry.base] = entry
             self._byUid[entry.uid] = entry
             changed = True
+        # Flags another program changed, and messages with no mod-sequence
+        # yet, get a new one.
+        await self._recordModseqs(relettered + [e.uid for e in added if e.uid not in self._modseqs])
         if changed:
             self._notify()
         return changed
@@ -806,6 +878,7 @@ class Folder:
         self._byUid[uid] = entry
         if entry.sub == "cur":
             self._unclaimed.add(uid)
+        await self._recordModseqs([uid])
         self._notify()
         return uid
 
@@ -891,6 +964,9 @@ class Folder:
             moves.append((uid, entry.filename, f"cur/{entry.base}:2,{letters}", letters))
         if not moves:
             return done
+        await self._recordModseqs(
+            uid for uid, _, _, letters in moves if self._byUid[uid].letters != letters
+        )
         renamed = await self._run(_renameAll, self.path, [(old, new) for _, old, new, _ in moves])
         missing = False
         for (uid, _, _, letters), ok in zip(moves, renamed):
@@ -928,11 +1004,14 @@ class Folder:
         for uid, _ in doomed:
             entry = self._byUid.pop(uid, None)
             self._unclaimed.discard(uid)
+            self._modseqs.pop(uid, None)
             if entry is not None:
                 del self._entries[entry.base]
                 self._stale += 1
                 removed.append(uid)
         if removed:
+            # RFC 7162 3.2: an expunge raises HIGHESTMODSEQ.
+            self._nextModseq()
             self._notify()
         return removed
 

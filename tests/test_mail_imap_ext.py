@@ -77,7 +77,8 @@ def test_id_enable_unselect(s):
     assert s.say(b"a ID (\"name\" \"test\")\r\n") == [b'* ID ("name" "coursenet" "vendor" "coursenet")', b"a OK ID completed"]
     assert s.say(b"b ID NIL\r\n")[-1] == b"b OK ID completed"
     assert s.say(b"c ID junk\r\n")[0].startswith(b"c BAD ID takes")
-    assert s.say(b"d ENABLE CONDSTORE\r\n") == [b"* ENABLED", b"d OK ENABLE completed"]
+    assert s.say(b"d ENABLE CONDSTORE\r\n") == [b"* ENABLED CONDSTORE", b"d OK ENABLE completed"]
+    assert s.say(b"d ENABLE CONDSTORE X-UNKNOWN\r\n") == [b"* ENABLED", b"d OK ENABLE completed"]
     s.say(b"e SELECT INBOX\r\nf STORE 1 +FLAGS.SILENT (\\Deleted)\r\n")
     assert s.say(b"g UNSELECT\r\n") == [b"g OK UNSELECT completed"]
     assert s.say(b"h STATUS INBOX (MESSAGES)\r\n")[0] == b"* STATUS INBOX (MESSAGES 3)"
@@ -132,3 +133,39 @@ def test_multiappend_all_or_nothing(s, store):
     assert lines[-1].startswith(b"b NO \\Bogus")
     assert s.say(b"c STATUS INBOX (MESSAGES)\r\n")[0] == b"* STATUS INBOX (MESSAGES 5)"
     assert s.say(b"d APPEND INBOX (\\Seen) {1+}\r\nx junk\r\n")[0].startswith(b"d BAD Illegal syntax: APPEND takes")
+
+
+def test_condstore_modseqs(s, store):
+    """CONDSTORE: SELECT tells HIGHESTMODSEQ, STORE raises a message's MODSEQ, CHANGEDSINCE and UNCHANGEDSINCE use it."""
+    lines = s.say(b"a SELECT INBOX (CONDSTORE)\r\n")
+    highest = int([line for line in lines if b"HIGHESTMODSEQ" in line][0].split()[3].rstrip(b"]"))
+    lines = s.say(b"b STORE 2 +FLAGS (\\Seen)\r\n")
+    assert lines[0].startswith(b"* 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ (")
+    changed = int(lines[0].split(b"MODSEQ (")[1].rstrip(b"))"))
+    assert changed > highest
+    assert s.say(b"c FETCH 1:* (FLAGS) (CHANGEDSINCE %d)\r\n" % highest) == [
+        b"* 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ (%d))" % changed,
+        b"c OK FETCH completed",
+    ]
+    assert s.say(b"d SEARCH MODSEQ %d\r\n" % changed) == [b"* SEARCH 2 (MODSEQ %d)" % changed, b"d OK SEARCH completed"]
+    lines = s.say(b"e STORE 1:2 (UNCHANGEDSINCE %d) +FLAGS.SILENT (\\Flagged)\r\n" % highest)
+    assert lines[-1] == b"e OK [MODIFIED 2] Conditional STORE failed"
+    assert s.say(b"f FETCH 2 (FLAGS)\r\n")[0].startswith(b"* 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ")
+    assert s.say(b"g STATUS INBOX (HIGHESTMODSEQ)\r\n")[0].startswith(b"* STATUS INBOX (HIGHESTMODSEQ ")
+
+
+def test_modseqs_survive_a_restart(tmp_path):
+    """A message's MODSEQ is kept on disk; after a restart new ones are higher than any handed out before."""
+    from tests.mail_support import result
+
+    root = str(tmp_path / "mail")
+    first = memoryStore(root)
+    ensureMaildir(first.maildir("alice"))
+    writeMessageFile(first.maildir("alice"), b"Subject: a\n\n")
+    folder = result(first.openFolder("alice"))
+    result(folder.setFlags([1], "S"))
+    kept, highest = folder.modseq(1), folder.highestModseq
+    again = result(memoryStore(root).openFolder("alice"))
+    assert again.modseq(1) == kept and again.highestModseq >= highest
+    result(again.setFlags([1], "F"))
+    assert again.modseq(1) > highest

@@ -143,8 +143,10 @@ def test_select_reports_mailbox_data(store, clock, pool):
         b"* OK [PERMANENTFLAGS (" + lines[0][9:-1] + b" \\*)] Flags permitted",
         b"* OK [UIDVALIDITY %d] UIDs valid" % validity,
         b"* OK [UIDNEXT 3] Predicted next UID",
+        lines[-2],
         b"a OK [READ-WRITE] SELECT successful",
     ]
+    assert lines[-2].startswith(b"* OK [HIGHESTMODSEQ ")
     assert lines[0].startswith(b"* FLAGS (\\Seen")
 
 
