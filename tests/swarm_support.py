@@ -80,3 +80,69 @@ def torrentFor(path: str, url: str | None, pieceLength: int = 1 << 16) -> tuple[
 def sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+class _Collect:
+    """
+    A process protocol keeping the last 64 KiB of a child's output and
+    firing C{ended} with its exit code.
+    """
+
+    def __new__(cls):
+        from twisted.internet.defer import Deferred
+        from twisted.internet.protocol import ProcessProtocol
+
+        class P(ProcessProtocol):
+            def __init__(self):
+                self.output = bytearray()
+                self.ended = Deferred()
+
+            def outReceived(self, data):
+                self.output += data
+                del self.output[:-65536]
+
+            errReceived = outReceived
+
+            def processEnded(self, reason):
+                self.ended.callback(reason.value.exitCode)
+
+        return P()
+
+
+def spawn(reactor: Any, argv: list[str], cwd: str | None = None) -> Any:
+    """
+    Start C{argv} (no shell) with its output collected; the protocol, with
+    C{transport.pid} to stop it by and C{ended} to wait on.
+    """
+    proto = _Collect()
+    reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ), path=cwd)
+    return proto
+
+
+async def finish(proc: Any, timeout: float, reactor: Any) -> int:
+    """
+    Wait for C{proc} to exit, killing it (by its PID) after C{timeout}
+    seconds; its exit code.
+    """
+    from twisted.internet import defer
+
+    if not proc.ended.called:
+        call = reactor.callLater(timeout, lambda: proc.transport.signalProcess("KILL"))
+        try:
+            return await proc.ended
+        finally:
+            if call.active():
+                call.cancel()
+    return await defer.succeed(proc.ended.result)
+
+
+async def stop(proc: Any) -> None:
+    """
+    Stop C{proc} with SIGTERM (by its PID) and wait for it.
+    """
+    if not proc.ended.called:
+        proc.transport.signalProcess("TERM")
+    try:
+        await proc.ended
+    except Exception:
+        pass
