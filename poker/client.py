@@ -191,7 +191,7 @@ class PokerClient:
 
     async def balance(self) -> int:
         reply = await self.command("BALANCE")
-        return int(reply.text.split()[0].split("=")[1])
+        return int(reply.text.split()[0].split("=")[1].rstrip(";"))
 
     async def history(self, table: str, hand: int) -> str:
         """
