@@ -100,6 +100,17 @@ def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list
             f"chat localhost:6665 (TLS 6666, --cafile {cert}), IRC localhost:6667",
         ),
         (
+            "poker",
+            [
+                "--guests", "--passwd", passwd,
+                "--db", os.path.join(var, "poker", "poker.sqlite"),
+                "--listen", "tcp:7777:interface=127.0.0.1",
+                "--tls-cert", cert, "--tls-key", key, "--tls-port", "7778",
+            ],
+            f"poker localhost:7777 (TLS 7778, --cafile {cert}): tables demo1 and demo2; guests welcome"
+            f" (nc localhost 7777, then LOGIN yourname)",
+        ),
+        (
             "compute",
             [
                 "--rpc", "tcp:8790:interface=127.0.0.1",
@@ -112,6 +123,17 @@ def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list
             " xmlrpc.client as x; s=x.ServerProxy('http://127.0.0.1:8790/'); j=s.submit('leibniz', 4000000,"
             " 500000, 60); [time.sleep(0.2) for _ in iter(lambda: s.status(j)['state'] == 'done', True)];"
             " print(s.result(j))\"  or  .venv/bin/compute",
+        ),
+        (
+            "swarm",
+            [
+                "--tracker", "tcp:6969:interface=127.0.0.1",
+                "--peer", "tcp:6881:interface=127.0.0.1",
+                "--seed", os.path.join(var, "swarm", "demo.bin"), "--demo-bytes", str(8 << 20),
+            ],
+            f"swarm tracker http://localhost:6969/announce seeding {var}/swarm/demo.bin (8 MiB) on 6881:"
+            f" aria2c --enable-dht=false --bt-enable-lpd=false --enable-peer-exchange=false --seed-time=0"
+            f" -d /tmp {var}/swarm/demo.bin.torrent  or  .venv/bin/swarm get {var}/swarm/demo.bin.torrent -o /tmp",
         ),
     ]
 
