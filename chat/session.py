@@ -15,7 +15,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -246,9 +246,13 @@ class ChatReceiver(CommandReceiver):
         self.server: IChatServer = factory.server
         self.session = Session(self, self.server, factory.limits, factory.reactor, self.transport.getPeer())
 
+    _waiting: Deferred | None = None
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
         self.session.end(self.quitReason)
+        if self._waiting is not None:
+            self._waiting.cancel()  # a line waiting for the flood limit: gone with the client
 
     def cutOff(self, why: str) -> None:
         self.session.end("cut off: not reading")
@@ -263,9 +267,11 @@ class ChatReceiver(CommandReceiver):
             return self.commandReceived(line)
         # The line waits its turn; reading stops until it has run (the
         # receiver holds the lines after it), so a flood is paced, not lost.
-        return deferLater(self.factory.reactor, wait, self._runLate, line)
+        d = self._waiting = deferLater(self.factory.reactor, wait, self._runLate, line)
+        return d.addErrback(lambda f: f.trap(CancelledError) and None)
 
     def _runLate(self, line: bytes) -> Deferred | None:
+        self._waiting = None
         if not self.session.online:
             return None
         return self.commandReceived(line)

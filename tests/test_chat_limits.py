@@ -141,3 +141,20 @@ def test_unregistered_lines_log_nothing(irc, logged):
     lines = peer.lines()
     assert len(lines) > 85
     assert [e["log_format"] for e in logged if e["log_level"] >= LogLevel.info] == []
+
+
+def test_a_line_waiting_for_the_flood_limit_goes_with_its_client():
+    """A client that leaves while a line waits for its token leaves nothing scheduled, and the line is not run."""
+    world = World(limits=Limits(floodRate=1, floodBurst=2))
+    ada = world.user("ada", "lab")  # NICK and JOIN took the burst
+    bob = world.user("bob", "lab")
+    ada.send("SAY lab late")
+
+    def soon():
+        return [call for call in world.clock.getDelayedCalls() if call.active() and call.getTime() <= 2]
+
+    assert len(soon()) == 1  # the line's turn
+    ada.lose()
+    assert soon() == []
+    world.clock.advance(5)
+    assert "MESSAGE lab ada late" not in bob.lines()
