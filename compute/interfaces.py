@@ -74,6 +74,11 @@ class IScheduler(Interface):
         @raise compute.jobs.JobError: unless the job is done.
         """
 
+    def whenFinished(job):
+        """
+        A L{Deferred} firing when the job is done, failed or cancelled.
+        """
+
     def cancel(job):
         """
         Cancel a job; its chunks are no longer issued and results for them

@@ -137,6 +137,7 @@ class Scheduler:
         self._leased: dict[tuple[int, int], set[int]] = collections.defaultdict(set)
         self._waiters: collections.deque[tuple[Any, Deferred]] = collections.deque()
         self._ids = itertools.count(1)
+        self._watchers: dict[int, list[Deferred]] = collections.defaultdict(list)
 
     # Restart
 
@@ -225,6 +226,24 @@ class Scheduler:
         job.state = "cancelled"
         self._log.info("job {job} cancelled", job=job.id)
         return self._close(job).addCallback(lambda _: job.state)
+
+    def whenFinished(self, jobId: int) -> Deferred:
+        """
+        A L{Deferred} that fires (with L{None}) when the job is done, failed
+        or cancelled; cancel it to stop waiting.
+        """
+        job = self._job(jobId)
+        if job.state in FINISHED:
+            return succeed(None)
+        watchers = self._watchers[job.id]
+
+        def cancelled(d: Deferred) -> None:
+            if d in watchers:
+                watchers.remove(d)
+
+        d: Deferred = Deferred(cancelled)
+        watchers.append(d)
+        return d
 
     # The worker door
 
@@ -395,6 +414,8 @@ class Scheduler:
             for leaseId in list(self._leased.get(key, ())):
                 self._drop(leaseId)
         self._remember(job.id)
+        for watcher in self._watchers.pop(job.id, []):
+            watcher.callback(None)
         return self.store.setState(job.id, job.state, job.result, job.error, job.finished)
 
     def _remember(self, jobId: int) -> None:

@@ -17,6 +17,8 @@ from compute.jobs import BAD_ARGUMENT, JobError
 
 #: Largest request body read, in bytes.
 MAX_REQUEST = 1 << 20
+#: Longest wait() in seconds.
+MAX_WAIT = 300
 #: Calls one system.multicall may make.
 MAX_MULTICALL = 1000
 
@@ -92,9 +94,10 @@ class ComputeRPC(xmlrpc.XMLRPC):
     The front door over an L{compute.interfaces.IScheduler}.
     """
 
-    def __init__(self, scheduler) -> None:
+    def __init__(self, scheduler, reactor=None) -> None:
         super().__init__(allowNone=False, useDateTime=False)
         self.scheduler = scheduler
+        self._reactor = reactor
         self.putSubHandler("system", Introspection(self))
 
     def render_POST(self, request):
@@ -137,6 +140,24 @@ class ComputeRPC(xmlrpc.XMLRPC):
 
     xmlrpc_result.signature = [["string", "int"]]  # type: ignore[attr-defined]
 
+    @_takes("job", "seconds")
+    def xmlrpc_wait(self, job, seconds):
+        """
+        The job's status once it has finished, or after C{seconds} (at most
+        MAX_WAIT) if it has not: a poll that costs one request.
+        """
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= MAX_WAIT:
+            raise JobError(BAD_ARGUMENT, f"seconds must be a number from 0 to {MAX_WAIT}")
+        d = self.scheduler.whenFinished(job)
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        d.addTimeout(seconds, self._reactor, onTimeoutCancel=lambda result, timeout: None)
+        return d.addCallback(lambda _: self.scheduler.status(job))
+
+    xmlrpc_wait.signature = [["struct", "int", "int"], ["struct", "int", "double"]]  # type: ignore[attr-defined]
+
     @_takes("job")
     def xmlrpc_cancel(self, job):
         """
@@ -148,10 +169,10 @@ class ComputeRPC(xmlrpc.XMLRPC):
     xmlrpc_cancel.signature = [["string", "int"]]  # type: ignore[attr-defined]
 
 
-def makeSite(scheduler) -> server.Site:
+def makeSite(scheduler, reactor=None) -> server.Site:
     """
     The HTTP site serving L{ComputeRPC} at C{/} (and C{/RPC2}).
     """
-    rpc = ComputeRPC(scheduler)
+    rpc = ComputeRPC(scheduler, reactor)
     rpc.putChild(b"RPC2", rpc)
     return server.Site(rpc)

@@ -126,7 +126,7 @@ def makeCoordinator(options: Options, reactor=None) -> CoordinatorService:
                           maxActive=options["max-jobs"])
     engine = DaskEngine(scheduler, options["dask"], reactor=reactor) if options["dask"] else None
     top = CoordinatorService(scheduler, engine)
-    strports.service(options["rpc"], makeSite(scheduler)).setServiceParent(top)
+    strports.service(options["rpc"], makeSite(scheduler, reactor)).setServiceParent(top)
     if options["workers"]:
         checker = PasswordChecker(options["passwd"], options["users"], reactor=reactor, rule=options.guessRule())
         factory = WorkerDoorFactory(

@@ -31,28 +31,40 @@ define psum(m,n) {
 """
 
 
-def bcPipes(terms: int, chunk: int, scale: int = 60) -> str:
+def bcPipes(terms: int, chunk: int, scale: int = 60, timeout: float | None = None) -> str:
     """
     The seed's way: one C{bc} process per chunk over pipes, all at once,
     the outputs added exactly (with enough precision for every digit,
     where the seed's C{getcontext().prec = 60} would round the last one).
+
+    @raise subprocess.TimeoutExpired: after C{timeout} seconds (the
+        processes are killed).
     """
     procs = []
     env = {**os.environ, "BC_LINE_LENGTH": "0"}
-    for start in range(0, terms, chunk):
-        p = subprocess.Popen(["bc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        assert p.stdin is not None
-        p.stdin.write(BC_PSUM + f"scale={scale}\npsum({start},{min(start + chunk, terms)})\n")
-        p.stdin.close()
-        procs.append(p)
-    total = Decimal(0)
-    with localcontext() as ctx:
-        ctx.prec = scale + 20
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        for start in range(0, terms, chunk):
+            p = subprocess.Popen(["bc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            procs.append(p)
+            assert p.stdin is not None
+            p.stdin.write(BC_PSUM + f"scale={scale}\npsum({start},{min(start + chunk, terms)})\n")
+            p.stdin.close()
+        total = Decimal(0)
+        with localcontext() as ctx:
+            ctx.prec = scale + 20
+            for p in procs:
+                assert p.stdout is not None
+                p.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
+                total += Decimal(p.stdout.read().strip())
+        return f"{total:.{scale}f}"
+    finally:
         for p in procs:
-            assert p.stdout is not None
-            total += Decimal(p.stdout.read().strip())
+            if p.poll() is None:
+                p.kill()
             p.wait()
-    return f"{total:.{scale}f}"
+            assert p.stdout is not None
+            p.stdout.close()
 
 
 @dataclass

@@ -41,7 +41,7 @@ def test_doneWhenOneLinerMatchesBcPipes(coordinator):
 
 
 def test_stdlibClientFaultsAndMulticall(coordinator):
-    """Through xmlrpc.client: bad arguments and unknown jobs are faults that say what is wrong; multicall answers each call in order."""
+    """Through xmlrpc.client: bad arguments and unknown jobs are faults that say what is wrong; wait returns at its timeout or at once for a finished job; multicall answers each call in order."""
     coordinator.start()
     s = coordinator.proxy()
     with pytest.raises(xmlrpc.client.Fault) as e:
@@ -54,6 +54,9 @@ def test_stdlibClientFaultsAndMulticall(coordinator):
     with pytest.raises(xmlrpc.client.Fault) as e:
         s.result(job)
     assert e.value.faultCode == 3 and "call status" in e.value.faultString
+    assert s.wait(job, 0.2)["state"] == "queued"
+    with pytest.raises(xmlrpc.client.Fault, match="seconds must be"):
+        s.wait(job, 10_000)
     multi = xmlrpc.client.MultiCall(s)
     multi.status(job)
     multi.status(job + 99)
@@ -65,7 +68,7 @@ def test_stdlibClientFaultsAndMulticall(coordinator):
         results[1]
     assert e.value.faultCode == 2
     assert results[2] == "cancelled"
-    assert s.status(job)["state"] == "cancelled"
+    assert s.status(job)["state"] == "cancelled" and s.wait(job, 60)["state"] == "cancelled"
     assert "submit" in s.system.listMethods()
 
 

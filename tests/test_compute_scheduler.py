@@ -167,3 +167,15 @@ def test_engineArgument():
     assert parseEngine("dask://127.0.0.1:8786") == "tcp://127.0.0.1:8786"
     with pytest.raises(ValueError, match="dask://HOST:PORT"):
         parseEngine("spark://x:1")
+
+
+def test_whenFinishedFiresAtTheEndAndCanBeCancelled():
+    """whenFinished fires when the last chunk is in, at once for a finished job, and a cancelled watch is forgotten."""
+    s, clock, _ = make()
+    job = fired(s.submit("leibniz", 100, 100, 20))
+    watch, dropped = s.whenFinished(job), s.whenFinished(job)
+    dropped.cancel()
+    assert not watch.called and s._watchers[job] == [watch]
+    lease = fired(s.lease("w"))
+    fired(s.complete(lease.id, job, 0, value(lease), "w"))
+    assert watch.called and fired(s.whenFinished(job)) is None
