@@ -135,17 +135,6 @@ def services(var: str, cert: str, key: str, passwd: str) -> list[tuple[str, list
             f" aria2c --enable-dht=false --bt-enable-lpd=false --enable-peer-exchange=false --seed-time=0"
             f" -d /tmp {var}/swarm/demo.bin.torrent  or  .venv/bin/swarm get {var}/swarm/demo.bin.torrent -o /tmp",
         ),
-        (
-            "swarm",
-            [
-                "--tracker", "tcp:6969:interface=127.0.0.1",
-                "--peer", "tcp:6881:interface=127.0.0.1",
-                "--seed", os.path.join(var, "swarm", "demo.bin"), "--demo-bytes", str(8 << 20),
-            ],
-            f"swarm tracker http://localhost:6969/announce seeding {var}/swarm/demo.bin (8 MiB) on 6881:"
-            f" aria2c --enable-dht=false --bt-enable-lpd=false --enable-peer-exchange=false --seed-time=0"
-            f" -d /tmp {var}/swarm/demo.bin.torrent  or  .venv/bin/swarm get {var}/swarm/demo.bin.torrent -o /tmp",
-        ),
     ]
 
 
