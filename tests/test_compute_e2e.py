@@ -6,6 +6,8 @@ the seed's C{bc} pipes as the reference.
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import xmlrpc.client
@@ -130,3 +132,20 @@ async def test_asyncClientComputesAndSeesFaults(coordinator, reactor):
     assert await client.result(job) == formatScaled(leibnizChunk(0, 300_000, 50), 50)
     with pytest.raises(Fault, match="digits must be"):
         await client.compute("leibniz", 10, 10, 0)
+
+
+def test_computeClientPrintsDigitsAndErrors(coordinator):
+    """The compute console script submits, follows and prints the sum, pi, the error and the Euler-corrected sum with far more right decimals."""
+    coordinator.start()
+    coordinator.worker(procs=1)
+    out = subprocess.run([f"{os.path.dirname(sys.executable)}/compute", "--server", coordinator.url, "--terms", "200000",
+                          "--chunk", "50000", "--digits", "40"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(None, 1) for line in out.stdout.splitlines()[1:3])
+    assert lines["sum"] == formatScaled(leibnizChunk(0, 200_000, 40), 40)
+    assert "job " in out.stderr  # the progress bar
+    right = [int(m) for m in re.findall(r"\((\d+) decimals right", out.stdout)]
+    assert right[0] == 4 and right[1] >= 30
+    bad = subprocess.run([f"{os.path.dirname(sys.executable)}/compute", "--server", coordinator.url, "--terms", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "terms must be" in bad.stderr
