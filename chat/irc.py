@@ -150,6 +150,34 @@ def encodeEvent(event: Event, caps: frozenset[str] = frozenset()) -> bytes:
     return formatMessage(command, *params, source=src, tags=tags, trailing=command not in _NO_TEXT)
 
 
+#: HELP's text: one line per command (modern IRC's HELP, numerics 704-706).
+HELP = {
+    "AWAY": "AWAY [:message]  mark yourself away (no message: back)",
+    "CAP": "CAP LS [302] | REQ :caps | LIST | END  negotiate capabilities",
+    "INVITE": "INVITE nick #channel  invite someone (operators only in +i channels)",
+    "ISON": "ISON nick...  which of these nicks are online",
+    "JOIN": "JOIN #channel[,#channel] [key[,key]]  enter channels; JOIN 0 leaves them all",
+    "KICK": "KICK #channel nick [:reason]  (operators) put someone out of a channel",
+    "LIST": "LIST [#channel,...]  channels, member counts, topics",
+    "LUSERS": "LUSERS  how many users and channels",
+    "MODE": "MODE #channel [+|-imnstklovb [args]] | MODE nick [+|-i]  show or change modes",
+    "MOTD": "MOTD  the message of the day",
+    "NAMES": "NAMES #channel  who is in a channel",
+    "NICK": "NICK name  choose or change your nickname",
+    "NOTICE": "NOTICE target :text  like PRIVMSG, but never answered automatically",
+    "OPER": "OPER account password  an instructor's account: operator of every channel",
+    "PART": "PART #channel [:reason]  leave a channel",
+    "PRIVMSG": "PRIVMSG #channel|nick :text  say something to a channel or a nick",
+    "QUIT": "QUIT [:reason]  leave the server",
+    "TIME": "TIME  the server's time",
+    "TOPIC": "TOPIC #channel [:text]  show or set a channel's topic",
+    "USERHOST": "USERHOST nick...  nick=+user@host of each (- when away)",
+    "WHO": "WHO #channel|mask  who is there",
+    "WHOIS": "WHOIS [server] nick  about someone",
+    "WHOWAS": "WHOWAS nick [count]  who had a nickname",
+}
+
+
 class IRCSession(ChatReceiver):
     """
     One IRC client connection.
@@ -795,6 +823,19 @@ class IRCSession(ChatReceiver):
         self.numeric(irc.RPL_VERSION, "coursenet-chat", self.hostname, "the course network chat")
         tokens = [f"CHANMODES={CHANMODES}", f"PREFIX={PREFIX}", "CHANTYPES=#"]
         self.numeric(irc.RPL_ISUPPORT, *tokens, "are supported by this server")
+
+    def irc_HELP(self, params) -> None:
+        subject = params[0].upper() if params else "*"
+        if subject != "*" and subject not in HELP:
+            self.numeric("524", params[0][:32], "No help available on this topic")
+            return
+        lines = [HELP[subject]] if subject != "*" else ["Commands: " + " ".join(sorted(HELP)), "HELP command for one"]
+        self.numeric("704", subject, lines[0])
+        for line in lines[1:]:
+            self.numeric("705", subject, line)
+        self.numeric("706", subject, "End of /HELP")
+
+    irc_HELPOP = irc_HELP
 
     def irc_OPER(self, params) -> Deferred | None:
         if not self._need(params, 2, "OPER"):

@@ -454,3 +454,15 @@ def test_topic_is_cut_to_topiclen_on_both_doors():
     assert world.server.room("lab").topic.text == "c" * 300
     irc.send("TOPIC #lab :" + "i" * 450)
     assert world.server.room("lab").topic.text == "i" * 300
+
+
+def test_help_answers_with_help_numerics():
+    """HELP lists the commands, HELP PRIVMSG explains one (704 then 706), an unknown subject is 524."""
+    world = World()
+    peer = ircUser(world, "ada")
+    peer.send("HELP")
+    peer.send("HELP privmsg")
+    peer.send("HELPOP nothing")
+    lines = peer.lines()
+    assert [line.split()[1] for line in lines] == ["704", "705", "706", "704", "706", "524"]
+    assert lines[3].startswith(":coursenet.chat 704 ada PRIVMSG :PRIVMSG #channel|nick :text")
