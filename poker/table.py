@@ -318,7 +318,7 @@ class Table:
             board = hand.board()
             if board:
                 lines.append(f"BOARD {self.name} {' '.join(board)}")
-            lines.append(self._potsLine(hand))
+            lines.append(self._potsLine((p.amount, p.player_indices) for p in hand.state.pots))
             turn = self._turnLine()
             if turn:
                 lines.append(turn)
@@ -334,12 +334,14 @@ class Table:
         assert self.shuffle is not None
         return f"HAND {self.name} {self.handNumber} button={self.button} commit={self.shuffle.commitment}"
 
-    def _potsLine(self, hand: Hand) -> str:
-        pots = " ".join(
-            f"{p.amount}:" + ",".join(str(self.order[i].number) for i in p.player_indices)
-            for p in hand.state.pots
+    def _potsLine(self, pots: Any) -> str:
+        """
+        The POTS line of C{pots}, C{(amount, player indices)} each.
+        """
+        text = " ".join(
+            f"{amount}:" + ",".join(str(self.order[i].number) for i in players) for amount, players in pots
         )
-        return f"POTS {self.name} {pots}".rstrip()
+        return f"POTS {self.name} {text}".rstrip()
 
     # -- hands -------------------------------------------------------------------------------
 
@@ -433,8 +435,7 @@ class Table:
             elif kind == "board":
                 self.broadcast(f"BOARD {t} {' '.join(step.cards)}")
             elif kind == "pots":
-                assert self.hand is not None
-                self.broadcast(self._potsLine(self.hand))
+                self.broadcast(self._potsLine(step.pots))
             elif kind == "show":
                 self.broadcast(f"SHOW {t} {self.order[step.player].number} {' '.join(step.cards)}")
             elif kind == "muck":

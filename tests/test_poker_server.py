@@ -354,6 +354,7 @@ def test_historyIsPHHThatPokerkitReplays(tmp_path, capsys):
     for _ in range(3):
         for name in ("bob", "cat", "ann"):
             conns[name].send("ACT CHECK")
+    assert conns["ann"].last("POTS") == "POTS t1 6:2,3,1"
     stacks = conns["ann"].last("STACKS")
     assert stacks == "STACKS t1 1:98 2:104 3:98"  # bob, small blind, was dealt the aces
     reveal = conns["ann"].last("REVEAL").split()
