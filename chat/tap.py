@@ -18,7 +18,7 @@ from chat.rooms import ChatServer
 from chat.session import Limits
 from chat.store import MemoryHistory, SQLiteHistory
 from coursenet.accounts import PasswordChecker, parseUserSpec
-from coursenet.options import AdmissionOptionsMixin
+from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin, atLeast
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 
@@ -27,7 +27,7 @@ DEFAULT_TLS_PORT = 6666
 DEFAULT_HISTORY_DB = "var/chat/history.sqlite"
 
 
-class Options(AdmissionOptionsMixin, GuessOptionsMixin, usage.Options):
+class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "A multi-room chat server: the course chat protocol (docs/chat.md) on"
@@ -94,8 +94,17 @@ class Options(AdmissionOptionsMixin, GuessOptionsMixin, usage.Options):
             raise usage.UsageError(str(e))
 
     def postOptions(self) -> None:
-        if bool(self["tls-cert"]) != bool(self["tls-key"]):
-            raise usage.UsageError("--tls-cert and --tls-key go together")
+        # Files readable, endpoints parseable, numbers in range: one line
+        # naming the option, before anything listens.
+        self.checkStartOptions([*self.listenEndpoints(), *(("irc", d) for d in self["irc"])])
+        self.checkAdmission()
+        if not 0 < self["tls-port"] < 65536:
+            raise usage.UsageError(f"--tls-port {self['tls-port']}: must be a TCP port, 1 to 65535")
+        for name, low in (("history", 0), ("flood-rate", 0), ("flood-burst", 1), ("max-output", 0), ("max-rooms", 1)):
+            atLeast(name, self[name], low)
+        for name in ("flood-cut", "drain-timeout", "idle-timeout", "ping-timeout"):
+            if not self[name] > 0:
+                raise usage.UsageError(f"--{name} {self[name]:g}: must be more than 0 seconds")
         if self["accounts-only"] and not (self["passwd"] or self["users"]):
             raise usage.UsageError("--accounts-only needs accounts: give --passwd or --user")
         if not self["listen"]:
