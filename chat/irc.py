@@ -240,7 +240,9 @@ class IRCSession(ChatReceiver):
         *middle, text = params
         self.send(formatMessage(code, self.me, *middle, text, source=self.hostname, trailing=True))
 
-    busyReply = staticmethod(lambda text: formatMessage("ERROR", f"Closing Link: {text}"))
+    @staticmethod
+    def busyReply(text: str) -> bytes:
+        return formatMessage("ERROR", f"Closing Link: {text}", trailing=True)
 
     def sendPing(self, token: str) -> None:
         self.sendMessage("PING", token)
@@ -485,7 +487,7 @@ class IRCSession(ChatReceiver):
         self.numeric(irc.RPL_MYINFO, host, "coursenet-chat", "i", FLAG_MODES + "bklov", "bklov")
         tokens = [
             f"AWAYLEN={AWAYLEN}", "CASEMAPPING=ascii", f"CHANLIMIT=#:{self.server.maxRoomsPerUser}",
-            f"CHANMODES={CHANMODES}", f"CHANNELLEN={MAX_ROOM + 1}", "CHANTYPES=#", "ELIST=",
+            f"CHANMODES={CHANMODES}", f"CHANNELLEN={MAX_ROOM + 1}", "CHANTYPES=#",
             f"KICKLEN={KICKLEN}", f"MAXLIST=b:{MAX_BANS}", "MODES=4", "NETWORK=coursenet",
             f"NICKLEN={MAX_NICK}", f"PREFIX={PREFIX}", f"TOPICLEN={MAX_TOPIC}", "UTF8ONLY", f"USERLEN={USERLEN}",
         ]
