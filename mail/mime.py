@@ -157,6 +157,8 @@ class Entity:
             else:
                 self.header, self.body = data[: end + 4], data[end + 4 :]
         self._message: Message | None = None
+        self._fields: dict[str, list[bytes]] | None = None
+        self._type: tuple[str, str, list[tuple[str, str]]] | None = None
         self._digest = digest
         self._children: list[Entity] | None = None
 
@@ -176,12 +178,13 @@ class Entity:
         """
         Every value of the field C{name}, unfolded, as the bytes sent.
         """
-        values = []
-        for key, value in self.message.raw_items():
-            if key.lower() == name:
+        if self._fields is None:
+            found: dict[str, list[bytes]] = {}
+            for key, value in self.message.raw_items():
                 raw = str(value).encode("ascii", "surrogateescape")
-                values.append(_FOLD.sub(b"", raw).strip())
-        return values
+                found.setdefault(key.lower(), []).append(_FOLD.sub(b"", raw).strip())
+            self._fields = found
+        return self._fields.get(name, [])
 
     def field(self, name: str) -> bytes | None:
         """
@@ -212,6 +215,11 @@ class Entity:
         Type, subtype (lower case) and parameters, with RFC 2045 5.2's
         defaults.
         """
+        if self._type is None:
+            self._type = self._contentType()
+        return self._type
+
+    def _contentType(self) -> tuple[str, str, list[tuple[str, str]]]:
         raw = self.field("content-type")
         main, sub = ("message", "rfc822") if self._digest else ("text", "plain")
         if raw is not None:
