@@ -5,7 +5,9 @@ Twisted offers no public way to do these few things: refuse an IMAP literal
 before it is read, fail an IMAP command whose next line is too long, forget
 an SMTP transaction after STARTTLS, drop the messages of a DATA refused
 half-way, forget the USER of a POP3 session that starts TLS, answer the end
-of DATA.  C{tests/test_mail_compat.py} checks
+of DATA.  (The FETCH items that Twisted's public C{arg_fetchatt} returns
+are instances of its private C{_FetchParser} classes: C{mail.imap} reads
+their attributes, whose shape C{tests/test_mail_compat.py} checks too.)  C{tests/test_mail_compat.py} checks
 each name against the installed Twisted, so an upgrade that renames or
 reshapes one fails there, loudly, instead of in a session.
 """

@@ -79,7 +79,8 @@ def test_imap_file_literal():
     assert t.value() == b"+ Ready for 5 octets of data\r\n"
     p.dataReceived(b"hello rest\r\n")
     (data, rest), = got
-    assert data.read() == b"hello" and rest == b" rest"
+    # (mail.imap drops the space that separates the rest of the line.)
+    assert data.read() == b"hello" and rest == b"rest"
 
 
 def test_imap_abandon_pending():
@@ -98,3 +99,16 @@ def test_imap_abandon_pending():
     t.clear()
     _compat.imapAbandonPending(p, ValueError("too long"))
     assert t.value() == b"a NO Authentication failed: too long\r\n"
+
+
+def test_fetch_items_keep_their_shape():
+    """The FETCH items Twisted's parser makes (instances of its private _FetchParser classes) carry the attributes mail.imap renders from."""
+    query, rest = IMAPServer.arg_fetchatt(
+        IMAPServer(), b"(UID BODY.PEEK[1.2.HEADER.FIELDS.NOT (A B)]<3.4> BODY[TEXT] BODY[2.MIME] BODY[] BODY BODYSTRUCTURE)"
+    )
+    assert rest == b"" and [p.type for p in query] == ["uid", "body", "body", "body", "body", "body", "bodystructure"]
+    fields = query[1]
+    assert fields.peek and fields.part == (0, 1) and (fields.partialBegin, fields.partialLength) == (3, 4)
+    assert fields.header.negate and [f.upper() for f in fields.header.fields] == [b"A", b"B"]
+    assert query[2].text and not query[2].header and query[3].mime and query[3].part == (1,)
+    assert query[4].empty and not (query[5].header or query[5].text or query[5].mime or query[5].empty)
