@@ -5,13 +5,15 @@ Maildir store, as a twistd plugin.
 
 from __future__ import annotations
 
+import os
+
 from twisted.application import service, strports
 from twisted.internet.protocol import ServerFactory
 from twisted.python import usage
 
 from coursenet.accounts import PasswordChecker
 from coursenet.admission import Admission
-from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin
+from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin, atLeast
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import serverContextFactory
 from mail.auth import makePortal
@@ -93,11 +95,13 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
         self["domains"].append(name.lower().rstrip("."))
 
     def postOptions(self) -> None:
-        self.checkTLSPair()
+        self.checkStartOptions([(proto, d) for proto in DEFAULT_LISTENERS for d in self[proto]])
+        self.checkAdmission()
         if not self["passwd"] and not self["users"]:
             raise usage.UsageError("no accounts: give --passwd or --user")
-        if self["max-message-size"] < 1024:
-            raise usage.UsageError("--max-message-size must be at least 1024 octets")
+        atLeast("max-message-size", self["max-message-size"], 1024)
+        if os.path.exists(self["maildir"]) and not os.path.isdir(self["maildir"]):
+            raise usage.UsageError(f"--maildir {self['maildir']}: not a directory")
         if not self["domains"]:
             self["domains"].append("localhost")
         if not (self["smtp"] or self["pop3"] or self["imap"]):

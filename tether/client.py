@@ -201,9 +201,17 @@ class TetherClient:
         why = f"{int(error.code)} {error.reason}" if error else reason.getErrorMessage()
         self._log.info("link lost ({why}); {counters}", why=why, counters=self.counters.summary())
         if error is not None and error.code in FATAL and link.welcomed is False:
-            self.fatal = error
-            self._log.error("refused by the server: {reason}", reason=error.reason)
-            self.onFatal(error)
+            hint = "; check the NAME:TOKEN in --token-file" if error.code == Close.AUTH else ""
+            self.giveUp(ProtocolError(error.code, f"refused by the server: {error.reason}{hint}"))
+
+    def giveUp(self, error: ProtocolError) -> None:
+        """
+        Stop for good: C{error} says why retrying cannot help (a refused
+        token, a certificate that does not verify).
+        """
+        self.fatal = error
+        self._log.error("{reason}", reason=error.reason)
+        self.onFatal(error)
 
     async def stop(self) -> None:
         link = self.link
@@ -244,6 +252,15 @@ class DirectConnector:
             try:
                 await self._connect(reactor, self.url, link, cafile=self.cafile, maxMessage=MAX_MESSAGE)
             except Exception as e:
+                problem = certificateProblem(e)
+                if problem is not None:
+                    # A certificate does not start verifying by itself: retrying is no use.
+                    self.client.giveUp(ProtocolError(
+                        Close.GOING_AWAY,
+                        f"cannot verify the certificate of {self.url} ({problem}): give --cafile with the"
+                        " certificate that signed it (make run's is var/tls/cert.pem)",
+                    ))
+                    break
                 self._log.warn("cannot reach {url}: {error}", url=self.url, error=str(e) or repr(e))
             else:
                 # Connected: the link has its WebSocket, on a TCP (or TLS) connection.
@@ -271,6 +288,21 @@ class DirectConnector:
         self._running = False
         if self._sleep is not None:
             self._sleep.cancel()
+
+
+def certificateProblem(error: Exception) -> str | None:
+    """
+    What is wrong with the server's certificate, if C{error} (from
+    connecting) is a failed verification; L{None} for any other failure.
+    """
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+
+    if isinstance(error, VerificationError):
+        return f"not valid for this host name: {error}"
+    if isinstance(error, SSL.Error) and "certificate verify failed" in str(error):
+        return "certificate verify failed: not signed by a trusted authority"
+    return None
 
 
 class RelayLinks:

@@ -5,8 +5,11 @@ a twistd plugin.  Both need root (or CAP_NET_ADMIN) and /dev/net/tun.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
+import os
 import secrets
+import sys
 
 from hyperlink import URL
 from twisted.application import service, strports
@@ -14,7 +17,7 @@ from twisted.python import usage
 
 from coursenet.accounts import PasswordChecker
 from coursenet.admission import Admission
-from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin
+from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin, atLeast, parseableEndpoint, readableFile
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 from tether.client import Backoff, ClientService, DirectConnector, TetherClient, relayResource
@@ -103,7 +106,17 @@ class ServerOptions(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixi
         self["deny"].append(str(ipaddress.IPv4Network(cidr)))
 
     def postOptions(self) -> None:
-        self.checkTLSPair()
+        self.checkStartOptions(self.listenEndpoints())
+        if self["token-file"]:
+            readableFile("token-file", self["token-file"],
+                         hint=f"; create it with: coursenet-passwd {self['token-file']} NAME")
+        self.checkAdmission()
+        atLeast("mtu", self["mtu"], 576)
+        if self["mtu"] > 65535:
+            raise usage.UsageError(f"--mtu {self['mtu']}: must be at most 65535")
+        atLeast("grace", self["grace"], 0)
+        atLeast("stats-interval", self["stats-interval"], 0)
+        checkTunName(self["tun"])
         if not self["pool"]:
             raise usage.UsageError("--pool CIDR is required")
         try:
@@ -150,20 +163,60 @@ class ClientOptions(usage.Options):
     def postOptions(self) -> None:
         if not self["server"] or not self["token-file"]:
             raise usage.UsageError("--server and --token-file are required")
-        url = URL.fromText(self["server"])
-        if url.scheme not in ("ws", "wss") or not url.host:
-            raise usage.UsageError("--server takes a ws:// or wss:// URL")
+        try:
+            url = URL.fromText(self["server"])
+        except ValueError:
+            url = None
+        if url is None or url.scheme not in ("ws", "wss") or not url.host:
+            raise usage.UsageError(f"--server {self['server']}: not a ws:// or wss:// URL,"
+                                   " e.g. wss://vpn.example:8780/tether/v1")
         if url.scheme == "ws" and not self["allow-plain"]:
             raise usage.UsageError("ws:// would send the token in clear: use wss:// or --allow-plain")
+        readableFile("token-file", self["token-file"], hint="; write one line NAME:TOKEN into it")
+        if self["cafile"]:
+            readableFile("cafile", self["cafile"])
+        if self["relay"]:
+            parseableEndpoint("relay", self["relay"])
+        checkTunName(self["tun"])
         try:
             with open(self["token-file"], encoding="utf-8") as f:
                 name, sep, token = f.readline().strip().partition(":")
-        except OSError as e:
-            raise usage.UsageError(f"--token-file: {e.strerror}: {self['token-file']}")
+        except (OSError, UnicodeDecodeError) as e:
+            raise usage.UsageError(f"--token-file {self['token-file']}: cannot read it ({e})")
         if not sep or not name or not token:
-            raise usage.UsageError("--token-file must hold one line NAME:TOKEN")
+            raise usage.UsageError(f"--token-file {self['token-file']}: must hold one line NAME:TOKEN")
         self["name"], self["token"] = name, token
         self["relay-key"] = self["relay-key"] or secrets.token_urlsafe(12)
+
+
+def checkTunName(name: str) -> None:
+    """
+    @raise usage.UsageError: unless C{name} can name a network device
+        (at most 15 characters, no slash, space or colon).
+    """
+    if not 0 < len(name) <= 15 or any(c in name for c in "/: \t") or name in (".", ".."):
+        raise usage.UsageError(f"--tun {name!r}: not a device name (1 to 15 characters, no '/', ':' or space)")
+
+
+def exitWhenStopped(reactor, status: int, line: str) -> None:
+    """
+    Stop the reactor and make the process exit with C{status}, C{line} the
+    last thing it prints.  twistd exits 0 whenever its reactor stops, so
+    the status is set at interpreter exit, after twistd's own shutdown.
+    """
+
+    def exit() -> None:
+        # twistd has sys.stdout and sys.stderr write to its log: the line
+        # goes to the real standard error, after what the log printed.
+        for stream in (sys.stdout, sys.__stdout__, sys.__stderr__):
+            if stream is not None:
+                stream.flush()
+        os.write(2, line.encode("utf-8", "replace") + b"\n")
+        os._exit(status)
+
+    atexit.register(exit)
+    if reactor.running:
+        reactor.stop()
 
 
 class Options(usage.Options):
@@ -210,7 +263,7 @@ def makeClientService(options: ClientOptions, reactor=None, runner=None, system=
                           ClientNetwork(runner or ProcessRunner(reactor), options["tun"]),
                           binary=not options["text-frames"], offload=not options["no-offload"],
                           reactor=reactor)
-    client.onFatal = lambda error: client.reactor.stop()
+    client.onFatal = lambda error: exitWhenStopped(client.reactor, 1, f"tether client: {error.reason}")
     if options["relay"]:
         top = ClientService(client, options["tun"], system=system)
         site = TetherSite(relayResource(client, options["server"], options["relay-key"]), reactor=client.reactor)

@@ -1,0 +1,124 @@
+"""
+One clear line for every option mistake (issue 13): C{twistd chat},
+C{twistd postoffice} and C{twistd tether server|client} refuse a bad option
+before anything listens.  Each case is parsed in this process and must
+raise one C{UsageError} naming the option; a few run as real twistd
+processes (at once, gathered once for the module) to show what a user
+sees of any such error: a non-zero exit, no traceback, and the message as
+the last line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+BIN = os.path.dirname(sys.executable)
+
+TETHER_SERVER = ["tether", "server", "--pool", "198.18.100.0/24", "--user", "a:b"]
+TETHER_CLIENT = ["tether", "client", "--server", "wss://127.0.0.1:1/tether/v1", "--token-file", "token"]
+
+CASES = {
+    "chat-passwd": (["chat", "--passwd", "missing-file"], "--passwd missing-file: no such file"),
+    "chat-listen": (["chat", "--listen", "tcp:notaport"], "--listen tcp:notaport: not a usable endpoint"),
+    "chat-irc": (["chat", "--irc", "bogus:1"], "--irc bogus:1: not a usable endpoint"),
+    "chat-tls-cert": (["chat", "--tls-cert", "junk", "--tls-key", "junk"], "--tls-cert junk --tls-key junk: not a PEM"),
+    "chat-tls-port": (["chat", "--tls-port", "70000"], "--tls-port 70000: must be a TCP port"),
+    "chat-history": (["chat", "--history", "-1"], "--history -1: must be at least 0"),
+    "chat-idle": (["chat", "--idle-timeout", "0"], "--idle-timeout 0: must be more than 0 seconds"),
+    "chat-rooms": (["chat", "--max-rooms", "0"], "--max-rooms 0: must be at least 1"),
+    "chat-caps": (["chat", "--max-connections", "0"], "--max-connections 0: must be at least 1"),
+    "postoffice-passwd": (["postoffice", "--passwd", "missing-file"], "--passwd missing-file: no such file"),
+    "postoffice-smtp": (["postoffice", "--user", "a:b", "--smtp", "tcp:notaport"], "--smtp tcp:notaport: not a usable endpoint"),
+    "postoffice-imap": (["postoffice", "--user", "a:b", "--imap", "bogus:1"], "--imap bogus:1: not a usable endpoint"),
+    "postoffice-tls-key": (["postoffice", "--user", "a:b", "--tls-cert", "junk", "--tls-key", "nope.key"],
+                           "--tls-key nope.key: no such file"),
+    "postoffice-size": (["postoffice", "--user", "a:b", "--max-message-size", "-5"],
+                        "--max-message-size -5: must be at least 1024"),
+    "postoffice-maildir": (["postoffice", "--user", "a:b", "--maildir", "junk"], "--maildir junk: not a directory"),
+    "postoffice-caps": (["postoffice", "--user", "a:b", "--max-per-address", "0"], "--max-per-address 0: must be at least 1"),
+    "tether-server-token-file": (["tether", "server", "--pool", "198.18.100.0/24", "--token-file", "nope"],
+                                 "--token-file nope: no such file; create it with: coursenet-passwd nope NAME"),
+    "tether-server-listen": ([*TETHER_SERVER, "--listen", "tcp:notaport"], "--listen tcp:notaport: not a usable endpoint"),
+    "tether-server-mtu": ([*TETHER_SERVER, "--mtu", "100"], "--mtu 100: must be at least 576"),
+    "tether-server-grace": ([*TETHER_SERVER, "--grace", "-1"], "--grace -1.0: must be at least 0"),
+    "tether-server-tun": ([*TETHER_SERVER, "--tun", "a-name-far-too-long"], "--tun 'a-name-far-too-long': not a device name"),
+    "tether-server-tls": ([*TETHER_SERVER, "--tls-cert", "junk", "--tls-key", "junk"], "--tls-cert junk --tls-key junk: not a PEM"),
+    "tether-client-token-file": (["tether", "client", "--server", "wss://127.0.0.1:1/tether/v1", "--token-file", "nope"],
+                                 "--token-file nope: no such file"),
+    "tether-client-token-form": (["tether", "client", "--server", "wss://127.0.0.1:1/tether/v1", "--token-file", "junk"],
+                                 "--token-file junk: must hold one line NAME:TOKEN"),
+    "tether-client-server": (["tether", "client", "--server", "https://x/", "--token-file", "token"],
+                             "--server https://x/: not a ws:// or wss:// URL"),
+    "tether-client-cafile": ([*TETHER_CLIENT, "--cafile", "missing.pem"], "--cafile missing.pem: no such file"),
+    "tether-client-relay": ([*TETHER_CLIENT, "--relay", "tcp:notaport"], "--relay tcp:notaport: not a usable endpoint"),
+}
+
+
+#: The cases also run as twistd processes (one per plugin and kind).
+THROUGH_TWISTD = ["chat-listen", "postoffice-smtp", "tether-server-token-file", "tether-client-token-file"]
+
+
+def options(args: list[str]):
+    """
+    The twistd Options of the plugin C{args} start with, and its arguments.
+    """
+    from chat.tap import Options as ChatOptions
+    from mail.tap import Options as MailOptions
+    from tether.tap import Options as TetherOptions
+
+    kinds = {"chat": ChatOptions, "postoffice": MailOptions, "tether": TetherOptions}
+    return kinds[args[0]](), args[1:]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_badOptionRefusedNamingIt(tmp_path, monkeypatch, case):
+    """A bad option is refused while parsing, before anything listens, with one line naming the option."""
+    from twisted.python import usage
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "junk").write_text("not pem\n")
+    (tmp_path / "token").write_text("laptop:secret\n")
+    args, expected = CASES[case]
+    parser, rest = options(args)
+    with pytest.raises(usage.UsageError) as refused:
+        parser.parseOptions(rest)
+    assert expected in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """
+    C{{case: (exit status, output)}} of the L{THROUGH_TWISTD} cases, run at once.
+    """
+    cwd = tmp_path_factory.mktemp("options")
+    (cwd / "junk").write_text("not pem\n")
+    (cwd / "token").write_text("laptop:secret\n")
+    procs = {
+        name: subprocess.Popen(
+            [os.path.join(BIN, "twistd"), "-n", "--pidfile=", *CASES[name][0]], cwd=cwd,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for name in THROUGH_TWISTD
+    }
+    results = {}
+    for name, proc in procs.items():
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        results[name] = (proc.returncode, out)
+    return results
+
+
+@pytest.mark.parametrize("case", THROUGH_TWISTD)
+def test_twistdShowsTheRefusalAsItsLastLine(outcomes, case):
+    """twistd stopped by a bad option exits non-zero with no traceback, the refusal its last line."""
+    code, out = outcomes[case]
+    assert code != 0, out
+    assert "Traceback" not in out, out
+    assert CASES[case][1] in out.strip().splitlines()[-1], out[-2000:]
