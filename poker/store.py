@@ -68,7 +68,13 @@ class Bank:
 
     _log = Logger()
 
-    def __init__(self, path: str, reactor: Any = None, run: Runner | None = None, keepHands: int = 10_000) -> None:
+    def __init__(
+        self, path: str, reactor: Any = None, run: Runner | None = None, keepHands: int = 10_000, batch: bool = True
+    ) -> None:
+        """
+        @param batch: write what a turn of the reactor changed in one
+            transaction, after it (else at once: tests).
+        """
         if reactor is None:
             from twisted.internet import reactor
         if run is None:
@@ -82,6 +88,8 @@ class Bank:
         self._pending: list[tuple[str, tuple]] = []
         self._flushing: Deferred | None = None
         self._waiters: list[Deferred] = []
+        self._clock: Any = reactor if batch else None
+        self._scheduled: Any = None
         self._closed = False
         self.balances: dict[str, int] = {}
         self.seated: dict[tuple[str, int], tuple[str, int]] = {}
@@ -113,14 +121,26 @@ class Bank:
 
     def _queue(self, *statements: tuple[str, tuple]) -> None:
         self._pending.extend(statements)
-        if self._flushing is None and not self._closed:
-            self._flush()
+        if self._flushing is None and self._scheduled is None and not self._closed:
+            if self._clock is None:
+                self._flush()
+            else:
+                # After the code that queued this has run to its end: one
+                # transaction for everything a turn of the reactor changed,
+                # and, under the threaded twin (whose thread pool releases
+                # the one lock while it works), no other thread running in
+                # the middle of a change.
+                self._scheduled = self._clock.callLater(0, self._flush)
 
     def _flush(self) -> None:
+        self._scheduled = None
+        if self._flushing is not None or not self._pending:
+            return
         batch, self._pending = self._pending, []
-        d = self._run(self._write, batch)
-        self._flushing = d
-        d.addBoth(self._flushed)
+        # Marked before the write starts: under the threaded twin the write
+        # runs at once, in this thread, with the lock released.
+        self._flushing = Deferred()
+        self._run(self._write, batch).addBoth(self._flushed)
 
     def _write(self, batch: list[tuple[str, tuple]]) -> None:
         db = self._db
@@ -152,6 +172,10 @@ class Bank:
             return succeed(None)
         d: Deferred = Deferred()
         self._waiters.append(d)
+        if self._flushing is None:
+            if self._scheduled is not None and self._scheduled.active():
+                self._scheduled.cancel()
+            self._flush()
         return d
 
     def close(self) -> Deferred:

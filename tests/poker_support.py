@@ -70,7 +70,7 @@ def memoryServer(
     A guests server on a C{task.Clock}, its bank written at once.
     """
     clock = task.Clock()
-    bank = Bank(path, clock, run=syncRun)
+    bank = Bank(path, clock, run=syncRun, batch=False)
     kwargs.setdefault("guests", True)
     return PokerServer(list(tables), bank, clock, **kwargs), clock
 

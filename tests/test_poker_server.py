@@ -231,7 +231,7 @@ def test_restartReturnsSeatsAndConservesChips(tmp_path):
     balances = {n: server.bank.balance(n) for n in stacks}
     minted, held = audit(path)
     assert minted == held == 3000
-    again = Bank(path, clock, run=syncRun)
+    again = Bank(path, clock, run=syncRun, batch=False)
     assert again.restored == len(stacks) >= 2
     assert {n: again.balance(n) for n in stacks} == {n: balances[n] + stacks[n] for n in stacks}
     assert again.held() == again.minted == 3000
