@@ -9,6 +9,7 @@ import os
 
 from twisted.application import service, strports
 from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
 from twisted.python import usage
 
 from coursenet.accounts import PasswordChecker
@@ -20,7 +21,10 @@ from mail.auth import makePortal
 from mail.imap import IMAPFactory
 from mail.maildir import MaildirStore
 from mail.pop3 import POP3Factory
+from mail.sink import SINK_ACCOUNT, SinkSMTPFactory, nonLoopback, sinkPath
 from mail.smtp import DEFAULT_MAX_MESSAGE_SIZE, SMTPFactory
+
+_log = Logger()
 
 DEFAULT_LISTENERS = {
     "smtp": "tcp:2525:interface=127.0.0.1",
@@ -39,6 +43,12 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
         + ", ".join(f"{k} {v}" for k, v in DEFAULT_LISTENERS.items())
         + "."
     )
+    optFlags = [
+        ["sink", None,
+         "development sink: accept mail for any address into one Maildir (MAILDIR/sink) and log each"
+         " message; no account needed; loopback listeners only"],
+        ["sink-anywhere", None, "let --sink listen beyond loopback (anyone who reaches it can fill its disk)"],
+    ]
     optParameters = [
         ["maildir", None, "var/mail", "root of the mail store: one Maildir per user"],
         ["passwd", None, None, "password file of scrypt hashes (see coursenet-passwd)"],
@@ -97,8 +107,10 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
     def postOptions(self) -> None:
         self.checkStartOptions([(proto, d) for proto in DEFAULT_LISTENERS for d in self[proto]])
         self.checkAdmission()
-        if not self["passwd"] and not self["users"]:
-            raise usage.UsageError("no accounts: give --passwd or --user")
+        if not self["passwd"] and not self["users"] and not self["sink"]:
+            raise usage.UsageError("no accounts: give --passwd or --user (or --sink for a development sink)")
+        if self["sink-anywhere"] and not self["sink"]:
+            raise usage.UsageError("--sink-anywhere goes with --sink")
         atLeast("max-message-size", self["max-message-size"], 1024)
         if os.path.exists(self["maildir"]) and not os.path.isdir(self["maildir"]):
             raise usage.UsageError(f"--maildir {self['maildir']}: not a directory")
@@ -107,6 +119,16 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
         if not (self["smtp"] or self["pop3"] or self["imap"]):
             for proto, description in DEFAULT_LISTENERS.items():
                 self[proto].append(description)
+        if self["sink"] and not self["sink-anywhere"]:
+            for proto in DEFAULT_LISTENERS:
+                for description in self[proto]:
+                    where = nonLoopback(description)
+                    if where is not None:
+                        raise usage.UsageError(
+                            f"--{proto} {description}: --sink takes anyone's mail, so it listens on loopback"
+                            f" only (e.g. tcp:2525:interface=127.0.0.1), not on {where}; add --sink-anywhere"
+                            " to allow it"
+                        )
 
 
 class MailService(service.MultiService):
@@ -143,9 +165,16 @@ def postmasterAccount(options: Options, checker: PasswordChecker) -> str | None:
 
 def makeService(options: Options) -> service.IService:
     checker = PasswordChecker(options["passwd"], options["users"], rule=options.guessRule())
-    store = MaildirStore(
-        options["maildir"], checker.hasUser, maxMessageSize=options["max-message-size"]
-    )
+    hasUser = checker.hasUser
+    if options["sink"]:
+        # The sink's Maildir is an account's INBOX: --user sink:PW reads it over POP3 or IMAP.
+        hasUser = lambda name: name == SINK_ACCOUNT or checker.hasUser(name)  # noqa: E731
+        _log.warn(
+            "development sink: mail for any address is kept in {path} and delivered nowhere"
+            " (read it with --user {account}:PASSWORD over POP3/IMAP, or any Maildir reader)",
+            path=sinkPath(options["maildir"]), account=SINK_ACCOUNT,
+        )
+    store = MaildirStore(options["maildir"], hasUser, maxMessageSize=options["max-message-size"])
     portal = makePortal(store, options["domains"], checker)
     ctx = None
     if options["tls-cert"]:
@@ -154,8 +183,9 @@ def makeService(options: Options) -> service.IService:
     # A session may hold a file besides its socket (a delivery, a large
     # APPEND literal).
     admission = Admission(options["max-connections"], options["max-per-address"], fdsPerConnection=2)
+    smtpFactory = SinkSMTPFactory if options["sink"] else SMTPFactory
     factories: dict[str, ServerFactory] = {
-        "smtp": SMTPFactory(
+        "smtp": smtpFactory(
             store,
             options["domains"],
             portal,
