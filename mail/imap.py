@@ -728,6 +728,56 @@ class MaildirAccount:
                     found[parent] = ["\\Noselect"]
         return sorted(found.items())
 
+    async def listExtended(
+        self, ref: str, patterns: list[str], select: set[bytes], returns: set[bytes]
+    ) -> list[tuple[str, list[str], bytes]]:
+        """
+        LIST-EXTENDED (RFC 5258): names matching any pattern, or with
+        SUBSCRIBED the subscribed ones (\\NonExistent if gone), and with
+        RECURSIVEMATCH the matching parents of subscribed names that match
+        none (CHILDINFO); attributes, then extended data.
+        """
+        regexes = [imap4.wildcardToRegexp(ref + p, DELIMITER) for p in patterns]
+        names = await self.store.listFolders(self.user)
+        existing = set(names)
+        subscribed = set(await self.store.subscriptions(self.user))
+        self._subscribed = subscribed
+
+        def matches(name: str) -> bool:
+            return any(_matches(r, name) for r in regexes)
+
+        def attributes(name: str) -> list[str]:
+            if name not in existing:
+                return ["\\NonExistent"]
+            children = any(n.startswith(name + DELIMITER) for n in names)
+            out = ["\\HasChildren" if children else "\\HasNoChildren"]
+            special = SPECIAL_USE.get(name.lower())
+            if special is not None:
+                out.append(special)
+            return out
+
+        wantSubscribed = b"SUBSCRIBED" in select or b"SUBSCRIBED" in returns
+        found: dict[str, tuple[list[str], bytes]] = {}
+        if b"SUBSCRIBED" in select:
+            chosen = {n for n in subscribed if matches(n)}
+        else:
+            chosen = {n for n in existing if matches(n)}
+        for name in chosen:
+            found[name] = (attributes(name) + (["\\Subscribed"] if wantSubscribed and name in subscribed else []), b"")
+        if b"RECURSIVEMATCH" in select:
+            parents = set(existing)
+            for name in subscribed:
+                levels = name.split(DELIMITER)
+                parents.update(DELIMITER.join(levels[:n]) for n in range(1, len(levels)))
+            for name in parents:
+                if not matches(name):
+                    continue
+                hidden = [d for d in subscribed if d.startswith(name + DELIMITER) and not matches(d)]
+                if hidden:
+                    own = found.get(name, (attributes(name), b""))[0]
+                    found[name] = (own, b' ("CHILDINFO" ("SUBSCRIBED"))')
+        return [(name, *found[name]) for name in sorted(found)]
+
     def getPersonalNamespaces(self) -> list[list[bytes]]:
         return [[b"", DELIMITER.encode()]]
 
@@ -921,7 +971,14 @@ EXTENSIONS = [
     b"LITERAL+",
     b"UIDPLUS",
     b"MOVE",
-    b"MULTIAPPEND", b"ID", b"ENABLE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE"]
+    b"MULTIAPPEND",
+    b"ID",
+    b"ENABLE",
+    b"UNSELECT",
+    b"CHILDREN",
+    b"SPECIAL-USE",
+    b"LIST-EXTENDED",
+]
 
 #: RFC 6154 attributes of the folders that mail clients make by these names.
 SPECIAL_USE = {
@@ -956,6 +1013,39 @@ def _esearch(tag: bytes, uid: int, returns: list[str], matches: list[int], order
     if "ALL" in returns and matches:
         out += b" ALL " + _uidSet(matches if ordered else sorted(matches))
     return out
+
+
+class ListCommand:
+    """
+    The arguments of a LIST, as LIST-EXTENDED has them.
+    """
+
+    def __init__(self) -> None:
+        self.select: set[bytes] = set()
+        self.reference = b""
+        self.patterns: list[bytes] = []
+        self.returns: set[bytes] = set()
+
+
+def _parenthesised(line: bytes) -> tuple[list[bytes], bytes]:
+    """
+    The words of a parenthesised list at the start of C{line} (no nesting,
+    quoted words kept whole), and what follows it.
+    """
+    end = line.find(b")")
+    if not line.startswith(b"(") or end < 0:
+        raise imap4.IllegalClientResponse("a parenthesised list is not closed")
+    words = re.findall(rb'"(?:[^"\\]|\\.)*"|[^\s"]+', line[1:end])
+    return [w[1:-1] if w.startswith(b'"') else w for w in words], line[end + 1 :]
+
+
+async def _maybe(result: Any) -> Any:
+    """
+    The result of a Twisted argument parser, which may be a Deferred.
+    """
+    if isinstance(result, Deferred):
+        return await result
+    return result
 
 
 def _needsSeen(query: list[Any]) -> bool:
@@ -1419,7 +1509,73 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
 
         found.addCallbacks(send, self._failed, errbackArgs=(tag, cmdName))
 
-    auth_LIST = _command(do_LIST, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_astring, 0, b"LIST")
+    def arg_listArguments(self, line: bytes) -> Deferred[tuple[ListCommand, bytes]]:
+        """
+        LIST's arguments with LIST-EXTENDED's (RFC 5258): selection
+        options, the reference, one pattern or a list of them, RETURN
+        options.
+        """
+        return Deferred.fromCoroutine(self._listArguments(line))
+
+    async def _listArguments(self, line: bytes) -> tuple[ListCommand, bytes]:
+        command = ListCommand()
+        line = line.lstrip()
+        if line.startswith(b"("):
+            options, line = _parenthesised(line)
+            command.select = {o.upper() for o in options}
+            unknown = command.select - {b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH"}
+            if unknown:
+                raise imap4.IllegalClientResponse(f"unknown LIST selection option {b' '.join(sorted(unknown)).decode('ascii', 'replace')}")
+            if b"RECURSIVEMATCH" in command.select and not command.select & {b"SUBSCRIBED"}:
+                raise imap4.IllegalClientResponse("RECURSIVEMATCH goes with SUBSCRIBED")
+        ref, line = await _maybe(self.arg_astring(line))
+        command.reference = ref
+        line = line.lstrip()
+        if line.startswith(b"("):
+            patterns, line = _parenthesised(line)
+            if not patterns:
+                raise imap4.IllegalClientResponse("LIST needs at least one pattern")
+            command.patterns = [p.strip(b'"') for p in patterns]
+        else:
+            pattern, line = await _maybe(self.arg_astring(line))
+            command.patterns = [pattern]
+        line = line.strip()
+        if line:
+            if not line.upper().startswith(b"RETURN"):
+                raise imap4.IllegalClientResponse("after the patterns LIST takes only RETURN (...)")
+            options, rest = _parenthesised(line[6:].lstrip())
+            if rest.strip():
+                raise imap4.IllegalClientResponse("nothing may follow LIST's RETURN options")
+            command.returns = {o.upper() for o in options}
+            unknown = command.returns - {b"SUBSCRIBED", b"CHILDREN", b"SPECIAL-USE"}
+            if unknown:
+                raise imap4.IllegalClientResponse(f"unknown LIST return option {b' '.join(sorted(unknown)).decode('ascii', 'replace')}")
+        return command, b""
+
+    def do_LISTX(self, tag: bytes, command: ListCommand) -> None:
+        plain = not command.select and not command.returns and len(command.patterns) == 1
+        if plain:
+            self.do_LIST(tag, command.reference, command.patterns[0], 0, b"LIST")
+            return
+        try:
+            ref = _mailboxName(command.reference)
+            patterns = [_mailboxName(p) for p in command.patterns]
+        except imap4.IllegalMailboxEncoding:
+            self.sendPositiveResponse(tag, b"LIST completed")
+            return
+
+        def send(entries: list[tuple[str, list[str], bytes]]) -> None:
+            for name, attributes, extra in entries:
+                self.sendUntaggedResponse(
+                    b'LIST (%s) "." %s%s' % (" ".join(attributes).encode(), quote(name.encode("imap4-utf-7")), extra)
+                )
+            self.sendPositiveResponse(tag, b"LIST completed")
+
+        Deferred.fromCoroutine(
+            self._account().listExtended(ref, patterns, command.select, command.returns)
+        ).addCallbacks(send, self._failed, errbackArgs=(tag, b"LIST"))
+
+    auth_LIST = _command(do_LISTX, arg_listArguments)
     select_LIST = auth_LIST
     auth_LSUB = _command(do_LIST, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_astring, 1, b"LSUB")
     select_LSUB = auth_LSUB

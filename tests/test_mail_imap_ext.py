@@ -169,3 +169,29 @@ def test_modseqs_survive_a_restart(tmp_path):
     assert again.modseq(1) == kept and again.highestModseq >= highest
     result(again.setFlags([1], "F"))
     assert again.modseq(1) > highest
+
+
+def test_list_extended(s):
+    """LIST-EXTENDED: several patterns, SUBSCRIBED selection (\\NonExistent when gone), RECURSIVEMATCH CHILDINFO, RETURN options, bad options."""
+    s.say(b"a CREATE Box.one\r\nb CREATE Box.two.deep\r\nc CREATE Box.gone\r\n")
+    s.say(b"d SUBSCRIBE Box.one\r\ne SUBSCRIBE Box.two.deep\r\nf SUBSCRIBE Box.gone\r\ng DELETE Box.gone\r\n")
+    assert s.say(b"h LIST \"\" (Box.one Box.two)\r\n") == [
+        b'* LIST (\\HasNoChildren) "." "Box.one"',
+        b'* LIST (\\HasChildren) "." "Box.two"',
+        b"h OK LIST completed",
+    ]
+    assert s.say(b"i LIST (SUBSCRIBED) \"\" Box.*\r\n") == [
+        b'* LIST (\\NonExistent \\Subscribed) "." "Box.gone"',
+        b'* LIST (\\HasNoChildren \\Subscribed) "." "Box.one"',
+        b'* LIST (\\HasNoChildren \\Subscribed) "." "Box.two.deep"',
+        b"i OK LIST completed",
+    ]
+    assert s.say(b"j LIST (SUBSCRIBED RECURSIVEMATCH) \"\" Box.%\r\n") == [
+        b'* LIST (\\NonExistent \\Subscribed) "." "Box.gone"',
+        b'* LIST (\\HasNoChildren \\Subscribed) "." "Box.one"',
+        b'* LIST (\\HasChildren) "." "Box.two" ("CHILDINFO" ("SUBSCRIBED"))',
+        b"j OK LIST completed",
+    ]
+    assert s.say(b"k LIST \"\" Box.% RETURN (SUBSCRIBED CHILDREN)\r\n")[0] == b'* LIST (\\HasNoChildren \\Subscribed) "." "Box.one"'
+    for bad in [b"(FROB) \"\" *", b"(RECURSIVEMATCH) \"\" *", b"\"\" * RETURN (FROB)", b"\"\" (*"]:
+        assert s.say(b"l LIST " + bad + b"\r\n")[0].startswith(b"l BAD"), bad
