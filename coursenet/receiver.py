@@ -167,9 +167,11 @@ class Outbox:
                 # Close TCP right after our close_notify instead of waiting
                 # for the client's (RFC 8446 6.1 allows it): clients that
                 # wait for the server to close first would hang until
-                # closeTimeout.
+                # closeTimeout.  Only once the handshake is over: during it,
+                # the flag would end the handshake, and what waits for it.
                 tls: Any = ISystemHandle(self.wrappedTransport).getHandle()
-                tls.set_shutdown(tls.get_shutdown() | RECEIVED_SHUTDOWN)
+                if tls.get_peer_finished() is not None:
+                    tls.set_shutdown(tls.get_shutdown() | RECEIVED_SHUTDOWN)
         self.wrappedTransport.loseConnection()
         self._clock.callLater(self.closeTimeout, self.wrappedTransport.abortConnection)
 
