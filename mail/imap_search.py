@@ -345,8 +345,14 @@ def _bodyText(c: Candidate) -> str:
     decoded, folded for matching (kept for the other keys).
     """
     if c._text is None:
-        pieces = []
+        pieces: list[str] = []
         for part in c.message.walk():
+            if part.get_content_type() == "message/rfc822":
+                # The header of an attached message is text of this one.
+                for inner in part.get_payload() or []:
+                    if isinstance(inner, Message):
+                        pieces.extend(_decoded(str(v).encode("utf-8", "surrogateescape")) for v in inner.values())
+                continue
             if part.is_multipart():
                 continue
             if part.get_content_maintype() not in ("text", "message"):

@@ -1,15 +1,17 @@
 """
-Python's imaplib, a client nobody here wrote, against the IMAP server on a
-real socket: the calls mail programs make, as imaplib makes them.
+Python's imaplib and curl, clients nobody here wrote, against the IMAP
+server on a real socket: the calls mail programs make, as they make them.
 """
 
 from __future__ import annotations
 
 import imaplib
+import shutil
 
 import pytest_twisted
 
-from tests.mail_support import PASSWORD, USER, inThread, startPostOffice
+from tests.conftest import skipOrFail
+from tests.mail_support import PASSWORD, USER, inThread, run, startPostOffice
 from tests.test_mail_imap_fetch import NESTED
 
 
@@ -55,3 +57,24 @@ async def test_imaplib_append_fetch_search_move(po):
     assert out["move"][0] == "OK"
     assert any(b"\\Archive" in line and b'"Archive"' in line for line in out["list"][1])
     assert out["noop"][0] == "OK"
+
+
+@pytest_twisted.ensureDeferred
+async def test_curl_appends_fetches_a_section_and_searches(po, reactor, tmp_path):
+    """curl uploads a nested message with APPEND, fetches part 2.1 of it by UID and section, and runs a SEARCH."""
+    if shutil.which("curl") is None:
+        skipOrFail("curl is not installed (make sysdeps)")
+    mail = tmp_path / "nested.eml"
+    mail.write_bytes(NESTED)
+    base = f"imap://127.0.0.1:{po.ports['imap']}/INBOX"
+    user = ["--user", f"{USER}:{PASSWORD}"]
+    code, out, err = await run(reactor, "curl", "-sS", *user, "--upload-file", str(mail), base)
+    assert code == 0, err
+    code, out, err = await run(reactor, "curl", "-sS", *user, base + ";UID=1;SECTION=2.1")
+    assert code == 0, err
+    assert out == b"inner text"
+    code, out, err = await run(reactor, "curl", "-sS", *user, "--request", "SEARCH FROM inner@example.org", base)
+    assert code == 0, err
+    assert out.strip() == b"* SEARCH"
+    code, out, err = await run(reactor, "curl", "-sS", *user, "--request", "SEARCH TEXT inner@example.org", base)
+    assert out.strip() == b"* SEARCH 1"
