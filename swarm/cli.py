@@ -63,6 +63,8 @@ async def _run(reactor, args) -> int:
 
     meta = readMetainfo(args.torrent)
     peer = Peer(reactor)
+    # Ctrl-C or SIGTERM: tell the tracker "stopped" before exiting.
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(peer.stop()))
     port = await peer.listen(f"tcp:{args.port}:interface={args.host}")
     print(f"listening for peers on {args.host}:{port}", flush=True)
     if args.command == "seed":
@@ -79,7 +81,6 @@ async def _run(reactor, args) -> int:
     if args.seed:
         print("seeding; Ctrl-C stops", flush=True)
         await Deferred()
-    await peer.stop()
     return 0
 
 

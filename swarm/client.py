@@ -33,6 +33,8 @@ from swarm.tracker import parseCompact
 MAX_REPLY = 1 << 20
 #: Re-announce bounds, whatever the tracker says.
 MIN_INTERVAL, MAX_INTERVAL = 5.0, 1800.0
+#: Seconds an announce may take.
+ANNOUNCE_TIMEOUT = 15.0
 #: While downloading with no peer, ask again this soon.
 RETRY_NO_PEERS = 5.0
 
@@ -119,10 +121,11 @@ class Announcer:
         }
         if event:
             params["event"] = event
-        response = await self.agent.request(b"GET", announceURL(self.url, params), Headers({}))
+        request = self.agent.request(b"GET", announceURL(self.url, params), Headers({}))
+        response = await request.addTimeout(ANNOUNCE_TIMEOUT, self.clock)
         done: Deferred[bytes] = Deferred()
         response.deliverBody(_Body(done))
-        body = await done
+        body = await done.addTimeout(ANNOUNCE_TIMEOUT, self.clock)
         if response.code != 200:
             raise TrackerError(f"tracker answered HTTP {response.code}")
         try:
@@ -190,6 +193,7 @@ class Peer:
         self.port: Any = None
         self.announcers: list[Announcer] = []
         self.torrents: list[Torrent] = []
+        self.stopped = False
 
     @property
     def portNumber(self) -> int:
@@ -226,6 +230,13 @@ class Peer:
         return torrent
 
     async def stop(self) -> None:
+        """
+        Announce C{stopped}, close every connection and the listener (a
+        second call does nothing).
+        """
+        if self.stopped:
+            return
+        self.stopped = True
         await DeferredList([Deferred.fromCoroutine(a.stop()) for a in self.announcers])
         for t in self.torrents:
             t.stop()
