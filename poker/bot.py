@@ -278,10 +278,14 @@ async def runBots(
     seed: int | None = None,
     tls: bool = False,
     cafile: str | None = None,
+    duration: float | None = None,
+    onSeated: Any = None,
 ) -> Stats:
     """
     Seat C{bots} bots at C{tables} tables (opening those missing, on a
-    guests server) and play until C{hands} hands are over, or C{timeout}.
+    guests server) and play until C{hands} hands are over, or C{timeout}
+    (a failure).  With C{duration}, play that many seconds after every bot
+    is seated instead (the benchmark), C{onSeated} called then.
     """
     stats = Stats(hands)
     limit = DeferredSemaphore(connectAtOnce)
@@ -327,13 +331,30 @@ async def runBots(
             stats.done.errback(TimeoutError())
 
     timer = reactor.callLater(timeout, giveUp)
+    if duration is not None:
+        if onSeated is not None:
+            onSeated()
+        # What happened while bots were still sitting down is not counted.
+        stats.hands, stats.latencies, stats.actions = 0, [], 0
+        stats.verified = stats.conserved = stats.holesChecked = 0
+        stats.started = time.monotonic()
+
+        def enough() -> None:
+            if not stats.done.called:
+                stats.finished = time.monotonic()
+                stats.done.callback(None)
+
+        stats.target = 1 << 62
+        timer.cancel()
+        timer = reactor.callLater(duration, enough)
     try:
         await stats.done
     except TimeoutError:
         stats.fail(f"only {stats.hands} of {hands} hands were over after {timeout:g} s")
         stats.finished = time.monotonic()
     else:
-        timer.cancel()
+        if timer.active():
+            timer.cancel()
     for bot in seated:
         bot.running = False
     await gatherResults([Deferred.fromCoroutine(_limited(limit, _close, b.client)) for b in seated])

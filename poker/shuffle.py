@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
 import secrets
 from dataclasses import dataclass
 
@@ -34,11 +35,13 @@ class Shuffle:
     @classmethod
     def new(cls) -> "Shuffle":
         """
-        A fresh uniformly random order, from the operating system's CSPRNG.
+        A fresh uniformly random order, drawn from 256 bits of the
+        operating system's CSPRNG (one read a hand rather than one for
+        each of the shuffle's 51 draws).  Each hand seeds afresh, so
+        the decks revealed say nothing about the next one.
         """
         deck = list(CARDS)
-        rng = secrets.SystemRandom()
-        rng.shuffle(deck)
+        random.Random(secrets.token_bytes(32)).shuffle(deck)
         return cls(tuple(deck), secrets.token_hex(32))
 
     @property

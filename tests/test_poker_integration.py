@@ -154,3 +154,26 @@ async def test_clientReconnectsWithToken(server, reactor):
     left = await again.leave()
     assert left.code == 251
     await again.quit()
+
+
+def test_threadedTwinPlaysTheSameGame(tmp_path):
+    """poker-threaded, one thread per connection over the same table code, plays 60 bot hands with every check passing and no chip made or lost in its file."""
+    port = freePort()
+    db = str(tmp_path / "threaded.sqlite")
+    proc = subprocess.Popen(
+        [os.path.join(BIN, "poker-threaded"), "--listen", f"127.0.0.1:{port}", "--guests", "--db", db, "--pause", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        waitForPort(port, proc)
+        result = subprocess.run(
+            [os.path.join(BIN, "poker-bot"), f"127.0.0.1:{port}", "--bots", "12", "--tables", "2", "--hands", "60",
+             "--timeout", "120"],
+            capture_output=True, text=True, timeout=180,
+        )
+    finally:
+        stopProcess(proc)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("OK: hands=")
+    minted, held = audit(db)
+    assert minted == held > 0
