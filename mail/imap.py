@@ -51,7 +51,7 @@ from mail.imap_sort import (
     sortValue,
     threadMessage,
 )
-from mail.mime import Atom, Entity, crlf, envelope, quote, render, section, structure
+from mail.mime import Entity, crlf, envelope, quote, render, section, structure
 from mail.protocol import MailFactory, MailReceiver
 from mail.maildir import (
     DELIMITER,

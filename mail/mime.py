@@ -27,15 +27,9 @@ MAX_DEPTH = 32
 
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
-#: An IMAP value: bytes are strings (NIL for None), lists parenthesised,
-#: L{Atom} as is.
-Value = Union[None, bytes, int, "Atom", list]
-
-
-class Atom(bytes):
-    """
-    Bytes written as they are, unquoted.
-    """
+#: An IMAP value: bytes are strings (NIL for None), numbers, lists
+#: parenthesised.
+Value = Union[None, bytes, int, list]
 
 
 class Addresses(list):
@@ -52,8 +46,6 @@ def render(value: Value) -> bytes:
     """
     if value is None:
         return b"NIL"
-    if isinstance(value, Atom):
-        return bytes(value)
     if isinstance(value, int):
         return b"%d" % value
     if isinstance(value, Addresses):
