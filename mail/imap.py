@@ -2,17 +2,23 @@
 The IMAP4rev1 server: L{twisted.mail.imap4.IMAP4Server} over a Maildir
 account, which Twisted does not have.
 
-What is added here: the account and mailboxes (Maildir++ folders, flags in
-file names, UIDs and UIDVALIDITY from the store), per-session sequence
-numbers with EXPUNGE reported only where RFC 3501 allows (NOOP, CHECK,
-IDLE), \\Recent, \\Seen set by non-PEEK fetches, partial fetches
-(C{BODY[]<0.100>}), byte-exact sections, literal and line size limits, and
-new mail pushed to selected (and idling) sessions as it is delivered.
+What is added here: the account and mailboxes (Maildir++ folders, flags
+and keywords in file names, UIDs, UIDVALIDITY and mod-sequences from the
+store), per-session sequence numbers with EXPUNGE reported only where RFC
+3501 allows (NOOP, CHECK, EXPUNGE, IDLE), \\Recent, \\Seen set by non-PEEK
+fetches, literal and line size limits, and new mail and other sessions'
+flag changes pushed to selected (and idling) sessions.
+
+Twisted's IMAP4Server keeps the framing, literals, AUTHENTICATE, LOGIN,
+STARTTLS, IDLE, CREATE/DELETE/RENAME plumbing and its command table; what
+it gets wrong is replaced here: SELECT/EXAMINE data, LIST/LSUB, APPEND,
+COPY, STORE, EXPUNGE, UID, SEARCH (L{mail.imap_search}), FETCH rendering
+(L{mail.mime}), unsolicited responses; and the extensions it lacks are
+added (SORT and THREAD in L{mail.imap_sort}, CONDSTORE, ESEARCH, UIDPLUS,
+MOVE, LITERAL+, MULTIAPPEND, LIST-EXTENDED, ...: L{EXTENSIONS}).
 
 Nothing here touches the disk: mailboxes and message contents come from
 the store, whose threads do the work, so many commands finish later
-(Twisted's server accepts L{Deferred}s from most mailbox methods; CREATE,
-DELETE, RENAME, SUBSCRIBE and UNSUBSCRIBE are redone here to accept them)
 and a session runs its commands one at a time.
 """
 
