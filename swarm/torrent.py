@@ -58,6 +58,8 @@ class PieceState:
     def __init__(self, index: int, size: int) -> None:
         self.index = index
         self.blocks = [(b, min(wire.BLOCK, size - b)) for b in range(0, size, wire.BLOCK)] or [(0, 0)]
+        #: Blocks asked of nobody (and not received), next first.
+        self.pending = list(reversed(self.blocks))
         self.received: set[int] = set()
         self.requested: dict[int, set[Any]] = {}
         self.senders: set[Any] = set()
@@ -292,10 +294,13 @@ class Torrent:
         self._unrequest(peer)
 
     def _unrequest(self, peer: Any) -> None:
-        for (index, begin, _length) in list(peer.outstanding):
+        for (index, begin, length) in list(peer.outstanding):
             state = self.active.get(index)
             if state is not None:
-                state.requested.get(begin, set()).discard(peer)
+                askedOf = state.requested.get(begin, set())
+                askedOf.discard(peer)
+                if not askedOf and begin not in state.received:
+                    state.pending.append((begin, length))
         peer.outstanding.clear()
 
     def updateInterest(self, peer: Any) -> None:
@@ -320,16 +325,15 @@ class Torrent:
     def nextBlock(self, peer: Any) -> tuple[int, int, int] | None:
         bits = peer.bits
         for state in self.active.values():
-            if bits[state.index]:
-                for begin, length in state.blocks:
-                    if begin not in state.received and not state.requested.get(begin):
-                        state.requested.setdefault(begin, set()).add(peer)
-                        return state.index, begin, length
+            if state.pending and bits[state.index]:
+                begin, length = state.pending.pop()
+                state.requested.setdefault(begin, set()).add(peer)
+                return state.index, begin, length
         if len(self.active) < MAX_ACTIVE + len(self.peers):
             index = self.pick(peer)
             if index is not None:
                 state = self.active[index] = PieceState(index, self.meta.pieceSize(index))
-                begin, length = state.blocks[0]
+                begin, length = state.pending.pop()
                 state.requested[begin] = {peer}
                 return index, begin, length
         # Endgame: every missing block is asked for; ask this peer too.

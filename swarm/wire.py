@@ -142,6 +142,10 @@ class Framer:
                 break
             if length == 0:
                 out.append(Message(None))
+            elif buf[pos + 4] == PIECE and length >= 9:
+                index, begin = struct.unpack_from(">II", buf, pos + 5)
+                block = bytes(buf[pos + 13:pos + 4 + length])
+                out.append(Message(PIECE, index=index, begin=begin, length=len(block), data=block))
             else:
                 kind = buf[pos + 4]
                 out.append(parsePayload(kind, bytes(buf[pos + 5:pos + 4 + length])))
