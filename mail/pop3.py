@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from coursenet.accounts import PeerPortal
 from coursenet.admission import Admission
+from coursenet.logs import peerName
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder
@@ -267,8 +268,13 @@ class POP3Server(MailReceiver, pop3.POP3):
             UsernamePassword(user, password), None, pop3.IMailbox
         )
         d.addCallbacks(self._cbMailbox, self._ebMailbox, callbackArgs=(user,))
+        d.addCallback(self._loggedIn, user)
         d.addErrback(self._ebUnexpected)
         return self._longOperation(d)
+
+    def _loggedIn(self, result: object, user: bytes) -> None:
+        if self.mbox:
+            self._log.info("{peer} logged in", peer=peerName(self.transport.getPeer(), user.decode("utf-8", "replace")))
 
     def do_APOP(self, user: bytes, digest: bytes) -> None:
         self.failResponse(b"APOP is not supported: use USER and PASS")
@@ -376,6 +382,9 @@ class POP3Factory(MailFactory, ServerFactory):
     """
 
     protocol = POP3Server
+    # Twisted's POP3 logs each connection ("New connection from
+    # IPv4Address(...)") when its factory is noisy: anyone could fill the log.
+    noisy = False
 
     def __init__(
         self,

@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from coursenet.accounts import PeerPortal
 from coursenet.admission import Admission
+from coursenet.logs import peerName
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IDelivery, IMailStore
@@ -522,7 +523,7 @@ class SMTPServer(MailReceiver, smtp.ESMTP):
         # The realm's delivery for the user: postmaster mail goes where
         # this server sends it.
         self.delivery.postmaster = postmaster
-        self._log.info("{user} authenticated", user=self.delivery.user)
+        self._log.info("{peer} authenticated", peer=peerName(self.transport.getPeer(), self.delivery.user))
         return result
 
 

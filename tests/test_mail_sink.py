@@ -7,6 +7,7 @@ message, and listens on loopback only unless told otherwise.
 from __future__ import annotations
 
 import os
+import re
 import poplib
 import smtplib
 import subprocess
@@ -99,6 +100,9 @@ def test_sinkKeepsMailForAnyAddressOnceAndLogsIt(tmp_path):
                 " subject 'first one'") in text
         assert "sink: kept a message from <> to <postmaster@localhost>, subject 'second'" in text
         assert "development sink: mail for any address is kept in" in text
+        # Peers as ADDRESS:PORT [user], never Twisted's address repr.
+        assert re.search(r"127\.0\.0\.1:\d+ \[sink\] logged in", text), text
+        assert "IPv4Address" not in text
     finally:
         stopProcess(proc)
     assert "Traceback" not in log.read_text()

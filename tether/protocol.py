@@ -45,6 +45,7 @@ from wsproto.utilities import RemoteProtocolError
 from zope.interface import implementer
 
 from coursenet.admission import Admission, Busy
+from coursenet.logs import peerName
 from coursenet.receiver import Outbox
 from coursenet.tls import clientTLSOptions
 from coursenet.transport import noDelay
@@ -65,10 +66,10 @@ from tether.wire import (
 
 def describePeer(address) -> str:
     """
-    C{HOST:PORT} for a TCP address, else its C{str}.
+    C{HOST:PORT} (C{[HOST]:PORT} for IPv6) for a TCP address, else its
+    C{str}: L{coursenet.logs.peerName}.
     """
-    port = getattr(address, "port", None)
-    return f"{address.host}:{port}" if port is not None else str(address)
+    return peerName(address)
 
 
 # 64 KiB frames make wsproto's byte-wise masking the bottleneck.
@@ -248,7 +249,7 @@ class _LimitedWire(_compat.WebSocketWire):
                     held.done()
                     reason = f"message larger than {self.maxMessage} bytes"
                     self.link.note("refusals", LogLevel.warn, "refused from {peer}: {reason}",
-                                   peer=self.transport.getPeer(), reason=reason)
+                                   peer=describePeer(self.transport.getPeer()), reason=reason)
                     self.link.refuse(ProtocolError(Close.TOO_BIG, reason))
                     return
             _compat.handleEvent(event, self)
@@ -624,7 +625,8 @@ class TetherLink:
         if not self.connected:
             return
         level = LogLevel.info if error.code in (Close.NORMAL, Close.GOING_AWAY) else LogLevel.warn
-        self.note("refusals", level, "closing link: {code} {reason}", code=int(error.code), reason=error.reason)
+        self.note("refusals", level, "closing link{to}: {code} {reason}", to=self.logName(),
+                  code=int(error.code), reason=error.reason)
         self.closeReason = error
         self.sendControl(errorMessage(error.code, error.reason))
         self.connected = False
@@ -632,6 +634,13 @@ class TetherLink:
         _compat.closeWebSocket(self.transport, int(error.code), error.reason[:120])
 
     # Logging
+
+    def logName(self) -> str:
+        """
+        C{" to PEER"} for log lines about this link, where the peer is
+        known (a server's client, as C{ADDRESS:PORT [name]}), else C{""}.
+        """
+        return ""
 
     @property
     def authenticated(self) -> bool:

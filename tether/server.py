@@ -205,7 +205,7 @@ class TetherServer:
         """
         # The checker throttles guessing by name and by the client's host,
         # the part of "HOST:PORT" (describePeer) before the last colon.
-        host = link.peer.rpartition(":")[0] or None
+        host = link.peer.rpartition(":")[0].strip("[]") or None
         try:
             name = await self.checker.requestAvatarId(
                 PasswordFrom(hello.name.encode("utf-8"), hello.token.encode("utf-8"), host)
@@ -279,8 +279,8 @@ class TetherServer:
         if lease is None or lease.link is not link:
             return
         lease.link = None
-        self._log.info("{name} ({address}) disconnected: {counters}",
-                       name=lease.name, address=str(lease.address), counters=lease.counters.summary())
+        self._log.info("{peer} disconnected (address {address}): {counters}",
+                       peer=link.who, address=str(lease.address), counters=lease.counters.summary())
         if bye or self.grace <= 0:
             self._expire(lease)
         else:
@@ -441,6 +441,17 @@ class ServerLink(TetherLink):
     def authenticated(self) -> bool:
         return self.lease is not None
 
+    @property
+    def who(self) -> str:
+        """
+        The client as log lines name it: C{127.0.0.1:56480 [laptop]}, its
+        token's name once admitted.
+        """
+        return f"{self.peer} [{self.lease.name}]" if self.lease is not None else self.peer
+
+    def logName(self) -> str:
+        return f" to {self.who}"
+
     def linkMade(self) -> None:
         self._helloTimer = self.clock.callLater(self.server.helloTimeout, self._noHello)
 
@@ -476,9 +487,8 @@ class ServerLink(TetherLink):
         self.offload = GSO in welcome.offload
         self.sendControl(welcome.encode())
         self.startKeepalive(self.server.keepalive, self.server.timeout)
-        self._log.info("{name} connected from {peer}: address {address}, session {session}",
-                       name=lease.name, peer=self.peer, address=str(lease.address),
-                       session=lease.session[:6])
+        self._log.info("{peer} connected: address {address}, session {session}",
+                       peer=self.who, address=str(lease.address), session=lease.session[:6])
 
     def _refused(self, failure: Failure) -> None:
         self._pending = False
