@@ -506,17 +506,33 @@ class PostgresStore(SQLStore):
 
         return psycopg.connect(self._dsn, autocommit=True)
 
+    def _fetch(self, query: str, params: tuple) -> list:
+        import psycopg
+
+        try:
+            return super()._fetch(query, params)
+        except psycopg.OperationalError:
+            # A read outside a transaction on a connection the server
+            # dropped (a restart) is tried once more on a fresh one.
+            connection = getattr(self._local, "connection", None)
+            if getattr(self._local, "inTransaction", False) or not getattr(connection, "broken", False):
+                raise
+            return super()._fetch(query, params)
+
     def _transaction(self, step: Callable, *args):
         from psycopg import errors
 
         for attempt in range(_RETRIES):
             connection = self._connection()
             try:
+                self._local.inTransaction = True
                 with connection.transaction():
                     return step(*args)
             except (errors.UniqueViolation, errors.SerializationFailure, errors.DeadlockDetected):
                 if attempt == _RETRIES - 1:
                     raise
+            finally:
+                self._local.inTransaction = False
         raise AssertionError("unreachable")
 
     def _setupLock(self) -> None:
