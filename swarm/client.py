@@ -178,12 +178,54 @@ class Announcer:
             self._log.info("stopped-announce to {url} failed: {why}", url=self.url, why=e)
 
 
-class Peer:
+class DHTAnnouncer:
     """
-    A BitTorrent peer: one listener, any number of torrents.
+    Finds peers for one torrent in the DHT (BEP 5) and announces it there:
+    every C{RETRY_NO_PEERS} seconds while a download has no peer, every
+    15 minutes otherwise.
     """
 
-    def __init__(self, reactor: Any = None, maxConnections: int | None = None) -> None:
+    _log = Logger()
+
+    def __init__(self, torrent: Torrent, dht: Any, port: int, clock: Any) -> None:
+        self.torrent = torrent
+        self.dht = dht
+        self.port = port
+        self.clock = clock
+        self._call: Any = None
+        self.stopped = False
+        self.rounds = 0
+        self.firstRound: Deferred[None] | None = None
+
+    def start(self) -> Deferred[None]:
+        self.firstRound = Deferred.fromCoroutine(self._round())
+        return self.firstRound
+
+    async def _round(self) -> None:
+        self.rounds += 1
+        try:
+            result = await self.dht.announce(self.torrent.meta.infoHash, self.port)
+            self.torrent.addPeers(sorted(result.peers))
+        except Exception as e:
+            self._log.warn("DHT round failed: {why}", why=e)
+        delay = RETRY_NO_PEERS if not self.torrent.complete and not self.torrent.peers else 900.0
+        if not self.stopped:
+            self._call = self.clock.callLater(delay, lambda: Deferred.fromCoroutine(self._round()))
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+
+
+class Peer:
+    """
+    A BitTorrent peer: one listener, any number of torrents; with C{dht}
+    (a listening L{swarm.dht.DHTNode}), each torrent is also announced
+    and looked up in the DHT.
+    """
+
+    def __init__(self, reactor: Any = None, maxConnections: int | None = None, dht: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _r
 
@@ -194,6 +236,8 @@ class Peer:
         self.announcers: list[Announcer] = []
         self.torrents: list[Torrent] = []
         self.stopped = False
+        self.dht = dht
+        self.dhtAnnouncers: list[DHTAnnouncer] = []
 
     @property
     def portNumber(self) -> int:
@@ -227,6 +271,10 @@ class Peer:
             a = Announcer(torrent, url, self.portNumber, self.reactor)
             self.announcers.append(a)
             a.start()
+        if self.dht is not None and self.port is not None:
+            da = DHTAnnouncer(torrent, self.dht, self.portNumber, self.reactor)
+            self.dhtAnnouncers.append(da)
+            da.start()
         return torrent
 
     async def stop(self) -> None:
@@ -237,6 +285,8 @@ class Peer:
         if self.stopped:
             return
         self.stopped = True
+        for da in self.dhtAnnouncers:
+            da.stop()
         await DeferredList([Deferred.fromCoroutine(a.stop()) for a in self.announcers])
         for t in self.torrents:
             t.stop()
