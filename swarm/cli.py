@@ -53,7 +53,18 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--port", type=int, default=0, help="TCP port for other peers (default: any)")
         q.add_argument("--host", default="127.0.0.1", help="address to listen on")
         q.add_argument("--tracker", help="announce URL instead of the .torrent's own")
+        q.add_argument("--dht-port", type=int, default=None,
+                       help="also run a DHT node (BEP 5) on this UDP port of --host (0: any)")
+        q.add_argument("--dht-bootstrap", action="append", default=[], metavar="HOST:PORT",
+                       help="a DHT node to bootstrap from (repeatable; there is no public default)")
     return p
+
+
+def parseHostPort(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--dht-bootstrap {text}: not HOST:PORT")
+    return host, int(port)
 
 
 async def _run(reactor, args) -> int:
@@ -62,7 +73,18 @@ async def _run(reactor, args) -> int:
     from swarm.client import Peer
 
     meta = readMetainfo(args.torrent)
-    peer = Peer(reactor)
+    dht = None
+    if args.dht_port is not None or args.dht_bootstrap:
+        from swarm.dht import DHTNode
+
+        bootstrap = [parseHostPort(b) for b in args.dht_bootstrap]
+        dht = DHTNode(reactor)
+        udp = reactor.listenUDP(args.dht_port or 0, dht, interface=args.host)
+        print(f"DHT node on {args.host}:{udp.getHost().port}", flush=True)
+        if bootstrap:
+            known = await dht.bootstrap(bootstrap)
+            print(f"DHT: {known} nodes known after bootstrap", flush=True)
+    peer = Peer(reactor, dht=dht)
     # Ctrl-C or SIGTERM: tell the tracker "stopped" before exiting.
     reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(peer.stop()))
     port = await peer.listen(f"tcp:{args.port}:interface={args.host}")
@@ -113,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     async def run(reactor):
         try:
             result.append(await _run(reactor, args))
-        except (MetainfoError, OSError) as e:
+        except (MetainfoError, OSError, ValueError) as e:
             print(f"swarm: {e}", file=sys.stderr)
             result.append(1)
 

@@ -12,12 +12,15 @@ import random
 
 import pytest_twisted
 from fastbencode import bdecode, bencode
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, task
 from twisted.internet.protocol import DatagramProtocol
 
 from swarm.client import Peer
 from swarm.dht import K, Contact, DHTNode, KRPCError, RoutingTable, distance
-from tests.swarm_support import torrentFor, writeData
+from tests.conftest import skipOrFail
+from tests.swarm_support import aria2c, finish, freePort, spawn, stop, torrentFor, writeData
 
 
 async def _network(reactor, n):
@@ -139,3 +142,93 @@ async def test_downloadFindsSeederThroughDHTAlone(reactor, tmp_path):
         await getter.stop()
         await seeder.stop()
         await _close(ports)
+
+
+def _aria2dht(aria, dhtPort, entry, tmp_path):
+    """
+    aria2c's DHT switched on, bootstrapped from our node only (no public
+    entry point, no saved routing table, IPv4 only), LPD and PEX off.
+    """
+    return [
+        aria, "--no-conf=true", "--enable-dht=true", "--enable-dht6=false", f"--dht-listen-port={dhtPort}",
+        f"--dht-entry-point=127.0.0.1:{entry}", f"--dht-file-path={tmp_path / 'aria2-dht.dat'}",
+        "--bt-enable-lpd=false", "--enable-peer-exchange=false", "--disable-ipv6=true",
+        "--summary-interval=0", "--console-log-level=warn", "--file-allocation=none",
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_aria2cDHTAndOursFindEachOther(reactor, tmp_path):
+    """aria2c's DHT, bootstrapped from our node, announces its seed where our node finds it, and finds our seeder's announce in turn."""
+    aria = aria2c()
+    if aria is None:
+        skipOrFail("aria2c not installed (Debian package aria2)")
+    nodes, ports = await _network(reactor, 4)
+    entry = ports[0].getHost().port
+    data = writeData(str(tmp_path / "seed" / "t.bin"), 900_000)
+    torrentPath, meta = torrentFor(str(tmp_path / "seed" / "t.bin"), None)
+    ariaPort = freePort()
+    seed = spawn(reactor, [*_aria2dht(aria, freePort(), entry, tmp_path), "-V", "--seed-ratio=0.0",
+                           f"--listen-port={ariaPort}", "-d", str(tmp_path / "seed"), torrentPath])
+    getter = Peer(reactor, dht=nodes[3])
+    try:
+        found: set = set()
+        for _ in range(60):
+            found = (await nodes[2].getPeers(meta.infoHash)).peers
+            if ("127.0.0.1", ariaPort) in found or seed.ended.called:
+                break
+            await task.deferLater(reactor, 0.5)
+        assert ("127.0.0.1", ariaPort) in found, seed.output.decode(errors="replace")[-2000:]
+        await getter.listen()
+        torrent = await getter.add(meta, str(tmp_path / "ours" / "t.bin"), download=True)
+        await torrent.done
+        assert (tmp_path / "ours" / "t.bin").read_bytes() == data
+    finally:
+        await getter.stop()
+        await stop(seed)
+    # The reverse: our seeder in the DHT, aria2c finds it there (no tracker).
+    seeder = Peer(reactor, dht=nodes[1])
+    try:
+        await seeder.listen()
+        await seeder.add(meta, str(tmp_path / "seed" / "t.bin"), download=False)
+        await seeder.dhtAnnouncers[0].firstRound
+        get = spawn(reactor, [*_aria2dht(aria, freePort(), entry, tmp_path), "--seed-time=0",
+                              f"--listen-port={freePort()}", "-d", str(tmp_path / "aria"), torrentPath])
+        assert await finish(get, 90, reactor) == 0, get.output.decode(errors="replace")[-2000:]
+        assert (tmp_path / "aria" / "t.bin").read_bytes() == data
+    finally:
+        await seeder.stop()
+        await _close(ports)
+
+
+_bvalue = st.recursive(
+    st.integers(min_value=-5, max_value=70000) | st.binary(max_size=24),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.binary(max_size=10), kids, max_size=5),
+    max_leaves=16,
+)
+
+
+class _Sent:
+    def __init__(self):
+        self.out = []
+
+    def write(self, data, addr):
+        self.out.append(data)
+
+
+@settings(max_examples=100)
+@given(
+    method=st.sampled_from([b"ping", b"find_node", b"get_peers", b"announce_peer", b"x"]),
+    args=st.dictionaries(st.sampled_from([b"id", b"target", b"info_hash", b"port", b"token", b"implied_port"]), _bvalue, max_size=6),
+    kind=st.sampled_from([b"q", b"r", b"e", b"z"]),
+    raw=st.binary(max_size=60),
+)
+def test_fuzzKRPCHandler(method, args, kind, raw):
+    """Any datagram, bencoded query-shaped or raw, gets at most one bencoded reply and never raises."""
+    node = DHTNode(task.Clock(), nodeId=bytes(20))
+    node.transport = _Sent()
+    for data in (bencode({b"t": b"tt", b"y": kind, b"q": method, b"a": args}), raw):
+        node.datagramReceived(data, ("127.0.0.1", 9))
+    assert len(node.transport.out) <= 2
+    for reply in node.transport.out:
+        assert bdecode(reply)[b"y"] in (b"r", b"e")
