@@ -318,9 +318,12 @@ class GradesProtocol(CommandReceiver, TimeoutMixin):
         store = self.factory.store
 
         def named(name: str | None):
+            own = isinstance(user, _Guest) or sid == user.studentId
             if name is None:
-                raise GradesError(Code.NOT_FOUND, f"no student {sid}")
-            if isinstance(user, _Guest) or sid == user.studentId:
+                # An instructor is told the same for an id that does not
+                # exist as for one outside their courses.
+                raise GradesError(Code.NOT_FOUND, f"no student {sid}" + ("" if own else " in your courses"))
+            if own:
                 return lambda: self._select(sid, name)
             return store.grades(sid).addCallback(taught, name)
 
@@ -532,7 +535,16 @@ class GradesProtocol(CommandReceiver, TimeoutMixin):
                            course=course, old=old, new=new)
             self.ok(f"{sid} {course} {'-' if old is None else old} -> {new}")
 
-        return self.factory.store.setGrade(user.account, sid, course, value, change).addCallback(done)
+        store = self.factory.store
+
+        def inMyCourses(pairs: list[tuple[str, int]]) -> Deferred:
+            # Students join a course through IMPORT (id and name together):
+            # a SET of any id would let an instructor learn anyone's name.
+            if not any(c in user.courses for c, _ in pairs):
+                raise GradesError(Code.NOT_FOUND, f"no student {sid} in your courses")
+            return store.setGrade(user.account, sid, course, value, change)
+
+        return store.grades(sid).addCallback(inMyCourses).addCallback(done)
 
     def do_EXPORT(self, command: Command) -> Deferred:
         user = self._loggedIn()

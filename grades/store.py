@@ -407,7 +407,9 @@ class SQLStore:
         if not names:
             self._fetchNone("INSERT INTO students (id, name) VALUES (?, ?)", (row.id, row.name))
         elif names[0][0] != row.name:
-            raise GradesError(Code.SEQUENCE, f"student {row.id} is {names[0][0]}, not {row.name}")
+            # Not the stored name: that would tell an instructor the name
+            # of any id.
+            raise GradesError(Code.SEQUENCE, f"student {row.id} is on record under another name than {row.name}")
         rows = self._fetch(
             "SELECT grade FROM grades WHERE student = ? AND course = ?" + self.forUpdate, (row.id, row.course)
         )

@@ -142,7 +142,7 @@ def test_overlappedLookupsAnsweredInOrder(tmp_path):
     while pool.calls:
         pool.run(reversed)
     assert peer.lines() == [
-        "OK DAN HACKER", "OK ADA LOVELACE", "ERR 404 no student 999", "OK 98",
+        "OK DAN HACKER", "OK ADA LOVELACE", "ERR 404 no student 999 in your courses", "OK 98",
         "ERR 400 unknown command BAD; try HELP", "OK 98",
     ]
     # A refusal known before any query (HISTORY is not mia's) waits its turn too.
@@ -200,6 +200,10 @@ def test_instructorSeesOnlyTheirCourses(world):
     assert peer.ask("STATS HISTORY") == ["ERR 403 you do not teach HISTORY"]
     assert peer.ask("EXPORT HISTORY") == ["ERR 403 you do not teach HISTORY"]
     assert peer.ask("SET 051883261 HISTORY 10") == ["ERR 403 you do not teach HISTORY"]
+    # Ids outside mia's courses, existing or not, look the same, for NAME and for SET.
+    assert peer.ask("NAME 999999") == ["ERR 404 no student 999999 in your courses"]
+    assert peer.ask("SET 200000003 MATH 50") == ["ERR 404 no student 200000003 in your courses"]
+    assert peer.ask("SET 999999 MATH 50") == ["ERR 404 no student 999999 in your courses"]
 
 
 def test_accountWithoutRoleSeesNothing(world):
@@ -230,7 +234,7 @@ def test_setWritesAnAuditRow(world):
     assert peer.ask("SET 051883261 MATH 90") == ["OK 051883261 MATH 87 -> 90"]
     assert peer.ask("SET 051883261 MATH +5") == ["OK 051883261 MATH 90 -> 95"]
     assert peer.ask("SET 051883261 MATH +6") == ["ERR 400 that makes 101; a grade is 0 to 100"]
-    assert peer.ask("SET 999 MATH 5") == ["ERR 404 no student 999"]
+    assert peer.ask("SET 999 MATH 5") == ["ERR 404 no student 999 in your courses"]
     rows = world.store.audit(10)
     got = []
     rows.addCallback(got.append)
@@ -258,9 +262,9 @@ def test_importIsAllOrNothing(world):
     assert peer.lines() == ["ERR 403 CSV row 2: you do not teach HISTORY; nothing imported"]
     peer.send(importBlock("300000001,LINUS TORVALDS,MATH,64\n051883261,DANIEL HACKER,MATH,70\n"))
     assert peer.lines() == [
-        "ERR 409 CSV row 2: student 051883261 is DAN HACKER, not DANIEL HACKER; nothing imported"
+        "ERR 409 CSV row 2: student 051883261 is on record under another name than DANIEL HACKER; nothing imported"
     ]
-    assert peer.ask("NAME 300000001") == ["ERR 404 no student 300000001"]
+    assert peer.ask("NAME 300000001") == ["ERR 404 no student 300000001 in your courses"]
 
 
 def test_refusedImportBlockIsSkipped(world):
