@@ -20,6 +20,7 @@ from twisted.mail import smtp
 from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from zope.interface import implementer
 
+from coursenet.logs import peerName
 from mail.interfaces import IDelivery, IMailStore
 from mail.smtp import LocalDelivery, SMTPFactory, SMTPServer, SMTPServerError, _text
 
@@ -36,8 +37,9 @@ class _SinkMessage:
     it comes, logged with its envelope and subject once durable.
     """
 
-    def __init__(self, delivery: IDelivery, sender: str, recipients: list[str]) -> None:
+    def __init__(self, delivery: IDelivery, peer: str, sender: str, recipients: list[str]) -> None:
         self._delivery = delivery
+        self._peer = peer
         self._sender = sender
         self._recipients = recipients
         self._inHeader = True
@@ -69,9 +71,9 @@ class _SinkMessage:
 
         def stored(name: str) -> str:
             _log.info(
-                "sink: kept a message from <{sender}> to {recipients}, subject {subject!r},"
-                " {size} octets, as {name}",
-                sender=self._sender, recipients=", ".join(f"<{r}>" for r in self._recipients),
+                "sink: {peer} sent a message from <{sender}> to {recipients}, subject {subject!r},"
+                " {size} octets, kept as {name}",
+                peer=self._peer, sender=self._sender, recipients=", ".join(f"<{r}>" for r in self._recipients),
                 subject=self._subject if self._subject is not None else "(none)", size=size, name=name,
             )
             return name
@@ -105,8 +107,12 @@ class SinkDelivery(LocalDelivery):
     the sink account's Maildir.
     """
 
-    def __init__(self, store: IMailStore, account: str = SINK_ACCOUNT) -> None:
+    def __init__(self, store: IMailStore, peer: str, account: str = SINK_ACCOUNT) -> None:
+        """
+        @param peer: the client, as log lines name it (L{peerName}).
+        """
         super().__init__(store, ())
+        self._peer = peer
         self._account = account
         self._sender = ""
         self._recipients: list[str] = []
@@ -127,8 +133,8 @@ class SinkDelivery(LocalDelivery):
         recipients.append(address)
         if len(recipients) > 1:
             return _SameCopy
-        store, account, sender = self._store, self._account, self._sender
-        return lambda: _SinkMessage(store.openDelivery(account), sender, recipients)
+        store, account, peer, sender = self._store, self._account, self._peer, self._sender
+        return lambda: _SinkMessage(store.openDelivery(account), peer, sender, recipients)
 
 
 class SinkSMTPFactory(SMTPFactory):
@@ -139,7 +145,7 @@ class SinkSMTPFactory(SMTPFactory):
 
     def buildSession(self, addr: Any) -> SMTPServer:
         session = super().buildSession(addr)
-        session.delivery = SinkDelivery(self.store)
+        session.delivery = SinkDelivery(self.store, peerName(addr))
         session.portal = None
         return session
 
