@@ -17,7 +17,7 @@ import getpass
 import os
 import sys
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ConnectError
 from twisted.internet.task import react
 
@@ -70,7 +70,15 @@ async def run(reactor, options: argparse.Namespace, out=sys.stdout) -> int:
         _need(args, 1, 64, "name ID [COURSE...]")
         # Pipelined: every command is sent before the first answer comes.
         answers = [client.name(args[0])] + [client.grade(c) for c in args[1:]]
-        lines = [str(a) for a in await gatherResults(answers, consumeErrors=True)]
+        failed = False
+        for ok, result in await DeferredList(answers, consumeErrors=True):
+            if ok:
+                print(result, file=out)
+            else:
+                print(f"grades: {result.value}", file=sys.stderr)
+                failed = True
+        await client.end()
+        return 1 if failed else 0
     elif command in ("grades", "courses"):
         _need(args, 1 if command == "grades" else 0, 1, f"{command} ID")
         if args:
@@ -121,9 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     async def go(reactor) -> None:
         try:
             status = await run(reactor, options)
-        except FirstError as e:
-            print(f"grades: {e.subFailure.value}", file=sys.stderr)
-            status = 1
         except GradesError as e:
             print(f"grades: {e}", file=sys.stderr)
             status = 1
