@@ -56,30 +56,64 @@ def _chunk(args: tuple[int, int, int]) -> int:
     return leibnizChunk(*args)
 
 
-def oneProcess(terms: int) -> tuple[float, str]:
-    start = time.perf_counter()
+def treeCPU(pids: list[int]) -> float:
+    """
+    CPU seconds (user and system) used so far by these processes and their
+    living descendants.
+    """
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            top = psutil.Process(pid)
+            tree = [top, *top.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in tree:
+            try:
+                t = proc.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+    return total
+
+
+def oneProcess(terms: int) -> tuple[float, float, str]:
+    start, cpu = time.perf_counter(), time.process_time()
     value = sum(leibnizChunk(a, b, d) for a, b, d in chunks(terms, CHUNK))
-    return time.perf_counter() - start, formatScaled(value, DIGITS)
+    return time.perf_counter() - start, time.process_time() - cpu, formatScaled(value, DIGITS)
 
 
-def pool(terms: int, chunk: int) -> tuple[float, str]:
+def pool(terms: int, chunk: int) -> tuple[float, float, str]:
+    import psutil
+
     ctx = multiprocessing.get_context("spawn")
+    before = {c.pid for c in psutil.Process().children()}
     with ctx.Pool(PROCS) as p:
         p.map(_chunk, [(0, 10, DIGITS)] * PROCS)  # started, imports done
-        start = time.perf_counter()
+        workers = [c.pid for c in psutil.Process().children() if c.pid not in before]
+        start, cpu, used = time.perf_counter(), time.process_time(), treeCPU(workers)
         value = sum(p.map(_chunk, chunks(terms, chunk), chunksize=1))
-        return time.perf_counter() - start, formatScaled(value, DIGITS)
+        wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu + treeCPU(workers) - used
+        return wall, cpu, formatScaled(value, DIGITS)
 
 
-def bcPipes(terms: int) -> tuple[float, str]:
+def bcPipes(terms: int) -> tuple[float, float, str]:
+    import resource
+
     from tests.compute_support import bcPipes as run
 
     start = time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         digits = run(terms, CHUNK, DIGITS, timeout=BC_LIMIT)
     except subprocess.TimeoutExpired:
-        return float("inf"), "stopped"
-    return time.perf_counter() - start, digits
+        return float("inf"), float("inf"), "stopped"
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+    return time.perf_counter() - start, cpu, digits
 
 
 class Site:
@@ -87,7 +121,12 @@ class Site:
     A coordinator (twistd compute) with local workers, or on Dask.
     """
 
-    def __init__(self, tmp: str, workers: list[int], engine: str | None = None) -> None:
+    def __init__(self, tmp: str, workers: list[int], engine: str | None = None, others: list[int] = ()) -> None:
+        """
+        @param others: more processes that work for this site (a Dask
+            cluster's), counted in its CPU time.
+        """
+        self.others = list(others)
         cert, key = ensureDevCertificate(os.path.join(tmp, "tls"))
         self.rpc, wport = freePort(), freePort()
         token = os.path.join(tmp, "w.token")
@@ -116,14 +155,16 @@ class Site:
         for _ in range(3):
             self.run(4 * sum(workers or [4]), 1)
 
-    def run(self, terms: int, chunk: int) -> tuple[float, str]:
-        start = time.perf_counter()
+    def run(self, terms: int, chunk: int) -> tuple[float, float, str]:
+        pids = [self.proc.pid, *(p.pid for p in self.workers), *self.others]
+        start, cpu, used = time.perf_counter(), time.process_time(), treeCPU(pids)
         job = self.server.submit("leibniz", terms, chunk, DIGITS)
         # wait() answers when the job finishes: no polling load on the coordinator.
         while self.server.wait(job, 300)["state"] not in ("done", "failed", "cancelled"):
             pass
-        elapsed = time.perf_counter() - start
-        return elapsed, str(self.server.result(job))
+        wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu + treeCPU(pids) - used
+        return wall, cpu, str(self.server.result(job))
 
     def stop(self) -> None:
         from tests.compute_support import killGroup
@@ -148,45 +189,46 @@ def jobTable(tmp: str) -> None:
     print(f"Job: Leibniz, {TERMS:,} terms in {n} chunks of {CHUNK:,}, {DIGITS} digits; {PROCS} processes"
           f" where parallel; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; best of {REPEATS}",
           flush=True)
-    base, reference = min(oneProcess(TERMS) for _ in range(REPEATS))
+    base, baseCPU, reference = min(oneProcess(TERMS) for _ in range(REPEATS))
     print(f"  one process: {base:.2f} s", flush=True)
     small = TERMS // 10
-    bcWall, bcDigits = bcPipes(small)
-    bcOk = bcDigits == oneProcess(small)[1]
+    bcWall, bcCPU, bcDigits = bcPipes(small)
+    bcOk = bcDigits == oneProcess(small)[2]
     print(f"  bc pipes, {small:,} terms: {bcWall:.2f} s", flush=True)
     cluster = DaskCluster(tmp, workers=PROCS)
+    daskPids = [p.pid for p in (cluster.scheduler, *cluster.workers)]
     sites = {
         "coordinator + 1 worker --procs 1": (Site(tmp, [1]), 1),
         "coordinator + 1 worker --procs 2": (Site(tmp, [2]), 2),
         "coordinator + 2 workers --procs 1": (Site(tmp, [1, 1]), 2),
-        "coordinator on Dask, 2 workers x 1 thread": (Site(tmp, [], engine=f"dask://127.0.0.1:{cluster.port}"), 2),
+        "coordinator on Dask, 2 workers x 1 thread":
+            (Site(tmp, [], engine=f"dask://127.0.0.1:{cluster.port}", others=daskPids), 2),
     }
-    best: dict[str, tuple[float, str]] = {}
+    best: dict[str, tuple[float, float, str]] = {}
     try:
         for _ in range(REPEATS):
             runs = [("multiprocessing.Pool(2).map", lambda: pool(TERMS, CHUNK))]
             runs += [(label, lambda site=site: site.run(TERMS, CHUNK)) for label, (site, _) in sites.items()]
             for label, run in runs:
                 result = run()
-                print(f"  {label}: {result[0]:.2f} s", flush=True)
+                print(f"  {label}: {result[0]:.2f} s, CPU {result[1]:.2f} s", flush=True)
                 best[label] = min(best.get(label, result), result)
     finally:
         for site, _ in sites.values():
             site.stop()
         cluster.stop()
-    results = [("one Python process (baseline)", 1, base, reference),
-               (f"seed: parallel bc pipes (measured on {small:,} terms, x10)", PROCS, bcWall * 10,
+    results = [("one Python process (baseline)", base, baseCPU, reference),
+               (f"seed: parallel bc pipes (measured on {small:,} terms, x10)", bcWall * 10, bcCPU * 10,
                 reference if bcOk else "different")]
-    results.append(("multiprocessing.Pool(2).map", PROCS, *best["multiprocessing.Pool(2).map"]))
-    results += [(label, parallel, *best[label]) for label, (_, parallel) in sites.items()]
+    results.append(("multiprocessing.Pool(2).map", *best["multiprocessing.Pool(2).map"]))
+    results += [(label, *best[label]) for label in sites]
     rows = []
     poolTime = best["multiprocessing.Pool(2).map"][0]
-    for label, parallel, wall, digits in results:
+    for label, wall, cpu, digits in results:
         ok = "same" if digits == reference else ("stopped" if digits == "stopped" else "DIFFERENT")
-        overhead = (wall * parallel - base) / n * 1000
-        rows.append([label, f"{wall:.2f}", f"{base / wall:.2f}", f"{wall / poolTime:.2f}",
-                     f"{overhead:.0f}" if wall != float("inf") else "-", ok])
-    print(table(rows, ["engine", "wall s", "speed-up", "vs Pool", "overhead ms/chunk", "digits"]))
+        overhead = "-" if label.startswith("seed") else f"{(cpu - baseCPU) / n * 1000:.1f}"
+        rows.append([label, f"{wall:.2f}", f"{cpu:.2f}", f"{base / wall:.2f}", f"{wall / poolTime:.2f}", overhead, ok])
+    print(table(rows, ["engine", "wall s", "CPU s", "speed-up", "vs Pool", "overhead CPU ms/chunk", "digits"]))
     print(f"digits: {reference}; load average now {os.getloadavg()[0]:.1f}")
     if any(r[-1] == "DIFFERENT" for r in rows):
         raise SystemExit("an engine gave different digits")
@@ -197,23 +239,29 @@ def sweep(tmp: str) -> None:
 
     print(f"\nChunk size sweep: {SWEEP_TERMS:,} terms, {PROCS} processes, best of {REPEATS}", flush=True)
     cluster = DaskCluster(tmp, workers=PROCS)
-    ours, dask = Site(tmp, [1, 1]), Site(tmp, [], engine=f"dask://127.0.0.1:{cluster.port}")
+    ours = Site(tmp, [1, 1])
+    dask = Site(tmp, [], engine=f"dask://127.0.0.1:{cluster.port}",
+                others=[p.pid for p in (cluster.scheduler, *cluster.workers)])
     runs = {
-        "multiprocessing.Pool(2)": lambda chunk: pool(SWEEP_TERMS, chunk)[0],
-        "coordinator + 2 workers": lambda chunk: ours.run(SWEEP_TERMS, chunk)[0],
-        "coordinator on Dask (2 workers)": lambda chunk: dask.run(SWEEP_TERMS, chunk)[0],
+        "multiprocessing.Pool(2)": lambda chunk: pool(SWEEP_TERMS, chunk),
+        "coordinator + 2 workers": lambda chunk: ours.run(SWEEP_TERMS, chunk),
+        "coordinator on Dask (2 workers)": lambda chunk: dask.run(SWEEP_TERMS, chunk),
     }
     series: dict[str, list[float]] = {name: [] for name in runs}
+    cpus: dict[str, list[float]] = {name: [] for name in runs}
     try:
         for chunk in SWEEP_CHUNKS:
             for name, run in runs.items():
-                series[name].append(min(run(chunk) for _ in range(REPEATS)))
+                wall, cpu, _ = min(run(chunk) for _ in range(REPEATS))
+                series[name].append(wall)
+                cpus[name].append(cpu)
     finally:
         ours.stop()
         dask.stop()
         cluster.stop()
-    rows = [[f"{c:,}", f"{-(-SWEEP_TERMS // c):,}", *(f"{series[k][i]:.2f}" for k in series)]
+    rows = [[f"{c:,}", f"{-(-SWEEP_TERMS // c):,}", *(f"{series[k][i]:.2f} / {cpus[k][i]:.2f}" for k in series)]
             for i, c in enumerate(SWEEP_CHUNKS)]
+    print("wall s / CPU s")
     print(table(rows, ["chunk", "chunks", *series]))
     import matplotlib
 
