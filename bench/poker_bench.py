@@ -48,7 +48,7 @@ def startServer(kind: str, port: int, db: str, pause: float) -> subprocess.Popen
     ]
     if kind == "twistd":
         cmd = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "-l", db + ".log", "poker",
-               "--listen", f"tcp:{port}:interface=127.0.0.1", *common]
+               "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024", *common]
     else:
         cmd = [os.path.join(BIN, "poker-threaded"), "--listen", f"127.0.0.1:{port}", *common]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -75,7 +75,7 @@ async def case(reactor: Any, kind: str, tables: int, pause: float, think: float,
         began = time.monotonic()
         stats = await runBots(
             reactor, "127.0.0.1", port, tables * BOTS_PER_TABLE, tables, 1 << 60, "random", think,
-            prefix=f"b{tables}", timeout=600, connectAtOnce=200, duration=PLAY, onSeated=seated,
+            prefix=f"b{tables}", timeout=300, connectAtOnce=50, duration=PLAY, onSeated=seated,
         )
         times = server.cpu_times()
         serverCpu = times.user + times.system - cpu[0]

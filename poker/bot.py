@@ -323,9 +323,10 @@ async def runBots(
 
     spectators = [await spectate(name) for name in names]
     stats.started = time.monotonic()
-    seated = await gatherResults(
+    seating = gatherResults(
         [Deferred.fromCoroutine(_limited(limit, seatBot, i)) for i in range(bots)], consumeErrors=True
     )
+    seated = await seating.addTimeout(timeout, reactor)
     def giveUp() -> None:
         if not stats.done.called:
             stats.done.errback(TimeoutError())

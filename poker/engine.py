@@ -14,6 +14,7 @@ the button, so index 0 posts the small blind and the last is the button
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
@@ -153,6 +154,17 @@ class Step:
     pot: int = 0
 
 
+@functools.lru_cache(maxsize=256)
+def _games(smallBlind: int, bigBlind: int, ante: int) -> tuple[Any, Any]:
+    """
+    pokerkit's game for these stakes (it names the variant in hand
+    histories), and the same game played with the remembering evaluator;
+    both are descriptions only, shared by every hand at those stakes.
+    """
+    args = (AUTOMATIONS, True, ante, (smallBlind, bigBlind), bigBlind)
+    return NoLimitTexasHoldem(*args, mode=Mode.CASH_GAME), _Holdem(*args, mode=Mode.CASH_GAME)
+
+
 def cardText(card: Any) -> str:
     """
     A card as the wire writes it: rank then suit, C{Ah}, C{Td}, C{2c}.
@@ -165,6 +177,10 @@ def parseCards(text: str) -> list[Any]:
     Cards written together (C{AhTd2c}) as pokerkit's cards.
     """
     return list(Card.parse(text))
+
+
+#: pokerkit's card for each of the wire's 52.
+_CARDS = {cardText(c): c for c in Card.parse("".join(r + s for r in "23456789TJQKA" for s in "cdhs"))}
 
 
 @dataclass
@@ -190,21 +206,9 @@ class Hand:
     _lastBetStreet: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.game = NoLimitTexasHoldem(
-            AUTOMATIONS,
-            True,
-            self.ante,
-            (self.smallBlind, self.bigBlind),
-            self.bigBlind,
-            mode=Mode.CASH_GAME,
-        )
-        # Played with the remembering evaluator; self.game, pokerkit's own
-        # class, names the variant in the hand history.
-        rules = _Holdem(
-            AUTOMATIONS, True, self.ante, (self.smallBlind, self.bigBlind), self.bigBlind, mode=Mode.CASH_GAME
-        )
+        self.game, rules = _games(self.smallBlind, self.bigBlind, self.ante)
         self.state = rules(list(self.stacks), len(self.stacks))
-        self.state.deck_cards = deque(parseCards("".join(self.deck)))
+        self.state.deck_cards = deque(_CARDS[c] for c in self.deck)
 
     @property
     def over(self) -> bool:
