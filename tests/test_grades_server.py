@@ -13,6 +13,7 @@ from zope.interface.verify import verifyObject
 from grades.auth import GradesRealm
 from grades.interfaces import IGradesUser, IGradeStore
 from grades.store import Role
+from tests.bftp_support import FakeReactor
 from tests.grades_support import PASSWORD, SEED, SEED_REPLY, World
 
 
@@ -394,3 +395,55 @@ def test_interfaces(world):
     assert verifyObject(IGradeStore, world.store)
     assert verifyObject(IGradesUser, Role("a", "1", frozenset({"MATH"})))
     assert verifyObject(IRealm, GradesRealm(world.store))
+
+
+def test_loginsAndWritesAreLoggedWithoutPasswords(world):
+    """A login, a failed login and a SET are logged (who, what), and no log event carries a password."""
+    from twisted.internet.testing import EventLoggingObserver
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    try:
+        peer = world.connect()
+        peer.send(b"HELLO GRADES/2\nUSER mia\nPASS wrong-secret-1\nUSER mia\n")
+        peer.send(f"PASS {PASSWORD}\nSET 051883261 MATH 91\n".encode())
+        assert peer.lines()[-1] == "OK 051883261 MATH 87 -> 91"
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    texts = [formatEvent(e) for e in observer]
+    assert any("logged in as mia (instructor)" in t for t in texts), texts
+    assert any("mia set 051883261 MATH 87 -> 91" in t for t in texts), texts
+    assert any("failed login for mia" in t for t in texts), texts
+    assert not any("wrong-secret-1" in t or PASSWORD in t for t in texts)
+    assert not any("wrong-secret-1" in repr(e) or PASSWORD in repr(e) for e in observer)
+
+
+def test_tapOptions(tmp_path):
+    """twistd grades' options reach the store (roles, demo data) and the factory (limits, demo mode); bad values are usage errors."""
+    from twisted.python import usage
+
+    from grades import tap
+
+    options = tap.Options()
+    options.parseOptions([
+        "--db", f"sqlite:{tmp_path / 'g.sqlite'}", "--public-demo", "--user", "ann:pw", "--student", "ann:051883261",
+        "--instructor", "bob:math,cs-101", "--instructor", "bob:HISTORY", "--idle-timeout", "9", "--max-import", "100",
+        "--max-per-address", "3",
+    ])
+    fake = FakeReactor()
+    store = tap.makeStore(options, reactor=fake, pool=fake.getThreadPool())
+    got: list = []
+    store.role("bob").addCallback(got.append)
+    store.role("ann").addCallback(got.append)
+    store.name("051883261").addCallback(got.append)
+    assert got == [Role("bob", None, frozenset({"MATH", "CS-101", "HISTORY"})), Role("ann", "051883261"), "DAN HACKER"]
+    factory = tap.makeFactory(options, store, reactor=fake)
+    assert (factory.publicDemo, factory.idleTimeout, factory.maxImport, factory.admission.maxPerAddress) == (
+        True, 9, 100, 3)
+    store.close()
+    for bad in (["--student", "ann"], ["--student", "ann:12x"], ["--instructor", "bob:"], ["--db", "mysql://x"]):
+        options = tap.Options()
+        with pytest.raises(usage.UsageError):
+            options.parseOptions(bad)
+            tap.makeStore(options, pool=object())
