@@ -388,3 +388,54 @@ def test_tablesFileAndOptions(tmp_path):
     assert [c.name for c in options["table-configs"]] == ["demo1", "demo2"]
     with pytest.raises(Exception, match="nobody could play"):
         Options().parseOptions(["--db", str(tmp_path / "db")])
+
+
+def test_terminalViewDrawsTheTable():
+    """The terminal client's view shows the board, the pots, every seat with its stack, your cards and what you may do when it is your turn; shortcuts expand to commands."""
+    import io
+
+    from poker.client import parseEvent
+
+    out = io.StringIO()
+    view = cli.TableView(out)
+    view.me = "ann"
+    for line in [
+        "HAND t1 3 button=1 commit=ab",
+        "SEATS t1 2:bob:98 1:ann:100",
+        "DEAL t1 Ah Kd",
+        "BOARD t1 2c 7d 9h",
+        "POTS t1 6:2,1",
+        "TURN t1 1 call=4 min=8 max=100 deadline=30",
+    ]:
+        view.event(parseEvent(line))
+    text = out.getvalue()
+    assert "board: 2c 7d 9h   pots: 6:2,1" in text
+    assert "-> seat 1: ann (100)  Ah Kd" in text and "   seat 2: bob (98)" in text
+    assert "your turn (to call 4; bet/raise to 8..100; 30 s)" in text
+    assert cli.expand("r 20") == "ACT RAISE 20" and cli.expand("c") == "ACT CALL" and cli.expand("TABLES") == "TABLES"
+
+
+@pytest.mark.parametrize("strategy", ["random", "call", "tight"])
+def test_botStrategiesChooseLegalActions(strategy):
+    """Every bot strategy only ever chooses an action its TURN line allows."""
+    from poker.bot import Bot, Stats
+
+    rng = random.Random(strategy)
+    bot = Bot.__new__(Bot)
+    bot.strategy, bot.rng, bot.stats = strategy, rng, Stats(1)
+    for _ in range(2000):
+        cards = rng.sample([r + s for r in "23456789TJQKA" for s in "cdhs"], 7)
+        bot.holes, bot.board = cards[:2], cards[2 : 2 + rng.choice([0, 3, 4, 5])]
+        call = rng.choice([0, 0, 1, 2, 10, 50])
+        low = rng.choice([0, 2, 4, 20])
+        high = 0 if low == 0 else rng.randint(low, 200)
+        verb, amount = bot.choose(call, low, high)
+        if verb in ("BET", "RAISE"):
+            assert high and low <= amount <= high
+            assert verb == ("RAISE" if call or not bot.board else "BET")
+        elif verb == "CHECK":
+            assert call == 0
+        elif verb == "CALL":
+            assert call > 0
+        else:
+            assert verb == "FOLD" and amount is None
