@@ -78,6 +78,8 @@ class Job:
     finished: float | None = None
     #: Chunks done when the job finished (its values are then dropped).
     doneCount: int = 0
+    #: Chunks whose values the store has kept (what status calls done).
+    kept: int = 0
 
     @property
     def ranges(self) -> list[tuple[int, int]]:
@@ -154,6 +156,7 @@ class Scheduler:
                 job.doneCount = job.total if job.state == "done" else 0
                 self._remember(job.id)
                 continue
+            job.kept = len(job.values)
             job.state = "running" if job.values else "queued"
             missing = [i for i in range(job.total) if i not in job.values]
             self._log.info("resuming job {job}: {done}/{total} chunks done",
@@ -200,7 +203,7 @@ class Scheduler:
             "terms": job.terms,
             "chunk": job.chunk,
             "digits": job.digits,
-            "chunks_done": job.doneCount if job.state in FINISHED else len(job.values),
+            "chunks_done": job.doneCount if job.state in FINISHED else job.kept,
             "chunks_total": job.total,
             "chunks_leased": sum(1 for i in range(job.total) if self._leased.get((job.id, i))),
             "terms_done": doneTerms + running if job.state != "done" else job.terms,
@@ -216,7 +219,7 @@ class Scheduler:
             return job.result
         if job.state in ("failed", "cancelled"):
             raise JobError(NOT_DONE, f"job {job.id} {job.state}" + (f": {job.error}" if job.error else ""))
-        raise JobError(NOT_DONE, f"job {job.id} is {job.state}: {len(job.values)}/{job.total} chunks done;"
+        raise JobError(NOT_DONE, f"job {job.id} is {job.state}: {job.kept}/{job.total} chunks done;"
                                  " call status until its state is done")
 
     def cancel(self, jobId: int) -> Deferred:
@@ -376,9 +379,14 @@ class Scheduler:
             # Another holder's lease on the same chunk: its result will be a duplicate.
             self._drop(other)
         d = self.store.addChunk(jobId, index, value, str(getattr(holder, "name", holder)))
-        if len(job.values) == job.total:
-            d.addCallback(lambda _: self._finish(job))
-        return d.addCallback(lambda _: (True, "accepted"))
+
+        def kept(_) -> Any:
+            job.kept += 1
+            if job.kept == job.total:
+                return self._finish(job)
+            return None
+
+        return d.addCallback(kept).addCallback(lambda _: (True, "accepted"))
 
     def abandon(self, leaseId: int) -> None:
         """
@@ -407,7 +415,7 @@ class Scheduler:
 
     def _close(self, job: Job) -> Deferred:
         job.finished = self._now()
-        job.doneCount = job.total if job.state == "done" else len(job.values)
+        job.doneCount = job.total if job.state == "done" else job.kept
         job.values = {}
         job.progress = {}
         for key in [key for key in self._leased if key[0] == job.id]:

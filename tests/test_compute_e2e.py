@@ -97,11 +97,12 @@ def test_coordinatorKilledMidJobResumes(coordinator):
     coordinator.worker(procs=1)
     terms, chunk, digits = 1_500_000, 50_000, 200
     job = s.submit("leibniz", terms, chunk, digits)
-    waitFor(s, job, lambda st: st["chunks_done"] >= 3)
+    before = waitFor(s, job, lambda st: st["chunks_done"] >= 3)
     coordinator.kill()
+    assert before["state"] == "running"
     coordinator.start()
     resumed = coordinator.proxy().status(job)
-    assert resumed["chunks_done"] >= 3 and resumed["state"] in ("running", "done")
+    assert resumed["chunks_done"] >= before["chunks_done"] and resumed["state"] in ("running", "done")
     waitFor(coordinator.proxy(), job, lambda st: st["state"] == "done", timeout=90)
     assert coordinator.proxy().result(job) == formatScaled(leibnizChunk(0, terms, digits), digits)
 
