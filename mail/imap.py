@@ -57,7 +57,17 @@ from mail.imap_sort import (
     sortValue,
     threadMessage,
 )
-from mail.mime import Entity, crlf, envelope, quote, render, section, structure
+from mail.mime import (
+    Entity,
+    binarySection,
+    crlf,
+    encodeBinaryParts,
+    envelope,
+    quote,
+    render,
+    section,
+    structure,
+)
 from mail.protocol import MailFactory, MailReceiver
 from mail.maildir import (
     DELIMITER,
@@ -77,7 +87,9 @@ _log = Logger()
 #: at least 8192).
 LINE_MAX = 65536
 #: One message of an APPEND: flags, date-time, literal (RFC 3501 6.3.11).
-_APPEND_ONE = re.compile(rb'\s*(?:\((?P<flags>[^()]*)\)\s*)?(?:"(?P<date>[^"]*)"\s*)?\{(?P<size>\d{1,12})\}')
+_APPEND_ONE = re.compile(
+    rb'\s*(?:\((?P<flags>[^()]*)\)\s*)?(?:"(?P<date>[^"]*)"\s*)?(?P<binary>~?)\{(?P<size>\d{1,12})\}'
+)
 #: MULTIAPPEND's bounds: messages in one APPEND, and octets in all as a
 #: multiple of the largest message.
 MULTIAPPEND_MAX = 1000
@@ -85,6 +97,7 @@ MULTIAPPEND_FACTOR = 4
 #: CONDSTORE's FETCH item and modifiers (RFC 7162).
 _MODSEQ_ITEM = re.compile(rb"(?<![\w.\[\]-])MODSEQ(?![\w.\[\]-])", re.I)
 _CHANGEDSINCE = re.compile(rb"\s*\(\s*CHANGEDSINCE\s+(\d{1,19})\s*\)\s*$", re.I)
+_BINARY_ITEM = re.compile(rb"(?<![\w.])BINARY(\.PEEK|\.SIZE)?\[(\d+(?:\.\d+)*)?\](?:<(\d{1,10})\.(\d{1,10})>)?", re.I)
 _UNCHANGEDSINCE = re.compile(rb"\(\s*UNCHANGEDSINCE\s+(\d{1,19})\s*\)\s*", re.I)
 #: A non-synchronizing literal at the end of a line (RFC 7888).
 _LITERAL_PLUS = re.compile(rb"\{(\d{1,10})\+\}$")
@@ -899,6 +912,23 @@ def fetchItems(msg: MaildirMessage, query: list[Any], uid: int) -> list[bytes]:
             items.append(b"RFC822.TEXT " + _literal(msg.part.body))
         elif kind == "rfc822":
             items.append(b"RFC822 " + _literal(msg.part.data))
+        elif kind in ("binary", "binarysize"):
+            path = p.part
+            try:
+                data = binarySection(msg.part, path)
+            except ValueError:
+                raise UnknownEncoding()
+            data = b"" if data is None else data
+            label = b"[" + b".".join(b"%d" % n for n in path) + b"]"
+            if kind == "binarysize":
+                items.append(b"BINARY.SIZE" + label + b" %d" % len(data))
+                continue
+            label = b"BINARY" + label
+            if p.partialBegin is not None:
+                data = data[p.partialBegin : p.partialBegin + p.partialLength]
+                label += b"<%d>" % (p.partialBegin,)
+            # A literal8 (RFC 3516) only where an ordinary one cannot go.
+            items.append(label + b" " + (b"~" if b"\x00" in data else b"") + _literal(data))
         elif kind == "body" and not (p.header or p.text or p.mime or p.empty):
             items.append(b"BODY " + render(structure(msg.part, False)))
         elif kind == "body":
@@ -912,6 +942,26 @@ def fetchItems(msg: MaildirMessage, query: list[Any], uid: int) -> list[bytes]:
                 label += b"<%d>" % (p.partialBegin,)
             items.append(label + b" " + _literal(data))
     return items
+
+
+class UnknownEncoding(Exception):
+    """
+    BINARY asked for a part whose Content-Transfer-Encoding is not known.
+    """
+
+
+class BinaryItem:
+    """
+    A FETCH BINARY[...], BINARY.PEEK[...] or BINARY.SIZE[...] item.
+    """
+
+    def __init__(self, match: re.Match[bytes]) -> None:
+        kind = (match.group(1) or b"").upper()
+        self.type = "binarysize" if kind == b".SIZE" else "binary"
+        self.peek = kind == b".PEEK"
+        self.part = [int(n) for n in match.group(2).split(b".")] if match.group(2) else []
+        self.partialBegin = int(match.group(3)) if match.group(3) is not None else None
+        self.partialLength = int(match.group(4)) if match.group(4) is not None else None
 
 
 def _literal(data: bytes) -> bytes:
@@ -984,6 +1034,7 @@ EXTENSIONS = [
     b"CHILDREN",
     b"SPECIAL-USE",
     b"LIST-EXTENDED",
+    b"BINARY",
 ]
 
 #: RFC 6154 attributes of the folders that mail clients make by these names.
@@ -1062,11 +1113,15 @@ def _needsSeen(query: list[Any]) -> bool:
             part.header or part.text or part.mime or part.empty
         ):
             return True
+        if part.type == "binary" and not part.peek:
+            return True
     return False
 
 
 #: FETCH items that read a message's contents.
-_CONTENT_ITEMS = frozenset(["envelope", "rfc822header", "rfc822text", "rfc822", "body", "bodystructure"])
+_CONTENT_ITEMS = frozenset(
+    ["envelope", "rfc822header", "rfc822text", "rfc822", "body", "bodystructure", "binary", "binarysize"]
+)
 def _needsContents(query: list[Any]) -> bool:
     return any(part.type in _CONTENT_ITEMS for part in query)
 
@@ -1745,6 +1800,9 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
                 )
             flags = m.group("flags").split() if m.group("flags") is not None else []
             data, line = await self._fileLiteral(size)
+            if m.group("binary"):
+                # A literal8 (RFC 3516 4.4): binary parts are stored base64.
+                data = io.BytesIO(encodeBinaryParts(data.read()))
             messages.append((flags, m.group("date"), data))
 
     async def _append(self, name: str, messages: list[tuple[list[str], float | None, Any]]) -> bytes:
@@ -1969,15 +2027,17 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             changedSince = int(m.group(1))
             line = line[: m.start()]
         line, count = _MODSEQ_ITEM.subn(b"", line)
-        line = line.strip()
-        if line in (b"", b"()"):
-            if not count and changedSince is None:
-                raise imap4.IllegalClientResponse("FETCH needs at least one item")
-            return ([], True, changedSince), b""
+        # BINARY (RFC 3516) items, which Twisted's parser does not know.
+        binary = [BinaryItem(m) for m in _BINARY_ITEM.finditer(line)]
+        line = _BINARY_ITEM.sub(b"", line).strip()
         if line.startswith(b"(") and line.endswith(b")"):
             line = b"(" + b" ".join(line[1:-1].split()) + b")"
+        if line in (b"", b"()"):
+            if not count and changedSince is None and not binary:
+                raise imap4.IllegalClientResponse("FETCH needs at least one item")
+            return (list(binary), bool(count), changedSince), b""
         query, rest = imap4.IMAP4Server.arg_fetchatt(self, line)
-        return (query, bool(count), changedSince), rest
+        return (list(query) + binary, bool(count), changedSince), rest
 
     def do_FETCH(self, tag: bytes, messages: imap4.MessageSet, items: tuple[list[Any], bool, int | None], uid: int = 0) -> None:
         query, modseq, changedSince = items
@@ -1993,15 +2053,13 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         seen.addCallback(
             lambda _: Deferred.fromCoroutine(self._fetch(mbox, messages, query, uid, withModseq, changedSince))
         )
-        seen.addCallbacks(
-            lambda vanished: self.sendNegativeResponse(
-                tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist"
-            )
-            if vanished
-            else self.sendPositiveResponse(tag, b"FETCH completed"),
-            self._failed,
-            errbackArgs=(tag, b"FETCH"),
-        )
+        def answer(trouble: bytes | None) -> None:
+            if trouble is None:
+                self.sendPositiveResponse(tag, b"FETCH completed")
+            else:
+                self.sendNegativeResponse(tag, trouble)
+
+        seen.addCallbacks(answer, self._failed, errbackArgs=(tag, b"FETCH"))
 
     select_FETCH = _command(do_FETCH, imap4.IMAP4Server.arg_seqset, arg_fetchItems)
 
@@ -2013,14 +2071,15 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
         uid: int,
         withModseq: bool = False,
         changedSince: int | None = None,
-    ) -> bool:
+    ) -> bytes | None:
         """
         Send the FETCH data of each message, one at a time, each once the
         client has read the last (a FETCH of a whole mailbox is not queued
-        in the transport); whether some had been expunged by others.
+        in the transport); what the NO says if some could not be sent
+        (expunged by others, or BINARY of an unknown encoding).
         """
         contents = _needsContents(query)
-        vanished = False
+        trouble = None
         for seq, msg in mbox.fetch(messages, uid):
             if changedSince is not None and (msg.folder is None or msg.folder.modseq(msg.uid) <= changedSince):
                 continue
@@ -2028,17 +2087,20 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             if contents and not msg.vanished:
                 await msg.load()
             if msg.vanished:
-                vanished = True
+                trouble = b"[EXPUNGEISSUED] Some of the requested messages no longer exist"
                 continue
             self.resetTimeout()
             try:
                 items = fetchItems(msg, query, uid)
-                if withModseq and msg.folder is not None:
-                    items.append(b"MODSEQ (%d)" % (msg.folder.modseq(msg.uid),))
-                self.transport.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
+            except UnknownEncoding:
+                trouble = b"[UNKNOWN-CTE] A part has a Content-Transfer-Encoding BINARY cannot undo"
+                continue
             finally:
                 msg.unload()
-        return vanished
+            if withModseq and msg.folder is not None:
+                items.append(b"MODSEQ (%d)" % (msg.folder.modseq(msg.uid),))
+            self.transport.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
+        return trouble
 
     def do_SEARCH(self, tag: bytes, charset: Any, query: Any, uid: int = 0) -> None:
         returns: list[str] | None = None

@@ -14,6 +14,7 @@ fetch.
 
 from __future__ import annotations
 
+import binascii
 import re
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -317,6 +318,106 @@ def section(message: Entity, path: list[int], spec: str, fields: list[bytes] | N
     if spec == "HEADER":
         return target.header
     return target.headerLines(fields or [], spec == "HEADER.FIELDS.NOT")
+
+
+# -- BINARY (RFC 3516) ---------------------------------------------------------------
+
+_BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decodeQuotedPrintable(body: bytes) -> bytes:
+    """
+    RFC 2045 6.7: trailing blanks dropped, soft line breaks (C{=} at the
+    end of a line, blanks after it allowed) joined, C{=XX} decoded, any
+    other C{=} kept; hard line breaks stay CRLF.
+    """
+    lines = body.split(b"\r\n")
+    out = []
+    for n, line in enumerate(lines):
+        last = n == len(lines) - 1
+        line = line.rstrip(b" \t")
+        if line.endswith(b"="):
+            out.append(_QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), line[:-1]))
+        else:
+            out.append(_QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), line) + (b"" if last else b"\r\n"))
+    return b"".join(out)
+
+
+def decodeBase64(body: bytes) -> bytes:
+    """
+    Base64 with whatever is not of its alphabet ignored, and decoding
+    stopped at the padding.
+    """
+    data = _BASE64_JUNK.sub(b"", body.split(b"=", 1)[0])
+    data = data[: len(data) - len(data) % 4] + {0: b"", 2: data[len(data) - 2 :] + b"==", 3: data[len(data) - 3 :] + b"="}.get(len(data) % 4, b"")
+    return binascii.a2b_base64(data) if data else b""
+
+
+def decodedBody(entity: Entity) -> bytes | None:
+    """
+    The body of C{entity} with its Content-Transfer-Encoding undone, or
+    L{None} for an encoding not known (BINARY answers [UNKNOWN-CTE]).
+    """
+    encoding = (entity.field("content-transfer-encoding") or b"7bit").strip().lower()
+    if encoding in (b"7bit", b"8bit", b"binary"):
+        return entity.body
+    if encoding == b"base64":
+        return decodeBase64(entity.body)
+    if encoding == b"quoted-printable":
+        return decodeQuotedPrintable(entity.body)
+    return None
+
+
+def binarySection(message: Entity, path: list[int]) -> bytes | None:
+    """
+    BINARY[path]: the part decoded (the whole message, as is, for no
+    path); L{None} if there is no such part, L{ValueError} for an unknown
+    encoding.
+    """
+    if not path:
+        return message.data
+    part = locate(message, path)
+    if part is None:
+        return None
+    if part.isMultipart or part.isMessage:
+        return part.body
+    decoded = decodedBody(part)
+    if decoded is None:
+        raise ValueError("unknown Content-Transfer-Encoding")
+    return decoded
+
+
+def encodeBinaryParts(data: bytes) -> bytes:
+    """
+    A message with its binary parts (Content-Transfer-Encoding: binary)
+    re-encoded as base64, so that it is 7-bit clean where it was not
+    (RFC 3516 4.4: APPEND of a literal8).
+    """
+    message = Entity(data)
+    changes: list[tuple[int, int, bytes]] = []
+
+    def walk(entity: Entity, start: int) -> None:
+        if entity.isMultipart:
+            offset = entity.data.find(entity.body) if entity.body else len(entity.data)
+            for child in entity.children:
+                at = entity.data.find(child.data, offset) if child.data else -1
+                if at >= 0:
+                    walk(child, start + at)
+                    offset = at + len(child.data)
+            return
+        encoding = (entity.field("content-transfer-encoding") or b"").strip().lower()
+        if encoding != b"binary":
+            return
+        header = re.sub(rb"(?im)^(content-transfer-encoding:[ \t]*)binary(?=[ \t]*\r?$)", rb"\1base64", entity.header)
+        encoded = binascii.b2a_base64(entity.body, newline=False)
+        lines = b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+        changes.append((start, start + len(entity.data), header + lines + b"\r\n"))
+
+    walk(message, 0)
+    for begin, end, replacement in sorted(changes, reverse=True):
+        data = data[:begin] + replacement + data[end:]
+    return data
 
 
 # -- BODYSTRUCTURE -----------------------------------------------------------------

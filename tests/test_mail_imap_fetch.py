@@ -197,3 +197,34 @@ def test_uid_expunge_removes_only_the_named(store, clock, pool):
     s.say(b"b STORE 1:2 +FLAGS.SILENT (\\Deleted)\r\n")
     assert s.say(b"c UID EXPUNGE 2\r\n") == [b"* 2 EXPUNGE", b"c OK EXPUNGE completed"]
     assert s.say(b"d EXPUNGE\r\n") == [b"* 1 EXPUNGE", b"d OK EXPUNGE completed"]
+
+
+def test_binary_fetch_decodes_parts(store, clock, pool):
+    """BINARY[part] undoes the transfer encoding (base64, quoted-printable), BINARY.SIZE counts it, partials slice it."""
+    inbox = store.maildir("alice")
+    writeMessageFile(
+        inbox,
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+        b"aGVs\r\n bG8g d29y bGQ=\r\n--b\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        b"caf=C3=A9 =\r\nsoft  \r\nend\r\n--b\r\nContent-Transfer-Encoding: x-unknown\r\n\r\n??\r\n--b--\r\n",
+    )
+    s = selected(store, clock, pool)
+    assert s.say(b"b FETCH 3 (BINARY.SIZE[1] BINARY.PEEK[1])\r\n")[:2] == [
+        b"* 3 FETCH (BINARY.SIZE[1] 11 BINARY[1] {11}",
+        b"hello world)",
+    ]
+    reply = literalReply(s.say(b"c FETCH 3 (BINARY.PEEK[2] BINARY.PEEK[1]<6.5>)\r\n"))
+    assert reply.startswith(b"* 3 FETCH (BINARY[2] {15}\r\ncaf\xc3\xa9 soft\r\nend BINARY[1]<6> {5}\r\nworld)")
+    assert s.say(b"d FETCH 3 (BINARY.PEEK[3])\r\n") == [
+        b"d NO [UNKNOWN-CTE] A part has a Content-Transfer-Encoding BINARY cannot undo"
+    ]
+
+
+def test_append_literal8_stores_binary_parts_as_base64(store, clock, pool):
+    """An APPEND literal8 (~{n}) keeps its octets, NUL included, but stores a binary part base64-encoded."""
+    s = selected(store, clock, pool)
+    message = b"Content-Transfer-Encoding: binary\r\n\r\n\x00\xff\n\r\n"
+    lines = s.say(b"b APPEND INBOX ~{%d+}\r\n%s\r\n" % (len(message), message))
+    assert lines[-1].startswith(b"b OK [APPENDUID")
+    reply = literalReply(s.say(b"c FETCH 3 (BINARY.PEEK[1] BODY.PEEK[1])\r\n"))
+    assert reply.startswith(b"* 3 FETCH (BODY[1] {10}\r\nAP8KDQo=\r\n BINARY[1] ~{5}\r\n\x00\xff\n\r\n)")

@@ -29,7 +29,8 @@ WORDS = [
     b"BODY[HEADER.FIELDS (SUBJECT)]<0.10>", b"BODY[TEXT]<5>", b"BODYSTRUCTURE", b"ENVELOPE", b"RFC822",
     b"(UID FLAGS", b"[", b"]", b"<", b"%", b"&-", b"&Jjo-", b"CHARSET", b"UTF-8", b"OR", b"NOT", b"HEADER",
     b"SUBJECT", b"SINCE", b"1-Jan-2020", b"UID", b"FETCH", b"(MESSAGES UNSEEN)", b"\"01-Jan-2020 00:00:00 +0000\"",
-    b"{0}", b"\\", b"\x00", b"\xff\xfe", b"{3+}",
+    b"{0}", b"\\", b"\x00", b"\xff\xfe", b"{3+}", b"BINARY[1]", b"BINARY.SIZE[2.1]", b"BINARY.PEEK[]<0.3>",
+    b"~{2}", b"MODSEQ", b"(CHANGEDSINCE 1)", b"(UNCHANGEDSINCE 5)", b"RETURN", b"(MIN COUNT)", b"(SUBSCRIBED)",
 ]
 
 line = st.builds(
