@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -18,6 +18,10 @@ from zope.interface import implementer
 from compute.interfaces import IEngine
 from compute.jobs import BadResult, Lease
 from compute.series import computeChunk
+
+
+#: Seconds between attempts to reach the Dask scheduler.
+RETRY = 5.0
 
 
 def parseEngine(text: str) -> str | None:
@@ -57,6 +61,7 @@ class DaskEngine:
         self.client: Any = None
         self._waiting: set[Deferred] = set()
         self._stopping = False
+        self._retry: Any = None
 
     def _inThread(self, f, *args) -> Deferred:
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
@@ -78,7 +83,10 @@ class DaskEngine:
                 self._take()
 
         def failed(failure) -> None:
-            self._log.failure("dask engine: cannot reach the scheduler at {address}", failure, address=self.address)
+            self._log.error("dask engine: cannot reach the scheduler at {address} ({error}); trying again in"
+                            " {delay} s", address=self.address, error=failure.value, delay=RETRY)
+            if not self._stopping:
+                self._retry = self._reactor.callLater(RETRY, self.start)
 
         return self._inThread(connect).addCallbacks(connected, failed)
 
@@ -110,12 +118,14 @@ class DaskEngine:
             self.scheduler.abandon(lease.id)
             self._reactor.callLater(1.0, self._take)
             return
-        d = self.scheduler.complete(lease.id, lease.job, lease.index, value, self)
+        d = maybeDeferred(self.scheduler.complete, lease.id, lease.job, lease.index, value, self)
         d.addErrback(lambda f: f.trap(BadResult, CancelledError))
         d.addBoth(lambda _: self._take())
 
     def stop(self) -> Deferred:
         self._stopping = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         for d in list(self._waiting):
             d.cancel()
         self.scheduler.release(self)

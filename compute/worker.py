@@ -42,6 +42,20 @@ def slices(start: int, stop: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, stop)) for a in range(start, stop, size)]
 
 
+def dieWithParent() -> None:
+    """
+    In a computing process: be killed when the worker dies, even by
+    SIGKILL (Linux's PR_SET_PDEATHSIG), rather than wait forever for work.
+    """
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 class WorkerProtocol(amp.AMP):
     """
     The worker's end of the connection: answers L{Refused}.
@@ -72,7 +86,8 @@ class Worker:
         self.token = token
         self.procs = procs
         # spawn: the children do not inherit the reactor's threads or sockets.
-        self.pool = pool or concurrent.futures.ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = pool or concurrent.futures.ProcessPoolExecutor(
+            procs, mp_context=multiprocessing.get_context("spawn"), initializer=dieWithParent)
         self.chunksDone = 0
         self.termsDone = 0
         self._reported = 0.0

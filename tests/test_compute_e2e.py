@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import xmlrpc.client
 
+import psutil
 import pytest
 import pytest_twisted
 from twisted.web.xmlrpc import Fault
 
 from compute.series import formatScaled, leibnizChunk
-from tests.compute_support import Coordinator, bcPipes, killGroup, waitFor
+from tests.compute_support import Coordinator, bcPipes, waitFor
 
 
 @pytest.fixture
@@ -75,14 +77,18 @@ def test_stdlibClientFaultsAndMulticall(coordinator):
 
 
 def test_workerKilledMidJobResultStillExact(coordinator):
-    """A worker SIGKILLed (with its computing processes) mid-job: its chunks are issued again and the result is exact."""
+    """A worker SIGKILLed mid-job: its computing processes die with it, its chunks are issued again and the result is exact."""
     coordinator.start(leaseTimeout=30)
     s = coordinator.proxy()
     first = coordinator.worker(procs=1)
     terms, chunk, digits = 1_500_000, 50_000, 200
     job = s.submit("leibniz", terms, chunk, digits)
     before = waitFor(s, job, lambda st: st["chunks_done"] >= 2 and st["chunks_leased"] >= 1)
-    killGroup(first)
+    computing = psutil.Process(first.pid).children(recursive=True)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    _, alive = psutil.wait_procs(computing, timeout=15)
+    assert computing and not alive, "the dead worker's computing processes must not linger"
     assert before["state"] == "running" and before["chunks_done"] < before["chunks_total"]
     coordinator.worker(procs=2)
     done = waitFor(s, job, lambda st: st["state"] == "done", timeout=90)
