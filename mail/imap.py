@@ -1964,6 +1964,11 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             else:
                 self.sendPositiveResponse(tag, b"STORE completed")
 
+        if unchangedSince is not None and not messages.ranges:
+            # Every message named was changed since (an empty MessageSet
+            # cannot be asked what it holds).
+            stored({})
+            return
         maybeDeferred(mbox.store, messages, names, modes[kind], uid).addCallbacks(
             stored, self._failed, errbackArgs=(tag, b"STORE")
         )

@@ -150,6 +150,9 @@ def test_condstore_modseqs(s, store):
     assert s.say(b"d SEARCH MODSEQ %d\r\n" % changed) == [b"* SEARCH 2 (MODSEQ %d)" % changed, b"d OK SEARCH completed"]
     lines = s.say(b"e STORE 1:2 (UNCHANGEDSINCE %d) +FLAGS.SILENT (\\Flagged)\r\n" % highest)
     assert lines[-1] == b"e OK [MODIFIED 2] Conditional STORE failed"
+    assert s.say(b"e2 UID STORE 2 (UNCHANGEDSINCE 1) +FLAGS (\\Draft)\r\n") == [
+        b"e2 OK [MODIFIED 2] Conditional STORE failed"
+    ]
     assert s.say(b"f FETCH 2 (FLAGS)\r\n")[0].startswith(b"* 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ")
     assert s.say(b"g STATUS INBOX (HIGHESTMODSEQ)\r\n")[0].startswith(b"* STATUS INBOX (HIGHESTMODSEQ ")
 
