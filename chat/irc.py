@@ -679,6 +679,8 @@ class IRCSession(ChatReceiver):
 
     def _flags(self, who, room: Room | None) -> str:
         flags = "G" if getattr(who, "away", None) else "H"
+        if self.server.isInstructor(who):
+            flags += "*"  # an IRC operator, as OPER makes one
         if room is not None:
             flags += self._prefix(room, who)
         return flags
@@ -741,6 +743,8 @@ class IRCSession(ChatReceiver):
             self.numeric(irc.RPL_WHOISSERVER, who.nick, self.hostname, "coursenet chat")
             if getattr(who, "away", None):
                 self.numeric(irc.RPL_AWAY, who.nick, who.away)
+            if self.server.isInstructor(who):
+                self.numeric(irc.RPL_WHOISOPERATOR, who.nick, "is an IRC operator (an instructor)")
             if getattr(who, "account", None):
                 self.numeric(RPL_WHOISACCOUNT, who.nick, who.account, "is logged in as")
             door = getattr(who, "door", None)

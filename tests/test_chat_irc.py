@@ -466,3 +466,22 @@ def test_help_answers_with_help_numerics():
     lines = peer.lines()
     assert [line.split()[1] for line in lines] == ["704", "705", "706", "704", "706", "524"]
     assert lines[3].startswith(":coursenet.chat 704 ada PRIVMSG :PRIVMSG #channel|nick :text")
+
+
+def test_instructors_are_marked_operators_in_who_and_whois():
+    """A logged-in instructor has the * flag in WHO and a 313 in WHOIS; others have neither."""
+    world = World(instructors=["prof"])
+    prof = world.connect(irc=True)
+    prof.proto.session.account = "prof"  # logged in, as SASL or OPER does
+    prof.send("NICK prof")
+    prof.send("USER prof 0 * :Prof")
+    ircUser(world, "ada")
+    asker = ircUser(world, "bob")
+    asker.send("WHO prof")
+    asker.send("WHO ada")
+    flags = [line.split()[8] for line in asker.lines() if " 352 " in line]
+    assert flags == ["H*", "H"]
+    asker.send("WHOIS prof")
+    asker.send("WHOIS ada")
+    whois = [line.split()[1] for line in asker.lines()]
+    assert whois.count("313") == 1 and whois.index("313") < whois.index("318")
