@@ -203,10 +203,11 @@ class IRCSession(ChatReceiver):
         self._saslBuffer = ""
         self._crEnded = False
         self._tags: dict[str, str] = {}
-        self.factory.sessions.add(self)
+        self.factory.pending.add(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.factory.sessions.discard(self)
+        self.factory.pending.discard(self)
+        self.factory.invisible.discard(self)
         super().connectionLost(reason)
 
     # -- output -------------------------------------------------------------------
@@ -478,6 +479,7 @@ class IRCSession(ChatReceiver):
         if self.welcomed or self.session.nick is None or self.session.user is None or self._negotiating:
             return
         self.welcomed = True
+        self.factory.pending.discard(self)
         self._password = None
         nick, host = self.session.nick, self.hostname
         self.signedOn = self.factory.reactor.seconds()
@@ -917,6 +919,7 @@ class IRCSession(ChatReceiver):
             elif letter == "i":
                 if adding != ("i" in self.umodes):
                     (self.umodes.add if adding else self.umodes.discard)("i")
+                    (self.factory.invisible.add if adding else self.factory.invisible.discard)(self)
                     s = "+" if adding else "-"
                     applied += ("" if s == sign else s) + "i"
                     sign = s
@@ -966,7 +969,10 @@ class IRCFactory(DoorFactory):
     ) -> None:
         super().__init__(server, limits, reactor, admission)
         self.hostname = hostname
-        self.sessions: set[IRCSession] = set()
+        #: Connections not registered yet, and registered ones with +i:
+        #: kept as they change, so LUSERS costs no pass over every client.
+        self.pending: set[IRCSession] = set()
+        self.invisible: set[IRCSession] = set()
         self.peak = 0
 
     def counts(self) -> tuple[int, int, int, int]:
@@ -974,10 +980,10 @@ class IRCFactory(DoorFactory):
         Users (registered, either door), how many of them are invisible,
         IRC connections not registered yet, and the most users seen at once.
         """
-        unwelcomedNamed = sum(1 for s in self.sessions if not s.welcomed and s.session.nick is not None)
+        unwelcomedNamed = sum(1 for s in self.pending if s.session.nick is not None)
         users = len(self.server.users) - unwelcomedNamed
-        invisible = sum(1 for s in self.sessions if s.welcomed and "i" in s.umodes)
-        unknown = sum(1 for s in self.sessions if not s.welcomed)
+        invisible = len(self.invisible)
+        unknown = len(self.pending)
         self.peak = max(self.peak, users)
         return users, invisible, unknown, self.peak
 

@@ -485,3 +485,21 @@ def test_instructors_are_marked_operators_in_who_and_whois():
     asker.send("WHOIS ada")
     whois = [line.split()[1] for line in asker.lines()]
     assert whois.count("313") == 1 and whois.index("313") < whois.index("318")
+
+
+def test_lusers_counts_invisible_and_unregistered_connections():
+    """LUSERS counts registered users (+i ones as invisible) and, apart, connections still registering."""
+    world = World()
+    ada = ircUser(world, "ada")
+    hidden = ircUser(world, "hidden")
+    hidden.send("MODE hidden +i")
+    halfway = world.connect(irc=True)
+    halfway.send("NICK halfway")
+    ada.send("LUSERS")
+    lines = ada.lines()
+    assert ":coursenet.chat 251 ada :There are 1 users and 1 invisible on 1 servers" in lines
+    assert ":coursenet.chat 253 ada 1 :unknown connection(s)" in lines
+    hidden.lose()
+    halfway.lose()
+    ada.send("LUSERS")
+    assert ":coursenet.chat 251 ada :There are 1 users and 0 invisible on 1 servers" in ada.lines()
