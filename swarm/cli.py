@@ -129,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from twisted.internet import task
     from twisted.internet.defer import Deferred
+    from twisted.internet.error import CannotListenError
 
     result: list[int] = []
 
     async def run(reactor):
         try:
             result.append(await _run(reactor, args))
-        except (MetainfoError, OSError, ValueError) as e:
+        except (MetainfoError, OSError, ValueError, CannotListenError) as e:
             print(f"swarm: {e}", file=sys.stderr)
             result.append(1)
 

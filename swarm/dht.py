@@ -406,6 +406,11 @@ class DHTNode(DatagramProtocol):
         that gave a token that we serve it on C{port}.
         """
         result = await self.getPeers(infoHash)
+        # Kept here too: in a network of few nodes this one is among the
+        # closest, and a node that has just bootstrapped from it asks it.
+        host = getattr(self.transport.getHost(), "host", "") if self.transport is not None else ""
+        if host and host not in ("0.0.0.0", "::", ""):
+            self.store(infoHash, host, port)
         await DeferredList(
             [
                 self.query(c.address, b"announce_peer", {b"info_hash": infoHash, b"port": port, b"token": token}, c.nodeId)

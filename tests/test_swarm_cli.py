@@ -1,0 +1,77 @@
+"""
+The swarm console script: create/show, refusals with a message and exit
+status 1, and seed/get finding each other through the DHT alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest_twisted
+from fastbencode import bencode
+from twisted.internet import task
+
+from swarm.cli import main
+from tests.swarm_support import finish, sha256, spawn, stop, writeData
+
+SWARM = os.path.join(os.path.dirname(sys.executable), "swarm")
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([SWARM, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def test_createThenShow(tmp_path, capsys):
+    """swarm create writes a .torrent that swarm show describes: name, length, piece count, announce."""
+    writeData(str(tmp_path / "week1.pdf"), 100_000)
+    assert main(["create", str(tmp_path / "week1.pdf"), "--tracker", "http://127.0.0.1:6969/announce",
+                 "--piece-length", "32768"]) == 0
+    assert "4 pieces" in capsys.readouterr().out
+    assert main(["show", str(tmp_path / "week1.pdf.torrent")]) == 0
+    shown = capsys.readouterr().out
+    assert "name: week1.pdf" in shown and "length: 100000" in shown
+    assert "announce: http://127.0.0.1:6969/announce" in shown
+
+
+def test_hostileTorrentRefusedWithReason(tmp_path, capsys):
+    """A .torrent naming ../ is refused by show and get with the field and the reason, exit status 1, no traceback."""
+    evil = bencode({b"info": {b"name": b"..", b"piece length": 1 << 14, b"length": 1, b"pieces": bytes(20)}})
+    (tmp_path / "evil.torrent").write_bytes(evil)
+    assert main(["show", str(tmp_path / "evil.torrent")]) == 1
+    assert capsys.readouterr().err.startswith("swarm: info.name: '..' is not a file name")
+    run = _run("get", "evil.torrent", "-o", "out", cwd=tmp_path)
+    assert run.returncode == 1 and run.stderr.startswith("swarm: info.name: '..' is not a file name")
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+def test_badPieceLengthRefused(tmp_path, capsys):
+    """swarm create refuses a piece length that is not a power of two in range, saying which."""
+    writeData(str(tmp_path / "f"), 10)
+    assert main(["create", str(tmp_path / "f"), "--piece-length", "1000"]) == 1
+    assert "a power of two" in capsys.readouterr().err
+
+
+@pytest_twisted.ensureDeferred
+async def test_seedAndGetThroughDHT(reactor, tmp_path):
+    """swarm get of a trackerless .torrent, bootstrapped from swarm seed's DHT node, downloads the file intact."""
+    writeData(str(tmp_path / "paper.pdf"), 400_000)
+    assert _run("create", str(tmp_path / "paper.pdf"), "-o", str(tmp_path / "paper.torrent")).returncode == 0
+    seed = spawn(reactor, [SWARM, "seed", str(tmp_path / "paper.torrent"), "--data", str(tmp_path / "paper.pdf"),
+                           "--dht-port", "0"])
+    try:
+        for _ in range(200):
+            if b"seeding " in seed.output or seed.ended.called:
+                break
+            await task.deferLater(reactor, 0.05)
+        port = re.search(rb"DHT node on 127\.0\.0\.1:(\d+)", seed.output)
+        assert port and b"seeding " in seed.output, seed.output.decode(errors="replace")
+        get = spawn(reactor, [SWARM, "get", str(tmp_path / "paper.torrent"), "-o", str(tmp_path / "dl"),
+                              "--dht-bootstrap", f"127.0.0.1:{port.group(1).decode()}"])
+        assert await finish(get, 60, reactor) == 0, get.output.decode(errors="replace")
+        assert sha256(str(tmp_path / "dl" / "paper.pdf")) == sha256(str(tmp_path / "paper.pdf"))
+    finally:
+        await stop(seed)
