@@ -9,6 +9,11 @@ complete (so it includes starting up, the announce and, for aria2c, its
 encrypted handshake attempt that our seeder refuses); the file is checked
 by SHA-256.  aria2c runs with DHT, LPD and peer exchange off.
 
+Then DHT lookups between N of our nodes on 127.0.0.1 (N = 8 .. 256, in
+a child process, `python -m bench.swarm_bench dht`): queries and rounds a
+find_node lookup takes, against N, and whether it found the true 8
+closest.
+
 C{python -m bench swarm}
 """
 
@@ -72,6 +77,35 @@ def download(kind: str, torrent: str, out: str, log) -> float:
     start = time.monotonic()
     subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=TIMEOUT, check=True)
     return time.monotonic() - start
+
+
+async def dhtLookups(reactor) -> None:
+    import random
+
+    from swarm.dht import K, DHTNode, distance
+
+    print(f"{'nodes':>6} {'queries':>8} {'rounds':>7} {'exact':>6}   (mean of 30 find_node lookups)")
+    for n in (8, 32, 128, 256):
+        nodes, ports = [], []
+        for _ in range(n):
+            node = DHTNode(reactor)
+            ports.append(reactor.listenUDP(0, node, interface="127.0.0.1"))
+            nodes.append(node)
+        first = ("127.0.0.1", ports[0].getHost().port)
+        for node in nodes[1:]:
+            await node.bootstrap([first])
+        rng = random.Random(n)
+        queries = rounds = exact = 0
+        for _ in range(30):
+            target, asker = rng.randbytes(20), rng.choice(nodes)
+            result = await asker.lookup(target, b"find_node")
+            truth = sorted((x for x in nodes if x is not asker), key=lambda x: distance(x.nodeId, target))[:K]
+            queries += result.queries
+            rounds += result.rounds
+            exact += [c.nodeId for c, _ in result.closest] == [x.nodeId for x in truth]
+        print(f"{n:>6} {queries / 30:>8.1f} {rounds / 30:>7.1f} {exact / 30:>6.0%}", flush=True)
+        for p in ports:
+            await p.stopListening()
 
 
 def main() -> int:
@@ -153,6 +187,7 @@ def main() -> int:
             print(f"from {count} seeder(s): swarm->swarm {SIZE / ours / (1 << 20):.1f} MiB/s,"
                   f" aria2c->aria2c {SIZE / theirs / (1 << 20):.1f} MiB/s, ratio ours/aria2c {theirs / ours:.2f}")
         failed = False
+        subprocess.run([sys.executable, "-m", "bench.swarm_bench", "dht"], timeout=600, check=True)
         return 0
     finally:
         for p in procs:
@@ -164,4 +199,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["dht"]:
+        from twisted.internet import task
+        from twisted.internet.defer import Deferred
+
+        task.react(lambda reactor: Deferred.fromCoroutine(dhtLookups(reactor)))
     sys.exit(main())
