@@ -266,7 +266,9 @@ class PeerProtocol(Protocol):
         Send queued blocks until the queue is empty or the transport full.
         """
         torrent = self.torrent
-        while self.queue and not self.paused and not self.closed and torrent is not None:
+        if torrent is None or torrent.finishing:
+            return
+        while self.queue and not self.paused and not self.closed:
             index, begin, length = self.queue.popleft()
             block = torrent.storage.read(index, begin, length)
             self.send(wire.piece(index, begin, block))

@@ -29,7 +29,9 @@ import secrets
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from swarm import wire
 from swarm.metainfo import Metainfo
@@ -192,6 +194,8 @@ class Torrent:
         self.choker = Choker(self)
         self.done: Deferred[str] = Deferred()
         self.stopped = False
+        #: The download's .part is being moved into place: serving waits.
+        self.finishing = False
         if self.complete:
             self.done.callback(final or storage.root)
 
@@ -415,15 +419,38 @@ class Torrent:
             self.finished()
 
     def finished(self) -> None:
-        self.storage.flush()
-        if self.final is not None and self.storage.root != self.final:
-            self.storage.renameTo(self.final)
+        """
+        Every piece is here: fsync and rename the .part off the reactor
+        thread (serving waits meanwhile), then fire C{done}.
+        """
         self._log.info("{name}: complete, {n} bytes", name=self.meta.name, n=self.meta.length)
         for p in list(self.peers):
             p.outstanding.clear()
             # Two seeds have nothing to say to each other.
             if all(p.bits):
                 p.close("both complete")
+        if self.final is None or self.storage.root == self.final:
+            self.storage.flush()
+            self._renamed(None)
+            return
+        self.finishing = True
+        getPool = getattr(self.clock, "getThreadPool", None)
+        if getPool is None:
+            self.storage.renameTo(self.final)
+            self._renamed(None)
+            return
+        d = deferToThreadPool(self.clock, getPool(), self.storage.renameTo, self.final)
+        d.addBoth(self._renamed)
+
+    def _renamed(self, result: Any) -> None:
+        self.finishing = False
+        if isinstance(result, Failure):
+            self._log.failure("could not move {name} into place", result, name=self.meta.name)
+            if not self.done.called:
+                self.done.errback(result)
+            return
+        for p in list(self.peers):
+            p.serve()
         if not self.done.called:
             self.done.callback(self.final or self.storage.root)
 

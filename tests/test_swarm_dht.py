@@ -63,16 +63,19 @@ async def test_lookupFindsTheClosestNodesAskingFew(reactor):
 
 @pytest_twisted.ensureDeferred
 async def test_announceThenGetPeers(reactor):
-    """A peer announced by one node is returned by get_peers from another, and stored only on nodes near the info hash."""
-    nodes, ports = await _network(reactor, 16)
+    """A peer announced by one node is returned by get_peers from another, and stored (besides the announcer) only on nodes near the info hash."""
+    nodes, ports = await _network(reactor, 40)
     try:
         infoHash = os.urandom(20)
         await nodes[3].announce(infoHash, 6881)
         found = await nodes[11].getPeers(infoHash)
         assert ("127.0.0.1", 6881) in found.peers
-        holders = [n for n in nodes if n.peers.get(infoHash)]
-        closest = sorted(nodes, key=lambda n: distance(n.nodeId, infoHash))[: K + 1]
-        assert holders and all(h in closest for h in holders)
+        # The announcer keeps its own announce; the others that hold it
+        # are the ones its lookup found closest (Kademlia may miss one of
+        # the true K closest, so they are looked for among the 2K closest).
+        holders = [n for n in nodes if n is not nodes[3] and n.peers.get(infoHash)]
+        closest = sorted(nodes, key=lambda n: distance(n.nodeId, infoHash))[: 2 * K]
+        assert len(holders) >= K - 1 and all(h in closest for h in holders)
     finally:
         await _close(ports)
 
