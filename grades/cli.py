@@ -6,8 +6,8 @@ a shell (docs/grades.md)::
     grades 127.0.0.1:7070 name 051883261 MATH       # DAN HACKER, then 87
     grades 127.0.0.1:7070 --user demo import marks.csv
 
-The password comes from C{--password-env VAR} or a prompt, never from the
-command line.
+The password comes from C{--password-env VAR}, else C{GRADES_PASSWORD}
+if set, else a prompt; never from the command line.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
                         " stats COURSE | set ID COURSE GRADE | import FILE.csv | export [COURSE...] | whoami")
     p.add_argument("args", nargs="*")
     p.add_argument("--user", help="log in as this account")
-    p.add_argument("--password-env", metavar="VAR", help="read the password from this environment variable")
+    p.add_argument("--password-env", metavar="VAR",
+                   help="read the password from this environment variable (default: GRADES_PASSWORD, if set)")
     p.add_argument("--tls", action="store_true", help="connect with TLS (the server's TLS port)")
     p.add_argument("--starttls", action="store_true", help="switch to TLS with STARTTLS before logging in")
     p.add_argument("--cafile", help="PEM certificates to trust for TLS (e.g. var/tls/cert.pem)")
@@ -54,7 +55,9 @@ async def run(reactor, options: argparse.Namespace, out=sys.stdout) -> int:
     host, port = parseListen(options.server)
     password = None
     if options.user:
-        if options.password_env:
+        if not options.password_env and os.environ.get("GRADES_PASSWORD") is not None:
+            password = os.environ["GRADES_PASSWORD"]
+        elif options.password_env:
             password = os.environ.get(options.password_env)
             if password is None:
                 raise SystemExit(f"grades: environment variable {options.password_env} is not set")

@@ -84,7 +84,7 @@ def test_seedDialogueOverRawSocket(demoServer):
 
 
 def test_consoleScript(demoServer, tmp_path):
-    """`grades HOST:PORT name ID COURSE...` prints the name and grades; `grades ... import file.csv` imports as an instructor."""
+    """`grades HOST:PORT name ID COURSE...` prints the name and grades; `grades ... import file.csv` imports as an instructor (password from GRADES_PASSWORD)."""
     script = os.path.join(BIN, "grades")
     where = f"127.0.0.1:{demoServer.port}"
     out = subprocess.run([script, where, "name", "051883261", "MATH", "HISTORY"],
@@ -92,9 +92,9 @@ def test_consoleScript(demoServer, tmp_path):
     assert (out.returncode, out.stdout) == (0, "DAN HACKER\n87\n93\n"), out.stderr
     csv = tmp_path / "marks.csv"
     csv.write_text("id,name,course,grade\n400000001,BARBARA LISKOV,MATH,91\n")
-    env = {**os.environ, "GRADES_PW": PASSWORD}
-    out = subprocess.run([script, where, "--user", "mia", "--password-env", "GRADES_PW", "--no-progress",
-                          "import", str(csv)], capture_output=True, text=True, timeout=60, env=env)
+    env = {**os.environ, "GRADES_PASSWORD": PASSWORD}
+    out = subprocess.run([script, where, "--user", "mia", "--no-progress", "import", str(csv)],
+                         capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
     assert (out.returncode, out.stdout) == (0, "imported 1 rows, 1 grades changed\n"), out.stderr
     out = subprocess.run([script, where, "name", "400000001", "HISTORY"], capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout) == (1, "BARBARA LISKOV\n")
