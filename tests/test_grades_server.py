@@ -447,3 +447,25 @@ def test_tapOptions(tmp_path):
         with pytest.raises(usage.UsageError):
             options.parseOptions(bad)
             tap.makeStore(options, pool=object())
+
+
+def test_workerPoolRunsCallsInItsThreadsAndStops():
+    """The store's WorkerPool runs each call in one of its threads, hands back results and failures, and stop() ends every thread."""
+    import queue
+    import threading
+
+    from grades.store import WorkerPool
+
+    pool = WorkerPool(3, "test")
+    pool.start()
+    results: queue.SimpleQueue = queue.SimpleQueue()
+    pool.callInThreadWithCallback(lambda ok, r: results.put((ok, r)), threading.current_thread)
+    pool.callInThreadWithCallback(lambda ok, r: results.put((ok, r)), int, "x")
+    got = [results.get(timeout=10), results.get(timeout=10)]
+    threads = [r for ok, r in got if ok]
+    failures = [r for ok, r in got if not ok]
+    assert len(threads) == 1 and threads[0].name.startswith("test-") and threads[0] is not threading.current_thread()
+    assert len(failures) == 1 and failures[0].check(ValueError)
+    workers = list(pool._threads)
+    pool.stop()
+    assert not pool.started and not any(t.is_alive() for t in workers)
