@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import xmlrpc.client
 from typing import Any
 
@@ -64,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         with tqdm(total=status["chunks_total"], unit="chunk", desc=f"job {job}", disable=args.quiet,
                   file=sys.stderr) as bar:
             while True:
-                status = server.status(job)
+                # wait() answers as soon as the job finishes, else after 0.25 s.
+                status = server.wait(job, 0.25)
                 bar.update(status["chunks_done"] - bar.n)
                 if status["state"] in ("done", "failed", "cancelled"):
                     break
-                time.sleep(0.2)
         if status["state"] != "done":
             print(f"compute: job {job} {status['state']}: {status.get('error', '')}", file=sys.stderr)
             return 1
