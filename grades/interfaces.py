@@ -35,6 +35,12 @@ class IGradeStore(Interface):
         data if there are no students yet.
         """
 
+    def setupNow(students, instructors, demo):
+        """
+        L{setup}, in the calling thread (start-up, before the reactor
+        runs); returns nothing, raises what the database raises.
+        """
+
     def role(account):
         """
         The L{grades.store.Role} of an account name.
