@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # System tools used by the servers, the tests and the benchmarks.
 APT_PACKAGES ?= openssl ca-certificates curl procps swaks libnet-ssleay-perl isync ii weechat-headless \
-	iproute2 nftables iputils-ping chromium postgresql netcat-openbsd bc aria2
+	iproute2 nftables iputils-ping chromium postgresql netcat-openbsd bc aria2 redis-server
 # Peers that only the benchmarks run.
 BENCH_APT_PACKAGES ?= postfix ngircd iperf3 dovecot-imapd
 
