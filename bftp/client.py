@@ -479,13 +479,15 @@ class _ClientFactory(Factory):
         return p
 
 
-async def _connect(reactor, host, port, tls, cafile, timeout):
+async def _connect(reactor, host, port, tls, cafile, timeout, offer):
     endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
     if tls:
         from coursenet.tls import clientTLSOptions
 
         endpoint = endpoints.wrapClientTLS(clientTLSOptions(host, cafile), endpoint)
     client = await endpoint.connect(_ClientFactory(reactor))
+    if offer is not None:
+        client.digestOffer = tuple(offer)
     await client.hello()
     return client
 
@@ -497,15 +499,20 @@ def connect(
     tls: bool = False,
     cafile: str | None = None,
     timeout: float = 30,
+    digests: tuple[str, ...] | None = None,
 ) -> Deferred[BFTPClient]:
     """
-    Connect to a BFTP server and agree on the protocol version.
+    Connect to a BFTP server and agree on the protocol version and the
+    digest algorithm.
 
     @param tls: use TLS and verify that the server's certificate is valid
         for C{host}.
     @param cafile: trust these PEM certificates instead of the system's.
+    @param digests: the algorithms to offer, preferred first (default:
+        every one this installation has, BLAKE3 first; C{()} offers none,
+        as a client from before negotiation).
     """
-    return Deferred.fromCoroutine(_connect(reactor, host, port, tls, cafile, timeout))
+    return Deferred.fromCoroutine(_connect(reactor, host, port, tls, cafile, timeout, digests))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import hashlib
 import os
 
 import pytest
+import pytest_twisted
 
 from bftp import digests
 from bftp.transfer import digestXattr
@@ -159,3 +160,21 @@ def test_storedDigestsAreKeptPerAlgorithm(root, fake, tmp_path):
     stored = os.getxattr(root / "up", digestXattr("blake3")).decode()
     assert stored.endswith(":" + hexOf("blake3", b"z" * 10_000))
     assert result(c.hash("/up"), pump) == hashlib.sha256(b"z" * 10_000).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connectOffersWhatItIsTold(reactor, tmp_path):
+    """connect(digests=...) offers those algorithms: () behaves as a client from before negotiation, ("sha256",) gets SHA-256."""
+    from bftp.client import connect
+    from tests.test_bftp_integration import startServer
+
+    root = tmp_path / "root"
+    root.mkdir()
+    server = await startServer(reactor, root, "plain", None)
+    try:
+        for offer, expected, fact in [((), "sha256", False), (("sha256",), "sha256", True), (None, "blake3", True)]:
+            client = await connect(reactor, "127.0.0.1", server.portNumber, digests=offer)
+            assert client.digest == expected and (" digest=" in client.serverInfo) == fact
+            await client.quit()
+    finally:
+        await server.stop()
