@@ -23,24 +23,35 @@ def test_listenPortsReadsEndpointsAndTLSPort():
     assert listenPorts(args) == [9021, 1993, 9022]
 
 
+def startMakeRun(cwd, *args: str, timeout: float = 120) -> tuple[subprocess.Popen, list[str]]:
+    """
+    Start what `make run` starts (coursenet.devrun) in C{cwd} and read its
+    output until it says every server listens (or it ends, or C{timeout}).
+
+    @return: the process, still running, and the lines it printed.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coursenet.devrun", *args], cwd=cwd,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("Every server listens."):
+            break
+    return proc, lines
+
+
 def test_makeRunStartsEverythingAndStopsCleanly(tmp_path):
     """make run's summary comes once every port listens; demo is a BFTP admin, student a student; Ctrl-C exits 0 and no log holds a traceback."""
     from coursenet.devrun import services, tetherUnavailable
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coursenet.devrun"], cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    lines = []
+    proc, lines = startMakeRun(tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("Every server listens."):
-                break
         assert lines and lines[-1].startswith("Every server listens."), "".join(lines)
         var = tmp_path / "var"
         for name, args, _ in services(str(var), "c", "k", "p"):
@@ -101,23 +112,9 @@ def test_makeRunWithSomeServicesOnly(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("make run: unknown service(s) nosuch;")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coursenet.devrun", "--services", "bftp"], cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    lines = []
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("Every server listens."):
-                break
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+    proc, lines = startMakeRun(tmp_path, "--services", "bftp", timeout=60)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
     started = [line.split()[0] for line in lines if "   log: " in line]
     assert started == ["bftp"], "".join(lines) + out
     assert proc.returncode == 0
