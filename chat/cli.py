@@ -1,12 +1,16 @@
 """
-C{chat}: an interactive terminal client on Twisted's stdio.
+C{chat}: an interactive terminal client.
 
-    chat localhost ada            # then type; /help lists the commands
+    chat localhost ada --room lab   # then type; /help lists the commands
     chat --tls --cafile var/tls/cert.pem localhost ada --room lab
 
-A line not starting with C{/} is said in the current room.  The password
-of a registered nickname comes from C{--password-env VAR}, never from the
-command line.
+A line not starting with C{/} is said in the current room; after C{/part}
+there is none until the next C{/join}.  On a terminal the line is edited
+with prompt_toolkit (history, Tab completes commands, nicks and rooms, and
+incoming text is printed above the line being typed); from a pipe lines
+are read as they come.  The password of a registered nickname comes from
+C{--password-env VAR}, never from the command line.  The exit status is 0
+after C{/quit} or the end of input, 1 when the server refused or went away.
 """
 
 from __future__ import annotations
@@ -14,23 +18,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Callable
 
 from twisted.internet import stdio
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 
 from chat.client import ChatClient, ChatReplyError, connect
 from chat.wire import ServerEvent
 
 USAGE = """\
 /join room        enter a room (it becomes the current room)
-/part [room]      leave a room
+/part [room]      leave a room (the current one: then you are in no room)
 /msg nick text    private message
 /nick name        change nickname
 /who [room]       who is in a room
 /list             rooms
 /topic [text]     show or set the current room's topic
-/quit [reason]    leave
+/help             this list
+/quit [reason]    leave (Ctrl-D too)
 anything else     said in the current room"""
 
 
@@ -68,107 +75,317 @@ def describe(event: ServerEvent) -> str:
     return f"*** {kind} {event.text}"
 
 
-class Terminal(LineReceiver):
+COMMANDS = ["/help", "/join", "/list", "/msg", "/nick", "/part", "/quit", "/topic", "/who"]
+
+
+def roomName(name: str) -> str:
     """
-    Lines typed by the user, turned into commands.
+    A room's name as the server reports it (no C{#}, lower case).
+    """
+    return name.lstrip("#").lower()
+
+
+def complete(line: str, nicks: list[str], rooms: list[str]) -> list[str]:
+    """
+    What Tab may put in place of the last word of C{line} (the text before
+    the cursor): a command for the first word after C{/}, a room after
+    C{/join}, C{/part}, C{/who}, otherwise a nickname (with C{": "} after
+    it at the start of a line, as chat users address each other).
+    """
+    words = line.split(" ")
+    word = words[-1]
+    if len(words) == 1 and word.startswith("/"):
+        return [c for c in COMMANDS if c.startswith(word.lower())]
+    if len(words) == 2 and words[0].lower() in ("/join", "/part", "/who"):
+        return [r for r in sorted(rooms) if r.startswith(roomName(word))]
+    if not word:
+        return []
+    found = [n for n in sorted(nicks, key=str.lower) if n.lower().startswith(word.lower())]
+    if len(words) == 1:
+        return [n + ": " for n in found]
+    return found
+
+
+class Console:
+    """
+    The user's side of a chat session, whatever the terminal: runs typed
+    lines as commands, keeps the current room and who is in each joined
+    room (for completion), and shows every event through C{show}.
+
+    @ivar room: the current room, or None (before the first join and after
+        leaving the current room).
+    @ivar members: for each joined room, the nicknames in it.
+    @ivar quitting: the user asked to leave (C{/quit}, end of input), so
+        the connection closing is no failure.
     """
 
-    delimiter = os.linesep.encode("ascii")
-
-    def __init__(self, client: ChatClient, room: str | None) -> None:
+    def __init__(self, client: ChatClient, show: Callable[[str], None]) -> None:
         self.client = client
-        self.room = room
-        client.addListener(lambda event: self.show(describe(event)))
+        self.show = show
+        self.room: str | None = None
+        self.members: dict[str, list[str]] = {}
+        self.quitting = False
+        self._done: Deferred[None] = succeed(None)
+        client.addListener(self.event)
 
-    def show(self, text: str) -> None:
-        assert self.transport is not None
-        self.transport.write(text.encode("utf-8", "replace") + b"\n")
+    def nicks(self) -> list[str]:
+        """
+        Everyone in the rooms joined, for completion.
+        """
+        seen = {n for names in self.members.values() for n in names}
+        seen.discard(self.client.nickname or "")
+        return sorted(seen, key=str.lower)
 
-    def connectionLost(self, reason=None) -> None:
-        if not self.client.closed.called:
-            self.client.quit("end of input")
+    def event(self, event: ServerEvent) -> None:
+        mine = (event.nick or "").lower() == (self.client.nickname or "").lower()
+        room = event.room
+        if event.kind == "JOIN" and room in self.members and event.nick not in self.members[room]:
+            self.members[room].append(event.nick)
+        elif event.kind == "PART" and room in self.members:
+            if mine:
+                self._left(room)
+            elif event.nick in self.members[room]:
+                self.members[room].remove(event.nick)
+        elif event.kind == "KICK" and room in self.members:
+            if (event.target or "").lower() == (self.client.nickname or "").lower():
+                self._left(room)
+            elif event.target in self.members[room]:
+                self.members[room].remove(event.target)
+        elif event.kind == "QUIT":
+            for names in self.members.values():
+                if event.nick in names:
+                    names.remove(event.nick)
+        elif event.kind == "NICK":
+            for names in self.members.values():
+                names[:] = [event.text if n == event.nick else n for n in names]
+        self.show(describe(event))
 
-    def lineReceived(self, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip("\r")
-        if not text:
-            return
-        d = self.run(text)
-        if d is not None:
-            d.addErrback(self.failed)
+    def _left(self, room: str) -> None:
+        self.members.pop(room, None)
+        if self.room == room:
+            self.room = None
 
-    def failed(self, failure) -> None:
+    def failed(self, failure: Failure) -> None:
         if failure.check(ChatReplyError):
             self.show(f"!! {failure.value.code} {failure.value.message}")
         else:
             self.show(f"!! {failure.getErrorMessage()}")
 
+    def join(self, name: str) -> Deferred:
+        """
+        Enter C{name} and make it the current room; the history the server
+        replays is shown as it arrives, then who is there.
+        """
+        room = roomName(name)
+
+        def joined(history: list[ServerEvent]) -> Deferred:
+            self.room = room
+            return self.client.who(room).addCallback(listed)
+
+        def listed(nicks: list[str]) -> None:
+            self.members[room] = list(nicks)
+            earlier = "no earlier messages" if not self.client.history.get(room) else "history above"
+            self.show(f"*** you are in {room} with {', '.join(nicks)} ({earlier})")
+
+        return self.client.join(name).addCallback(joined)
+
+    def part(self, name: str | None) -> Deferred | None:
+        if name is None:
+            self.show("!! you are in no room: /part room")
+            return None
+        room = roomName(name)
+
+        def left(_) -> None:
+            current = self.room == room
+            self._left(room)
+            if current:
+                self.show(f"*** you left {room}; you are in no room now: /join room to talk")
+            else:
+                self.show(f"*** you left {room}")
+
+        return self.client.part(room).addCallback(left)
+
+    def quit(self, reason: str = "") -> Deferred:
+        self.quitting = True
+        return self.client.quit(reason)
+
+    def line(self, text: str) -> Deferred[None]:
+        """
+        Run one typed line once the lines before it are done (so that a
+        line after C{/part} already finds no room); a refusal is shown,
+        never raised.  Fires when this line is done.
+        """
+        text = text.rstrip("\r\n")
+        if text.strip():
+            self._done.addCallback(lambda _: self.run(text)).addErrback(self.failed)
+        # A copy, so that a caller waiting on it adds nothing to the chain.
+        copy: Deferred[None] = Deferred()
+
+        def done(result):
+            copy.callback(None)
+            return result
+
+        self._done.addBoth(done)
+        return copy
+
     def run(self, text: str) -> Deferred | None:
         client = self.client
         if not text.startswith("/"):
             if self.room is None:
-                self.show("!! join a room first: /join room")
+                self.show("!! you are in no room, so that was not sent: /join room first")
                 return None
             return client.say(self.room, text)
         verb, _, rest = text[1:].partition(" ")
         verb = verb.lower()
-        if verb == "join" and rest:
-            room = rest.split()[0]
-
-            def joined(history):
-                self.room = room.lstrip("#").lower()
-                self.show(f"*** you are in {self.room}")
-
-            return client.join(room).addCallback(joined)
+        args = rest.split()
+        if verb == "join" and args:
+            return self.join(args[0])
         if verb == "part":
-            name = rest.split()[0] if rest else self.room
-            return client.part(name or "").addCallback(lambda _: self.show(f"*** you left {name}"))
-        if verb == "msg" and " " in rest:
-            nick, message = rest.split(" ", 1)
+            return self.part(args[0] if args else self.room)
+        if verb == "msg" and len(args) >= 2:
+            nick, message = rest.lstrip().split(" ", 1)
             return client.msg(nick, message)
-        if verb == "nick" and rest:
-            return client.nick(*rest.split()[:2]).addCallback(
-                lambda _: self.show(f"*** you are now {client.nickname}")
-            )
-        if verb == "who":
-            name = rest.split()[0] if rest else self.room
-            return client.who(name or "").addCallback(
-                lambda nicks: self.show(f"*** in {name}: {' '.join(nicks)}")
-            )
+        if verb == "nick" and args:
+            return client.nick(*args[:2]).addCallback(lambda _: self.show(f"*** you are now {client.nickname}"))
+        if verb == "who" and (args or self.room):
+            name = roomName(args[0]) if args else self.room
+            return client.who(name or "").addCallback(lambda nicks: self.show(f"*** in {name}: {' '.join(nicks)}"))
         if verb == "list":
 
             def listed(rooms: list[tuple[str, int, str]]) -> None:
                 for n, c, t in rooms:
                     self.show(f"*** {n} ({c}) {t}".rstrip())
+                if not rooms:
+                    self.show("*** no rooms yet: /join room makes one")
 
             return client.list().addCallback(listed)
         if verb == "topic" and self.room:
-            return client.topic(self.room, rest or None).addCallback(
-                lambda topic: self.show(f"*** topic of {self.room}: {topic}")
-            )
+            room = self.room
+            return client.topic(room, rest or None).addCallback(lambda topic: self.show(f"*** topic of {room}: {topic}"))
         if verb == "quit":
-            return client.quit(rest)
-        self.show(USAGE)
+            if client.closed.called:
+                return None
+            return self.quit(rest)
+        if verb in ("help", "?"):
+            self.show(USAGE)
+        elif "/" + verb in COMMANDS:
+            self.show(f"!! /{verb} needs more: see /help")
+        else:
+            self.show(f"!! unknown command /{verb}: /help lists them")
         return None
+
+
+class Pipe(LineReceiver):
+    """
+    Lines from a pipe or file on Twisted's stdio; the end of input quits.
+    (Output goes through L{_printed}, as on a terminal, so that it keeps its
+    order whichever way it is written.)
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 64 * 1024
+
+    def __init__(self) -> None:
+        self.console: Console | None = None
+
+    def lineReceived(self, line: bytes) -> None:
+        assert self.console is not None
+        self.console.line(line.decode("utf-8", "replace"))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        _printed(f"!! line longer than {self.MAX_LENGTH} bytes not sent")
+
+    def connectionLost(self, reason=None) -> None:
+        if self.console is not None:
+            self.console.line("/quit end of input")
+
+
+async def _prompt(console: Console) -> None:
+    """
+    Read lines with prompt_toolkit until the user quits or the server goes
+    away: history (up and down), Tab completion, and incoming text printed
+    above the line being typed (patch_stdout), which it never splits.
+    """
+    import asyncio
+
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.completion import Completer, Completion
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    class Completing(Completer):
+        def get_completions(self, document, complete_event):
+            before = document.text_before_cursor
+            word = before.split(" ")[-1]
+            for choice in complete(before, console.nicks(), list(console.members)):
+                yield Completion(choice, start_position=-len(word))
+
+    prompt: PromptSession[str] = PromptSession(completer=Completing(), complete_while_typing=False)
+
+    def closed(_) -> None:
+        if prompt.app.is_running:
+            prompt.app.exit(exception=EOFError())
+
+    console.client.closed.addCallback(closed)
+    with patch_stdout(raw=True):
+        while not console.client.closed.called:
+            label = console.room or "no room"
+            try:
+                future = asyncio.ensure_future(prompt.prompt_async(f"[{label}] "))
+                text = await Deferred.fromFuture(future)
+            except EOFError:
+                break
+            except KeyboardInterrupt:
+                continue
+            console.line(text)
+    if not console.client.closed.called:
+        await console.quit("end of input")
+
+
+def _printed(text: str) -> None:
+    print(text, flush=True)
 
 
 async def session(reactor, args) -> int:
     password = os.environ.get(args.password_env) if args.password_env else None
     client = await connect(reactor, args.host, args.port, tls=args.tls, cafile=args.cafile)
+    interactive = _interactive(reactor)
+    pipe = Pipe()
+    console = Console(client, _printed)
+    pipe.console = console
     try:
         await client.nick(args.nick, password)
+        console.show(f"*** connected as {client.nickname}; /help for commands")
         if args.room:
-            await client.join(args.room)
+            await console.join(args.room)
     except ChatReplyError as e:
         print(f"chat: {e.code} {e.message}", file=sys.stderr)
+        console.quitting = True
         await client.quit()
         return 1
-    terminal = Terminal(client, args.room.lstrip("#").lower() if args.room else None)
-    stdio.StandardIO(terminal, reactor=reactor)
-    terminal.show(f"*** connected as {client.nickname}; /help for commands")
+    # Typed lines are read once the --room join is done, so that the first
+    # of them already goes to that room.
+    if interactive:
+        await Deferred.fromCoroutine(_prompt(console))
+    else:
+        stdio.StandardIO(pipe, reactor=reactor)
     await client.closed
+    if console.quitting:
+        return 0
     if client.closing is not None:
-        print(f"chat: {client.closing.code} {client.closing.text}", file=sys.stderr)
-    return 0
+        print(f"chat: the server closed the connection: {client.closing.code} {client.closing.text}", file=sys.stderr)
+    else:
+        print("chat: connection to the chat server lost", file=sys.stderr)
+    return 1
+
+
+def _interactive(reactor) -> bool:
+    """
+    Line editing needs a terminal on both ends and the asyncio reactor
+    (prompt_toolkit runs on asyncio).
+    """
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    return sys.stdin.isatty() and sys.stdout.isatty() and isinstance(reactor, AsyncioSelectorReactor)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,11 +393,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("host")
     parser.add_argument("nick")
     parser.add_argument("--port", type=int, help="default 6665, or 6666 with --tls")
-    parser.add_argument("--room", help="room to join at once")
+    parser.add_argument("--room", help="room to join at once (its history and members are shown)")
     parser.add_argument("--tls", action="store_true", help="use TLS and verify the server")
     parser.add_argument("--cafile", help="PEM certificates to trust (e.g. var/tls/cert.pem)")
     parser.add_argument("--password-env", metavar="VAR", help="read the nickname's password from VAR")
     args = parser.parse_args(argv)
+    if "twisted.internet.reactor" not in sys.modules:
+        import asyncio
+
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install(asyncio.new_event_loop())
     from twisted.internet.task import react
 
     status = []
