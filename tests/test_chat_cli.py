@@ -201,3 +201,18 @@ async def test_terminal_line_not_split_by_incoming_text(reactor):
         chat.kill()
         await bob.quit()
         await listening.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_terminal_server_gone_exits_nonzero(reactor):
+    """On a terminal too, a dropped connection ends the prompt with a message and exit status 1."""
+    listening = await listenAll(reactor)
+    chat = spawn(reactor, listening.chatPort, "--room", "lab", pty=True)
+    try:
+        await until(reactor, lambda: "you are in lab" in chat.text and "[lab]" in chat.text, chat)
+        listening.server.find("ada").door.transport.abortConnection()
+        assert await chat.ended == 1
+        assert "chat: connection to the chat server lost" in chat.text
+    finally:
+        chat.kill()
+        await listening.stop()
