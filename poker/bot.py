@@ -4,7 +4,8 @@ in one process, playing until H hands are over at their tables.
 
 Each table also gets a spectator, which checks every hand: the revealed
 deck and secret hash to the commitment published at the hand's start, the
-board dealt is the one that deck order deals, and the chips at the table
+board dealt and the hands shown down are the ones that deck order deals,
+and the chips at the table
 after the hand add up to those before it.  Each bot checks that its own
 hole cards are the ones the revealed deck gave it.  A spectator that ever
 sees a hole card it was not shown down is a failure too.  The run prints
@@ -93,7 +94,7 @@ class Spectator:
         self.commit: str | None = None
         self.order: list[tuple[int, int]] = []
         self.board: list[str] = []
-        self.shown: set[str] = set()
+        self.shown: dict[int, list[str]] = {}
         self.expectSeats = False
         client.onEvent = self.event
 
@@ -106,7 +107,7 @@ class Spectator:
             self.expectSeats = True
             self.order = []
             self.board = []
-            self.shown = set()
+            self.shown = {}
         elif kind == "SEATS" and self.expectSeats:
             self.expectSeats = False
             self.order = [(int(w.split(":")[0]), int(w.split(":")[2])) for w in words[1:]]
@@ -115,7 +116,7 @@ class Spectator:
         elif kind == "BOARD":
             self.board = list(words[1:])
         elif kind == "SHOW":
-            self.shown.update(words[2:])
+            self.shown[int(words[1])] = list(words[2:])
         elif kind == "STACKS" and self.order:
             after = {int(w.split(":")[0]): int(w.split(":")[1]) for w in words[1:]}
             before = sum(stack for _, stack in self.order)
@@ -135,9 +136,13 @@ class Spectator:
             return  # joined mid-hand
         why = verify(self.commit, deck, secret)
         if why is None:
-            _, board = dealOrder(len(self.order), splitDeck(deck))
+            holes, board = dealOrder(len(self.order), splitDeck(deck))
             if self.board != board[: len(self.board)]:
                 why = f"the board {self.board} is not the one the revealed deck deals"
+            seats = [seat for seat, _ in self.order]
+            for seat, cards in self.shown.items():
+                if seat not in seats or list(holes[seats.index(seat)]) != cards:
+                    why = f"seat {seat} showed {cards}, not what the revealed deck dealt it"
         if why is not None:
             self.stats.fail(f"{self.table}: hand {event.words[1]}: {why}")
         else:
