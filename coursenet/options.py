@@ -76,10 +76,7 @@ class AccountOptionsMixin(OptionsMixinBase):
                     f" and its private key ({e.__class__.__name__}: {str(e)[:120]})"
                 )
         if self.get("passwd"):
-            readableFile(
-                "passwd", self["passwd"],
-                hint=f"; create it with: coursenet-passwd {self['passwd']} NAME",
-            )
+            passwordFile("passwd", self["passwd"])
         for option, description in listeners:
             parseableEndpoint(option, description)
 
@@ -94,6 +91,27 @@ def readableFile(option: str, path: str, hint: str = "") -> None:
         raise usage.UsageError(f"--{option} {path}: not a regular file")
     if not os.access(path, os.R_OK):
         raise usage.UsageError(f"--{option} {path}: not readable by this user")
+
+
+def passwordFile(option: str, path: str) -> None:
+    """
+    @raise usage.UsageError: unless C{path} is a readable password file
+        whose every account line is C{NAME:scrypt$...}, as coursenet-passwd
+        writes (a client's C{NAME:TOKEN} file given by mistake would start
+        the server with every login failing).
+    """
+    readableFile(option, path, hint=f"; create it with: coursenet-passwd {path} NAME")
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                line = line.strip()
+                if line and not line.startswith("#") and not line.partition(":")[2].startswith("scrypt$"):
+                    raise usage.UsageError(
+                        f"--{option} {path}: line {number} is not NAME:scrypt$... (a password file that"
+                        f" coursenet-passwd {path} NAME writes; a NAME:TOKEN file is for a client)"
+                    )
+    except (OSError, UnicodeDecodeError) as e:
+        raise usage.UsageError(f"--{option} {path}: cannot read it ({e})")
 
 
 def parseableEndpoint(option: str, description: str) -> None:

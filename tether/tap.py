@@ -17,7 +17,14 @@ from twisted.python import usage
 
 from coursenet.accounts import PasswordChecker
 from coursenet.admission import Admission
-from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin, atLeast, parseableEndpoint, readableFile
+from coursenet.options import (
+    AccountOptionsMixin,
+    AdmissionOptionsMixin,
+    atLeast,
+    parseableEndpoint,
+    passwordFile,
+    readableFile,
+)
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 from tether.client import Backoff, ClientService, DirectConnector, TetherClient, relayResource
@@ -108,8 +115,7 @@ class ServerOptions(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixi
     def postOptions(self) -> None:
         self.checkStartOptions(self.listenEndpoints())
         if self["token-file"]:
-            readableFile("token-file", self["token-file"],
-                         hint=f"; create it with: coursenet-passwd {self['token-file']} NAME")
+            passwordFile("token-file", self["token-file"])
         self.checkAdmission()
         atLeast("mtu", self["mtu"], 576)
         if self["mtu"] > 65535:
