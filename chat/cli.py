@@ -22,10 +22,11 @@ from typing import Callable
 
 from twisted.internet import stdio
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectError
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from chat.client import ChatClient, ChatReplyError, connect
+from chat.client import DEFAULT_PORT, DEFAULT_TLS_PORT, ChatClient, ChatReplyError, connect
 from chat.wire import ServerEvent
 
 USAGE = """\
@@ -347,7 +348,12 @@ def _printed(text: str) -> None:
 
 async def session(reactor, args) -> int:
     password = os.environ.get(args.password_env) if args.password_env else None
-    client = await connect(reactor, args.host, args.port, tls=args.tls, cafile=args.cafile)
+    try:
+        client = await connect(reactor, args.host, args.port, tls=args.tls, cafile=args.cafile)
+    except ConnectError as e:
+        port = args.port or (DEFAULT_TLS_PORT if args.tls else DEFAULT_PORT)
+        print(f"chat: cannot connect to {args.host} port {port}: {str(e).rstrip('.')}; is the server running?", file=sys.stderr)
+        return 1
     interactive = _interactive(reactor)
     pipe = Pipe()
     console = Console(client, _printed)

@@ -216,3 +216,19 @@ async def test_terminal_server_gone_exits_nonzero(reactor):
     finally:
         chat.kill()
         await listening.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_server_one_line_and_status_1(reactor):
+    """With nothing listening the client prints one line naming the host and port, no traceback, and exits 1."""
+    listening = await listenAll(reactor)
+    await listening.stop()
+    chat = spawn(reactor, listening.chatPort)
+    try:
+        assert await chat.ended == 1
+        assert chat.text.strip() == (
+            f"chat: cannot connect to 127.0.0.1 port {listening.chatPort}: "
+            "Connection was refused by other side: 111: Connection refused; is the server running?"
+        )
+    finally:
+        chat.kill()
