@@ -329,9 +329,9 @@ async def _prompt(console: Console) -> None:
     console.client.closed.addCallback(closed)
     with patch_stdout(raw=True):
         while not console.client.closed.called:
-            label = console.room or "no room"
             try:
-                future = asyncio.ensure_future(prompt.prompt_async(f"[{label}] "))
+                # Redrawn with each line printed, so it follows /join and /part.
+                future = asyncio.ensure_future(prompt.prompt_async(lambda: f"[{console.room or 'no room'}] "))
                 text = await Deferred.fromFuture(future)
             except EOFError:
                 break

@@ -179,7 +179,7 @@ async def test_server_closing_reported(reactor):
 
 @pytest_twisted.ensureDeferred
 async def test_terminal_line_not_split_by_incoming_text(reactor):
-    """On a terminal, a message arriving while a line is half typed is shown and the whole line is still sent; Tab completes a nick; Ctrl-D quits with 0."""
+    """On a terminal, a message arriving while a line is half typed is shown and the whole line is still sent; Tab completes a nick; the prompt names the room (none after /part); Ctrl-D quits with 0."""
     listening = await listenAll(reactor)
     bob, said = await bobInLab(reactor, listening.chatPort)
     chat = spawn(reactor, listening.chatPort, "--room", "lab", pty=True)
@@ -195,6 +195,8 @@ async def test_terminal_line_not_split_by_incoming_text(reactor):
         chat.write(", how are you\r")
         await until(reactor, lambda: said != [], chat)
         assert said == ["hello bob, how are you"]
+        chat.write("/part\r")
+        await until(reactor, lambda: "[no room]" in chat.text, chat)
         chat.write("\x04")
         assert await chat.ended == 0
     finally:
