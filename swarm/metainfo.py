@@ -55,8 +55,9 @@ class Metainfo:
     """
     A parsed C{.torrent}.
 
-    @ivar infoHash: SHA-1 of the bencoded C{info} dictionary, as found in the
-        file (20 bytes).
+    @ivar infoHash: SHA-1 of the bencoded C{info} dictionary (20 bytes);
+        only canonical bencode is accepted, so these are its bytes in the
+        file.
     @ivar single: whether the torrent is one file (C{name} is the file) or a
         directory (C{name} is the directory, C{files} below it).
     """
@@ -131,6 +132,10 @@ def parseMetainfo(data: bytes) -> Metainfo:
         raise MetainfoError(f"not bencode ({e})") from None
     if not isinstance(top, dict):
         raise MetainfoError("metainfo is not a dictionary")
+    if bencode(top) != data:
+        # The info hash is the SHA-1 of info's bytes as they stand: with
+        # unsorted keys or padded numbers, re-encoding would give another.
+        raise MetainfoError("not canonical bencode (unsorted keys, padded numbers or trailing bytes)")
     info = top.get(b"info")
     if not isinstance(info, dict):
         raise MetainfoError("info: missing or not a dictionary")

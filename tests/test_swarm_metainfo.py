@@ -117,3 +117,11 @@ def test_fuzzStructuredInfo(name, files, extra):
         return
     for part in (meta.name,) + tuple(c for f in meta.files for c in f.path):
         assert part not in ("", ".", "..") and "/" not in part and "\0" not in part
+
+
+def test_nonCanonicalBencodeRefused():
+    """A .torrent whose keys are out of order (so its info hash is ambiguous) is refused."""
+    info = bencode({b"name": b"f.bin", b"piece length": 1 << 14, b"length": 10, b"pieces": bytes(20)})
+    parseMetainfo(b"d8:announce3:abc4:info" + info + b"e")  # sorted: accepted
+    with pytest.raises(MetainfoError, match="disordered|not canonical"):
+        parseMetainfo(b"d4:info" + info + b"8:announce3:abce")
