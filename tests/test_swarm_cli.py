@@ -75,3 +75,22 @@ async def test_seedAndGetThroughDHT(reactor, tmp_path):
         assert sha256(str(tmp_path / "dl" / "paper.pdf")) == sha256(str(tmp_path / "paper.pdf"))
     finally:
         await stop(seed)
+
+
+def test_twistdSwarmOptionsRefuseMistakesWithReasons(tmp_path):
+    """twistd swarm refuses no role, a missing --seed file, a bad endpoint and a seed with no tracker, each with its reason."""
+    import pytest
+    from twisted.python.usage import UsageError
+
+    from swarm.tap import Options
+
+    cases = [
+        ([], "give --tracker ENDPOINT, --seed PATH, or both"),
+        (["--tracker", "tcp:0", "--seed", str(tmp_path / "nope")], "no such file or directory"),
+        (["--tracker", "bogus:1"], "--tracker bogus:1: not a usable endpoint"),
+        (["--seed", str(tmp_path)], "--seed needs a tracker"),
+        (["--tracker", "tcp:0", "--interval", "1"], "--interval 1: must be at least 10"),
+    ]
+    for args, reason in cases:
+        with pytest.raises(UsageError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+            Options().parseOptions(args)
