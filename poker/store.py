@@ -76,11 +76,19 @@ class Bank:
     _log = Logger()
 
     def __init__(
-        self, path: str, reactor: Any = None, run: Runner | None = None, keepHands: int = 10_000, batch: bool = True
+        self,
+        path: str,
+        reactor: Any = None,
+        run: Runner | None = None,
+        keepHands: int = 10_000,
+        batch: bool = True,
+        checkpointEvery: float = 1.0,
     ) -> None:
         """
         @param batch: write what a turn of the reactor changed in one
-            transaction, after it (else at once: tests).
+            transaction, after it, and checkpoint the log every
+            C{checkpointEvery} seconds in a thread (else write at once and
+            let SQLite checkpoint: tests).
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -95,6 +103,31 @@ class Bank:
         self._clock: Any = reactor if batch else None
         self._scheduled: Any = None
         self._closed = False
+        self._checkpoints: Any = None
+        if batch and path != ":memory:":
+            # Checkpoints fsync the file: not in the reactor thread, where
+            # each would stall every table for as long as the disk takes.
+            # One checkpoint is one call into SQLite, which releases the
+            # GIL for all of it, so a thread costs the reactor nothing here.
+            from twisted.internet.task import LoopingCall
+            from twisted.internet.threads import deferToThreadPool
+
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer: sqlite3.Connection | None = None
+            self._checkpointing = False
+            self._path = path
+
+            def checkpoint() -> None:
+                if self._checkpointing or self._closed:
+                    return
+                self._checkpointing = True
+                d = deferToThreadPool(reactor, reactor.getThreadPool(), self._checkpoint)
+                d.addErrback(lambda f: self._log.failure("checkpoint failed", f))
+                d.addBoth(lambda _: setattr(self, "_checkpointing", False))
+
+            self._checkpoints = LoopingCall(checkpoint)
+            self._checkpoints.clock = reactor
+            self._checkpoints.start(checkpointEvery, now=False)
         self.balances: dict[str, int] = {}
         self.seated: dict[tuple[str, int], tuple[str, int]] = {}
         self.minted = 0
@@ -182,9 +215,24 @@ class Bank:
             self._flush()
         return d
 
+    def _checkpoint(self) -> None:
+        """
+        Move the write-ahead log into the database file (in a thread).
+        """
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(self._path, check_same_thread=False)
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def close(self) -> Deferred:
+        if self._checkpoints is not None and self._checkpoints.running:
+            self._checkpoints.stop()
+
         def closed(_: Any) -> None:
             self._closed = True
+            if self._checkpoints is not None:
+                if self._checkpointer is not None and not self._checkpointing:
+                    self._checkpointer.close()
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
 
         return self.flushed().addBoth(closed)
