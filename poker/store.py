@@ -7,7 +7,7 @@ also queued as SQL and written after the reactor turn that made it, every
 change of that turn in one transaction.  The write is kept short rather
 than moved to a thread: WAL mode without an fsync per commit, statements
 by primary key, one transaction a turn (about a millisecond for a busy
-turn).  A writer thread was tried and measured worse: every statement it
+turn); the checkpoints, which fsync, run once a second in a pool thread.  A writer thread was tried and measured worse: every statement it
 ran took the GIL back from the reactor thread (the convoy effect), and
 the reactor's sends waited for it: 100 tables of bots flat out got 45
 hands/s at a median 102 ms from action to next turn with the thread, 91
