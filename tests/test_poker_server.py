@@ -199,8 +199,8 @@ def test_spectatorNeverSeesHoleCards():
     assert server.bank.held() == server.bank.minted
 
 
-def test_chipsConservedOverAThousandHands():
-    """1000 hands of random play at a six-seat table: after every hand the chips at the table and in the balances add up to what was ever granted."""
+def test_chipsConservedOverTwoThousandHands():
+    """2000 hands of random play at a six-seat table: after every hand the chips at the table and in the balances add up to what was ever granted."""
     server, clock = memoryServer([TableConfig("t1", seats=6, handPause=0.0)])
     conns = seatPlayers(server, clock, [f"p{i}" for i in range(6)])
     bank = server.bank
@@ -210,8 +210,8 @@ def test_chipsConservedOverAThousandHands():
         assert bank.held() == bank.minted
         checks.append(1)
 
-    playRandomly(server, clock, conns, 1000, random.Random(5), check)
-    assert len(checks) >= 1000
+    playRandomly(server, clock, conns, 2000, random.Random(5), check)
+    assert len(checks) >= 2000
     assert bank.held() == bank.minted
 
 
