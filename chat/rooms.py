@@ -196,6 +196,7 @@ class ChatServer:
         maxPerAddress: int | None = None,
         reactor=None,
         instructors: Iterable[str] = (),
+        bus=None,
     ) -> None:
         """
         @param checker: a L{coursenet.accounts.PasswordChecker}: its
@@ -205,6 +206,8 @@ class ChatServer:
             together; by default as many as the descriptor limit allows.
         @param maxPerAddress: connections at once from one address.
         @param instructors: account names that are operators in every room.
+        @param bus: a L{chat.bus.RedisBus} sharing the rooms with other
+            nodes, or L{None} for a server alone.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -223,6 +226,7 @@ class ChatServer:
         self.whowasLog: collections.deque[Whowas] = collections.deque(maxlen=self.whowasSize)
         self.started = reactor.seconds()
         self._joined: dict[IParticipant, dict[str, Room]] = {}
+        self.bus = bus
 
     # -- nicknames -------------------------------------------------------------
 
@@ -311,7 +315,9 @@ class ChatServer:
             self._joined[who] = {}
             self._log.info("{nick} arrived", nick=nick)
         elif old != nick:
-            self._toNeighbours(who, Event("NICK", old, text=nick, when=self.reactor.seconds(), source=source))
+            event = Event("NICK", old, text=nick, when=self.reactor.seconds(), source=source)
+            self._toNeighbours(who, event)
+            self._share(who, event)
         return account
 
     def _rememberWhowas(self, who: IParticipant) -> None:
@@ -366,7 +372,9 @@ class ChatServer:
         joined = self._joined.get(who)
         if joined is None:
             return
-        self._toNeighbours(who, Event("QUIT", who.nick, text=reason, when=self.reactor.seconds(), source=hostmask(who)))
+        event = Event("QUIT", who.nick, text=reason, when=self.reactor.seconds(), source=hostmask(who))
+        self._toNeighbours(who, event)
+        self._share(who, event)
         for room in joined.values():
             room._forget(foldNick(who.nick))
         del self._joined[who]
@@ -385,6 +393,7 @@ class ChatServer:
         who.away = text
         event = Event("AWAY", who.nick, text=text or "", when=self.reactor.seconds(), source=hostmask(who))
         self._toNeighbours(who, event)
+        self._share(who, event)
         return event
 
     def countUsers(self) -> int:
@@ -470,6 +479,8 @@ class ChatServer:
             raise ChatError(
                 Code.LIMIT, f"you are in {len(joined)} rooms, the limit; PART one first", (name,)
             )
+        if self.bus is not None:
+            self.bus.check()
         room = self._open(bare)
         if not room.loaded:
             try:
@@ -486,11 +497,13 @@ class ChatServer:
         room.invited.discard(fold)
         room.members[fold] = who
         joined[bare] = room
-        room.broadcast(
-            Event("JOIN", who.nick, bare, when=self.reactor.seconds(), source=hostmask(who),
-                  account=getattr(who, "account", None) or ""),
-            skip=who,
-        )
+        event = Event("JOIN", who.nick, bare, when=self.reactor.seconds(), source=hostmask(who),
+                      account=getattr(who, "account", None) or "")
+        room.broadcast(event, skip=who)
+        if self.bus is not None:
+            from chat.bus import memberInfo
+
+            self._share(who, event, member=memberInfo(who))
         away = getattr(who, "away", None)
         if away:
             # What IRC's away-notify promises: the away state of whoever joins.
@@ -527,6 +540,7 @@ class ChatServer:
         room._forget(foldNick(who.nick))
         del self._joined[who][room.name]
         room.broadcast(event)
+        self._share(who, event)
         return room
 
     def say(
@@ -545,6 +559,8 @@ class ChatServer:
         """
         self._registered(who)
         room = self.room(name)
+        if self.bus is not None:
+            self.bus.check()
         fold = foldNick(who.nick)
         settings = room.settings
         if fold not in room.members:
@@ -570,6 +586,7 @@ class ChatServer:
             room.history.append(event)
             self.store.append(event)
         room.broadcast(event, skip=who)
+        self._share(who, event)
         return event
 
     def tell(
@@ -581,6 +598,8 @@ class ChatServer:
         """
         self._registered(who)
         target = self.find(nick)
+        if self.bus is not None and getattr(target, "remote", False):
+            self.bus.check()
         if not tagOnly:
             checkText(text, limit=limit)
         event = Event(
@@ -597,6 +616,8 @@ class ChatServer:
         C{text}; with +t only operators may.
         """
         room = self._member(who, name)
+        if self.bus is not None:
+            self.bus.check()
         if "t" in room.settings.modes and not self.isOperator(room, who):
             raise ChatError(
                 Code.NOT_OPERATOR, f"only operators set the topic of {room.name} (+t)", (name,)
@@ -609,6 +630,7 @@ class ChatServer:
         self.store.setTopic(room.name, room.topic)
         event = Event("TOPIC", who.nick, room.name, text, when, source=hostmask(who))
         room.broadcast(event, skip=who)
+        self._share(who, event)
         return event
 
     # -- moderation --------------------------------------------------------------
@@ -620,6 +642,8 @@ class ChatServer:
         """
         self._registered(who)
         room = self.room(name)
+        if self.bus is not None:
+            self.bus.check()
         if self.isInstructor(who):
             return room
         if foldNick(who.nick) not in room.members:
@@ -717,6 +741,10 @@ class ChatServer:
         room.broadcast(event)
         if foldNick(who.nick) not in room.members:
             who.deliver(event)
+        if self.bus is not None:
+            from chat.bus import roomState
+
+            self._share(who, event, settings=roomState(room))
         return event, errors
 
     def kick(self, who: IParticipant, name: str, nick: str, reason: str = "") -> Event:
@@ -738,6 +766,7 @@ class ChatServer:
             who.deliver(event)
         room._forget(fold)
         self._joined[target].pop(room.name, None)
+        self._share(who, event)
         return event
 
     def invite(self, who: IParticipant, nick: str, name: str) -> Event:
@@ -775,3 +804,93 @@ class ChatServer:
 
     def roomsOf(self, who: IParticipant) -> list[Room]:
         return list(self._joined.get(who, {}).values())
+
+    # -- other nodes (chat.bus) ----------------------------------------------------
+
+    def _share(self, who: IParticipant, event: Event, **extra) -> None:
+        """
+        Publish C{event} to the other nodes, if a member of this node caused it.
+        """
+        if self.bus is not None and not getattr(who, "remote", False):
+            self.bus.event(event, **extra)
+
+    def _remoteJoin(self, who: IParticipant, name: str, event: Event | None) -> None:
+        """
+        Another node's member C{who} joined room C{name}: seen here too.
+        """
+        try:
+            room = self._open(name)
+        except ChatError:
+            self._log.warn("chat bus: no room here for {room}", room=name)
+            return
+
+        def loaded(room: Room) -> None:
+            joined = self._joined.get(who)
+            if joined is None or name in joined:
+                return
+            fold = foldNick(who.nick)
+            if not room.members:
+                room.ops.add(fold)
+            room.members[fold] = who
+            joined[name] = room
+            room.broadcast(event or Event("JOIN", who.nick, name, when=self.reactor.seconds(), source=hostmask(who),
+                                          account=getattr(who, "account", None) or ""))
+
+        room.whenLoaded().addCallback(loaded).addErrback(
+            lambda f: self._log.failure("loading room {room}", f, room=name))
+
+    def _remotePart(self, who: IParticipant, name: str, reason: str, event: Event | None = None) -> None:
+        room = self._joined.get(who, {}).pop(name, None)
+        if room is None:
+            return
+        room._forget(foldNick(who.nick))
+        room.broadcast(event or Event("PART", who.nick, name, reason, self.reactor.seconds(), source=hostmask(who)))
+
+    def _remoteQuit(self, who: IParticipant, reason: str, event: Event | None = None) -> None:
+        if self._joined.get(who) is None:
+            return
+        self.quit(who, reason) if event is None else self._quitWith(who, event)
+
+    def _quitWith(self, who: IParticipant, event: Event) -> None:
+        self._toNeighbours(who, event)
+        for room in self._joined.pop(who).values():
+            room._forget(foldNick(who.nick))
+        self.users.pop(foldNick(who.nick), None)
+        self._rememberWhowas(who)
+
+    def _remoteNick(self, who: IParticipant, event: Event) -> None:
+        old, new = foldNick(who.nick), foldNick(event.text)
+        if new in self.users and self.users[new] is not who:
+            return
+        del self.users[old]
+        self.users[new] = who
+        for room in self._joined[who].values():
+            room._rename(old, new, who)
+        who.nick = event.text
+        self._toNeighbours(who, event)
+
+    def _remoteRoomEvent(self, event: Event, settings: dict | None) -> None:
+        """
+        A MESSAGE, TOPIC, MODE or KICK from another node, for room C{event.room}.
+        """
+        room = self.rooms.get(event.room)
+        if room is None or not room.loaded:
+            return
+        if event.kind == "MESSAGE" and not event.notice and not event.tagOnly:
+            room.history.append(event)
+            self.store.append(event)
+        elif event.kind == "TOPIC":
+            room.topic = Topic(event.text, event.nick, event.when) if event.text else None
+            self.store.setTopic(room.name, room.topic)
+        elif event.kind == "MODE" and settings is not None:
+            from chat.bus import applyRoomState
+
+            applyRoomState(room, settings)
+            self.store.setSettings(room.name, room.settings.toDict())
+        room.broadcast(event)
+        if event.kind == "KICK":
+            fold = foldNick(event.target)
+            room._forget(fold)
+            target = self.users.get(fold)
+            if target is not None:
+                self._joined.get(target, {}).pop(room.name, None)

@@ -11,6 +11,7 @@ from twisted.application import service, strports
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python import usage
 
+from chat.bus import RedisBus, parseBusURL
 from chat.interfaces import IHistoryStore
 from chat.irc import IRCFactory
 from chat.protocol import ChatFactory
@@ -56,6 +57,8 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
         ["ping-timeout", None, 60.0, "seconds to answer PING", float],
         ["max-rooms", None, 1000, "rooms on the server", int],
         ["irc-hostname", None, "coursenet.chat", "server name the IRC front door announces"],
+        ["bus", None, None, "share the rooms with other chat nodes through Redis: redis://HOST:PORT/DB"],
+        ["bus-heartbeat", None, 5.0, "seconds between this node's presence announcements on the bus", float],
     ]
 
     def __init__(self) -> None:
@@ -77,6 +80,12 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
         Serve IRC clients on this endpoint (repeatable), e.g. tcp:6667
         """
         self["irc"].append(description)
+
+    def opt_redis(self, url: str) -> None:
+        """
+        The same as --bus
+        """
+        self["bus"] = url
 
     def opt_instructor(self, name: str) -> None:
         """
@@ -105,6 +114,13 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
         for name in ("flood-cut", "drain-timeout", "idle-timeout", "ping-timeout"):
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} {self[name]:g}: must be more than 0 seconds")
+        if self["bus"] is not None:
+            try:
+                parseBusURL(self["bus"])
+            except ValueError as e:
+                raise usage.UsageError(f"--bus {e}")
+        if not self["bus-heartbeat"] > 0:
+            raise usage.UsageError(f"--bus-heartbeat {self['bus-heartbeat']:g}: must be more than 0 seconds")
         if self["accounts-only"] and not (self["passwd"] or self["users"]):
             raise usage.UsageError("--accounts-only needs accounts: give --passwd or --user")
         if not self["listen"]:
@@ -117,15 +133,25 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
 
 class ChatService(service.MultiService):
     """
-    The listeners, and the history store, closed after them.
+    The listeners, the bus to other nodes (if any), and the history
+    store, closed after them.
     """
 
-    def __init__(self, store: IHistoryStore) -> None:
+    def __init__(self, store: IHistoryStore, server: ChatServer | None = None) -> None:
         super().__init__()
         self.store = store
+        self.server = server
+
+    def startService(self) -> None:
+        super().startService()
+        if self.server is not None and self.server.bus is not None:
+            self.server.bus.start(self.server)
 
     def stopService(self) -> Deferred:
         d = maybeDeferred(super().stopService)
+        if self.server is not None and self.server.bus is not None:
+            bus = self.server.bus
+            d.addBoth(lambda _: bus.stop())
         return d.addBoth(lambda _: self.store.close())
 
 
@@ -159,6 +185,7 @@ def makeServer(options: Options, reactor=None) -> tuple[ChatServer, Limits]:
         maxPerAddress=options["max-per-address"],
         reactor=reactor,
         instructors=options["instructors"],
+        bus=RedisBus(options["bus"], reactor, options["bus-heartbeat"]) if options["bus"] else None,
     )
     limits = Limits(
         floodRate=options["flood-rate"],
@@ -175,7 +202,7 @@ def makeServer(options: Options, reactor=None) -> tuple[ChatServer, Limits]:
 def makeService(options: Options) -> service.IService:
     server, limits = makeServer(options)
     # Both front doors admit through the server's Admission: one cap for both.
-    top = ChatService(server.store)
+    top = ChatService(server.store, server)
     chat = ChatFactory(server, limits)
     for description in options["listen"]:
         strports.service(description, chat).setServiceParent(top)

@@ -1,0 +1,375 @@
+"""
+Rooms shared across chat server processes (nodes) through Redis pub/sub.
+
+Every node keeps its own L{ChatServer}; what one node's members do in a room
+(JOIN, PART, QUIT, NICK, MESSAGE, TOPIC, MODE, KICK, AWAY) is published on
+one Redis channel, and every other node applies it to its copy of the room
+and delivers it to its own members.  A member of another node is a
+L{RemoteMember} in the room's C{members} and the server's C{users}: it
+counts for NAMES, WHO and nickname clashes, and receives nothing itself
+(its own node delivers), except a private message or invitation, which goes
+back on the bus to the node that has the connection.
+
+Presence: every node publishes its whole state (its members, their rooms)
+when it (re)subscribes, when another node says hello, and every
+C{heartbeat} seconds.  A node not heard from for three heartbeats (killed,
+say) has its members quit the rooms of every other node.
+
+While Redis is unreachable a node refuses what it would publish (room
+messages, joins, topics...) with a reply saying so (L{Code.LIMIT}); it
+resubscribes and republishes its state as soon as Redis is back.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import txredisapi
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from chat.interfaces import IParticipant
+from chat.moderation import RoomSettings
+from chat.wire import ChatError, Code, foldNick
+
+if TYPE_CHECKING:
+    from chat.rooms import ChatServer, Event
+
+#: Events that go to one participant, not to a room.
+DIRECT = ("PRIVATE", "INVITE")
+
+
+@dataclass(frozen=True)
+class BusAddress:
+    host: str
+    port: int
+    db: int
+
+
+def parseBusURL(url: str) -> BusAddress:
+    """
+    C{redis://HOST[:PORT][/DB]} as a L{BusAddress}.
+
+    @raise ValueError: saying what is wrong with C{url}.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError(f"{url}: the bus is a redis://HOST:PORT/DB URL")
+    db = parts.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ValueError(f"{url}: the database is a number, as in redis://127.0.0.1:6379/0")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"{url}: the port is a number from 1 to 65535")
+    return BusAddress(parts.hostname or "127.0.0.1", port, int(db))
+
+
+@implementer(IParticipant)
+class RemoteMember:
+    """
+    A member connected to another node, as this node's rooms see it.
+    """
+
+    __slots__ = ("nick", "user", "host", "realname", "account", "away", "node", "bus", "online", "peer")
+    remote = True
+
+    def __init__(self, bus: "RedisBus", node: str, info: dict) -> None:
+        self.bus = bus
+        self.node = node
+        self.nick: str = info["nick"]
+        self.user = info.get("user")
+        self.host = info.get("host")
+        self.realname = info.get("realname")
+        self.account = info.get("account") or None
+        self.away = info.get("away")
+        self.online = True
+        self.peer = None
+
+    def deliver(self, event: "Event") -> None:
+        # Room events reach this member through its own node; only what is
+        # addressed to it alone travels back.
+        if event.kind in DIRECT:
+            self.bus.publish({"op": "direct", "to": self.node, "target": self.nick, "event": eventToDict(event)})
+
+
+def eventToDict(event: "Event") -> dict:
+    return {
+        "kind": event.kind, "nick": event.nick, "room": event.room, "text": event.text, "when": event.when,
+        "target": event.target, "source": event.source, "notice": event.notice, "account": event.account,
+        "tags": event.tags, "msgid": event.msgid, "tagOnly": event.tagOnly,
+    }
+
+
+def eventFromDict(data: dict) -> "Event":
+    from chat.rooms import Event
+
+    return Event(**data)
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    def connectionMade(self):
+        d = super().connectionMade()
+        self.whenConnected().addCallback(lambda _: self.factory.bus._connected(self))
+        return d
+
+    def messageReceived(self, pattern, channel, message):
+        self.factory.bus._received(message)
+
+    def connectionLost(self, reason):
+        self.factory.bus._lost(self)
+        return super().connectionLost(reason)
+
+
+class RedisBus:
+    """
+    This node's link to the others: one Redis connection subscribed to the
+    channel, one to publish on.
+
+    @param heartbeat: seconds between this node's state announcements; a
+        node silent for three of them is gone.
+    """
+
+    _log = Logger()
+
+    def __init__(self, url: str, reactor=None, heartbeat: float = 5.0) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.address = parseBusURL(url)
+        self.channel = f"coursenet.chat.{self.address.db}"
+        self.node = secrets.token_hex(6)
+        self.heartbeat = heartbeat
+        self.server: ChatServer | None = None
+        self.up = False
+        #: Other nodes: when each was last heard from.
+        self.heard: dict[str, float] = {}
+        self._sub: _Subscriber | None = None
+        self._pub = None
+        self._subFactory = None
+        self._beat = None
+
+    # -- life ------------------------------------------------------------------
+
+    def start(self, server: "ChatServer") -> None:
+        self.server = server
+        a = self.address
+        self._pub = txredisapi.lazyConnection(a.host, a.port, a.db, reconnect=True, connectTimeout=5)
+        factory = txredisapi.SubscriberFactory(isLazy=True)
+        factory.protocol = _Subscriber
+        factory.bus = self
+        factory.startConnecting(TCP4ClientEndpoint(self.reactor, a.host, a.port, timeout=5))
+        self._subFactory = factory
+        self._beat = self.reactor.callLater(self.heartbeat, self._tick)
+
+    def stop(self):
+        if self._beat is not None and self._beat.active():
+            self._beat.cancel()
+        self._beat = None
+        if self.up:
+            self.publish({"op": "bye"})
+        if self._subFactory is not None:
+            self._subFactory.stopTrying()
+            self._subFactory.disconnect()
+        if self._pub is not None:
+            return self._pub.disconnect()
+        return None
+
+    def _connected(self, protocol: _Subscriber) -> None:
+        self._sub = protocol
+        d = protocol.subscribe(self.channel)
+
+        def subscribed(_):
+            self.up = True
+            # Nobody was heard while this node was cut off: count from now.
+            now = self.reactor.seconds()
+            for node in self.heard:
+                self.heard[node] = now
+            self._log.info("chat bus: node {node} subscribed to {channel}", node=self.node, channel=self.channel)
+            self.publish({"op": "hello"})
+            self._announce()
+
+        d.addCallback(subscribed)
+        d.addErrback(lambda f: self._log.failure("chat bus: subscribing", f))
+
+    def _lost(self, protocol: _Subscriber) -> None:
+        if protocol is self._sub:
+            self._sub = None
+            self.up = False
+            self._log.warn("chat bus: lost Redis; refusing room traffic until it is back")
+
+    def _tick(self) -> None:
+        self._beat = self.reactor.callLater(self.heartbeat, self._tick)
+        if not self.up:
+            return
+        self._announce()
+        now = self.reactor.seconds()
+        for node, when in list(self.heard.items()):
+            if now - when > 3 * self.heartbeat:
+                self._log.info("chat bus: node {node} silent; its members quit", node=node)
+                self._dropNode(node, "node went away")
+
+    # -- out -------------------------------------------------------------------
+
+    def check(self) -> None:
+        """
+        @raise ChatError: if Redis is unreachable, so nothing can be shared.
+        """
+        if not self.up:
+            raise ChatError(Code.LIMIT, "the chat bus (Redis) is unreachable; not sent, try again shortly")
+
+    def publish(self, message: dict) -> None:
+        message["node"] = self.node
+        if self._pub is None:
+            return
+        d = self._pub.publish(self.channel, json.dumps(message, separators=(",", ":")))
+        d.addErrback(lambda f: self._log.failure("chat bus: publishing", f))
+
+    def event(self, event: "Event", **extra) -> None:
+        """
+        Publish C{event}, which one of this node's members caused.
+        """
+        self.publish({"op": "event", "event": eventToDict(event), **extra})
+
+    def _announce(self) -> None:
+        assert self.server is not None
+        users = []
+        for who, rooms in self.server._joined.items():
+            if getattr(who, "remote", False) or who.nick is None:
+                continue
+            users.append({**memberInfo(who), "rooms": sorted(rooms)})
+        self.publish({"op": "state", "users": users})
+
+    # -- in --------------------------------------------------------------------
+
+    def _received(self, raw) -> None:
+        try:
+            message = json.loads(raw)
+            node = message["node"]
+        except (ValueError, KeyError, TypeError):
+            self._log.warn("chat bus: ignored a malformed message")
+            return
+        if node == self.node:
+            return
+        op = message.get("op")
+        if op == "bye":
+            self._dropNode(node, "node stopped")
+            return
+        self.heard[node] = self.reactor.seconds()
+        try:
+            if op == "hello":
+                self._announce()
+            elif op == "state":
+                self._reconcile(node, message["users"])
+            elif op == "event":
+                self._apply(node, message)
+            elif op == "direct" and message.get("to") == self.node:
+                self._direct(message)
+        except Exception:
+            self._log.failure("chat bus: applying {op} from {node}", op=op, node=node)
+
+    def _stub(self, node: str, info: dict) -> RemoteMember | None:
+        """
+        The remote member called C{info["nick"]}, made if new; L{None} if a
+        member of this node holds the nickname.
+        """
+        assert self.server is not None
+        fold = foldNick(info["nick"])
+        holder = self.server.users.get(fold)
+        if holder is None:
+            holder = RemoteMember(self, node, info)
+            self.server.users[fold] = holder
+            self.server._joined[holder] = {}
+        elif not isinstance(holder, RemoteMember):
+            self._log.warn("chat bus: {nick} is on this node and node {node}", nick=info["nick"], node=node)
+            return None
+        return holder
+
+    def _reconcile(self, node: str, users: list[dict]) -> None:
+        assert self.server is not None
+        server = self.server
+        listed = set()
+        for info in users:
+            stub = self._stub(node, info)
+            if stub is None:
+                continue
+            listed.add(stub)
+            stub.away = info.get("away")
+            joined = server._joined[stub]
+            for name in info.get("rooms", ()):
+                if name not in joined:
+                    server._remoteJoin(stub, name, None)
+            for name in [n for n in joined if n not in info.get("rooms", ())]:
+                server._remotePart(stub, name, "")
+        for who in [w for w in list(server._joined) if isinstance(w, RemoteMember) and w.node == node]:
+            if who not in listed:
+                server._remoteQuit(who, "")
+
+    def _dropNode(self, node: str, reason: str) -> None:
+        assert self.server is not None
+        self.heard.pop(node, None)
+        for who in [w for w in list(self.server._joined) if isinstance(w, RemoteMember) and w.node == node]:
+            self.server._remoteQuit(who, reason)
+
+    def _apply(self, node: str, message: dict) -> None:
+        assert self.server is not None
+        server = self.server
+        event = eventFromDict(message["event"])
+        kind = event.kind
+        if kind == "JOIN":
+            stub = self._stub(node, message["member"])
+            if stub is not None:
+                server._remoteJoin(stub, event.room, event)
+            return
+        if kind in ("MESSAGE", "TOPIC", "MODE", "KICK"):
+            server._remoteRoomEvent(event, message.get("settings"))
+            return
+        who = server.users.get(foldNick(event.nick))
+        if not isinstance(who, RemoteMember):
+            return  # a member's own events come from its node; anything else is stale
+        if kind == "PART":
+            server._remotePart(who, event.room, event.text, event)
+        elif kind == "QUIT":
+            server._remoteQuit(who, event.text, event)
+        elif kind == "NICK":
+            server._remoteNick(who, event)
+        elif kind == "AWAY":
+            who.away = event.text or None
+            server._toNeighbours(who, event)
+
+    def _direct(self, message: dict) -> None:
+        assert self.server is not None
+        who = self.server.users.get(foldNick(message["target"]))
+        if who is None or isinstance(who, RemoteMember):
+            return
+        event = eventFromDict(message["event"])
+        room = self.server.rooms.get(event.room) if event.kind == "INVITE" else None
+        if room is not None and len(room.invited) < self.server.maxInvited:
+            room.invited.add(foldNick(who.nick))
+        who.deliver(event)
+
+
+def memberInfo(who) -> dict:
+    return {
+        "nick": who.nick, "user": getattr(who, "user", None), "host": getattr(who, "host", None),
+        "realname": getattr(who, "realname", None), "account": getattr(who, "account", None),
+        "away": getattr(who, "away", None),
+    }
+
+
+def roomState(room) -> dict:
+    """
+    What another node needs to copy a room's moderation: settings and roles.
+    """
+    return {"settings": room.settings.toDict(), "ops": sorted(room.ops), "voices": sorted(room.voices)}
+
+
+def applyRoomState(room, state: dict) -> None:
+    room.settings = RoomSettings.fromDict(state["settings"])
+    room.ops = set(state["ops"])
+    room.voices = set(state["voices"])
