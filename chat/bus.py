@@ -43,6 +43,21 @@ if TYPE_CHECKING:
 #: Events that go to one participant, not to a room.
 DIRECT = ("PRIVATE", "INVITE")
 
+#: Claim a nickname for a node, or keep it if the node has it already.
+_CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+#: Release a nickname, if the node holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 @dataclass(frozen=True)
 class BusAddress:
@@ -214,6 +229,42 @@ class RedisBus:
                 self._log.info("chat bus: node {node} silent; its members quit", node=node)
                 self._dropNode(node, "node went away")
 
+    # -- nicknames ---------------------------------------------------------------
+
+    def _nickKey(self, fold: str) -> str:
+        return f"{self.channel}.nick.{fold}"
+
+    @property
+    def claimMillis(self) -> int:
+        """
+        How long a claim lasts unrenewed: three heartbeats.
+        """
+        return max(1, int(3 * self.heartbeat * 1000))
+
+    def claim(self, fold: str):
+        """
+        Claim folded nickname C{fold} for this node, in Redis, for
+        L{claimMillis}; renewed with every heartbeat while it is used.
+
+        @return: a L{Deferred} firing with whether this node has it.
+        """
+        self.check()
+        assert self._pub is not None
+        d = self._pub.eval(_CLAIM, [self._nickKey(fold)], [self.node, str(self.claimMillis)])
+        return d.addCallback(lambda held: bool(held))
+
+    def release(self, fold: str) -> None:
+        if self._pub is None or not self.up:
+            return  # the claim expires by itself
+        d = self._pub.eval(_RELEASE, [self._nickKey(fold)], [self.node])
+        d.addErrback(lambda f: self._log.failure("chat bus: releasing a nickname", f))
+
+    def _renewClaims(self, folds: list[str]) -> None:
+        assert self._pub is not None
+        for fold in folds:
+            d = self._pub.eval(_CLAIM, [self._nickKey(fold)], [self.node, str(self.claimMillis)])
+            d.addErrback(lambda f: self._log.failure("chat bus: renewing a nickname", f))
+
     # -- out -------------------------------------------------------------------
 
     def check(self) -> None:
@@ -244,6 +295,7 @@ class RedisBus:
                 continue
             users.append({**memberInfo(who), "rooms": sorted(rooms)})
         self.publish({"op": "state", "users": users})
+        self._renewClaims([foldNick(u["nick"]) for u in users])
 
     # -- in --------------------------------------------------------------------
 

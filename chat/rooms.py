@@ -298,10 +298,20 @@ class ChatServer:
         holder = self.users.get(fold)
         if holder is not None and holder is not who:
             raise ChatError(Code.NICK_IN_USE, f"nickname {nick} is in use; choose another", (nick,))
+        if self.bus is not None and (who.nick is None or foldNick(who.nick) != fold):
+            # Unique across the nodes: claimed in Redis first (chat.bus).
+            if not await self.bus.claim(fold):
+                raise ChatError(Code.NICK_IN_USE, f"nickname {nick} is in use; choose another", (nick,))
+            holder = self.users.get(fold)
+            if not who.online or (holder is not None and holder is not who):
+                self.bus.release(fold)
+                raise ChatError(Code.NICK_IN_USE, f"nickname {nick} is in use; choose another", (nick,))
         old = who.nick
         if old is not None:
             oldFold = foldNick(old)
             del self.users[oldFold]
+            if self.bus is not None and oldFold != fold and not getattr(who, "remote", False):
+                self.bus.release(oldFold)
             for room in self._joined[who].values():
                 room._rename(oldFold, fold, who)
             if old != nick:
@@ -379,6 +389,8 @@ class ChatServer:
             room._forget(foldNick(who.nick))
         del self._joined[who]
         del self.users[foldNick(who.nick)]
+        if self.bus is not None and not getattr(who, "remote", False):
+            self.bus.release(foldNick(who.nick))
         self._rememberWhowas(who)
         self._log.info("{nick} left: {reason}", nick=who.nick, reason=reason)
 

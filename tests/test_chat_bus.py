@@ -93,6 +93,7 @@ async def test_two_nodes_share_a_room_across_restarts(reactor, tmp_path):
     nodeA = _node(tmp_path, "a", redis)
     nodeB = _node(tmp_path, "b", redis)
     irc = course = other = late = None
+    clients: list = []
     try:
         chatA, _ = await nodeA.ports(reactor)
         chatB, ircB = await nodeB.ports(reactor)
@@ -138,6 +139,17 @@ async def test_two_nodes_share_a_room_across_restarts(reactor, tmp_path):
         assert await course.who("lab") == ["course"]
         stopProcess(irc)
         irc = None
+        # Its nicknames' claims in Redis expire too (three heartbeats unrenewed).
+        again = await connect(reactor, "127.0.0.1", chatA)
+        clients.append(again)
+        for _ in range(100):
+            try:
+                await again.nick("iiuser")
+                break
+            except ChatReplyError as e:
+                assert "in use" in str(e)
+                await _sleep(reactor, 0.1)
+        assert again.nickname == "iiuser"
 
         # Node B restarted: it learns node A's room and members.
         nodeB = _node(tmp_path, "b2", redis)
@@ -183,7 +195,7 @@ async def test_two_nodes_share_a_room_across_restarts(reactor, tmp_path):
     finally:
         if irc is not None:
             stopProcess(irc)
-        for client in (course, other, late):
+        for client in (course, other, late, *clients):
             if client is not None and client.transport.connected:
                 client.transport.abortConnection()
                 await client.closed
