@@ -340,6 +340,9 @@ class RedisBus:
         elif not isinstance(holder, RemoteMember):
             self._log.warn("chat bus: {nick} is on this node and node {node}", nick=info["nick"], node=node)
             return None
+        else:
+            # The nickname's claim is the node's now (a restarted node, say).
+            holder.node = node
         return holder
 
     def _reconcile(self, node: str, users: list[dict]) -> None:

@@ -228,3 +228,61 @@ def test_remote_member_is_a_participant_that_forwards_only_direct_events():
     member.deliver(Event("PRIVATE", "bob", "", "psst", target="ada"))
     assert [(m["op"], m["to"], m["target"], m["event"]["text"]) for m in sent] == [
         ("direct", "elsewhere", "ada", "psst")]
+
+
+def _linkedWorlds():
+    """
+    Two chat servers on clocks whose buses hand each other their messages
+    (as JSON, as Redis would), with no socket: C{(worldA, worldB)}.
+    """
+    import json
+
+    from twisted.internet.defer import succeed
+
+    from chat.bus import RedisBus
+    from tests.chat_support import World
+
+    worlds, buses = [], []
+    for _ in range(2):
+        world = World()
+        bus = RedisBus("redis://127.0.0.1:1/0", reactor=world.clock, heartbeat=1.0)
+        bus.server, bus.up = world.server, True
+        bus.claim = lambda fold: succeed(True)  # type: ignore[method-assign]
+        bus.release = bus._renewClaims = lambda *a: None  # type: ignore[method-assign]
+        world.server.bus = bus
+        worlds.append(world)
+        buses.append(bus)
+
+    def publisher(bus, other):
+        def publish(message):
+            message["node"] = bus.node
+            other._received(json.dumps(message))
+        return publish
+
+    buses[0].publish = publisher(buses[0], buses[1])  # type: ignore[method-assign]
+    buses[1].publish = publisher(buses[1], buses[0])  # type: ignore[method-assign]
+    return worlds
+
+
+def test_linked_nodes_share_room_events_and_expire_a_silent_node():
+    """Events of one node's members reach the other's (JOIN, MESSAGE, TOPIC, PART); a node silent for three
+    heartbeats has its members quit the other's rooms."""
+    a, b = _linkedWorlds()
+    ada = a.user("ada", "lab")
+    bob = b.user("bob", "lab")
+    assert any("JOIN lab bob" in line for line in ada.lines())
+    bob.send("WHO lab")
+    assert bob.lines() == ["211-@ada", "211-bob", "211 2 in lab"]
+    ada.send("SAY lab hello across")
+    assert bob.lines() == ["MESSAGE lab ada hello across"]
+    bob.send("TOPIC lab shared topic")
+    assert any("shared topic" in line for line in ada.lines())
+    assert a.server.room("lab").topic.text == "shared topic"
+    bob.send("NICK ada")
+    assert any(line.startswith("433") for line in bob.lines())
+    # Node A goes silent: after three heartbeats node B drops its members.
+    b.server.bus._tick()
+    b.clock.advance(3.5)
+    b.server.bus._tick()
+    assert any("QUIT ada" in line for line in bob.lines())
+    assert [m.nick for m in b.server.room("lab").members.values()] == ["bob"]
