@@ -98,8 +98,12 @@ async def test_two_nodes_share_a_room_across_restarts(reactor, tmp_path):
         chatA, _ = await nodeA.ports(reactor)
         chatB, ircB = await nodeB.ports(reactor)
         course = await connect(reactor, "127.0.0.1", chatA)
-        await course.nick("course")
+        await _nick(reactor, course, "course")
         await course.join("lab")
+
+        # Node B has reached Redis once it gives a nickname.
+        other = await connect(reactor, "127.0.0.1", chatB)
+        await _nick(reactor, other, "bee")
 
         # ii on node B joins the room node A's client is in.
         ircdir = tmp_path / "irc"
@@ -126,10 +130,8 @@ async def test_two_nodes_share_a_room_across_restarts(reactor, tmp_path):
         assert (await private).text == "psst across"
 
         # A nickname held on node A is refused on node B.
-        other = await connect(reactor, "127.0.0.1", chatB)
         with pytest.raises(ChatReplyError, match="in use"):
             await other.nick("course")
-        await other.nick("bee")
 
         # Node B killed: its members quit the room on node A (three heartbeats).
         quit = course.nextEvent("QUIT", nick="iiuser")
@@ -155,7 +157,7 @@ async def test_two_nodes_share_a_room_across_restarts(reactor, tmp_path):
         nodeB = _node(tmp_path, "b2", redis)
         chatB, _ = await nodeB.ports(reactor)
         late = await connect(reactor, "127.0.0.1", chatB)
-        await late.nick("late")
+        await _nick(reactor, late, "late")
 
         joined = course.nextEvent("JOIN", nick="late")
         await late.join("lab")
@@ -202,6 +204,21 @@ async def test_two_nodes_share_a_room_across_restarts(reactor, tmp_path):
         nodeA.stop()
         nodeB.stop()
         redis.stop()
+
+
+async def _nick(reactor, client, name: str) -> None:
+    """
+    NICK C{name}, again while the node has not reached Redis yet (450).
+    """
+    for _ in range(100):
+        try:
+            await client.nick(name)
+            return
+        except ChatReplyError as e:
+            if "unreachable" not in str(e):
+                raise
+            await _sleep(reactor, 0.1)
+    raise AssertionError(f"the node never reached Redis to claim {name}")
 
 
 async def _sleep(reactor, seconds: float) -> None:
