@@ -28,6 +28,8 @@ class Options(TwinOptionsMixin, tap.Options):
     def postOptions(self) -> None:
         if self["irc"]:
             raise usage.UsageError("the twins serve the course protocol only; no --irc")
+        if self["bus"]:
+            raise usage.UsageError("the twins run as one node; no --bus (twistd chat takes it)")
         super().postOptions()
 
 

@@ -303,3 +303,18 @@ def test_linked_nodes_share_room_events_and_expire_a_silent_node():
     b.server.bus._tick()
     assert any("QUIT ada" in line for line in bob.lines())
     assert [m.nick for m in b.server.room("lab").members.values()] == ["bob"]
+
+
+def test_bus_option_checked_and_refused_by_the_twins():
+    """twistd chat refuses a --bus that is not redis://...; the single-process twins refuse --bus at all."""
+    from twisted.python import usage
+
+    from chat import tap, threaded
+
+    options = tap.Options()
+    options.parseOptions(["--redis", "redis://127.0.0.1:6390/2", "--history-db", ":memory:"])
+    assert options["bus"] == "redis://127.0.0.1:6390/2"
+    with pytest.raises(usage.UsageError, match="--bus"):
+        tap.Options().parseOptions(["--bus", "http://127.0.0.1/", "--history-db", ":memory:"])
+    with pytest.raises(usage.UsageError, match="no --bus"):
+        threaded.Options().parseOptions(["--listen", "127.0.0.1:0", "--bus", "redis://127.0.0.1:1/0"])
