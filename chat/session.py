@@ -170,7 +170,13 @@ class Session:
 
     def deliver(self, event: Event) -> None:
         if self.online:
-            self.door.send(event.encoded(self.door.wire, self.door.encodeEvent))
+            # Called once per member per event: the cached encoding is
+            # looked up directly, and encoded only for the first of a wire.
+            door = self.door
+            data = event._cache.get(door.wire)
+            if data is None:
+                data = event.encoded(door.wire, door.encodeEvent)
+            door.send(data)
 
     def lineArrived(self) -> float | None:
         """
