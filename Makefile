@@ -6,16 +6,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# System tools used by the servers, the tests and the benchmarks.
-APT_PACKAGES ?= openssl ca-certificates curl procps swaks libnet-ssleay-perl isync ii weechat-headless \
+# System tools the servers need to run (make run): TLS roots, and the
+# tether's TUN routes and filter.
+RUN_APT_PACKAGES ?= ca-certificates iproute2 nftables
+# ... and what the tests use besides (make test): real clients and peers.
+APT_PACKAGES ?= $(RUN_APT_PACKAGES) openssl ca-certificates curl procps swaks libnet-ssleay-perl isync ii weechat-headless \
 	iproute2 nftables iputils-ping chromium postgresql netcat-openbsd bc aria2 redis-server
 # Peers that only the benchmarks run.
 BENCH_APT_PACKAGES ?= postfix ngircd iperf3 dovecot-imapd
 
-.PHONY: run test typecheck bench sysdeps venv clean
+.PHONY: run test typecheck bench sysdeps sysdeps-run venv venv-run clean
 
 # make run HOST=0.0.0.0 SERVICES="bftp chat": a classroom, some servers only.
-run: sysdeps venv
+# It installs only what running needs (no test tools, no Chromium).
+run: sysdeps-run venv-run
 	$(PY) -m coursenet.devrun $(if $(HOST),--host $(HOST)) $(if $(SERVICES),--services "$(SERVICES)")
 
 test: sysdeps venv
@@ -30,6 +34,16 @@ bench: sysdeps venv
 	$(PY) -m bench $(BENCH_ARGS)
 
 venv: $(VENV)/.installed
+venv-run: $(VENV)/.installed-run
+
+# The project alone, as pip install . gives it (the test venv has it too).
+$(VENV)/.installed-run: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# An up-to-date test install already holds everything running needs.
+	if [ $(VENV)/.installed -nt setup.cfg ] && [ $(VENV)/.installed -nt pyproject.toml ]; then :; else \
+		$(PY) -m pip install -q --upgrade pip setuptools wheel && \
+		$(PY) -m pip install -q -e . --config-settings editable_mode=compat; fi
+	touch $@
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +54,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 sysdeps:
 	@APT_PACKAGES="$(APT_PACKAGES)" sh .ci/sysdeps
+
+sysdeps-run:
+	@APT_PACKAGES="$(RUN_APT_PACKAGES)" sh .ci/sysdeps
 
 clean:
 	rm -rf $(VENV) var build dist *.egg-info
