@@ -301,7 +301,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _dataOptions(service: str, workdir: str) -> list[str]:
     if service == "chat":
-        return ["--history-db", ":memory:", "--flood-rate", "0", "--idle-timeout", "600"]
+        # Every load client comes from 127.0.0.1: lift the per-address cap.
+        return ["--history-db", ":memory:", "--flood-rate", "0", "--idle-timeout", "600",
+                "--max-per-address", "100000", "--max-connections", "100000"]
     root = os.path.join(workdir, "root")
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "file.bin"), "wb") as f:
