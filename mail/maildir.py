@@ -733,6 +733,22 @@ class Folder:
         with open(path, "a", encoding="ascii") as f:
             f.writelines(f"{uid} {value}\n" for uid, value in lines)
 
+    def _compactModseqs(self, mine: dict[int, int], known: set[int], uidNext: int) -> int:
+        """
+        Rewrite MODSEQS without the lines of messages this view knows are
+        gone.  Lines other sessions appended meanwhile are kept: a message
+        at or above this view's uidNext may be in another session's view
+        already, and losing its line would reset its mod-sequence to 1.
+        Blocking: call it in a thread.
+
+        @return: the number of lines written.
+        """
+        merged = self._readModseqs()
+        merged.update(mine)
+        everything = sorted((u, m) for u, m in merged.items() if u in known or u >= uidNext)
+        self._writeModseqs(everything, True)
+        return len(everything)
+
     def _nextModseq(self) -> int:
         self.highestModseq = max(self.highestModseq + 1, int(time.time() * 1e6))
         return self.highestModseq
@@ -746,17 +762,19 @@ class Folder:
             return
         self._modseqLines += len(lines)
         if self._modseqLines > 2 * len(self._modseqs) + 1000:
-            merged = dict(self._modseqs)
-            merged.update(lines)
-            everything = sorted((u, m) for u, m in merged.items() if u in self._byUid or u in dict(lines))
-            await self._run(self._writeModseqs, everything, True)
-            self._modseqLines = len(everything)
+            mine = dict(self._modseqs)
+            mine.update(lines)
+            known, uidNext = set(self._byUid) | {u for u, _ in lines}, self.uidNext
+            self._modseqLines = await self._run(self._compactModseqs, mine, known, uidNext)
         else:
             await self._run(self._writeModseqs, lines)
         self._modseqs.update(lines)
 
     def modseq(self, uid: int) -> int:
-        return self._modseqs.get(uid, 1)
+        # A message with no line (just appended, or expunged while a
+        # session still shows it) gets the highest given so far: a
+        # mod-sequence seen by a client must never go down (RFC 7162 3.1).
+        return self._modseqs.get(uid, self.highestModseq)
 
     def keywordLetters(self, names: Iterable[str], create: bool = True) -> Deferred[str]:
         return self._lock.run(self._keywordLetters, list(names), create)

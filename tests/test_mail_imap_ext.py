@@ -198,3 +198,39 @@ def test_list_extended(s):
     assert s.say(b"k LIST \"\" Box.% RETURN (SUBSCRIBED CHILDREN)\r\n")[0] == b'* LIST (\\HasNoChildren \\Subscribed) "." "Box.one"'
     for bad in [b"(FROB) \"\" *", b"(RECURSIVEMATCH) \"\" *", b"\"\" * RETURN (FROB)", b"\"\" (*"]:
         assert s.say(b"l LIST " + bad + b"\r\n")[0].startswith(b"l BAD"), bad
+
+
+def test_modseqNeverGoesDownForAMessageWithoutItsLine(tmp_path):
+    """A message whose MODSEQS line is gone (expunged while a session still shows it) reports the highest mod-sequence, never 1 (imaptest stress saw 'MODSEQ dropped')."""
+    from tests.mail_support import result
+
+    root = str(tmp_path / "mail")
+    store = memoryStore(root)
+    ensureMaildir(store.maildir("alice"))
+    writeMessageFile(store.maildir("alice"), b"Subject: a\n\n")
+    folder = result(store.openFolder("alice"))
+    result(folder.setFlags([1], "S"))
+    before = folder.modseq(1)
+    folder._modseqs.pop(1)  # what an expunge does while another session still shows uid 1
+    assert folder.modseq(1) >= before > 1
+
+
+def test_compactingModseqsKeepsOtherSessionsLines(tmp_path):
+    """Rewriting MODSEQS keeps the lines of messages at or above this view's uidNext that another session wrote meanwhile."""
+    import os
+
+    from mail.maildir import MODSEQS
+    from tests.mail_support import result
+
+    root = str(tmp_path / "mail")
+    store = memoryStore(root)
+    ensureMaildir(store.maildir("alice"))
+    writeMessageFile(store.maildir("alice"), b"Subject: a\n\n")
+    folder = result(store.openFolder("alice"))
+    result(folder.setFlags([1], "S"))
+    with open(os.path.join(folder.path, MODSEQS), "a") as f:
+        f.write(f"{folder.uidNext + 5} 123456\n")  # another session's new message
+    folder._compactModseqs(dict(folder._modseqs), set(folder._byUid), folder.uidNext)
+    with open(os.path.join(folder.path, MODSEQS)) as f:
+        lines = f.read().split("\n")
+    assert f"{folder.uidNext + 5} 123456" in lines and any(line.startswith("1 ") for line in lines)
