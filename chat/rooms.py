@@ -35,6 +35,7 @@ from chat.wire import (
 )
 from coursenet.accounts import PasswordFrom
 from coursenet.admission import Admission
+from coursenet.logs import peerName
 from coursenet.throttle import hostOf
 
 
@@ -323,7 +324,8 @@ class ChatServer:
             who.account = account
         if old is None:
             self._joined[who] = {}
-            self._log.info("{nick} arrived", nick=nick)
+            address = getattr(who, "peer", None)
+            self._log.info("{who} arrived", who=nick if address is None else peerName(address, nick))
         elif old != nick:
             event = Event("NICK", old, text=nick, when=self.reactor.seconds(), source=source)
             self._toNeighbours(who, event)
@@ -392,7 +394,8 @@ class ChatServer:
         if self.bus is not None and not getattr(who, "remote", False):
             self.bus.release(foldNick(who.nick))
         self._rememberWhowas(who)
-        self._log.info("{nick} left: {reason}", nick=who.nick, reason=reason)
+        address = getattr(who, "peer", None)
+        self._log.info("{who} left: {reason}", who=who.nick if address is None else peerName(address, who.nick), reason=reason)
 
     def setAway(self, who: IParticipant, text: str | None) -> Event:
         """

@@ -25,6 +25,7 @@ from zope.interface import implementer
 from chat.interfaces import IChatServer, IFrontDoor, IParticipant
 from chat.rooms import Event
 from coursenet.admission import Admission, AdmittingFactory
+from coursenet.logs import peerName
 from coursenet.receiver import CommandReceiver, Outbox
 from coursenet.transport import noDelay
 
@@ -201,7 +202,7 @@ class Session:
         if self._behindSince is None:
             self._behindSince = now
         elif now + wait - self._behindSince > self.limits.floodCut:
-            self._log.info("{peer} ({nick}) cut off for flooding", peer=self.peer, nick=self.nick)
+            self._log.info("{peer} cut off for flooding", peer=peerName(self.peer, self.nick))
             self.door.close(
                 f"flood: more than {self.limits.floodRate:g} lines a second for"
                 f" {self.limits.floodCut:g} seconds; closing"
@@ -213,7 +214,7 @@ class Session:
         self.door.sendPing(secrets.token_hex(4))
 
     def _noAnswer(self) -> None:
-        self._log.info("{peer} ({nick}) did not answer PING", peer=self.peer, nick=self.nick)
+        self._log.info("{peer} did not answer PING", peer=peerName(self.peer, self.nick))
         self.door.close(f"no answer to PING within {self.limits.pingTimeout:g} seconds; closing")
 
 
@@ -234,6 +235,9 @@ class ChatReceiver(CommandReceiver):
     """
 
     _log = Logger()
+    # A room's fan-out: one write per member per reactor turn, whatever the
+    # number of messages said in it (docs/chat.md, section 7).
+    coalesceOutput = True
     # What CommandReceiver makes of the transport it is given.
     transport: Outbox  # type: ignore[assignment]
     wire = ""

@@ -26,7 +26,7 @@ import hmac
 import os
 import secrets
 import sys
-from typing import Iterable
+from typing import Callable, Iterable
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
@@ -186,24 +186,38 @@ class PeerPortal:
     (IMAP LOGIN and AUTHENTICATE, SMTP AUTH).
     """
 
-    def __init__(self, portal, address) -> None:
+    def __init__(self, portal, address, onLogin: Callable[[str], None] | None = None) -> None:
         """
         @param address: the connection's peer, an C{IAddress}.
+        @param onLogin: called with the user name after each successful
+            login (to log it).
         """
         self.portal = portal
         self.address = hostOf(address)
+        self.onLogin = onLogin
 
     @classmethod
-    def forPeer(cls, portal, address) -> "PeerPortal | None":
+    def forPeer(cls, portal, address, onLogin: Callable[[str], None] | None = None) -> "PeerPortal | None":
         """
         A L{PeerPortal} for C{portal}, or L{None} if there is no portal.
         """
-        return None if portal is None else cls(portal, address)
+        return None if portal is None else cls(portal, address, onLogin)
 
     def login(self, credentials, mind, *interfaces) -> Deferred:
         if IUsernamePassword.providedBy(credentials) and not IClientAddress.providedBy(credentials):
             credentials = PasswordFrom(credentials.username, credentials.password, self.address)
-        return self.portal.login(credentials, mind, *interfaces)
+        d = self.portal.login(credentials, mind, *interfaces)
+        if self.onLogin is not None and IUsernamePassword.providedBy(credentials):
+            raw = credentials.username
+            name = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            onLogin = self.onLogin
+
+            def loggedIn(result):
+                onLogin(name)
+                return result
+
+            d.addCallback(loggedIn)
+        return d
 
     def listCredentialsInterfaces(self) -> list:
         return self.portal.listCredentialsInterfaces()

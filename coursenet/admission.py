@@ -19,7 +19,7 @@ from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from coursenet.logs import LogBudget
+from coursenet.logs import LogBudget, peerName
 
 #: Connections from one address by default: a class behind one NAT.
 DEFAULT_PER_ADDRESS = 256
@@ -124,7 +124,7 @@ class Busy(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         if self.log is not None:
-            self.log.info("refused {peer}: {reply}", peer=self.transport.getPeer(), reply=self.reply.strip())
+            self.log.info("refused {peer}: {reply}", peer=peerName(self.transport.getPeer()), reply=self.reply.strip())
         self.transport.write(self.reply)
         self.transport.loseConnection()
         self._abort = self.clock.callLater(self.closeTimeout, self.transport.abortConnection)

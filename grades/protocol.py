@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from coursenet.accounts import PasswordFrom
 from coursenet.admission import Admission, AdmittingFactory
+from coursenet.logs import peerName
 from coursenet.receiver import CommandReceiver
 from coursenet.throttle import hostOf
 from coursenet.transport import noDelay
@@ -402,7 +403,7 @@ class GradesProtocol(CommandReceiver, TimeoutMixin):
             _, user, _ = result
             self.user = user
             self.current = user.studentId
-            self._log.info("{peer} logged in as {user} ({kind})", peer=self.peer, user=user.account, kind=user.kind)
+            self._log.info("{peer} logged in ({kind})", peer=peerName(self.peer, user.account), kind=user.kind)
             what = {
                 "student": f"student {user.studentId}",
                 "instructor": "instructor of " + " ".join(sorted(user.courses)),

@@ -42,6 +42,7 @@ from zope.interface import implementer
 
 from coursenet.accounts import PeerPortal
 from coursenet.admission import Admission
+from coursenet.logs import peerName
 from coursenet.transport import noDelay
 from mail import _compat
 from mail.interfaces import IFolder, IFolderListener, IMailStore
@@ -1407,6 +1408,13 @@ class IMAPServer(MailReceiver, imap4.IMAP4Server):
             caps[name] = None
         return caps
 
+    def loggedIn(self, user: str) -> None:
+        """
+        Log a successful LOGIN or AUTHENTICATE, naming the peer as every
+        service does (L{peerName}).
+        """
+        self._log.info("{peer} logged in", peer=peerName(self.transport.getPeer(), user))
+
     def do_ID(self, tag: bytes, line: bytes) -> None:
         # RFC 2971: what the client says of itself is only for logs.
         try:
@@ -2338,7 +2346,7 @@ class IMAPFactory(MailFactory, ServerFactory):
     def buildSession(self, addr: Any) -> IMAPServer:
         p = IMAPServer(self.contextFactory, self.maxMessageSize, self.reactor)
         # Logins are throttled by the client's address (coursenet.throttle).
-        p.portal = PeerPortal.forPeer(self.portal, addr)
+        p.portal = PeerPortal.forPeer(self.portal, addr, onLogin=p.loggedIn)
         p.factory = self
         p.POSTAUTH_TIMEOUT = self.timeout
         return p

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import deferLater
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from chat.session import Limits
 from chat.wire import MAX_LINE
@@ -275,7 +275,7 @@ def test_quit_releases_nick_and_logs(world):
         ada.lose()
     finally:
         globalLogPublisher.removeObserver(observer)
-    assert any(e.get("nick") == "ada" and e.get("reason") == "bye" for e in observer)
+    assert any(formatEvent(e).endswith(" [ada] left: bye") for e in observer), [formatEvent(e) for e in observer]
     world.user("ada").send("PING x")
 
 

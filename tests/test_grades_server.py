@@ -398,7 +398,7 @@ def test_interfaces(world):
 
 
 def test_loginsAndWritesAreLoggedWithoutPasswords(world):
-    """A login, a failed login and a SET are logged (who, what), and no log event carries a password."""
+    """A login ('127.0.0.1:PORT [mia] logged in'), a failed login and a SET are logged (who, what), and no log event carries a password or an address repr."""
     from twisted.internet.testing import EventLoggingObserver
     from twisted.logger import formatEvent, globalLogPublisher
 
@@ -406,13 +406,15 @@ def test_loginsAndWritesAreLoggedWithoutPasswords(world):
     globalLogPublisher.addObserver(observer)
     try:
         peer = world.connect()
+        port = peer.transport.getPeer().port
         peer.send(b"HELLO GRADES/2\nUSER mia\nPASS wrong-secret-1\nUSER mia\n")
         peer.send(f"PASS {PASSWORD}\nSET 051883261 MATH 91\n".encode())
         assert peer.lines()[-1] == "OK 051883261 MATH 87 -> 91"
     finally:
         globalLogPublisher.removeObserver(observer)
     texts = [formatEvent(e) for e in observer]
-    assert any("logged in as mia (instructor)" in t for t in texts), texts
+    assert f"127.0.0.1:{port} [mia] logged in (instructor)" in texts, texts
+    assert not any("IPv4Address" in t for t in texts)
     assert any("mia set 051883261 MATH 87 -> 91" in t for t in texts), texts
     assert any("failed login for mia" in t for t in texts), texts
     assert not any("wrong-secret-1" in t or PASSWORD in t for t in texts)

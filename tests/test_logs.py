@@ -14,7 +14,7 @@ from twisted.internet.defer import DeferredList
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger, LogLevel, capturedLogs
+from twisted.logger import Logger, LogLevel, capturedLogs, formatEvent
 
 from coursenet import logs
 from coursenet.accounts import PasswordChecker
@@ -123,3 +123,23 @@ def test_peerNameIsAddressPortAndUser():
     assert peerName(IPv4Address("TCP", "10.1.2.3", 5), "alice") == "10.1.2.3:5 [alice]"
     assert peerName(IPv6Address("TCP", "::1", 7), "bob") == "[::1]:7 [bob]"
     assert peerName(UNIXAddress(b"/tmp/s")) == str(UNIXAddress(b"/tmp/s"))
+
+
+def test_chatLinesNamePeersAsAddressPortAndNick():
+    """Both chat doors log arrivals and departures as '127.0.0.1:PORT [nick] arrived/left', never a Twisted address repr."""
+    from tests.chat_support import World
+
+    world = World()
+    with capturedLogs() as events:
+        ada = world.connect()
+        ada.send("NICK ada")
+        bob = world.connect(irc=True)
+        bob.send("NICK bob")
+        bob.send("USER bob 0 * :Bob")
+        ada.lose()
+    lines = [formatEvent(e) for e in events]
+    adaPort, bobPort = ada.transport.getPeer().port, bob.transport.getPeer().port
+    assert f"127.0.0.1:{adaPort} [ada] arrived" in lines, lines
+    assert f"127.0.0.1:{bobPort} [bob] arrived" in lines, lines
+    assert any(line.startswith(f"127.0.0.1:{adaPort} [ada] left: ") for line in lines), lines
+    assert not [line for line in lines if "IPv4Address" in line]
