@@ -452,6 +452,13 @@ def _pyplot():
     return pyplot
 
 
+#: A line this many times under the tallest one gets the zoomed inset.
+ZOOM_RATIO = 5
+#: Where the inset goes, in axes fractions (left, bottom, width, height):
+#: below the legend, left of the tallest line's rise.
+INSET_BOX = (0.1, 0.25, 0.42, 0.38)
+
+
 def _drawMeasure(ax, rows: list[dict], column: str, label: str, clients: list[int]) -> None:
     from matplotlib.ticker import FuncFormatter
 
@@ -460,18 +467,36 @@ def _drawMeasure(ax, rows: list[dict], column: str, label: str, clients: list[in
     # 100 and 1000 would crowd the left of a linear axis); the measure is
     # on a linear axis from zero, so heights compare as they are.
     where = {n: i for i, n in enumerate(clients)}
-    for impl in implementations:
-        colour, marker, style = STYLES.get(impl, (None, "o", "-"))
-        points = sorted((r["clients"], r[column]) for r in rows if r["implementation"] == impl)
-        ax.plot([where[p[0]] for p in points], [p[1] for p in points], color=colour, marker=marker,
-                linestyle=style, linewidth=3, markersize=12, label=impl)
-    ax.set_xlim(-0.3, len(clients) - 0.7)
-    ax.set_ylim(bottom=0)
-    ax.set_xticks(range(len(clients)), [f"{n:,}" for n in clients])
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    series = {impl: sorted((r["clients"], r[column]) for r in rows if r["implementation"] == impl)
+              for impl in implementations}
+
+    def draw(axes, impls, size: float) -> None:
+        for impl in impls:
+            colour, marker, style = STYLES.get(impl, (None, "o", "-"))
+            points = series[impl]
+            axes.plot([where[p[0]] for p in points], [p[1] for p in points], color=colour, marker=marker,
+                      linestyle=style, linewidth=size / 4, markersize=size, label=impl)
+        axes.set_xlim(-0.3, len(clients) - 0.7)
+        axes.set_ylim(bottom=0)
+        axes.set_xticks(range(len(clients)), [f"{n:,}" for n in clients])
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        axes.grid(True, alpha=0.3)
+
+    draw(ax, implementations, 12)
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel(label)
-    ax.grid(True, alpha=0.3)
+    # When one implementation dwarfs the others (the forking server's
+    # memory), their lines lie on top of each other along zero: an inset
+    # shows them again on their own linear scale.
+    peaks = {impl: max((p[1] for p in series[impl]), default=0) for impl in implementations}
+    top = max(peaks.values(), default=0)
+    small = [impl for impl in implementations if peaks[impl] * ZOOM_RATIO < top]
+    if small and len(small) < len(implementations):
+        inset = ax.inset_axes(INSET_BOX)
+        draw(inset, small, 7)
+        inset.tick_params(labelsize=13)
+        big = ", ".join(impl for impl in implementations if impl not in small)
+        inset.set_title(f"zoomed in, without {big}", fontsize=14)
 
 
 def plot(rows: list[dict], out: str, service: str, info: dict | None = None) -> list[str]:
@@ -492,7 +517,7 @@ def plot(rows: list[dict], out: str, service: str, info: dict | None = None) -> 
         fig, ax = pyplot.subplots(figsize=SIZE, dpi=DPI)
         _drawMeasure(ax, rows, column, label, clients)
         ax.set_title(f"{service}: {label}")
-        ax.legend(loc="best")
+        ax.legend(loc="upper left")
         fig.text(0.01, 0.01, note, fontsize=13, color="#444444")
         fig.tight_layout(rect=(0, 0.04, 1, 1))
         path = os.path.join(out, name)

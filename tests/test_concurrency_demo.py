@@ -73,6 +73,30 @@ def test_replotDrawsSlideFiguresWithACaption(tmp_path):
                      "memory.png": (1600, 1000), "summary.png": (2400, 1000)}
 
 
+def test_dwarfedLinesGetAZoomedInset():
+    """When one implementation's peak is over ZOOM_RATIO times another's (forking memory), the others are drawn again in an inset on their own scale; comparable lines get none."""
+    from coursenet.demo import ZOOM_RATIO, _drawMeasure, _pyplot
+
+    pyplot = _pyplot()
+    rows = [
+        {"implementation": impl, "clients": n, "rss_mb": mb * n}
+        for impl, mb in (("twisted-epoll", 0.05), ("threaded", 0.06), ("forking", 0.06 * ZOOM_RATIO * 2))
+        for n in (10, 100, 1000)
+    ]
+    fig, ax = pyplot.subplots()
+    _drawMeasure(ax, rows, "rss_mb", "memory", [10, 100, 1000])
+    assert len(ax.child_axes) == 1
+    inset = ax.child_axes[0]
+    assert sorted(line.get_label() for line in inset.get_lines()) == ["threaded", "twisted-epoll"]
+    assert "without forking" in inset.get_title()
+    assert inset.get_ylim()[1] < 100
+    pyplot.close(fig)
+    fig, ax = pyplot.subplots()
+    _drawMeasure(ax, [r for r in rows if r["implementation"] != "forking"], "rss_mb", "memory", [10, 100, 1000])
+    assert ax.child_axes == []
+    pyplot.close(fig)
+
+
 def test_rejectsUnknownImplementation(tmp_path):
     """An unknown implementation is a usage error that names the known ones, before anything starts."""
     run = subprocess.run(
