@@ -146,3 +146,38 @@ async def stop(proc: Any) -> None:
         await proc.ended
     except Exception:
         pass
+
+
+def namespacesMissing() -> str | None:
+    """
+    Why the namespace tests cannot run here, or None: they need root,
+    C{ip netns} and C{tc}.
+    """
+    import subprocess
+
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
+            return f"needs {tool} (Debian package iproute2)"
+    probe = f"swprobe{os.getpid()}"
+    if subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode != 0:
+        return "needs ip netns"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+async def waitOutput(reactor: Any, proc: Any, text: bytes, timeout: float = 30) -> None:
+    """
+    Wait until C{proc} has printed C{text}; fail with its output if it
+    exits first or C{timeout} seconds pass.
+    """
+    from twisted.internet import task
+
+    for _ in range(int(timeout * 20)):
+        if text in proc.output:
+            return
+        if proc.ended.called:
+            break
+        await task.deferLater(reactor, 0.05)
+    raise AssertionError(f"{text!r} not printed:\n{proc.output.decode(errors='replace')[-3000:]}")
