@@ -99,7 +99,9 @@ async def _run(reactor, args) -> int:
     os.makedirs(args.output, exist_ok=True)
     torrent = await peer.add(meta, os.path.join(args.output, meta.name), download=True, tracker=args.tracker)
     path = await torrent.done
-    print(f"{path} complete: {meta.length} bytes, sha256 {sha256(path)}", flush=True)
+    sources = len(torrent.sources)
+    print(f"{path} complete: {meta.length} bytes from {sources} peer{'s' if sources != 1 else ''},"
+          f" sha256 {sha256(path)}", flush=True)
     if args.seed:
         print("seeding; Ctrl-C stops", flush=True)
         await Deferred()

@@ -42,6 +42,8 @@ MAX_STRIKES = 2
 MAX_PEERS = 50
 #: Pieces started and not finished, at most this many plus one per peer.
 MAX_ACTIVE = 8
+#: Peer addresses whose bytes a download counts (L{Torrent.sources}).
+MAX_SOURCES = 1000
 
 
 def newPeerId() -> bytes:
@@ -187,6 +189,8 @@ class Torrent:
         self.downloaded = 0
         self.wasted = 0
         self.hashFailures = 0
+        #: Bytes written from each peer address (at most MAX_SOURCES kept).
+        self.sources: dict[str, int] = {}
         self.connecting: set[tuple[str, int]] = set()
         self.known: dict[tuple[str, int], None] = {}
         self.ownAddresses: set[tuple[str, int]] = set()
@@ -382,6 +386,8 @@ class Torrent:
             return
         self.storage.write(index, begin, data)
         self.downloaded += len(data)
+        if peer.host in self.sources or len(self.sources) < MAX_SOURCES:
+            self.sources[peer.host] = self.sources.get(peer.host, 0) + len(data)
         state.received.add(begin)
         state.senders.add(peer)
         for other in state.requested.pop(begin, set()):
