@@ -23,7 +23,7 @@ from compute.interfaces import IJobStore
 from compute.store import MemoryJobStore, SQLiteJobStore
 from coursenet.accounts import PasswordChecker
 from coursenet.admission import Admission
-from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin
+from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin, atLeast
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import serverContextFactory
 
@@ -71,7 +71,10 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
             raise usage.UsageError(f"--local-worker: {e}")
 
     def postOptions(self) -> None:
-        self.checkTLSPair()
+        # Files readable, endpoints parseable: one line naming the option,
+        # before anything listens.
+        self.checkStartOptions([("rpc", self["rpc"]), *([("workers", self["workers"])] if self["workers"] else [])])
+        self.checkAdmission()
         self.setdefault("users", [])
         try:
             self["dask"] = parseEngine(self["engine"])
@@ -87,8 +90,9 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
                     " (or --allow-plain)")
         elif self["dask"] is None:
             raise usage.UsageError("no workers: give --workers ENDPOINT or --engine dask://HOST:PORT")
-        if self["lease-timeout"] <= 0 or self["max-jobs"] <= 0:
-            raise usage.UsageError("--lease-timeout and --max-jobs must be positive")
+        if not self["lease-timeout"] > 0:
+            raise usage.UsageError(f"--lease-timeout {self['lease-timeout']:g}: must be more than 0 seconds")
+        atLeast("max-jobs", self["max-jobs"], 1)
 
 
 class CoordinatorService(service.MultiService):

@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python import usage
 
 from coursenet.accounts import PasswordChecker, checkUserName
-from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin
+from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin, atLeast
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import serverContextFactory, tlsListenString
 from grades.auth import makePortal
@@ -84,7 +84,14 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
             raise usage.UsageError(str(e))
 
     def postOptions(self) -> None:
-        self.checkTLSPair()
+        # Files readable, endpoints parseable, numbers in range: one line
+        # naming the option, before anything listens.
+        self.checkStartOptions(self.listenEndpoints())
+        self.checkAdmission()
+        if not 0 <= self["tls-port"] < 65536:
+            raise usage.UsageError(f"--tls-port {self['tls-port']}: must be a TCP port, 1 to 65535 (0: none)")
+        atLeast("idle-timeout", self["idle-timeout"], 0)
+        atLeast("max-import", self["max-import"], 1)
         if not self["listen"]:
             self["listen"].append(DEFAULT_LISTEN)
         if self["tls-cert"] and self["tls-port"]:

@@ -13,7 +13,7 @@ from twisted.python import usage
 
 from coursenet.accounts import PasswordChecker
 from coursenet.admission import Admission
-from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin
+from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin, atLeast
 from coursenet.throttle import GuessOptionsMixin
 from coursenet.tls import tlsListenString
 from poker.lobby import DEMO_TABLES, PokerServer
@@ -111,13 +111,22 @@ class Options(AccountOptionsMixin, AdmissionOptionsMixin, GuessOptionsMixin, usa
         self["listen"].append(description)
 
     def postOptions(self) -> None:
-        self.checkTLSPair()
+        # Files readable, endpoints parseable, numbers in range: one line
+        # naming the option, before anything listens.
+        self.checkStartOptions(self.listenEndpoints())
+        self.checkAdmission()
+        if not 0 < self["tls-port"] < 65536:
+            raise usage.UsageError(f"--tls-port {self['tls-port']}: must be a TCP port, 1 to 65535")
+        for name, low in (("guest-bankroll", 1), ("bankroll", 0), ("max-tables", 1), ("grace", 0), ("pause", 0)):
+            atLeast(name, self[name], low)
+        if not self["clock"] > 0:
+            raise usage.UsageError(f"--clock {self['clock']:g}: must be more than 0 seconds")
+        if not (self["guests"] or self["passwd"] or self["users"]):
+            raise usage.UsageError("nobody could play: give --guests, --passwd or --user")
         if not self["listen"]:
             self["listen"].append(DEFAULT_LISTEN)
         if self["tls-cert"]:
             self["listen"].append(tlsListenString(self["tls-port"], self["tls-cert"], self["tls-key"], "127.0.0.1"))
-        if not (self["guests"] or self["passwd"] or self["users"]):
-            raise usage.UsageError("nobody could play: give --guests, --passwd or --user")
         if self["tables"]:
             try:
                 with open(self["tables"]) as f:

@@ -1,7 +1,8 @@
 """
 One clear line for every option mistake (issue 13): C{twistd chat},
-C{twistd postoffice} and C{twistd tether server|client} refuse a bad option
-before anything listens.  Each case is parsed in this process and must
+C{twistd postoffice}, C{twistd tether server|client}, C{twistd grades},
+C{twistd poker} and C{twistd compute} refuse a bad option before anything
+listens.  Each case is parsed in this process and must
 raise one C{UsageError} naming the option; a few run as real twistd
 processes (at once, gathered once for the module) to show what a user
 sees of any such error: a non-zero exit, no traceback, and the message as
@@ -58,11 +59,30 @@ CASES = {
                              "--server https://x/: not a ws:// or wss:// URL"),
     "tether-client-cafile": ([*TETHER_CLIENT, "--cafile", "missing.pem"], "--cafile missing.pem: no such file"),
     "tether-client-relay": ([*TETHER_CLIENT, "--relay", "tcp:notaport"], "--relay tcp:notaport: not a usable endpoint"),
+    "grades-listen": (["grades", "--listen", "tcp:notaport"], "--listen tcp:notaport: not a usable endpoint"),
+    "grades-passwd": (["grades", "--passwd", "missing-file"], "--passwd missing-file: no such file"),
+    "grades-tls-port": (["grades", "--tls-port", "70000"], "--tls-port 70000: must be a TCP port"),
+    "grades-max-import": (["grades", "--max-import", "0"], "--max-import 0: must be at least 1"),
+    "grades-caps": (["grades", "--max-connections", "0"], "--max-connections 0: must be at least 1"),
+    "poker-listen": (["poker", "--guests", "--listen", "tcp:notaport"], "--listen tcp:notaport: not a usable endpoint"),
+    "poker-tls-cert": (["poker", "--guests", "--tls-cert", "junk", "--tls-key", "junk"], "--tls-cert junk --tls-key junk: not a PEM"),
+    "poker-clock": (["poker", "--guests", "--clock", "0"], "--clock 0: must be more than 0 seconds"),
+    "poker-tables": (["poker", "--guests", "--max-tables", "0"], "--max-tables 0: must be at least 1"),
+    "poker-caps": (["poker", "--guests", "--max-per-address", "0"], "--max-per-address 0: must be at least 1"),
+    "compute-rpc": (["compute", "--engine", "dask://127.0.0.1:1", "--rpc", "tcp:notaport"],
+                    "--rpc tcp:notaport: not a usable endpoint"),
+    "compute-workers": (["compute", "--user", "w:t", "--workers", "bogus:1"], "--workers bogus:1: not a usable endpoint"),
+    "compute-passwd": (["compute", "--engine", "dask://127.0.0.1:1", "--passwd", "missing-file"],
+                       "--passwd missing-file: no such file"),
+    "compute-jobs": (["compute", "--engine", "dask://127.0.0.1:1", "--max-jobs", "0"], "--max-jobs 0: must be at least 1"),
+    "compute-lease": (["compute", "--engine", "dask://127.0.0.1:1", "--lease-timeout", "0"],
+                      "--lease-timeout 0: must be more than 0 seconds"),
 }
 
 
 #: The cases also run as twistd processes (one per plugin and kind).
-THROUGH_TWISTD = ["chat-listen", "postoffice-smtp", "tether-server-token-file", "tether-client-token-file"]
+THROUGH_TWISTD = ["chat-listen", "postoffice-smtp", "tether-server-token-file", "tether-client-token-file",
+                  "grades-listen", "poker-listen", "compute-rpc"]
 
 
 def options(args: list[str]):
@@ -73,7 +93,12 @@ def options(args: list[str]):
     from mail.tap import Options as MailOptions
     from tether.tap import Options as TetherOptions
 
-    kinds = {"chat": ChatOptions, "postoffice": MailOptions, "tether": TetherOptions}
+    from compute.tap import Options as ComputeOptions
+    from grades.tap import Options as GradesOptions
+    from poker.tap import Options as PokerOptions
+
+    kinds = {"chat": ChatOptions, "postoffice": MailOptions, "tether": TetherOptions,
+             "grades": GradesOptions, "poker": PokerOptions, "compute": ComputeOptions}
     return kinds[args[0]](), args[1:]
 
 
