@@ -404,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cafile", help="PEM certificates to trust (e.g. var/tls/cert.pem)")
     parser.add_argument("--password-env", metavar="VAR", help="read the nickname's password from VAR")
     args = parser.parse_args(argv)
+    if args.cafile and not os.path.isfile(args.cafile):
+        parser.error(f"--cafile {args.cafile}: no such file")
+    if args.port is not None and not 0 < args.port < 65536:
+        parser.error(f"--port {args.port}: must be a TCP port, 1 to 65535")
     if "twisted.internet.reactor" not in sys.modules:
         import asyncio
 

@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.procs < 1:
         parser.error("--procs must be at least 1")
+    if args.cafile and not os.path.isfile(args.cafile):
+        parser.error(f"--cafile {args.cafile}: no such file")
     try:
         name, token = readTokenFile(args.token_file)
     except (OSError, ValueError) as e:

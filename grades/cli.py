@@ -127,7 +127,15 @@ async def _import(client, data: bytes, quiet: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parser().parse_args(argv)
+    args = parser()
+    options = args.parse_args(argv)
+    try:
+        if parseListen(options.server, "the server")[1] == 0:
+            raise ValueError(f"the server takes HOST:PORT, not port 0: {options.server!r}")
+    except ValueError as e:
+        args.error(str(e))
+    if options.cafile and not os.path.isfile(options.cafile):
+        args.error(f"--cafile {options.cafile}: no such file")
 
     async def go(reactor) -> None:
         try:

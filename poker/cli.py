@@ -10,6 +10,7 @@ C{poker}: the terminal client, and the shuffle and history tools.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -211,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from poker.bot import parseAddress
 
-    host, port = parseAddress(args.address)
+    try:
+        host, port = parseAddress(args.address)
+    except argparse.ArgumentTypeError as e:
+        p.error(str(e))
+    if args.cafile and not os.path.isfile(args.cafile):
+        p.error(f"--cafile {args.cafile}: no such file")
     codes: list[int] = []
 
     async def run(reactor: Any) -> None:

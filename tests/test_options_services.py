@@ -150,3 +150,49 @@ def test_twistdShowsTheRefusalAsItsLastLine(outcomes, case):
     assert code != 0, out
     assert "Traceback" not in out, out
     assert CASES[case][1] in out.strip().splitlines()[-1], out[-2000:]
+
+
+#: Console scripts given a bad argument: argv, and what the last line says.
+CONSOLE_CASES = {
+    "grades-server": (["grades", "localhost:notaport", "whoami"], "the server takes HOST:PORT"),
+    "grades-cafile": (["grades", "--tls", "--cafile", "nope.pem", "localhost:7070", "whoami"], "--cafile nope.pem: no such file"),
+    "compute-worker-cafile": (["compute-worker", "--connect", "127.0.0.1:1", "--token-file", "token", "--cafile", "nope.pem"],
+                              "--cafile nope.pem: no such file"),
+    "compute-worker-token": (["compute-worker", "--connect", "127.0.0.1:1", "--token-file", "nope"], "--token-file"),
+    "poker-address": (["poker", "play", "localhost:notaport"], "HOST:PORT expected, not localhost:notaport"),
+    "poker-cafile": (["poker", "play", "--tls", "--cafile", "nope.pem", "localhost:7777"], "--cafile nope.pem: no such file"),
+    "chat-cafile": (["chat", "--tls", "--cafile", "nope.pem", "localhost", "ada"], "--cafile nope.pem: no such file"),
+    "chat-port": (["chat", "--port", "0", "localhost", "ada"], "--port 0: must be a TCP port"),
+}
+
+
+@pytest.fixture(scope="module")
+def consoleOutcomes(tmp_path_factory):
+    """
+    C{{case: (exit status, output)}} of the L{CONSOLE_CASES}, run at once.
+    """
+    cwd = tmp_path_factory.mktemp("console")
+    (cwd / "token").write_text("laptop:secret\n")
+    procs = {
+        name: subprocess.Popen([os.path.join(BIN, args[0]), *args[1:]], cwd=cwd, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name, (args, _) in CONSOLE_CASES.items()
+    }
+    results = {}
+    for name, proc in procs.items():
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        results[name] = (proc.returncode, out)
+    return results
+
+
+@pytest.mark.parametrize("case", sorted(CONSOLE_CASES))
+def test_consoleScriptRefusesABadArgumentAsArgparseDoes(consoleOutcomes, case):
+    """A console script given a bad address or a missing file exits 2 before connecting, no traceback, the refusal its last line."""
+    code, out = consoleOutcomes[case]
+    assert code == 2, out
+    assert "Traceback" not in out, out
+    assert CONSOLE_CASES[case][1] in out.strip().splitlines()[-1], out[-2000:]

@@ -18,15 +18,16 @@ from coursenet.options import OptionsMixinBase
 _log = Logger()
 
 
-def parseListen(text: str) -> tuple[str, int]:
+def parseListen(text: str, what: str = "--listen") -> tuple[str, int]:
     """
     C{HOST:PORT} as C{(host, port)}.
 
+    @param what: the option or argument it came from, for the error.
     @raise ValueError: if it is not one.
     """
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--listen takes HOST:PORT, not {text!r}")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{what} takes HOST:PORT (a port up to 65535), not {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
