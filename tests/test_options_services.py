@@ -125,12 +125,18 @@ def outcomes(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("options")
     (cwd / "junk").write_text("not pem\n")
     (cwd / "token").write_text("laptop:secret\n")
+    return runAll(cwd, {name: ["twistd", "-n", "--pidfile=", *CASES[name][0]] for name in THROUGH_TWISTD})
+
+
+def runAll(cwd, commands: dict[str, list[str]]) -> dict[str, tuple[int, str]]:
+    """
+    Run the installed C{commands} (program name first) at once in C{cwd}
+    with no input: C{{name: (exit status, output)}}.
+    """
     procs = {
-        name: subprocess.Popen(
-            [os.path.join(BIN, "twistd"), "-n", "--pidfile=", *CASES[name][0]], cwd=cwd,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for name in THROUGH_TWISTD
+        name: subprocess.Popen([os.path.join(BIN, argv[0]), *argv[1:]], cwd=cwd, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name, argv in commands.items()
     }
     results = {}
     for name, proc in procs.items():
@@ -173,20 +179,7 @@ def consoleOutcomes(tmp_path_factory):
     """
     cwd = tmp_path_factory.mktemp("console")
     (cwd / "token").write_text("laptop:secret\n")
-    procs = {
-        name: subprocess.Popen([os.path.join(BIN, args[0]), *args[1:]], cwd=cwd, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for name, (args, _) in CONSOLE_CASES.items()
-    }
-    results = {}
-    for name, proc in procs.items():
-        try:
-            out, _ = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        results[name] = (proc.returncode, out)
-    return results
+    return runAll(cwd, {name: args for name, (args, _) in CONSOLE_CASES.items()})
 
 
 @pytest.mark.parametrize("case", sorted(CONSOLE_CASES))
