@@ -14,6 +14,9 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from typing import Iterable
+
+import pytest
 
 from twisted.internet import defer, endpoints
 from twisted.internet.testing import StringTransport
@@ -26,7 +29,7 @@ from coursenet.procs import freePort, stopProcess, waitForPort
 from coursenet.tls import serverContextFactory
 from mail.auth import makePortal
 from mail.imap import IMAPFactory, IMAPServer, MaildirAccount
-from mail.maildir import MaildirStore
+from mail.maildir import MaildirStore, ensureMaildir, writeMessageFile
 from mail.pop3 import POP3Factory
 from mail.smtp import SMTPFactory
 from tests.bftp_support import FakeReactor
@@ -126,6 +129,33 @@ def memoryStore(root: str, pool: ManualPool | None = None, **kwargs) -> MaildirS
         threadPool=pool if pool is not None else ManualPool(auto=True),
         **kwargs,
     )
+
+
+@pytest.fixture
+def pool() -> ManualPool:
+    """
+    A thread pool that runs work only when the test says (import it as a
+    fixture where it is used).
+    """
+    return ManualPool()
+
+
+@pytest.fixture
+def clock() -> FakeReactor:
+    return FakeReactor()
+
+
+def storeWith(root: str, pool: ManualPool, clock: FakeReactor, messages: Iterable[bytes]) -> MaildirStore:
+    """
+    A L{memoryStore} on C{root} whose alice has C{messages} in her INBOX,
+    in that order.
+    """
+    store = memoryStore(root, pool, reactor=clock)
+    inbox = store.maildir(USER)
+    ensureMaildir(inbox)
+    for message in messages:
+        writeMessageFile(inbox, message)
+    return store
 
 
 def result(d):

@@ -16,27 +16,12 @@ from twisted.mail import imap4
 from mail.imap import LINE_MAX, IMAPServer, MaildirAccount, _ReadAhead
 from mail.maildir import ensureMaildir, writeMessageFile
 from tests.bftp_support import FakeReactor
-from tests.mail_support import DiskGuard, ManualPool, Session, memoryStore
-
-
-@pytest.fixture
-def pool():
-    return ManualPool()
-
-
-@pytest.fixture
-def clock():
-    return FakeReactor()
+from tests.mail_support import DiskGuard, ManualPool, Session, clock, memoryStore, pool, storeWith  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
 def store(tmp_path, pool, clock):
-    store = memoryStore(str(tmp_path / "mail"), pool, reactor=clock)
-    inbox = store.maildir("alice")
-    ensureMaildir(inbox)
-    for i in range(3):
-        writeMessageFile(inbox, b"Subject: m%d\n\nbody %d\n" % (i, i))
-    return store
+    return storeWith(str(tmp_path / "mail"), pool, clock, [b"Subject: m%d\n\nbody %d\n" % (i, i) for i in range(3)])
 
 
 def tagged(lines: list[bytes]) -> list[bytes]:

@@ -9,28 +9,12 @@ import pytest
 
 from mail.imap import EXTENSIONS
 from mail.maildir import ensureMaildir, writeMessageFile
-from tests.bftp_support import FakeReactor
-from tests.mail_support import ManualPool, Session, memoryStore
-
-
-@pytest.fixture
-def pool():
-    return ManualPool()
-
-
-@pytest.fixture
-def clock():
-    return FakeReactor()
+from tests.mail_support import Session, clock, memoryStore, pool, storeWith  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
 def store(tmp_path, pool, clock):
-    store = memoryStore(str(tmp_path / "mail"), pool, reactor=clock)
-    inbox = store.maildir("alice")
-    ensureMaildir(inbox)
-    for i in range(3):
-        writeMessageFile(inbox, b"Subject: m%d\n\nbody\n" % i)
-    return store
+    return storeWith(str(tmp_path / "mail"), pool, clock, [b"Subject: m%d\n\nbody\n" % i for i in range(3)])
 
 
 @pytest.fixture

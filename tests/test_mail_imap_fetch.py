@@ -10,9 +10,8 @@ import os
 
 import pytest
 
-from mail.maildir import ensureMaildir, writeMessageFile
-from tests.bftp_support import FakeReactor
-from tests.mail_support import ManualPool, Session, memoryStore
+from mail.maildir import writeMessageFile
+from tests.mail_support import Session, clock, pool, storeWith  # noqa: F401 (fixtures)
 
 NESTED = (
     b"From: outer@example.org\r\nSubject: outer\r\nMIME-Version: 1.0\r\n"
@@ -28,27 +27,12 @@ NESTED = (
 
 
 @pytest.fixture
-def pool():
-    return ManualPool()
-
-
-@pytest.fixture
-def clock():
-    return FakeReactor()
-
-
-@pytest.fixture
 def store(tmp_path, pool, clock):
-    store = memoryStore(str(tmp_path / "mail"), pool, reactor=clock)
-    inbox = store.maildir("alice")
-    ensureMaildir(inbox)
-    writeMessageFile(inbox, NESTED)
-    writeMessageFile(
-        inbox,
+    return storeWith(str(tmp_path / "mail"), pool, clock, [
+        NESTED,
         b"Message-ID: <m2@example.org>\r\nTo: team: a@b.org, c@d.org;, e@f.org\r\n"
         b"Content-Transfer-Encoding: BASE64\r\n\r\naGk=\r\n",
-    )
-    return store
+    ])
 
 
 def selected(store, clock, pool) -> Session:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import pytest
 
 from mail.imap_search import SearchError, compileQuery
-from mail.maildir import ensureMaildir, writeMessageFile
-from tests.bftp_support import FakeReactor
-from tests.mail_support import ManualPool, Session, memoryStore
+from tests.mail_support import Session, clock, pool, storeWith  # noqa: F401 (fixtures)
 
 MESSAGES = [
     b"From: Ann Example <ann@example.org>\r\nTo: team: bob@example.org;\r\nSubject: =?utf-8?q?caf=C3=A9?= plans\r\n"
@@ -21,23 +19,8 @@ MESSAGES = [
 
 
 @pytest.fixture
-def pool():
-    return ManualPool()
-
-
-@pytest.fixture
-def clock():
-    return FakeReactor()
-
-
-@pytest.fixture
 def store(tmp_path, pool, clock):
-    store = memoryStore(str(tmp_path / "mail"), pool, reactor=clock)
-    inbox = store.maildir("alice")
-    ensureMaildir(inbox)
-    for m in MESSAGES:
-        writeMessageFile(inbox, m)
-    return store
+    return storeWith(str(tmp_path / "mail"), pool, clock, MESSAGES)
 
 
 @pytest.fixture

@@ -9,9 +9,8 @@ import pytest
 
 from mail.imap_search import SearchError
 from mail.imap_sort import ThreadMessage, baseSubject, parseCriteria, references, renderThreads
-from mail.maildir import ensureMaildir, writeMessageFile
 from tests.bftp_support import FakeReactor
-from tests.mail_support import ManualPool, Session, memoryStore
+from tests.mail_support import ManualPool, Session, storeWith
 
 MESSAGES = [
     b"Message-ID: <a@x>\r\nFrom: Zed <zed@example.org>\r\nSubject: Lunch\r\nDate: Mon, 1 Jan 2024 12:00:00 +0000\r\n\r\n1\r\n",
@@ -24,12 +23,7 @@ MESSAGES = [
 @pytest.fixture
 def s(tmp_path):
     pool, clock = ManualPool(), FakeReactor()
-    store = memoryStore(str(tmp_path / "mail"), pool, reactor=clock)
-    inbox = store.maildir("alice")
-    ensureMaildir(inbox)
-    for m in MESSAGES:
-        writeMessageFile(inbox, m)
-    session = Session(store, clock, pool)
+    session = Session(storeWith(str(tmp_path / "mail"), pool, clock, MESSAGES), clock, pool)
     session.say(b"a SELECT INBOX\r\n")
     return session
 
