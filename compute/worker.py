@@ -24,6 +24,7 @@ from twisted.protocols import amp
 
 from compute.protocol import Complete, Lease, Login, LoginFailed, Progress, Refused
 from compute.series import computeChunk
+from coursenet.accounts import readTokenFile
 from coursenet.tls import clientEndpoint
 
 #: A chunk is computed in slices of at least this many terms, with a
@@ -173,19 +174,6 @@ class Worker:
                         why=failure.value)
 
 
-def readTokenFile(path: str) -> tuple[str, str]:
-    """
-    The C{NAME:TOKEN} of a token file's first line.
-
-    @raise ValueError: if the file does not hold one.
-    """
-    with open(path, encoding="utf-8") as f:
-        name, sep, token = f.readline().strip().partition(":")
-    if not sep or not name or not token:
-        raise ValueError(f"{path} must hold one line NAME:TOKEN")
-    return name, token
-
-
 def connectEndpoint(reactor, text: str, cafile: str | None):
     """
     The client endpoint of C{--connect}: C{HOST:PORT} is TLS, verified
@@ -215,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         name, token = readTokenFile(args.token_file)
     except (OSError, ValueError) as e:
-        parser.error(f"--token-file: {e}")
+        parser.error(f"--token-file {args.token_file}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 

@@ -84,6 +84,21 @@ def verifyPassword(password: str, encoded: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+def readTokenFile(path: str) -> tuple[str, str]:
+    """
+    The C{NAME:TOKEN} on the first line of a client's token file (the
+    tether client's, a compute worker's).
+
+    @raise OSError: if it cannot be read.
+    @raise ValueError: if it is not UTF-8 or does not hold C{NAME:TOKEN}.
+    """
+    with open(path, encoding="utf-8") as f:
+        name, sep, token = f.readline().strip().partition(":")
+    if not sep or not name or not token:
+        raise ValueError("must hold one line NAME:TOKEN")
+    return name, token
+
+
 def parseUserSpec(spec: str) -> tuple[str, str]:
     """
     Split a C{NAME:PASSWORD} command-line value.

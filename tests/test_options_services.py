@@ -164,7 +164,7 @@ CONSOLE_CASES = {
     "grades-cafile": (["grades", "--tls", "--cafile", "nope.pem", "localhost:7070", "whoami"], "--cafile nope.pem: no such file"),
     "compute-worker-cafile": (["compute-worker", "--connect", "127.0.0.1:1", "--token-file", "token", "--cafile", "nope.pem"],
                               "--cafile nope.pem: no such file"),
-    "compute-worker-token": (["compute-worker", "--connect", "127.0.0.1:1", "--token-file", "nope"], "--token-file"),
+    "compute-worker-token": (["compute-worker", "--connect", "127.0.0.1:1", "--token-file", "nope"], "--token-file nope: No such file"),
     "poker-address": (["poker", "play", "localhost:notaport"], "HOST:PORT expected, not localhost:notaport"),
     "poker-cafile": (["poker", "play", "--tls", "--cafile", "nope.pem", "localhost:7777"], "--cafile nope.pem: no such file"),
     "chat-cafile": (["chat", "--tls", "--cafile", "nope.pem", "localhost", "ada"], "--cafile nope.pem: no such file"),

@@ -15,7 +15,7 @@ from hyperlink import URL
 from twisted.application import service, strports
 from twisted.python import usage
 
-from coursenet.accounts import PasswordChecker
+from coursenet.accounts import PasswordChecker, readTokenFile
 from coursenet.admission import Admission
 from coursenet.options import (
     AccountOptionsMixin,
@@ -185,13 +185,11 @@ class ClientOptions(usage.Options):
             parseableEndpoint("relay", self["relay"])
         checkTunName(self["tun"])
         try:
-            with open(self["token-file"], encoding="utf-8") as f:
-                name, sep, token = f.readline().strip().partition(":")
-        except (OSError, UnicodeDecodeError) as e:
+            self["name"], self["token"] = readTokenFile(self["token-file"])
+        except OSError as e:
             raise usage.UsageError(f"--token-file {self['token-file']}: cannot read it ({e})")
-        if not sep or not name or not token:
-            raise usage.UsageError(f"--token-file {self['token-file']}: must hold one line NAME:TOKEN")
-        self["name"], self["token"] = name, token
+        except ValueError as e:
+            raise usage.UsageError(f"--token-file {self['token-file']}: {e}")
         self["relay-key"] = self["relay-key"] or secrets.token_urlsafe(12)
 
 
