@@ -26,18 +26,26 @@ import stat
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from bftp.fs import Entry
 from bftp import digests
-from bftp.transfer import ChunkedFileSender, ChunkSink, hashInThread, setReadSize
+from bftp.transfer import (
+    ChunkedFileSender,
+    ChunkSink,
+    PooledReader,
+    bufferPool,
+    hashInThread,
+    pooledReader,
+    setReadSize,
+)
 from bftp.wire import (
     MAX_LINE,
     VERSION,
@@ -110,6 +118,8 @@ class BFTPClient(LineReceiver):
         self._waiting: collections.deque[Deferred] = collections.deque()
         self._lines: list[str] = []
         self._sink: ChunkSink | None = None
+        self._reader: PooledReader | None = None
+        self._pausedFor: set[str] = set()
         self._onData: Callable[[int, int], ChunkSink] | None = None
         self._turn: Deferred = Deferred()
         self._turn.callback(None)
@@ -125,6 +135,7 @@ class BFTPClient(LineReceiver):
     # -- wire ---------------------------------------------------------------
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        self._stopReader()
         why = reason.getErrorMessage() if reason is not None else "closed"
         while self._waiting:
             self._waiting.popleft().errback(
@@ -149,21 +160,51 @@ class BFTPClient(LineReceiver):
             size, offset = (int(x) for x in text.split()[:2])
             self._sink, self._onData = self._onData(size, offset), None
             self.setRawMode()
+            # What came with this line is fed by the receiver in a moment;
+            # the next reads go into pooled buffers on plain TCP.
+            self._reader = pooledReader(
+                self.transport, bufferPool(self._reactor), self._received,
+                lambda: self._pauseReading("buffers"), lambda: self._resumeReading("buffers"),
+            )
             return
         if self._waiting:
             self._waiting.popleft().callback(Reply(code, text, lines))
 
     def rawDataReceived(self, data: bytes) -> None:
+        self._received(data)
+
+    def _received(self, data, release: Callable[[], None] | None = None) -> None:
         sink = self._sink
         assert sink is not None, "raw mode is set once the sink is"
         try:
-            sink.feed(data)
+            sink.feed(data, release)
         except FramingError as e:
+            self._stopReader()
             self._abort(e)
             return
         if sink.done:
-            rest = sink.rest
-            self.setLineMode(rest)
+            self._stopReader()
+            self.setLineMode(sink.rest)
+
+    def _stopReader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.stop()
+
+    def _pauseReading(self, reason: str) -> None:
+        """
+        Read nothing more until L{_resumeReading} with every reason given.
+        """
+        if not self._pausedFor and self.transport is not None:
+            cast(IPushProducer, self.transport).pauseProducing()
+        self._pausedFor.add(reason)
+
+    def _resumeReading(self, reason: str) -> None:
+        if reason not in self._pausedFor:
+            return
+        self._pausedFor.discard(reason)
+        if not self._pausedFor and self.transport is not None and self.connected:
+            cast(IPushProducer, self.transport).resumeProducing()
 
     def _abort(self, error: Exception) -> None:
         if self._waiting:
@@ -368,7 +409,10 @@ class BFTPClient(LineReceiver):
             if onStart is not None:
                 onStart(size, at)
             setReadSize(self.transport, _TRANSFER_READ)
-            return ChunkSink(self._reactor, f, hasher if at else digests.new(algorithm), progress=progress)
+            return ChunkSink(
+                self._reactor, f, hasher if at else digests.new(algorithm), progress=progress,
+                onBacklog=lambda held: (self._pauseReading if held else self._resumeReading)("hashing"),
+            )
 
         self._onData = start
         ok = False
@@ -377,10 +421,14 @@ class BFTPClient(LineReceiver):
             ok = True
         finally:
             self._onData = None
+            self._stopReader()
             setReadSize(self.transport, None)
             sink, self._sink = self._sink, None
             if sink is not None and not ok:
                 sink.close()
+            elif sink is not None:
+                # Everything gathered reaches the file before it closes.
+                sink.flush()
             for f in files:
                 f.close()
         if sink is None:

@@ -36,7 +36,10 @@ from bftp.transfer import (
     ChunkedFileSender,
     ChunkSink,
     DigestCache,
+    PooledReader,
+    bufferPool,
     hashInThread,
+    pooledReader,
     setReadSize,
     storeDigest,
 )
@@ -69,6 +72,9 @@ _WRITES = {"PUT", "DELETE", "MKDIR", "RMDIR", "RENAME"}
 _DIGEST_LINE = re.compile(rb"[0-9a-fA-F]{64}")
 #: How much a connection reads at a time while file data streams in.
 _TRANSFER_READ = 1 << 20
+#: An upload is written back to disk in the background every this many
+#: bytes (L{ChunkSink}), so the fsync before its 226 is short.
+_WRITEBACK = 64 << 20
 
 HELP = [
     "HELLO BFTP/1            announce the protocol version (first)",
@@ -102,6 +108,8 @@ class _Upload:
     partial: str
     file: BinaryIO
     sink: ChunkSink | None = None
+    #: Reads the data into pooled buffers on plain TCP (L{PooledReader}).
+    reader: PooledReader | None = None
     awaitingDigest: bool = False
     #: The data is being made durable and renamed into place: the commit,
     #: not a lost connection, ends the upload.
@@ -762,6 +770,8 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             self.factory.reactor, f, hasher, limit=limit,
             progress=lambda n: self.resetTimeout(),
             charge=None if owner is None else lambda n: quotas.charge(owner, n),
+            onBacklog=lambda held: (self.pauseReading if held else self.resumeReading)("hashing"),
+            writeback=_WRITEBACK,
         )
         self.reply(
             Code.SEND_DATA,
@@ -769,14 +779,21 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         )
         setReadSize(self.transport, _TRANSFER_READ)
         self.setRawMode()
+        upload.reader = pooledReader(
+            self.transport, self.factory.buffers, self._received,
+            lambda: self.pauseReading("buffers"), lambda: self.resumeReading("buffers"),
+        )
 
     def rawDataReceived(self, data: bytes) -> None:
+        self._received(data)
+
+    def _received(self, data, release=None) -> None:
         self.resetTimeout()
         upload = self._upload
         # Raw mode is set once the upload's sink is there, and left with it.
         assert upload is not None and upload.sink is not None
         try:
-            upload.sink.feed(data)
+            upload.sink.feed(data, release)
         except FramingError as e:
             self.reply(e.code, e.message)
             self._log.info("{peer}: {error}", peer=self.who, error=e.message)
@@ -785,8 +802,14 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             return
         if upload.sink.done:
             upload.awaitingDigest = True
+            self._stopReader(upload)
             setReadSize(self.transport, None)
             self.setLineMode(upload.sink.rest)
+
+    def _stopReader(self, upload: _Upload) -> None:
+        reader, upload.reader = upload.reader, None
+        if reader is not None:
+            reader.stop()
 
     async def _finishUpload(self, line: bytes) -> None:
         upload = self._upload
@@ -858,6 +881,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         upload, self._upload = self._upload, None
         if upload is None:
             return
+        self._stopReader(upload)
         if upload.sink is not None:
             upload.sink.close()
         fd = upload.file.fileno()
@@ -942,6 +966,8 @@ class BFTPFactory(AdmittingFactory, Factory):
         self.loginTimeout = loginTimeout
         self.sendfile = sendfile
         self.digests = DigestCache(reactor)
+        #: Receive buffers every upload shares (L{bftp.transfer.BufferPool}).
+        self.buffers = bufferPool(reactor)
         self.uploads: MutableSet[str] = set() if uploads is None else uploads
         self.fsync = fsync
         self.policy = Policy() if policy is None else policy

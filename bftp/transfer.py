@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 from typing import Callable, Protocol
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPullProducer, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPullProducer, IPushProducer
 from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.components import registerAdapter
@@ -27,7 +28,7 @@ from zope.interface import implementer
 
 from bftp import digests
 from bftp.wire import CHUNK_SIZE, END_OF_DATA, ChunkDecoder, FramingError, chunkHeader
-from coursenet._compat import setTCPReadSize
+from coursenet._compat import setTCPReader, setTCPReadSize
 from coursenet.coalesce import Coalescer
 from coursenet.interfaces import IFastTransfer
 
@@ -281,108 +282,332 @@ class ChunkedFileSender:
             self.deferred.errback(Failure(ConnectionError("connection lost during transfer")))
 
 
-class BackgroundHasher:
+class BufferPool:
     """
-    The SHA-256 of a file being written, computed in the reactor's thread
-    pool a little behind the writer.
-
-    The writer only says how far it got (L{wrote}); a job in a thread reads
-    the new bytes back from the page cache and hashes them, with the GIL
-    released, while the reactor goes on receiving.  At most one job runs
-    per file, and no thread ever waits for data, so a stalled upload holds
-    no thread.
+    Receive buffers of C{size} bytes, reused across the transfers of a
+    process: at most C{limit} are out at once, so memory stays bounded
+    whatever the number of transfers.  A buffer is out from L{take} until
+    L{give} (from any thread: the hashing threads give buffers back).
     """
 
-    STEP = 4 << 20
-
-    def __init__(self, reactor, fd: int, hasher, position: int) -> None:
-        """
-        @param fd: the file being written; the hasher reads its own
-            duplicate, so the caller may close C{fd} at any time.
-        @param hasher: a C{hashlib} object already fed with the bytes
-            before C{position}.
-        """
+    def __init__(self, reactor, size: int = 1 << 20, limit: int = 32) -> None:
         self._reactor = reactor
-        self._fd: int | None = os.dup(fd)
+        self.size = size
+        self.limit = limit
+        self._free: collections.deque[bytearray] = collections.deque()
+        self._made = 0
+        self._waiters: collections.deque[Callable[[], None]] = collections.deque()
+
+    def take(self) -> bytearray | None:
+        """
+        A free buffer, or L{None} if C{limit} are out (then L{whenFree}).
+        Reactor thread only.
+        """
+        try:
+            return self._free.pop()
+        except IndexError:
+            pass
+        if self._made >= self.limit:
+            return None
+        self._made += 1
+        return bytearray(self.size)
+
+    def give(self, buf: bytearray) -> None:
+        """
+        Put C{buf} back; any thread.
+        """
+        self._free.append(buf)
+        if self._waiters:
+            self._reactor.callFromThread(self._wake)
+
+    def whenFree(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} (in the reactor thread) once a buffer is free; at
+        once if one already is.
+        """
+        self._waiters.append(callback)
+        if self._free:
+            self._wake()
+
+    def _wake(self) -> None:
+        # Each waiter tries again; one that finds none free asks again.
+        waiters, self._waiters = self._waiters, collections.deque()
+        for callback in waiters:
+            callback()
+
+
+_POOLS: dict[int, BufferPool] = {}
+
+
+def bufferPool(reactor) -> BufferPool:
+    """
+    The L{BufferPool} every transfer on C{reactor} shares.
+    """
+    pool = _POOLS.get(id(reactor))
+    if pool is None or pool._reactor is not reactor:
+        pool = _POOLS[id(reactor)] = BufferPool(reactor)
+    return pool
+
+
+class HashFeed:
+    """
+    Hash data already in memory, in order, in the reactor's thread pool:
+    the receiving side hands each piece over (L{update}) right after
+    writing it, and a job in a pool thread hashes what is queued with the
+    GIL released while the reactor goes on receiving.  Nothing is read
+    back from the file.
+
+    At most one job runs per feed, and a job ends when the queue is empty,
+    so a stalled transfer holds no thread.  The queued pieces stay
+    referenced until hashed: past C{backlog} bytes, C{onBacklog(True)}
+    asks the caller to stop reading, and C{onBacklog(False)} once the job
+    has caught up.
+    """
+
+    def __init__(self, reactor, hasher, onBacklog: Callable[[bool], None] | None = None, backlog: int = 16 << 20) -> None:
+        self._reactor = reactor
         self._hasher = hasher
-        self._hashed = self._written = position
-        self._job: Deferred | None = None
-        self._failure: Failure | None = None
-        self._finished: Deferred | None = None
+        self._onBacklog = onBacklog
+        self._backlog = backlog
+        self._queue: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._running = False
+        self._pending = 0
+        self._held = False
+        self._finishing = False
         self._closed = False
+        self._finished: Deferred[str] | None = None
+        self._failure: Failure | None = None
 
-    def wrote(self, n: int) -> None:
-        self._written += n
-        if self._job is None and self._written - self._hashed >= self.STEP:
-            self._startJob()
+    def update(self, data) -> None:
+        """
+        Hash C{data} (bytes or a memoryview that stays valid until hashed:
+        see L{after}).  Reactor thread.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._queue.append(data)
+            self._pending += len(data)
+            start = not self._running
+            self._running = True
+            over = self._pending > self._backlog
+        if over and not self._held and self._onBacklog is not None:
+            self._held = True
+            self._onBacklog(True)
+        if start:
+            self._start()
 
-    def _startJob(self) -> None:
-        fd = self._fd
-        if fd is None:
-            return  # released after close() or finish(): nothing is wanted
-        start, end = self._hashed, self._written
-        pool = self._reactor.getThreadPool()
-        self._job = deferToThreadPool(self._reactor, pool, hashRange, fd, end, self._hasher, start)
-        self._job.addCallbacks(self._jobDone, self._jobFailed, callbackArgs=(end,))
+    def after(self, release: Callable[[], None]) -> None:
+        """
+        Call C{release} (in a pool thread, or now) once everything handed
+        over so far is hashed: the buffer under it may then be reused.
+        """
+        with self._lock:
+            if self._running:
+                self._queue.append(release)
+                return
+        release()
 
-    def _jobDone(self, _, end: int) -> None:
-        self._job = None
-        self._hashed = end
-        self._next()
+    def _start(self) -> None:
+        self._reactor.getThreadPool().callInThreadWithCallback(self._ended, self._drain)
 
-    def _jobFailed(self, failure: Failure) -> None:
-        self._job = None
-        self._failure = failure
-        self._next()
+    def _drain(self) -> None:
+        # In a pool thread.
+        while True:
+            with self._lock:
+                if not self._queue:
+                    return
+                item = self._queue.popleft()
+                if self._closed and not callable(item):
+                    continue
+            if callable(item):
+                item()
+            else:
+                self._hasher.update(item)
+                with self._lock:
+                    self._pending -= len(item)
 
-    def _next(self) -> None:
-        if self._closed:
-            self._release()
-            if self._finished is not None:
-                d, self._finished = self._finished, None
-                d.errback(Failure(ConnectionError("hashing abandoned: the transfer was given up")))
-        elif self._failure is None and self._written > self._hashed and (
-            self._finished is not None or self._written - self._hashed >= self.STEP
-        ):
-            self._startJob()
-        elif self._finished is not None:
+    def _ended(self, ok: bool, result) -> None:
+        # In the pool thread, after _drain: tell the reactor if it waits.
+        with self._lock:
+            if not ok:
+                self._failure = result
+                self._closed = True
+            if self._queue and ok:
+                # Queued between the last look and now: go on.
+                restart = True
+            else:
+                restart = False
+                self._running = False
+                released = list(self._queue)
+                self._queue.clear()
+            wanted = self._finishing or self._held or not ok
+        if restart:
+            self._start()
+            return
+        for item in released:
+            if callable(item):
+                item()
+        if wanted:
+            self._reactor.callFromThread(self._settle)
+
+    def _settle(self) -> None:
+        with self._lock:
+            if self._running:
+                return
+        if self._held:
+            self._held = False
+            if self._onBacklog is not None:
+                self._onBacklog(False)
+        if self._finishing and self._finished is not None:
             d, self._finished = self._finished, None
-            self._release()
             if self._failure is not None:
                 d.errback(self._failure)
+            elif self._closed:
+                d.errback(Failure(ConnectionError("hashing abandoned: the transfer was given up")))
             else:
                 d.callback(self._hasher.hexdigest())
 
     def finish(self) -> Deferred[str]:
         """
-        @return: fires with the hex digest once every byte written has been
-            hashed.
+        @return: fires with the hex digest once everything handed over has
+            been hashed.
         """
-        self._finished = Deferred()
-        d = self._finished
-        if self._job is None:
-            self._next()
+        d: Deferred[str] = Deferred()
+        with self._lock:
+            self._finishing = True
+            self._finished = d
+            running = self._running
+        if not running:
+            self._settle()
         return d
 
     def close(self) -> None:
         """
-        Give up (the transfer failed): release the descriptor once no job
-        is using it.
+        Give up (the transfer failed): drop what is not hashed yet, giving
+        its buffers back.
         """
-        self._closed = True
-        if self._job is None:
-            self._next()
+        with self._lock:
+            self._closed = True
+            running = self._running
+            released = [] if running else [item for item in self._queue if callable(item)]
+            if not running:
+                self._queue.clear()
+        for release in released:
+            release()
+        if not running:
+            self._settle()
 
-    def _release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+
+class PooledReader:
+    """
+    While a transfer streams in on a plain TCP connection, read it with
+    C{recv_into} into buffers of a L{BufferPool} instead of Twisted's
+    C{recv} into a fresh C{bytes} per read, and hand each filled buffer to
+    C{deliver(view, release)}; C{release()} gives the buffer back once
+    the receiver is done with it (written and hashed).
+
+    Installed as the connection's C{doRead} (L{coursenet._compat.setTCPReader})
+    until L{stop}; when the pool has no free buffer it calls C{pause()}
+    and, once one is free, C{resume()}.
+    """
+
+    def __init__(self, connection: tcp.Connection, pool: BufferPool, deliver, pause, resume) -> None:
+        self._connection = connection
+        self._pool = pool
+        self._deliver = deliver
+        self._pause = pause
+        self._resume = resume
+        self._starved = False
+        self.active = False
+
+    def start(self) -> None:
+        self.active = True
+        setTCPReader(self._connection, self.doRead)
+
+    def stop(self) -> None:
+        if self.active:
+            self.active = False
+            setTCPReader(self._connection, None)
+        if self._starved:
+            self._starved = False
+            self._resume()
+
+    def doRead(self):
+        if not self.active:
+            # Stopped while the reactor was about to call: Twisted's own.
+            return type(self._connection).doRead(self._connection)
+        pool = self._pool
+        buf = pool.take()
+        if buf is None:
+            self._starved = True
+            self._pause()
+            pool.whenFree(self._free)
+            return None
+        view = memoryview(buf)
+        size, filled = len(buf), 0
+        sock = self._connection.socket
+        why = None
+        # Read what is there, up to a full buffer: fewer, fuller handovers.
+        while filled < size:
+            try:
+                n = sock.recv_into(view[filled:])
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError:
+                why = main.CONNECTION_LOST
+                break
+            if not n:
+                why = main.CONNECTION_DONE
+                break
+            filled += n
+        if filled:
+            self._deliver(view[:filled], lambda: pool.give(buf))
+        else:
+            pool.give(buf)
+        return why
+
+    def _free(self) -> None:
+        if self._starved:
+            self._starved = False
+            if self.active:
+                self._resume()
+
+
+def pooledReader(transport, pool: BufferPool, deliver, pause, resume) -> PooledReader | None:
+    """
+    A started L{PooledReader} on the plain TCP connection under
+    C{transport}; L{None} where there is none (TLS, which must decrypt
+    every byte; the twins' blocking transport; in-memory transports).
+    """
+    fast = fastTransfer(transport)
+    if not isinstance(fast, _TCPFastTransfer) or fast.sendfileSocket() is None:
+        return None
+    reader = PooledReader(fast._connection, pool, deliver, pause, resume)
+    reader.start()
+    return reader
+
+
+#: Small pieces (a TLS record's worth) are gathered into buffers of this
+#: size before they are written and hashed: one write and one handover
+#: per buffer instead of per piece.
+_GATHER = 1 << 20
+#: Pieces at least this long are written and hashed as they come.
+_DIRECT = 256 << 10
 
 
 class ChunkSink:
     """
-    Receive chunk payloads into a file, hashing them on the way in a
-    thread (L{BackgroundHasher}).
+    Receive chunk payloads into a file, hashing them from memory in a
+    thread (L{HashFeed}): never reading the file back.
+
+    Payload comes either as C{bytes} from a transport (small pieces are
+    gathered first, see L{_GATHER}, and written when the buffer is full
+    or the reactor turn ends) or, with a C{release}, as a view of a
+    pooled buffer (L{PooledReader}), written and hashed in place.
 
     A write error (a full disk, say) does not stop the stream: the rest of
     the data is read and discarded so the connection stays in step, and
@@ -397,24 +622,41 @@ class ChunkSink:
         limit: int | None = None,
         progress: Progress | None = None,
         charge: Callable[[int], str | None] | None = None,
+        onBacklog: Callable[[bool], None] | None = None,
+        writeback: int | None = None,
     ) -> None:
         """
         @param f: a binary file open for reading and writing, positioned
             where the data goes.
-        @param hasher: a C{hashlib} object already fed with the bytes before
-            that position.
+        @param hasher: a hasher (L{bftp.digests.new}) already fed with the
+            bytes before that position.
         @param limit: refuse to write past this many bytes in the file.
         @param charge: called with the size of each piece before it is
             written (and with minus that size if the write fails); a text
             it returns refuses the piece and becomes L{error} (a quota).
+        @param onBacklog: told C{True} when hashing lags too far behind
+            (stop reading) and C{False} when it has caught up.
+        @param writeback: every this many bytes written, C{fdatasync} the
+            file in a pool thread (one at a time), so that the disk writes
+            as the data comes and the C{fsync} that makes the finished
+            file durable has little left to do.
         """
+        self._reactor = reactor
+        self._writeback = writeback
+        self._unsynced = 0
+        self._syncing = False
         self._f = f
+        #: Bytes in the file, counting those gathered but not yet written.
         self.size = f.tell()
-        self._hashing = BackgroundHasher(reactor, f.fileno(), hasher, self.size)
+        self._hashing = HashFeed(reactor, hasher, onBacklog)
         self._limit = limit
         self._charge = charge
         self._progress = progress
         self._decoder = ChunkDecoder()
+        self._gather: bytearray | None = None
+        self._gathered = 0
+        self._spare: collections.deque[bytearray] = collections.deque()
+        self._flushCall: IDelayedCall | None = None
         self.error: OSError | str | None = None
 
     @property
@@ -428,19 +670,28 @@ class ChunkSink:
         """
         return self._decoder.rest
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data, release: Callable[[], None] | None = None) -> None:
         """
+        @param release: with C{data} a view of a reused buffer: called
+            once it is written and hashed.
         @raise bftp.wire.FramingError: for a chunk header that cannot be
             read, once the chunks before it are written.
         """
         try:
-            pieces = self._decoder.feed(data)
-        except FramingError as e:
-            self._write(e.pieces)
-            raise
-        self._write(pieces)
+            try:
+                pieces = self._decoder.feed(data)
+            except FramingError as e:
+                self._accept(e.pieces, release is not None)
+                self.flush()
+                raise
+            self._accept(pieces, release is not None)
+            if self._decoder.done:
+                self.flush()
+        finally:
+            if release is not None:
+                self._hashing.after(release)
 
-    def _write(self, pieces) -> None:
+    def _accept(self, pieces, inPlace: bool) -> None:
         for piece in pieces:
             n = len(piece)
             if self.error is None:
@@ -448,30 +699,97 @@ class ChunkSink:
                     self.error = f"file exceeds the limit of {self._limit} bytes"
                 elif self._charge is not None and (refused := self._charge(n)) is not None:
                     self.error = refused
+                elif inPlace or n >= _DIRECT:
+                    self.flush()
+                    self._write(piece)
                 else:
-                    try:
-                        self._f.write(piece)
-                    except OSError as e:
-                        if self._charge is not None:
-                            self._charge(-n)
-                        self.error = e
-                    else:
-                        self.size += n
-                        self._hashing.wrote(n)
+                    self._gatherPiece(piece)
             if self._progress is not None:
                 self._progress(n)
 
+    def _gatherPiece(self, piece) -> None:
+        n = len(piece)
+        if self._gather is not None and self._gathered + n > len(self._gather):
+            self.flush()
+        if self._gather is None:
+            self._gather = self._spare.pop() if self._spare else bytearray(_GATHER)
+        self._gather[self._gathered : self._gathered + n] = piece
+        self._gathered += n
+        self.size += n
+        if self._flushCall is None:
+            # Written at the end of this reactor turn at the latest: what
+            # was received is in the file for STAT, a resume or a crash.
+            self._flushCall = self._reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """
+        Write (and hash) what is gathered: before the file is closed.
+        """
+        if self._flushCall is not None:
+            if self._flushCall.active():
+                self._flushCall.cancel()
+            self._flushCall = None
+        buf, n = self._gather, self._gathered
+        if buf is None or not n:
+            return
+        self._gather, self._gathered = None, 0
+        self.size -= n
+        if self._write(memoryview(buf)[:n]):
+            self._hashing.after(lambda: self._spare.append(buf))
+
+    def _write(self, piece) -> bool:
+        n = len(piece)
+        try:
+            self._f.write(piece)
+        except OSError as e:
+            if self._charge is not None:
+                self._charge(-n)
+            self.error = e
+            return False
+        self.size += n
+        self._hashing.update(piece)
+        if self._writeback is not None:
+            self._unsynced += n
+            if self._unsynced >= self._writeback and not self._syncing:
+                self._startWriteback()
+        return True
+
+    def _startWriteback(self) -> None:
+        self._unsynced = 0
+        self._syncing = True
+        # Its own descriptor: the file may be closed before the sync ends.
+        fd = os.dup(self._f.fileno())
+
+        def sync() -> None:
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+
+        def done(result) -> None:
+            # A failed sync is found again by the fsync before the commit.
+            self._syncing = False
+
+        pool = self._reactor.getThreadPool()
+        deferToThreadPool(self._reactor, pool, sync).addBoth(done)
+
     def digest(self) -> Deferred[str]:
         """
-        @return: fires with the hex SHA-256 of the whole file once the end
+        @return: fires with the hex digest of the whole file once the end
             chunk has come and every byte is hashed.
         """
+        self.flush()
         return self._hashing.finish()
 
     def close(self) -> None:
         """
-        Stop hashing (the transfer failed or was refused).
+        Stop hashing (the transfer failed or was refused); what was
+        received is written first, to be kept for a resume.
         """
+        if self.error is None:
+            self.flush()
+        elif self._flushCall is not None and self._flushCall.active():
+            self._flushCall.cancel()
         self._hashing.close()
 
 
@@ -482,13 +800,17 @@ def hashRange(fd: int, end: int, hasher=None, start: int = 0):
     """
     if hasher is None:
         hasher = digests.new(digests.SHA256)
+    # One buffer read into again and again: no allocation per read.  Not
+    # mmap: a file truncated meanwhile would kill the process with SIGBUS.
+    buf = bytearray(min(_READ, max(end - start, 0)))
+    view = memoryview(buf)
     pos = start
     while pos < end:
-        data = os.pread(fd, min(_READ, end - pos), pos)
-        if not data:
+        n = os.preadv(fd, [view[: min(len(buf), end - pos)]], pos)
+        if not n:
             raise EOFError(f"file ends at byte {pos}, expected {end}")
-        hasher.update(data)
-        pos += len(data)
+        hasher.update(view[:n])
+        pos += n
     return hasher
 
 
@@ -523,12 +845,15 @@ def digestXattr(algorithm: str) -> str:
     return f"user.bftp.{algorithm}"
 
 
-def storeDigest(fd: int, hexdigest: str, algorithm: str = digests.SHA256) -> None:
+def storeDigest(fd: int, hexdigest: str, algorithm: str = digests.SHA256, st: os.stat_result | None = None) -> None:
     """
     Keep C{hexdigest} in the file's extended attributes, where the file
-    system allows it.  Blocking: call it in a thread.
+    system and the file's permissions allow it, for the size and
+    modification time in C{st} (by default the file's now).  Blocking:
+    call it in a thread.
     """
-    st = os.fstat(fd)
+    if st is None:
+        st = os.fstat(fd)
     try:
         os.setxattr(fd, digestXattr(algorithm), f"{st.st_size}:{st.st_mtime_ns}:{hexdigest}".encode())
     except OSError:
@@ -546,11 +871,17 @@ def _storedDigest(fd: int, st: os.stat_result, algorithm: str = digests.SHA256) 
 
 
 def _digestOf(fd: int, st: os.stat_result, algorithm: str = digests.SHA256) -> str:
-    # Reading does not write the attribute: only a verified upload does.
     stored = _storedDigest(fd, st, algorithm)
     if stored is not None:
         return stored
-    return hashRange(fd, st.st_size, digests.new(algorithm)).hexdigest()
+    hexdigest = hashRange(fd, st.st_size, digests.new(algorithm)).hexdigest()
+    # Kept with the file for the next GET, even by another server process,
+    # if the file did not change while it was read (see storeDigest).  A
+    # digest kept wrongly would only make downloads fail their check.
+    now = os.fstat(fd)
+    if (now.st_size, now.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+        storeDigest(fd, hexdigest, algorithm, st)
+    return hexdigest
 
 
 class DigestCache:

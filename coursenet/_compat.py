@@ -26,3 +26,22 @@ def setTCPReadSize(connection: tcp.Connection, size: int | None) -> None:
         vars(connection).pop(TCP_READ_SIZE, None)
     else:
         setattr(connection, TCP_READ_SIZE, size)
+
+
+#: The method of Twisted's C{FileDescriptor} the reactor calls when the
+#: socket is readable (C{IReadDescriptor.doRead}); looked up on the
+#: instance, so one connection can read its own way for a while.
+TCP_DO_READ = "doRead"
+
+
+def setTCPReader(connection: tcp.Connection, doRead) -> None:
+    """
+    Have the reactor call C{doRead} instead of C{connection}'s own
+    C{doRead} when its socket is readable, or go back to Twisted's with
+    L{None}.  C{doRead} returns what Twisted's does: L{None}, or the
+    reason the connection ended.
+    """
+    if doRead is None:
+        vars(connection).pop(TCP_DO_READ, None)
+    else:
+        setattr(connection, TCP_DO_READ, doRead)

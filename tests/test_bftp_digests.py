@@ -178,3 +178,51 @@ async def test_connectOffersWhatItIsTold(reactor, tmp_path):
             await client.quit()
     finally:
         await server.stop()
+
+
+def xattrsOrSkip(root):
+    probe = root / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.test", b"1")
+    except OSError:
+        pytest.skip("this file system keeps no user extended attributes")
+    probe.unlink()
+
+
+def test_getStoresTheDigestItComputed(root, fake, tmp_path):
+    """A GET that had to hash a file keeps the digest in its attribute; a later server serves it from there without reading the file, and the client still catches a stale one."""
+    xattrsOrSkip(root)
+    path = root / "a.bin"
+    data = path.read_bytes()
+    c, server, pump = client(root, fake)
+    result(c.get("/a.bin", str(tmp_path / "copy")), pump)
+    stored = os.getxattr(path, digestXattr("blake3")).decode()
+    assert stored.endswith(":" + hexOf("blake3", data))
+    # Rewrite in place, size and modification time restored: a fresh
+    # server trusts the attribute, and the client refuses the download.
+    st = os.stat(path)
+    path.write_bytes(bytes(len(data)))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    c, server, pump = client(root, fake)
+    with pytest.raises(Exception) as e:
+        result(c.get("/a.bin", str(tmp_path / "copy2")), pump)
+    assert getattr(e.value, "code", None) == 554
+    assert not (tmp_path / "copy2").exists()
+
+
+def test_digestNotStoredWhenTheFileChangedWhileRead(root):
+    """A digest computed while the file's modification time moved is returned but not kept in the attribute."""
+    from bftp.transfer import _digestOf
+
+    xattrsOrSkip(root)
+    path = root / "a.bin"
+    before = os.stat(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _digestOf(fd, before, "blake3") == hexOf("blake3", path.read_bytes())
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        os.getxattr(path, digestXattr("blake3"))
