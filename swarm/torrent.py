@@ -94,6 +94,8 @@ class Choker:
         self.interval = interval
         self.optimisticInterval = optimisticInterval
         self.optimistic: Any = None
+        #: The round the current optimistic unchoke was drawn in.
+        self.optimisticSince = 0
         self.rounds = 0
         self.decisions: list[str] = []
         self._call: Any = None
@@ -134,10 +136,14 @@ class Choker:
         interested = [p for p in peers if p.peerInterested]
         key: Callable[[Any], int] = (lambda p: p.rateUp) if seeding else (lambda p: p.rateDown)
         ranked = sorted(interested, key=lambda p: (key(p), random.random()), reverse=True)
-        best = ranked[: self.slots]
-        if self.rounds % max(1, round(self.optimisticInterval / self.interval)) == 0 or self.optimistic not in peers:
+        drawn = self.rounds % max(1, round(self.optimisticInterval / self.interval)) == 0 or self.optimistic not in peers
+        # The optimistic pick keeps its own slot for its 30 s: the 4 regular
+        # slots go to the best of the others.
+        best = [p for p in ranked if drawn or p is not self.optimistic][: self.slots]
+        if drawn:
             rest = [p for p in interested if p not in best]
             self.optimistic = random.choice(rest) if rest else None
+            self.optimisticSince = self.rounds + 1
         keep = set(best) | ({self.optimistic} if self.optimistic is not None else set())
         for p in peers:
             p.setChoking(p not in keep)
@@ -145,10 +151,17 @@ class Choker:
         self.record(
             f"round {self.rounds} ({'seeding: by bytes they took' if seeding else 'by bytes they gave'}):"
             f" unchoked {', '.join(f'{p.address} ({key(p)} B)' for p in best) or 'nobody'};"
-            f" optimistic {self.optimistic.address if self.optimistic else 'none'};"
+            f" optimistic {self._optimisticText(drawn)};"
             f" choked {len([p for p in peers if p not in keep])}"
         )
         self._call = self.torrent.clock.callLater(self.interval, self.round)
+
+    def _optimisticText(self, drawn: bool) -> str:
+        if self.optimistic is None:
+            return "none"
+        if drawn:
+            return f"{self.optimistic.address} (new pick, kept {self.optimisticInterval:g} s)"
+        return f"{self.optimistic.address} (since round {self.optimisticSince})"
 
 
 class Torrent:
