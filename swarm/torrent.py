@@ -250,7 +250,10 @@ class Torrent:
         self.connectMore()
 
     def connectMore(self) -> None:
-        if self.stopped or self._connect is None or self.complete:
+        # A seed connects out too (a leecher that announced before it
+        # learns of it at once, not at its next announce); it hangs up on
+        # the seeds among them (L{peerHas}).
+        if self.stopped or self._connect is None:
             return
         connected = {(p.host, getattr(p, "remotePort", None)) for p in self.peers}
         for addr in list(self.known):
@@ -308,6 +311,9 @@ class Torrent:
     def peerHas(self, peer: Any, indexes: list[int]) -> None:
         for i in indexes:
             self.availability[i] += 1
+        if self.complete and all(peer.bits):
+            peer.close("both complete")
+            return
         self.updateInterest(peer)
         self.fillRequests(peer)
 
