@@ -41,8 +41,11 @@ HANDSHAKE_TIMEOUT = 30.0
 IDLE_TIMEOUT = 240.0
 KEEPALIVE = 90.0
 DRAIN_TIMEOUT = 60.0
-#: Requests kept outstanding to one peer.
-PIPELINE = 32
+#: Requests kept outstanding to one peer, at most and at least: between
+#: them, as many as it delivers in PIPELINE_SECONDS (so a slow peer does
+#: not hold blocks a fast one could bring; measured each second).
+PIPELINE, MIN_PIPELINE = 32, 4
+PIPELINE_SECONDS = 0.5
 
 
 @implementer(IPushProducer)
@@ -82,6 +85,10 @@ class PeerProtocol(Protocol):
         self.uploadedBytes = 0
         self.rateDown = 0
         self.rateUp = 0
+        #: Bytes a second it sends us (smoothed), and the window measuring it.
+        self.receiveRate = 0.0
+        self._windowStart: float | None = None
+        self._windowBytes = 0
         self.sentWhilePaused = 0
         self.peakSentWhilePaused = 0
         self.remotePort: int | None = None
@@ -201,6 +208,7 @@ class PeerProtocol(Protocol):
             return
         if kind == wire.PIECE:
             self.downloadedBytes += m.length
+            self._measure(m.length)
             torrent.blockReceived(self, m.index, m.begin, m.data)
         elif kind == wire.REQUEST:
             self.requestReceived(m.index, m.begin, m.length)
@@ -231,6 +239,28 @@ class PeerProtocol(Protocol):
             except ValueError:
                 pass
         # PORT (DHT) and extension messages: not spoken here, ignored.
+
+    def _measure(self, n: int) -> None:
+        now = self.clock.seconds()
+        if self._windowStart is None:
+            self._windowStart = now
+        elif now - self._windowStart >= 1.0:
+            rate = self._windowBytes / (now - self._windowStart)
+            self.receiveRate = rate if not self.receiveRate else (self.receiveRate + rate) / 2
+            self._windowStart, self._windowBytes = now, 0
+        self._windowBytes += n
+
+    @property
+    def pipeline(self) -> int:
+        """
+        How many requests to keep out to this peer: 8 until its rate is
+        known, then what it sends in L{PIPELINE_SECONDS}, within
+        L{MIN_PIPELINE}..L{PIPELINE}.
+        """
+        if not self.receiveRate:
+            return 2 * MIN_PIPELINE
+        want = int(self.receiveRate * PIPELINE_SECONDS / wire.BLOCK) + 2
+        return max(MIN_PIPELINE, min(PIPELINE, want))
 
     def requestReceived(self, index: int, begin: int, length: int) -> None:
         torrent = self.torrent

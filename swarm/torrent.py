@@ -117,6 +117,24 @@ class Choker:
         elif not peer.peerInterested and not peer.amChoking and peer is not self.optimistic:
             peer.setChoking(True)
             self.record(f"choke {peer.address}: no longer interested")
+            self.fillSlots(f"{peer.address} no longer interested")
+
+    def fillSlots(self, why: str) -> None:
+        """
+        Between rounds, a slot that came free (its peer lost interest or
+        left) goes at once to the waiting interested peer that gave (or,
+        seeding, took) most last round, rather than idling until the next.
+        """
+        if self.torrent.stopped:
+            return
+        seeding = self.torrent.complete
+        waiting = [p for p in self.torrent.peers if p.peerInterested and p.amChoking and p.torrent is not None]
+        waiting.sort(key=lambda p: (getattr(p, "rateUp" if seeding else "rateDown", 0), random.random()), reverse=True)
+        for p in waiting:
+            if len(self.unchoked()) >= self.slots + 1:
+                return
+            p.setChoking(False)
+            self.record(f"unchoke {p.address}: a slot came free ({why})")
 
     def record(self, line: str) -> None:
         self.decisions.append(line)
@@ -306,6 +324,8 @@ class Torrent:
         self._unrequest(peer)
         if self.choker.optimistic is peer:
             self.choker.optimistic = None
+        if not peer.amChoking:
+            self.choker.fillSlots(f"{peer.address} left")
         self.connectMore()
 
     def peerHas(self, peer: Any, indexes: list[int]) -> None:
@@ -337,13 +357,15 @@ class Torrent:
 
     def fillRequests(self, peer: Any) -> None:
         """
-        Keep up to L{swarm.protocol.PIPELINE} requests out to C{peer}.
+        Keep C{peer.pipeline} requests out to C{peer} (as many as it
+        delivers in half a second, L{swarm.protocol.PIPELINE} at most).
         """
         from swarm.protocol import PIPELINE
 
         if peer.peerChoking or self.complete or peer.closed:
             return
-        while len(peer.outstanding) < PIPELINE:
+        depth = getattr(peer, "pipeline", PIPELINE)
+        while len(peer.outstanding) < depth:
             block = self.nextBlock(peer)
             if block is None:
                 return
@@ -356,7 +378,7 @@ class Torrent:
                 begin, length = state.pending.pop()
                 state.requested.setdefault(begin, set()).add(peer)
                 return state.index, begin, length
-        if len(self.active) < MAX_ACTIVE + len(self.peers):
+        if len(self.active) < MAX_ACTIVE + 4 * len(self.peers):
             index = self.pick(peer)
             if index is not None:
                 state = self.active[index] = PieceState(index, self.meta.pieceSize(index))
