@@ -43,6 +43,7 @@ from bftp.transfer import (
     PooledReader,
     bufferPool,
     hashInThread,
+    largeTLSWrites,
     pooledReader,
     setReadSize,
 )
@@ -133,6 +134,10 @@ class BFTPClient(LineReceiver):
         self.digest = digests.SHA256
 
     # -- wire ---------------------------------------------------------------
+
+    def makeConnection(self, transport) -> None:
+        largeTLSWrites(transport)
+        super().makeConnection(transport)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._stopReader()

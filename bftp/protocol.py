@@ -39,6 +39,7 @@ from bftp.transfer import (
     PooledReader,
     bufferPool,
     hashInThread,
+    largeTLSWrites,
     pooledReader,
     setReadSize,
     storeDigest,
@@ -154,6 +155,10 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         return formatReply(Code.CLOSING, text)
 
     # -- connection ---------------------------------------------------------
+
+    def makeConnection(self, transport) -> None:
+        largeTLSWrites(transport)
+        super().makeConnection(transport)
 
     def connectionMade(self) -> None:
         self.peer = self.transport.getPeer()

@@ -27,8 +27,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from bftp import digests
-from bftp.wire import CHUNK_SIZE, END_OF_DATA, ChunkDecoder, FramingError, chunkHeader
-from coursenet._compat import setTCPReader, setTCPReadSize
+from bftp.wire import CHUNK_SIZE, END_OF_DATA, HEADER_LEN, ChunkDecoder, FramingError, chunkHeader
+from coursenet._compat import setTCPReader, setTCPReadSize, tlsLargeWrites
 from coursenet.coalesce import Coalescer
 from coursenet.interfaces import IFastTransfer
 
@@ -41,7 +41,7 @@ class _Consumer(Protocol):
     L{coursenet.receiver.Outbox} in front of it.
     """
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes | memoryview) -> None: ...
 
     def registerProducer(self, producer: object, streaming: bool) -> None: ...
 
@@ -87,6 +87,14 @@ class _TLSFastTransfer:
     def sendfileSocket(self) -> None:
         return None
 
+    def largeWrites(self) -> bool:
+        """
+        Whether writes of many records go through OpenSSL at once
+        (L{coursenet._compat.tlsLargeWrites}, see L{largeTLSWrites}): a
+        write then consumes or copies its bytes before it returns.
+        """
+        return getattr(self._tls, "_largeWrites", False)
+
     def startWriting(self) -> None:
         raise RuntimeError("no sendfile through TLS, so nothing to wait for")
 
@@ -123,6 +131,16 @@ def fastTransfer(transport) -> IFastTransfer | None:
             break
         transport = inner
     return IFastTransfer(transport, None)
+
+
+def largeTLSWrites(transport) -> None:
+    """
+    If C{transport} is a TLS layer, have its large writes encrypted at once
+    (L{coursenet._compat.tlsLargeWrites}).  Call it from C{makeConnection},
+    before anything keeps the transport's C{write}.
+    """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        tlsLargeWrites(transport)
 
 
 def setReadSize(transport, size: int | None) -> None:
@@ -173,6 +191,7 @@ class ChunkedFileSender:
         self._sock: int | None = None
         self._paused = False
         self._writing = False
+        self._buffer: bytearray | None = None
         self.deferred: Deferred[int] = Deferred()
 
     def beginSending(self, transport) -> Deferred[int]:
@@ -191,6 +210,11 @@ class ChunkedFileSender:
         if self._sock is not None:
             transport.registerProducer(self, False)
         else:
+            if isinstance(self._fast, _TLSFastTransfer) and self._fast.largeWrites():
+                # Each chunk is read into one buffer, header and all, and
+                # encrypted from there before write returns: no bytes
+                # object of a MiB per chunk.
+                self._buffer = bytearray(HEADER_LEN + self._chunkSize)
             transport.registerProducer(self, True)
             self._writeChunks()
         return self.deferred
@@ -228,11 +252,20 @@ class ChunkedFileSender:
                     self._finish()
                     break
                 n = min(self._chunkSize, self._end - self._pos)
-                data = os.pread(self._fd, n, self._pos)
-                if len(data) != n:
-                    self._abort(EOFError(f"file shrank while being sent at byte {self._pos + len(data)}"))
+                data: bytes | memoryview
+                if self._buffer is not None:
+                    view = memoryview(self._buffer)[: HEADER_LEN + n]
+                    got = os.preadv(self._fd, [view[HEADER_LEN:]], self._pos)
+                    view[:HEADER_LEN] = chunkHeader(n)
+                    data = view
+                else:
+                    piece = os.pread(self._fd, n, self._pos)
+                    got = len(piece)
+                    data = chunkHeader(n) + piece
+                if got != n:
+                    self._abort(EOFError(f"file shrank while being sent at byte {self._pos + got}"))
                     break
-                self._sendingOn().write(chunkHeader(n) + data)
+                self._sendingOn().write(data)
                 self._advance(n)
         finally:
             self._writing = False

@@ -45,3 +45,73 @@ def setTCPReader(connection: tcp.Connection, doRead) -> None:
         vars(connection).pop(TCP_DO_READ, None)
     else:
         setattr(connection, TCP_DO_READ, doRead)
+
+
+#: The most plaintext one TLS record carries.
+TLS_RECORD = 1 << 14
+#: How much of the encrypted records L{tlsLargeWrites} reads at a time.
+TLS_READ_BACK = 64 << 10
+#: What of TLSMemoryBIOProtocol L{tlsLargeWrites} relies on: the instance's
+#: C{write} (Twisted sets it to its small-write aggregator's), that
+#: aggregator, the OpenSSL connection and the state that says whether it
+#: may be written to now, and C{_write}, Twisted's 16 KiB loop.
+TLS_PRIVATE = ("_aggregator", "_tlsConnection", "_handshakeDone", "_lostTLSConnection", "_appSendBuffer", "_producer", "_write")
+
+
+def tlsLargeWrites(tls) -> None:
+    """
+    Make a write of more than one record to the TLS layer C{tls} (a
+    C{TLSMemoryBIOProtocol}) go to OpenSSL straight from the caller's
+    buffer and on to the connection in one C{bio_read} and one C{write},
+    instead of being copied twice by Twisted's small-write aggregator and
+    then cut into a 16 KiB C{send}, C{bio_read} and C{write} per record:
+    the same records, with one Python call per record instead of several.  Smaller writes go
+    to the aggregator as before (flushed first, so the order holds).
+
+    Whatever this path cannot take (the handshake not done, writes already
+    waiting, an OpenSSL error) goes to Twisted's own path, as a copy, so a
+    caller may reuse its buffer once C{write} returns.
+    """
+    from OpenSSL.SSL import Error, WantReadError
+
+    if getattr(tls, "_largeWrites", False):
+        return
+    tls._largeWrites = True
+    small = tls.write
+
+    def write(data) -> None:
+        if len(data) <= TLS_RECORD:
+            small(bytes(data))
+            return
+        if tls.disconnecting and tls._producer is None:
+            return  # what Twisted's write does after loseConnection
+        tls._aggregator.flush()
+        if not tls._handshakeDone or tls._lostTLSConnection or tls._appSendBuffer:
+            tls._write(bytes(data))
+            return
+        connection = tls._tlsConnection
+        view = memoryview(data)
+        sent = 0
+        try:
+            # pyOpenSSL asks for partial writes, so each SSL_write takes a
+            # record or so: the records pile up in the memory BIO.
+            while sent < len(view):
+                sent += connection.send(view[sent:])
+        except Error:
+            # Twisted's path meets the same state and deals with it (after
+            # the records already made, which go first).
+            pass
+        # Read back in pieces that malloc serves from memory it has: one
+        # fresh MiB per write costs more in page faults than the calls.
+        out = []
+        while True:
+            try:
+                out.append(connection.bio_read(TLS_READ_BACK))
+            except WantReadError:
+                break
+        if out:
+            tls.transport.writeSequence(out)
+        if sent < len(view):
+            tls._write(bytes(view[sent:]))
+
+    tls.write = write

@@ -8,6 +8,8 @@ socket and a memory reactor.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from twisted.internet import abstract, ssl, tcp
 from twisted.internet.protocol import Factory, Protocol
@@ -16,7 +18,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface.verify import verifyObject
 
 from bftp.transfer import fastTransfer, setReadSize
-from coursenet._compat import TCP_READ_SIZE, setTCPReadSize
+from coursenet._compat import TCP_DO_READ, TCP_READ_SIZE, TLS_PRIVATE, setTCPReader, setTCPReadSize, tlsLargeWrites
 from coursenet.blocking import BlockingReactor, BlockingTransport
 from coursenet.blocking.transport import READ_SIZE
 from coursenet.interfaces import IFastTransfer
@@ -117,6 +119,73 @@ def test_compatTCPReadSizeIsWhatDoReadAsksFor():
     setTCPReadSize(connection, None)
     assert readSizeOf(connection, sock) == default
     assert TCP_READ_SIZE not in vars(connection)
+
+
+def test_compatReaderReplacesDoReadOnOneConnection():
+    """The reactor's doRead of one connection can be replaced and restored, leaving the class and other connections alone."""
+    connection, sock = tcpConnection()
+    assert callable(getattr(tcp.Connection, TCP_DO_READ))
+    calls = []
+    setTCPReader(connection, lambda: calls.append(1))
+    connection.doRead()
+    assert calls == [1] and sock.asked == []
+    other, otherSock = tcpConnection()
+    other.doRead()
+    assert otherSock.asked
+    setTCPReader(connection, None)
+    connection.doRead()
+    assert calls == [1] and sock.asked and TCP_DO_READ not in vars(connection)
+
+
+def test_compatTLSPrivatesAreThere():
+    """TLSMemoryBIOProtocol still has every private name tlsLargeWrites relies on, and write is an instance attribute it can wrap."""
+    connection, _ = tcpConnection()
+    tls = tlsOver(connection)
+    for name in TLS_PRIVATE:
+        assert hasattr(tls, name), name
+    assert "write" in vars(tls)
+    tlsLargeWrites(tls)
+    assert vars(tls)["write"].__name__ == "write" and tls._largeWrites
+
+
+def test_tlsLargeWritesCarryTheSameBytes():
+    """Through a TLS pair in memory, a 3 MiB write from a reused buffer arrives exact, with small writes before and after it in order."""
+    from twisted.internet.ssl import CertificateOptions, PrivateCertificate
+    from twisted.test.iosim import connectedServerAndClient
+
+    import tempfile
+
+    from twisted.internet.task import Clock
+
+    from coursenet.tls import ensureDevCertificate
+
+    cert, key = ensureDevCertificate(tempfile.mkdtemp())
+    with open(cert) as c, open(key) as k:
+        pem = PrivateCertificate.loadPEM(c.read() + k.read())
+    received = []
+
+    class Sink(Protocol):
+        def dataReceived(self, data):
+            received.append(data)
+
+    clock = Clock()
+    serverTLS = TLSMemoryBIOFactory(pem.options(), False, Factory.forProtocol(Sink), clock)
+    clientOptions = ssl.optionsForClientTLS("localhost", trustRoot=ssl.Certificate.loadPEM(open(cert).read()))
+    clientTLS = TLSMemoryBIOFactory(clientOptions, True, Factory.forProtocol(Protocol), clock)
+    client, server, pump = connectedServerAndClient(
+        lambda: serverTLS.buildProtocol(None), lambda: clientTLS.buildProtocol(None)
+    )
+    pump.flush()
+    tlsLargeWrites(client)
+    buf = bytearray(os.urandom(3 << 20))
+    expected = b"before" + bytes(buf) + b"after"
+    client.write(b"before")
+    client.write(memoryview(buf))
+    buf[:] = bytes(len(buf))  # reused at once: what was written must not change
+    client.write(b"after")
+    clock.advance(0)  # Twisted's aggregator sends small writes a turn later
+    pump.flush()
+    assert b"".join(received) == expected
 
 
 # -- Twisted's TCP transport ------------------------------------------------------------
