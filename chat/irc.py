@@ -223,6 +223,11 @@ class IRCSession(ChatReceiver):
     def caps(self, caps: frozenset[str]) -> None:
         # The wire key is read once per event delivered: kept, not computed
         # each time (py-spy showed it at 8% of a 1000-member fan-out).
+        # A room holding this connection's output for the turn encodes its
+        # events with the capabilities as they were: written out first.
+        session = getattr(self, "session", None)
+        if session is not None and session.turnQueue is not None:
+            session.turnQueue.release()
         self._caps = caps
         self.wire = "irc:" + ",".join(sorted(caps & _WIRE_CAPS))
 

@@ -36,6 +36,7 @@ from chat.wire import (
 from coursenet.accounts import PasswordFrom
 from coursenet.admission import Admission
 from coursenet.logs import peerName
+from coursenet.receiver import atEndOfTurn
 from coursenet.throttle import hostOf
 
 
@@ -105,6 +106,116 @@ def hostmask(who) -> str:
     return f"{who.nick}!{getattr(who, 'user', None) or who.nick}@{getattr(who, 'host', None) or 'chat'}"
 
 
+class _RoomTurn:
+    """
+    A room's events in one reactor turn, held for the members whose output
+    coalesces (their outbox's queue, L{coursenet.receiver}) and written to
+    each as one write at the end of the turn: the per-member work of a
+    fan-out is done once a turn, not once a message.
+
+    Each member's order is kept: whatever else is written to a held member
+    in the turn (a reply, a private message, another room's event) is held
+    too, after the room's events so far, and the turn ends early, before
+    the room's members change.  Members whose output does not coalesce (a
+    member of another node) get each event at once.  The bytes are counted
+    against the member's output limits when they are written, at the end
+    of the turn.
+    """
+
+    __slots__ = ("room", "events", "claimed", "others", "held")
+
+    def __init__(self, room: "Room", members: Iterable[IParticipant]) -> None:
+        self.room = room
+        self.events: list[tuple[Event, IParticipant | None]] = []
+        #: The members held, by their queue.
+        self.claimed: dict = {}
+        self.others: list[IParticipant] = []
+        #: What else was written to a held member: (events before it, bytes).
+        self.held: dict = {}
+        for member in members:
+            queue = getattr(member, "turnQueue", None)
+            if queue is not None and queue.claim(self):
+                self.claimed[queue] = member
+            else:
+                # Not coalescing, held by another room's turn (which holds
+                # what this room sends it, in order), or its output counted
+                # as it is written (its transport is full).
+                self.others.append(member)
+
+    def add(self, event: Event, skip: IParticipant | None) -> None:
+        self.events.append((event, skip))
+        for member in self.others:
+            if member is not skip:
+                member.deliver(event)
+
+    def hold(self, queue, data: bytes) -> None:
+        held = self.held.get(queue)
+        if held is None:
+            held = self.held[queue] = []
+        held.append((len(self.events), data))
+
+    def release(self, queue, keep: bool) -> None:
+        """
+        The member's connection needs its output now (it is closing), or
+        never (it was cut off): written or dropped, and the rest of the
+        turn's events reach it one by one.
+        """
+        member = self.claimed.pop(queue)
+        queue.holder = None
+        if keep:
+            data = self._stream(member, queue)
+            if data:
+                queue.put(data)
+        self.held.pop(queue, None)
+        self.others.append(member)
+
+    def close(self) -> None:
+        if self.room._turn is self:
+            self.room._turn = None
+        claimed, self.claimed = self.claimed, {}
+        for queue in claimed:
+            queue.holder = None
+        # Writing may cut a member off; its QUIT then opens another turn,
+        # which holds what is written here after it, in order.
+        events = self.events
+        skipped = {skip for _, skip in events if skip is not None}
+        blobs: dict[str, bytes] = {}
+        for queue, member in claimed.items():
+            if not member.online:
+                continue
+            if member in skipped or queue in self.held:
+                data = self._stream(member, queue)
+            else:
+                door = member.door
+                wire = door.wire
+                blob = blobs.get(wire)
+                if blob is None:
+                    encode = door.encodeEvent
+                    blob = blobs[wire] = b"".join([e.encoded(wire, encode) for e, _ in events])
+                data = blob
+            if data:
+                queue.write(data)
+
+    def _stream(self, member, queue) -> bytes:
+        """
+        What C{member} gets of the turn: the events it was not the skipped
+        sender of, and what else it was written, in order.
+        """
+        door = member.door
+        wire, encode = door.wire, door.encodeEvent
+        mine = self.held.get(queue, ())
+        parts = []
+        j = 0
+        for i, (event, skip) in enumerate(self.events):
+            while j < len(mine) and mine[j][0] <= i:
+                parts.append(mine[j][1])
+                j += 1
+            if skip is not member:
+                parts.append(event.encoded(wire, encode))
+        parts.extend(data for _, data in mine[j:])
+        return b"".join(parts)
+
+
 class Room:
     """
     A room: its members in the order they joined, its topic, settings
@@ -112,8 +223,15 @@ class Room:
     members are operators or voiced, by folded nickname.
     """
 
-    def __init__(self, name: str, historySize: int, created: float = 0.0) -> None:
+    def __init__(self, name: str, historySize: int, created: float = 0.0, clock=None) -> None:
+        """
+        @param clock: the reactor, whose turns a room's events to members
+            whose output coalesces are batched by (L{_RoomTurn}); L{None},
+            each event is delivered at once.
+        """
         self.name = name
+        self.clock = clock
+        self._turn: _RoomTurn | None = None
         self.members: dict[str, IParticipant] = {}
         self.topic: Topic | None = None
         self.settings = RoomSettings()
@@ -127,9 +245,27 @@ class Room:
         self._waiting: list[Deferred] = []
 
     def broadcast(self, event: Event, skip: IParticipant | None = None) -> None:
-        for member in list(self.members.values()):
-            if member is not skip:
-                member.deliver(event)
+        if self.clock is None:
+            for member in list(self.members.values()):
+                if member is not skip:
+                    member.deliver(event)
+            return
+        turn = self._turn
+        if turn is None:
+            turn = self._turn = _RoomTurn(self, self.members.values())
+            atEndOfTurn(self.clock, turn.close)
+        turn.add(event, skip)
+
+    def endTurn(self) -> None:
+        """
+        Write out the events of this turn so far (before the members change).
+        """
+        if self._turn is not None:
+            self._turn.close()
+
+    def add(self, fold: str, who: IParticipant) -> None:
+        self.endTurn()
+        self.members[fold] = who
 
     def whenLoaded(self) -> Deferred:
         if self.loaded:
@@ -155,11 +291,13 @@ class Room:
             d.errback(failure)
 
     def _forget(self, fold: str) -> None:
+        self.endTurn()
         self.members.pop(fold, None)
         self.ops.discard(fold)
         self.voices.discard(fold)
 
     def _rename(self, old: str, new: str, who: IParticipant) -> None:
+        self.endTurn()
         del self.members[old]
         self.members[new] = who
         for roles in (self.ops, self.voices):
@@ -469,7 +607,7 @@ class ChatServer:
                     Code.LIMIT,
                     f"too many rooms on this server (limit {self.maxRooms}); join one that LIST shows",
                 )
-        room = self.rooms[name] = Room(name, self.historySize, self.reactor.seconds())
+        room = self.rooms[name] = Room(name, self.historySize, self.reactor.seconds(), self.reactor)
         d = self.store.load(name, self.historySize)
         d.addCallbacks(room._loaded, room._failed)
         d.addErrback(lambda f: self._log.failure("loading room {room}", f, room=name))
@@ -510,7 +648,7 @@ class ChatServer:
         if not room.members:
             room.ops.add(fold)
         room.invited.discard(fold)
-        room.members[fold] = who
+        room.add(fold, who)
         joined[bare] = room
         event = Event("JOIN", who.nick, bare, when=self.reactor.seconds(), source=hostmask(who),
                       account=getattr(who, "account", None) or "")
@@ -846,7 +984,7 @@ class ChatServer:
             fold = foldNick(who.nick)
             if not room.members:
                 room.ops.add(fold)
-            room.members[fold] = who
+            room.add(fold, who)
             joined[name] = room
             room.broadcast(event or Event("JOIN", who.nick, name, when=self.reactor.seconds(), source=hostmask(who),
                                           account=getattr(who, "account", None) or ""))

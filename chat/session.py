@@ -143,8 +143,15 @@ class Session:
     away: str | None = None
     online = True
 
-    def __init__(self, door: IFrontDoor, server: IChatServer, limits: Limits, clock, peer) -> None:
+    def __init__(self, door: IFrontDoor, server: IChatServer, limits: Limits, clock, peer, queue=None) -> None:
+        """
+        @param queue: the door's coalescing outbox queue
+            (L{coursenet.receiver.Outbox.turnQueue}), if it has one: events'
+            bytes go there, and a room may hold it for a turn.
+        """
         self.door = door
+        self.turnQueue = queue
+        self._write = queue.write if queue is not None else door.send
         self.server = server
         self.limits = limits
         self.peer = peer
@@ -172,12 +179,13 @@ class Session:
     def deliver(self, event: Event) -> None:
         if self.online:
             # Called once per member per event: the cached encoding is
-            # looked up directly, and encoded only for the first of a wire.
+            # looked up directly, and encoded only for the first of a wire;
+            # the bytes go straight to the door's (coalescing) outbox.
             door = self.door
             data = event._cache.get(door.wire)
             if data is None:
                 data = event.encoded(door.wire, door.encodeEvent)
-            door.send(data)
+            self._write(data)
 
     def lineArrived(self) -> float | None:
         """
@@ -254,7 +262,10 @@ class ChatReceiver(CommandReceiver):
         factory = self.factory
         noDelay(self.transport)
         self.server: IChatServer = factory.server
-        self.session = Session(self, self.server, factory.limits, factory.reactor, self.transport.getPeer())
+        self.session = Session(
+            self, self.server, factory.limits, factory.reactor, self.transport.getPeer(),
+            getattr(self.transport, "turnQueue", None),
+        )
 
     _waiting: Deferred | None = None
 

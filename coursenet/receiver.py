@@ -52,6 +52,12 @@ from coursenet.logs import LogBudget
 
 
 _budgets: weakref.WeakKeyDictionary[Any, LogBudget] = weakref.WeakKeyDictionary()
+_flushers: weakref.WeakKeyDictionary[Any, "_TurnFlush"] = weakref.WeakKeyDictionary()
+
+#: Bytes a coalescing outbox holds before it writes them out at once,
+#: without waiting for the end of the turn: as much again as the
+#: transport's own buffer (Twisted's C{FileDescriptor.bufferSize}).
+COALESCE_LIMIT = 64 * 1024
 
 
 def _cutOffLog(clock: Any) -> LogBudget:
@@ -65,11 +71,152 @@ def _cutOffLog(clock: Any) -> LogBudget:
     return budget
 
 
+class _TurnFlush:
+    """
+    The coalescing outboxes of one clock that have output queued in this
+    reactor turn: one C{callLater(0)} for all of them, armed by the first,
+    writes each one's output out in a single C{write} at the end of the
+    turn.
+    """
+
+    __slots__ = ("_clock", "_dirty", "_before", "_call")
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._dirty: list[Outbox] = []
+        self._before: list[Callable[[], None]] = []
+        self._call: Any = None
+
+    def add(self, outbox: Outbox) -> None:
+        self._dirty.append(outbox)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self.flush)
+
+    def before(self, call: Callable[[], None]) -> None:
+        self._before.append(call)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        # Output queued while flushing (a cut-off member's QUIT to the
+        # others) goes in the next turn's list, flushed in the next turn.
+        self._call = None
+        before, self._before = self._before, []
+        for call in before:
+            call()
+        dirty, self._dirty = self._dirty, []
+        for outbox in dirty:
+            outbox.flush()
+
+
+def atEndOfTurn(clock: Any, call: Callable[[], None]) -> None:
+    """
+    Run C{call} at the end of this reactor turn of C{clock}, before the
+    coalescing outboxes write out what they were given in it: what it
+    writes goes out in the same turn.
+    """
+    _turnFlush(clock).before(call)
+
+
+class _TurnQueue:
+    """
+    What a coalescing L{Outbox} has been given in this turn, not yet
+    written.  Its C{write} is the outbox's: a small object of its own, so
+    that the one call per member per message finds its attributes fast
+    (the outbox's C{__getattr__} makes each of its own lookups slow).
+
+    @ivar items: the bytes queued, or L{None} when nothing is queued and
+        whenever the outbox is full, cut off or closing: then C{write}
+        goes to the outbox's own rules.
+    @ivar holder: L{None}, or what holds this connection's output for the
+        rest of the turn (L{claim}), to hand it back in order: it has
+        C{hold(queue, data)}, given every C{write}, and C{release(queue,
+        keep)}, which sets C{holder} back to L{None} and, with C{keep},
+        L{put}s what it holds.  A chat room's turn of messages
+        (L{chat.rooms.Room}) is one.  The outbox releases it when the bytes
+        must be counted at once (the transport is full) or sent now (the
+        connection is closing), and drops it when the client is cut off.
+    """
+
+    __slots__ = ("_outbox", "items", "size", "holder")
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self.items: list[bytes] | None = None
+        self.size = 0
+        self.holder: Any = None
+
+    def claim(self, holder: Any) -> bool:
+        """
+        Let C{holder} hold this connection's output for the rest of the
+        turn, unless another does, or its bytes are counted as written (the
+        transport is full), or it is closing or cut off.
+        """
+        outbox = self._outbox
+        if self.holder is not None or outbox.full or outbox.closing or outbox.cutOff:
+            return False
+        self.holder = holder
+        return True
+
+    def put(self, data: bytes) -> None:
+        """
+        Queue C{data} for the end of the turn, as written before now: for a
+        holder giving back what it held.
+        """
+        if self.items is None:
+            self.items = [data]
+            self.size = len(data)
+            outbox = self._outbox
+            assert outbox._flusher is not None
+            outbox._flusher.add(outbox)
+        else:
+            self.items.append(data)
+            self.size += len(data)
+
+    def release(self, keep: bool = True) -> None:
+        """
+        Take back what a holder holds: written (C{keep}) or dropped.
+        """
+        if self.holder is not None:
+            self.holder.release(self, keep)
+
+    def write(self, data: bytes) -> None:
+        holder = self.holder
+        if holder is not None:
+            holder.hold(self, data)
+            return
+        items = self.items
+        if items is None:
+            self._outbox._writeOut(data)
+            return
+        items.append(data)
+        self.size += len(data)
+        if self.size >= COALESCE_LIMIT:
+            self._outbox.flush()
+
+
+def _turnFlush(clock: Any) -> _TurnFlush:
+    flusher = _flushers.get(clock)
+    if flusher is None:
+        flusher = _flushers[clock] = _TurnFlush(clock)
+    return flusher
+
+
 @implementer(IPushProducer)
 class Outbox:
     """
     A transport in front of a connection's real one: everything is passed
     through, and unsent output is bounded.
+
+    With C{coalesce}, what is written in one reactor turn is queued and
+    written to the real transport at once, in one C{write}, when the turn
+    ends (or as soon as L{COALESCE_LIMIT} bytes are queued): a chat room's
+    fan-out makes one write per member per turn instead of one per member
+    per message.  Nothing is held past the end of the turn, and the rules
+    below are the same: while the transport is full, bytes are counted
+    when they are written (not when they are flushed), and a cut-off
+    connection gets nothing more, queued or not.  A protocol that switches
+    its transport to TLS must not coalesce.
 
     @ivar wrappedTransport: the real transport.
     @ivar full: whether the real transport's buffer is past its high-water
@@ -87,6 +234,7 @@ class Outbox:
         onFull: Callable[[], None] = lambda: None,
         onDrained: Callable[[], None] = lambda: None,
         onCutOff: Callable[[str], None] = lambda why: None,
+        coalesce: bool = False,
     ) -> None:
         self.wrappedTransport = transport
         self.limit = limit
@@ -102,6 +250,9 @@ class Outbox:
         self._onCutOff = onCutOff
         self._stall: Any = None
         self._producer: Any = None
+        self._flusher = _turnFlush(clock) if coalesce else None
+        #: Output written this turn, not yet flushed (coalescing only).
+        self._queue = _TurnQueue(self) if coalesce else None
         self._direct(True)
         transport.registerProducer(self, True)
 
@@ -128,7 +279,12 @@ class Outbox:
         # real transport's own write (as it was when the connection was
         # made) in this instance's dict, where it is found first: with
         # __getattr__ defined, every attribute lookup here is slow, and a
-        # chat fan-out makes one write per member per message.
+        # chat fan-out makes one write per member per message.  Coalescing,
+        # the dict holds the queue's write all along, which comes here
+        # (to _writeOut) only when it has no list to append to.
+        self._writeOut(data)
+
+    def _writeOut(self, data: bytes) -> None:
         if self.cutOff:
             return
         if self.full:
@@ -136,14 +292,50 @@ class Outbox:
             if self.waiting > self.limit:
                 self.cutOffNow(f"over {self.limit} bytes waiting to be read")
                 return
+        elif self._queue is not None and not self.closing:
+            self._queue.items = [data]
+            self._queue.size = len(data)
+            assert self._flusher is not None
+            self._flusher.add(self)
+            return
         self.wrappedTransport.write(data)
+
+    def flush(self) -> None:
+        """
+        Write what is queued (coalescing) to the real transport, in one
+        C{write}; unless the connection has been cut off.
+        """
+        queue = self._queue
+        if queue is None or queue.items is None:
+            return
+        items = queue.items
+        queue.items = None
+        queue.size = 0
+        if not self.cutOff:
+            self.wrappedTransport.write(items[0] if len(items) == 1 else b"".join(items))
+
+    @property
+    def turnQueue(self) -> _TurnQueue | None:
+        """
+        A coalescing outbox's queue (its C{write}), for a holder to claim.
+        """
+        return self._queue
+
+    def _dropQueued(self) -> None:
+        if self._queue is not None:
+            self._queue.release(keep=False)
+            self._queue.items = None
+            self._queue.size = 0
 
     def _direct(self, direct: bool) -> None:
         """
         Let writes go straight to the real transport (C{direct}), or through
-        L{write}, which counts them and drops them once cut off.
+        L{write}, which counts them and drops them once cut off.  A
+        coalescing outbox always writes through L{write}.
         """
-        if direct:
+        if self._queue is not None:
+            self.__dict__["write"] = self._queue.write
+        elif direct:
             self.__dict__["write"] = self.wrappedTransport.write
         else:
             self.__dict__.pop("write", None)
@@ -158,6 +350,9 @@ class Outbox:
         """
         if self.closing or self.cutOff:
             return
+        if self._queue is not None:
+            self._queue.release()
+        self.flush()
         self.closing = True
         # A registered producer would hold the close back (Twisted waits
         # for it to be unregistered).
@@ -177,6 +372,7 @@ class Outbox:
 
     def abortConnection(self) -> None:
         self.closing = True
+        self._dropQueued()
         self._cancelStall()
         self.wrappedTransport.abortConnection()
 
@@ -215,6 +411,11 @@ class Outbox:
         self._direct(False)
         if self.drainTimeout:
             self._stall = self._clock.callLater(self.drainTimeout, self._stalled)
+        # Queued or held before it filled (TLS pauses on its own): written
+        # as it would have been, uncounted, and what comes next is counted.
+        if self._queue is not None:
+            self._queue.release()
+        self.flush()
         self._onFull()
 
     def resumeProducing(self) -> None:
@@ -257,6 +458,7 @@ class Outbox:
         if self.cutOff:
             return
         self.cutOff = True
+        self._dropQueued()
         self._direct(False)
         _cutOffLog(self._clock).info("{transport}: cut off: {why}", transport=self.wrappedTransport, why=why)
         self._onCutOff(why)
@@ -318,6 +520,8 @@ class CommandReceiver(Protocol):
     @cvar linesPerTurn: lines run one after another, none of them answered
         later, before the reactor is handed back for a turn, so that one
         client's pipelined flood does not delay everyone else's replies.
+    @cvar coalesceOutput: whether the outbox coalesces what is written in
+        one reactor turn into one write (L{Outbox}, C{coalesce}).
     """
 
     maxLineLength = 510
@@ -327,6 +531,7 @@ class CommandReceiver(Protocol):
     closeTimeout = 5.0
     inputLimit = 1024 * 1024
     linesPerTurn = 200
+    coalesceOutput = False
     #: Twisted's receivers' names for the mode; C{setRawMode} clears it.
     line_mode = 1
 
@@ -367,6 +572,7 @@ class CommandReceiver(Protocol):
             onFull=self._outputFull,
             onDrained=self._outputDrained,
             onCutOff=self.cutOff,
+            coalesce=self.coalesceOutput,
         )
         super().makeConnection(self._outbox)
 

@@ -55,8 +55,15 @@ class Peer:
     def __init__(self, factory, port: int) -> None:
         addr = IPv4Address("TCP", "127.0.0.1", port)
         self.proto = factory.buildProtocol(addr)
+        self.clock = factory.reactor
         self.transport = StringTransport(peerAddress=addr)
         self.proto.makeConnection(self.transport)
+
+    def endTurn(self) -> None:
+        """
+        End the reactor turn: output coalesced in it is written out.
+        """
+        self.clock.advance(0)
 
     def send(self, line: str | bytes) -> None:
         if isinstance(line, str):
@@ -67,6 +74,7 @@ class Peer:
         """
         The lines received since the last call.
         """
+        self.endTurn()
         data = self.transport.value()
         self.transport.clear()
         return data.decode("utf-8").split("\r\n")[:-1]

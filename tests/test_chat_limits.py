@@ -155,6 +155,7 @@ def test_a_line_waiting_for_the_flood_limit_goes_with_its_client():
 
     assert len(soon()) == 1  # the line's turn
     ada.lose()
+    bob.endTurn()  # bob's QUIT line is flushed at the end of the turn
     assert soon() == []
     world.clock.advance(5)
     assert "MESSAGE lab ada late" not in bob.lines()
