@@ -181,3 +181,49 @@ async def waitOutput(reactor: Any, proc: Any, text: bytes, timeout: float = 30) 
             break
         await task.deferLater(reactor, 0.05)
     raise AssertionError(f"{text!r} not printed:\n{proc.output.decode(errors='replace')[-3000:]}")
+
+
+async def trackerIn(reactor: Any, net: Any, port: int = 6969) -> tuple[Any, str]:
+    """
+    C{twistd swarm --tracker} in the hub namespace of C{net} (a
+    L{swarm.testing.Star}), once it listens; the process and its URL.
+    """
+    import sys
+
+    from swarm.testing import HUB
+
+    host = net.addresses[HUB]
+    proc = spawn(reactor, net.exec(HUB, [
+        os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "swarm", "--tracker",
+        f"tcp:{port}:interface={host}", "--rate", "0", "--interval", "10",
+    ]))
+    await waitOutput(reactor, proc, b"Site starting on", 30)
+    return proc, f"http://{host}:{port}/announce"
+
+
+async def announced(reactor: Any, tracker: Any, address: str, seeding: bool) -> None:
+    """
+    Wait until the tracker has logged an announce from C{address} (a
+    complete one when C{seeding}).
+    """
+    import re
+
+    from twisted.internet import task
+
+    pattern = re.compile(rb'"' + re.escape(address.encode()) + rb'" - - [^\n]*GET /announce[^\n]*'
+                         + (rb"left=0\D" if seeding else b""))
+    for _ in range(600):
+        if pattern.search(tracker.output):
+            return
+        await task.deferLater(reactor, 0.05)
+    raise AssertionError(f"no announce from {address}:\n{tracker.output.decode(errors='replace')[-3000:]}")
+
+
+async def end(reactor: Any, *procs: Any) -> None:
+    """
+    SIGTERM each process (by its PID), SIGKILL after 10 s.
+    """
+    for proc in procs:
+        if proc is not None and not proc.ended.called:
+            proc.transport.signalProcess("TERM")
+            await finish(proc, 10, reactor)

@@ -1,9 +1,10 @@
 """
-Interoperability with aria2c, a real BitTorrent client, on 127.0.0.1 only
-(aria2c runs with DHT, local peer discovery and peer exchange off, and
-knows only our tracker): it downloads from our seeder, we download from it
-seeding, and it fetches what `twistd swarm` seeds.  Files are compared by
-SHA-256.
+Interoperability with aria2c, a real BitTorrent client (with DHT, local
+peer discovery and peer exchange off, knowing only our tracker): in
+network namespaces this module makes and always deletes
+(L{swarm.testing.Star}), it downloads from `swarm seed` and `swarm get`
+downloads from it seeding; on 127.0.0.1, it fetches what `twistd swarm`'s
+demo mode seeds (as the README runs it).  Files are compared by SHA-256.
 """
 
 from __future__ import annotations
@@ -12,15 +13,20 @@ import hashlib
 import os
 import sys
 
+import pytest
 import pytest_twisted
 from twisted.internet import task
 
-from swarm.client import Peer
 from swarm.metainfo import readMetainfo
+from swarm.testing import Star
 from tests.conftest import skipOrFail
 from tests.swarm_support import (
-    ARIA2_SAFE, aria2c, finish, freePort, sha256, spawn, startTracker, stop, torrentFor, writeData,
+    ARIA2_SAFE, announced, aria2c, end, finish, freePort, namespacesMissing, sha256, spawn, stop, torrentFor,
+    trackerIn, waitOutput, writeData,
 )
+
+BIN = os.path.dirname(sys.executable)
+OURS, THEIRS = "p0", "p1"
 
 
 def _aria2c() -> str:
@@ -41,60 +47,75 @@ def _treeSha256(root) -> str:
     return h.hexdigest()
 
 
-@pytest_twisted.ensureDeferred
-async def test_aria2cDownloadsFromOurSeeder(reactor, tmp_path):
-    """aria2c, given our .torrent, finds our seeder through our tracker and downloads a file and a directory intact."""
-    aria = _aria2c()
-    url, tport, swarms = await startTracker(reactor)
-    single = str(tmp_path / "seed" / "movie.bin")
-    writeData(single, 3_000_001)
-    tree = tmp_path / "seed" / "course"
-    writeData(str(tree / "slides.pdf"), 500_000, 2)
-    writeData(str(tree / "week1" / "notes.txt"), 70_000, 3)
-    seeder = Peer(reactor)
+@pytest.fixture(scope="module")
+def star():
+    why = namespacesMissing()
+    if why is not None:
+        skipOrFail(why)
+    net = Star(2, f"swar{os.getpid()}")
+    net.up()
     try:
-        await seeder.listen()
-        for path in (single, str(tree)):
+        yield net
+    finally:
+        net.down()
+
+
+@pytest.mark.privileged
+@pytest_twisted.ensureDeferred
+async def test_aria2cDownloadsFromOurSeeder(reactor, star, tmp_path):
+    """aria2c, given our .torrent, finds `swarm seed` through our tracker (in namespaces) and downloads a file and a directory intact."""
+    aria = _aria2c()
+    tracker, url = await trackerIn(reactor, star)
+    procs: list = [tracker]
+    try:
+        single = str(tmp_path / "seed" / "movie.bin")
+        writeData(single, 3_000_001)
+        tree = tmp_path / "seed" / "course"
+        writeData(str(tree / "slides.pdf"), 500_000, 2)
+        writeData(str(tree / "week1" / "notes.txt"), 70_000, 3)
+        for port, path in ((6881, single), (6882, str(tree))):
             torrentPath, meta = torrentFor(path, url)
-            await seeder.add(meta, path, download=False)
-            proc = spawn(reactor, [aria, *ARIA2_SAFE, "--seed-time=0", f"--listen-port={freePort()}",
-                                   "-d", str(tmp_path / "aria"), torrentPath])
+            seeder = spawn(reactor, star.exec(OURS, [
+                os.path.join(BIN, "swarm"), "seed", torrentPath, "--data", path,
+                "--host", star.addresses[OURS], "--port", str(port),
+            ]))
+            procs.append(seeder)
+            await waitOutput(reactor, seeder, b"seeding ")
+            await announced(reactor, tracker, star.addresses[OURS], seeding=True)
+            proc = spawn(reactor, star.exec(THEIRS, [aria, *ARIA2_SAFE, "--seed-time=0", "--listen-port=6881",
+                                                     "-d", str(tmp_path / "aria"), torrentPath]))
+            procs.append(proc)
             code = await finish(proc, 90, reactor)
             assert code == 0, proc.output.decode(errors="replace")[-2000:]
         assert sha256(str(tmp_path / "aria" / "movie.bin")) == sha256(single)
         assert _treeSha256(tmp_path / "aria" / "course") == _treeSha256(tree)
-        assert seeder.torrents[0].uploaded >= 3_000_001
     finally:
-        await seeder.stop()
-        await tport.stopListening()
+        await end(reactor, *reversed(procs))
 
 
+@pytest.mark.privileged
 @pytest_twisted.ensureDeferred
-async def test_weDownloadFromAria2cSeeding(reactor, tmp_path):
-    """Our peer downloads from aria2c seeding (found through our tracker) and the SHA-256 matches."""
+async def test_weDownloadFromAria2cSeeding(reactor, star, tmp_path):
+    """`swarm get` downloads from aria2c seeding, found through our tracker (in namespaces), and the SHA-256 matches."""
     aria = _aria2c()
-    url, tport, swarms = await startTracker(reactor)
-    data = str(tmp_path / "seed" / "lecture.mp4")
-    writeData(data, 2_500_000)
-    torrentPath, meta = torrentFor(data, url)
-    proc = spawn(reactor, [aria, *ARIA2_SAFE, "-V", "--seed-ratio=0.0", "--seed-time=5",
-                           f"--listen-port={freePort()}", "-d", str(tmp_path / "seed"), torrentPath])
-    getter = Peer(reactor)
+    tracker, url = await trackerIn(reactor, star)
+    seed = get = None
     try:
-        for _ in range(400):
-            if swarms.torrents.get(meta.infoHash) or proc.ended.called:
-                break
-            await task.deferLater(reactor, 0.05)
-        assert swarms.torrents.get(meta.infoHash), proc.output.decode(errors="replace")[-2000:]
-        await getter.listen()
-        torrent = await getter.add(meta, str(tmp_path / "ours" / "lecture.mp4"), download=True)
-        path = await torrent.done
-        assert sha256(path) == sha256(data)
-        assert torrent.hashFailures == 0
+        data = str(tmp_path / "seed" / "lecture.mp4")
+        writeData(data, 2_500_000)
+        torrentPath, meta = torrentFor(data, url)
+        seed = spawn(reactor, star.exec(THEIRS, [aria, *ARIA2_SAFE, "-V", "--seed-ratio=0.0", "--seed-time=5",
+                                                 "--listen-port=6881", "-d", str(tmp_path / "seed"), torrentPath]))
+        await announced(reactor, tracker, star.addresses[THEIRS], seeding=True)
+        get = spawn(reactor, star.exec(OURS, [
+            os.path.join(BIN, "swarm"), "get", torrentPath, "-o", str(tmp_path / "ours"),
+            "--host", star.addresses[OURS],
+        ]))
+        assert await finish(get, 60, reactor) == 0, get.output.decode(errors="replace")[-3000:]
+        assert f"sha256 {sha256(data)}".encode() in get.output
+        assert sha256(str(tmp_path / "ours" / "lecture.mp4")) == sha256(data)
     finally:
-        await getter.stop()
-        await stop(proc)
-        await tport.stopListening()
+        await end(reactor, get, seed, tracker)
 
 
 @pytest_twisted.ensureDeferred

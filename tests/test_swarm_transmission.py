@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 
@@ -25,15 +24,16 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
-from swarm.testing import HUB, Star
+from swarm.testing import Star
 from tests.conftest import skipOrFail
-from tests.swarm_support import finish, namespacesMissing, sha256, spawn, torrentFor, waitOutput, writeData
+from tests.swarm_support import (
+    announced, end, finish, namespacesMissing, sha256, spawn, torrentFor, trackerIn, waitOutput, writeData,
+)
 
 pytestmark = pytest.mark.privileged
 
 BIN = os.path.dirname(sys.executable)
 OURS, THEIRS = "p0", "p1"
-TRACKER_PORT = 6969
 
 
 @pytest.fixture(scope="module")
@@ -49,33 +49,6 @@ def star():
         yield net
     finally:
         net.down()
-
-
-async def _tracker(reactor, net):
-    """
-    C{twistd swarm --tracker} in the hub namespace, once it listens.
-    """
-    host = net.addresses[HUB]
-    proc = spawn(reactor, net.exec(HUB, [
-        os.path.join(BIN, "twistd"), "-n", "--pidfile=", "swarm", "--tracker",
-        f"tcp:{TRACKER_PORT}:interface={host}", "--rate", "0", "--interval", "10",
-    ]))
-    await waitOutput(reactor, proc, b"Site starting on", 30)
-    return proc, f"http://{host}:{TRACKER_PORT}/announce"
-
-
-async def _announced(reactor, tracker, address: str, seeding: bool) -> None:
-    """
-    Wait until the tracker has logged an announce from C{address} (a
-    complete one when C{seeding}).
-    """
-    pattern = re.compile(rb'"' + re.escape(address.encode()) + rb'" - - [^\n]*GET /announce[^\n]*'
-                         + (rb"left=0\D" if seeding else b""))
-    for _ in range(600):
-        if pattern.search(tracker.output):
-            return
-        await task.deferLater(reactor, 0.05)
-    raise AssertionError(f"no announce from {address}:\n{tracker.output.decode(errors='replace')[-3000:]}")
 
 
 def _transmission(net, tmp_path, torrentPath: str, directory: str, verify: bool = False) -> tuple[list[str], str]:
@@ -99,20 +72,10 @@ def _transmission(net, tmp_path, torrentPath: str, directory: str, verify: bool 
     return net.exec(THEIRS, argv), marker
 
 
-async def _end(reactor, *procs) -> None:
-    """
-    SIGTERM each process (by its PID), SIGKILL after 10 s.
-    """
-    for proc in procs:
-        if proc is not None and not proc.ended.called:
-            proc.transport.signalProcess("TERM")
-            await finish(proc, 10, reactor)
-
-
 @pytest_twisted.ensureDeferred
 async def test_transmissionDownloadsFromOurSeeder(reactor, star, tmp_path):
     """transmission-cli, given our .torrent, finds our seeder through our tracker (in namespaces) and downloads the file intact."""
-    tracker, url = await _tracker(reactor, star)
+    tracker, url = await trackerIn(reactor, star)
     seeder = transmission = None
     try:
         data = str(tmp_path / "seed" / "lecture.bin")
@@ -123,7 +86,7 @@ async def test_transmissionDownloadsFromOurSeeder(reactor, star, tmp_path):
             "--host", star.addresses[OURS], "--port", "6881",
         ]))
         await waitOutput(reactor, seeder, b"seeding lecture.bin")
-        await _announced(reactor, tracker, star.addresses[OURS], seeding=True)
+        await announced(reactor, tracker, star.addresses[OURS], seeding=True)
         argv, marker = _transmission(star, tmp_path, torrentPath, str(tmp_path / "theirs"))
         transmission = spawn(reactor, argv)
         for _ in range(1200):
@@ -133,13 +96,13 @@ async def test_transmissionDownloadsFromOurSeeder(reactor, star, tmp_path):
         assert os.path.exists(marker), transmission.output.decode(errors="replace")[-3000:]
         assert sha256(str(tmp_path / "theirs" / "lecture.bin")) == sha256(data)
     finally:
-        await _end(reactor, transmission, seeder, tracker)
+        await end(reactor, transmission, seeder, tracker)
 
 
 @pytest_twisted.ensureDeferred
 async def test_weDownloadFromTransmissionSeeding(reactor, star, tmp_path):
     """`swarm get` finds transmission-cli seeding through our tracker (in namespaces) and downloads the file intact."""
-    tracker, url = await _tracker(reactor, star)
+    tracker, url = await trackerIn(reactor, star)
     transmission = get = None
     try:
         data = str(tmp_path / "theirs" / "notes.bin")
@@ -147,7 +110,7 @@ async def test_weDownloadFromTransmissionSeeding(reactor, star, tmp_path):
         torrentPath, meta = torrentFor(data, url)
         argv, marker = _transmission(star, tmp_path, torrentPath, str(tmp_path / "theirs"), verify=True)
         transmission = spawn(reactor, argv)
-        await _announced(reactor, tracker, star.addresses[THEIRS], seeding=True)
+        await announced(reactor, tracker, star.addresses[THEIRS], seeding=True)
         get = spawn(reactor, star.exec(OURS, [
             os.path.join(BIN, "swarm"), "get", torrentPath, "-o", str(tmp_path / "ours"),
             "--host", star.addresses[OURS],
@@ -156,4 +119,4 @@ async def test_weDownloadFromTransmissionSeeding(reactor, star, tmp_path):
         assert f"sha256 {sha256(data)}".encode() in get.output
         assert sha256(str(tmp_path / "ours" / "notes.bin")) == sha256(data)
     finally:
-        await _end(reactor, get, transmission, tracker)
+        await end(reactor, get, transmission, tracker)
