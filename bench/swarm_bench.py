@@ -22,7 +22,10 @@ docs/swarm-distribution.png; and the DHT lookups against N in
 docs/swarm-dht.png.  Needs root.
 
 C{python -m bench swarm} runs all three (SWARM_BENCH_PARTS=curve,dht
-picks some).
+picks some).  The experiment's knobs: SWARM_CURVE_MIB (file size, 8),
+SWARM_CURVE_MBIT (u, 4; u_s is 10u), SWARM_CURVE_NS (1,2,5,10,20,30),
+SWARM_CURVE_PIECE_KIB (64), SWARM_CURVE_ARMS (bftp,swarm,aria2c) and
+SWARM_CURVE_KEEP=1 (keep the temporary folder and its log).
 """
 
 from __future__ import annotations
@@ -219,7 +222,7 @@ def throughput() -> int:
 CURVE_MIB = float(os.environ.get("SWARM_CURVE_MIB", "8"))
 CURVE_U = int(float(os.environ.get("SWARM_CURVE_MBIT", "4")) * 1e6)
 CURVE_NS = tuple(int(n) for n in os.environ.get("SWARM_CURVE_NS", "1,2,5,10,20,30").split(","))
-CURVE_PIECE = 1 << 16
+CURVE_PIECE = int(os.environ.get("SWARM_CURVE_PIECE_KIB", "64")) << 10
 #: Which arms run (a dry run may leave some out).
 CURVE_ARMS = os.environ.get("SWARM_CURVE_ARMS", "bftp,swarm,aria2c").split(",")
 BFTP_USER, BFTP_PASSWORD = "bench", "bench-secret"
