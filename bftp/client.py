@@ -406,9 +406,20 @@ class BFTPClient(LineReceiver):
 
         def start(size: int, at: int) -> ChunkSink:
             # The part file is made only once the server agrees to send.
-            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if at else os.O_TRUNC)
-            f = os.fdopen(os.open(part, flags, 0o644), "r+b", buffering=0)
-            f.truncate(at)
+            # From byte 0 it is a new file, never one truncated to 0: ext4
+            # flushes a file truncated to 0 when it is closed (its
+            # auto_da_alloc), which would start writing back the whole
+            # download in close().
+            if at:
+                f = os.fdopen(os.open(part, os.O_RDWR | os.O_CLOEXEC), "r+b", buffering=0)
+                f.truncate(at)
+            else:
+                try:
+                    os.unlink(part)
+                except FileNotFoundError:
+                    pass
+                flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                f = os.fdopen(os.open(part, flags, 0o644), "r+b", buffering=0)
             f.seek(at)
             files.append(f)
             if onStart is not None:

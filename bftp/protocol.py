@@ -743,7 +743,10 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
                     Code.BAD_ARGUMENT,
                     f"offset {offset} is past the {have} bytes received so far; resume from {have}",
                 )
-            os.ftruncate(fd, offset)
+            if have > offset:
+                # Not for nothing: ext4 flushes a file truncated to 0 when
+                # it is closed.
+                os.ftruncate(fd, offset)
             quotas.freed(owner, have - offset)
             full = quotas.refusal(owner, 1)
             if full is not None:

@@ -338,3 +338,21 @@ def test_bufferPoolBoundsAndWakes():
     assert not woken
     pool.give(a)
     assert woken == [True] and pool.take() is a
+
+
+@pytest_twisted.ensureDeferred
+async def test_getFromZeroMakesANewPartFile(reactor, root, tmp_path):
+    """A download from byte 0 writes a new part file instead of truncating the old one to 0 (ext4 would flush that one on close)."""
+    digest = writeRandom(root / "f.bin", 2 << 20)
+    part = tmp_path / "copy.bftp-part"
+    part.write_bytes(b"stale")
+    os.link(part, tmp_path / "other-name")
+    server = await Server(reactor, root).start()
+    try:
+        client = await server.client()
+        assert await client.get("/f.bin", str(tmp_path / "copy"), resume=False) == digest
+        await client.quit()
+    finally:
+        await server.stop()
+    assert (tmp_path / "other-name").read_bytes() == b"stale"
+    assert negotiatedDigest((tmp_path / "copy").read_bytes()) == digest
