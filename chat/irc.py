@@ -181,10 +181,21 @@ HELP = {
 }
 
 
+#: The tags of a line that has none (never changed: a line's tags replace it).
+_NO_TAGS: dict[str, str] = {}
+#: No capabilities, no user modes: one object for every connection.
+_NO_MODES: frozenset[str] = frozenset()
+
+
 class IRCSession(ChatReceiver):
     """
     One IRC client connection.
     """
+
+    __slots__ = (
+        "hostname", "_caps", "umodes", "welcomed", "lastActive", "signedOn", "_password",
+        "_negotiating", "_sasl", "_saslBuffer", "_crEnded", "_tags", "wire",
+    )
 
     maxLineLength = MAX_TAGGED_LINE
     _log = Logger()
@@ -195,8 +206,8 @@ class IRCSession(ChatReceiver):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.hostname: str = self.factory.hostname
-        self.caps: frozenset[str] = frozenset()
-        self.umodes: set[str] = set()
+        self.caps = _NO_MODES
+        self.umodes: frozenset[str] = _NO_MODES
         self.welcomed = False
         self.lastActive = self.factory.reactor.seconds()
         self.signedOn = self.lastActive
@@ -205,7 +216,7 @@ class IRCSession(ChatReceiver):
         self._sasl: str | None = None
         self._saslBuffer = ""
         self._crEnded = False
-        self._tags: dict[str, str] = {}
+        self._tags: dict[str, str] = _NO_TAGS
         self.factory.pending.add(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -929,7 +940,7 @@ class IRCSession(ChatReceiver):
                 adding = letter == "+"
             elif letter == "i":
                 if adding != ("i" in self.umodes):
-                    (self.umodes.add if adding else self.umodes.discard)("i")
+                    self.umodes = self.umodes | {"i"} if adding else self.umodes - {"i"}
                     (self.factory.invisible.add if adding else self.factory.invisible.discard)(self)
                     s = "+" if adding else "-"
                     applied += ("" if s == sign else s) + "i"

@@ -88,6 +88,8 @@ class ChatProtocol(ChatReceiver):
     One course-protocol connection.
     """
 
+    __slots__ = ()
+
     # Lines end with CRLF; a bare LF is taken too, for netcat and telnet.
     maxLineLength = MAX_LINE
     wire = "chat"

@@ -12,7 +12,9 @@ L{IParticipant}.
 
 from __future__ import annotations
 
+import heapq
 import secrets
+import weakref
 from dataclasses import dataclass
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -90,41 +92,64 @@ class TokenBucket:
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
-class Heartbeat:
+class IdleTimers:
     """
-    Call C{ping} after C{idle} seconds without L{touch}, then C{dead} if
-    another C{grace} seconds pass without one.
+    The idle deadlines of every connection on one clock: a heap of
+    C{[when, n, session]} and one L{DelayedCall} for the earliest, instead
+    of a L{DelayedCall} per connection.  A line from a client only stores
+    the time: its entry is not moved, and when it comes up the session
+    checks its own deadline and is put back for the later one.
+
+    A session that ends sets its entry's session to L{None}, so the heap
+    keeps no ended connection alive.
     """
 
-    def __init__(self, clock, idle: float, grace: float, ping, dead) -> None:
+    __slots__ = ("_clock", "_heap", "_call", "_n", "__weakref__")
+
+    def __init__(self, clock) -> None:
         self._clock = clock
-        self.idle = idle
-        self.grace = grace
-        self._ping = ping
-        self._dead = dead
-        self.pinged = False
-        self._call = clock.callLater(idle, self._expired) if idle else None
-
-    def touch(self) -> None:
-        if self._call is None:
-            return
-        if self.pinged:
-            self.pinged = False
-        self._call.reset(self.idle)
-
-    def _expired(self) -> None:
-        if self.pinged:
-            self._call = None
-            self._dead()
-            return
-        self.pinged = True
-        self._call = self._clock.callLater(self.grace, self._expired)
-        self._ping()
-
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
+        self._heap: list[list] = []
         self._call = None
+        self._n = 0
+
+    def add(self, when: float, session: "Session") -> list:
+        """
+        Call C{session._idleDeadline} at C{when}.
+
+        @return: the entry; set its last item to L{None} to cancel.
+        """
+        self._n += 1
+        entry = [when, self._n, session]
+        heapq.heappush(self._heap, entry)
+        if self._call is None:
+            self._call = self._clock.callLater(max(0.0, when - self._clock.seconds()), self._fire)
+        elif when < self._call.getTime():
+            self._call.reset(max(0.0, when - self._clock.seconds()))
+        return entry
+
+    def _fire(self) -> None:
+        self._call = None
+        heap = self._heap
+        now = self._clock.seconds()
+        while heap and heap[0][0] <= now:
+            session = heapq.heappop(heap)[2]
+            if session is not None:
+                session._idleDeadline(now)
+        if heap and self._call is None:
+            self._call = self._clock.callLater(max(0.0, heap[0][0] - now), self._fire)
+
+
+_idleTimers: "weakref.WeakKeyDictionary[object, IdleTimers]" = weakref.WeakKeyDictionary()
+
+
+def idleTimers(clock) -> IdleTimers:
+    """
+    The one L{IdleTimers} of C{clock}.
+    """
+    timers = _idleTimers.get(clock)
+    if timers is None:
+        timers = _idleTimers[clock] = IdleTimers(clock)
+    return timers
 
 
 @implementer(IParticipant)
@@ -132,16 +157,18 @@ class Session:
     """
     One connection as the rooms see it, owned by its front door's
     protocol: its nickname, the flood limit on its lines and the PING
-    sent when it is silent.
+    sent when it is silent (after C{limits.idleTimeout} seconds without a
+    line, then closed if C{limits.pingTimeout} more pass without one).
+
+    Slotted, with its timers shared (L{IdleTimers}) and its flood bucket
+    made only with a flood limit: a server holds many idle ones.
     """
 
+    __slots__ = (
+        "door", "server", "limits", "peer", "host", "turnQueue", "_clock", "_behindSince",
+        "_bucket", "_lastLine", "_pinged", "_ticket", "nick", "user", "realname", "account", "away", "online",
+    )
     _log = Logger()
-    nick: str | None = None
-    user: str | None = None
-    realname: str | None = None
-    account: str | None = None
-    away: str | None = None
-    online = True
 
     def __init__(self, door: IFrontDoor, server: IChatServer, limits: Limits, clock, peer, queue=None) -> None:
         """
@@ -151,19 +178,47 @@ class Session:
         """
         self.door = door
         self.turnQueue = queue
-        self._write = queue.write if queue is not None else door.send
         self.server = server
         self.limits = limits
         self.peer = peer
         self.host = getattr(peer, "host", None) or "chat"
+        self.nick: str | None = None
+        self.user: str | None = None
+        self.realname: str | None = None
+        self.account: str | None = None
+        self.away: str | None = None
+        self.online = True
         self._clock = clock
         self._behindSince: float | None = None
         self._bucket = (
             TokenBucket(limits.floodRate, limits.floodBurst, clock) if limits.floodRate else None
         )
-        self._heartbeat = Heartbeat(
-            clock, limits.idleTimeout, limits.pingTimeout, self._ping, self._noAnswer
-        )
+        self._lastLine = clock.seconds()
+        self._pinged = False
+        self._ticket: list | None = None
+        if limits.idleTimeout:
+            self._ticket = idleTimers(clock).add(self._lastLine + limits.idleTimeout, self)
+
+    def _idleDeadline(self, now: float) -> None:
+        """
+        This session's entry came up: PING, close, or wait again.
+        """
+        limits = self.limits
+        timers = idleTimers(self._clock)
+        if self._pinged:
+            if now < self._lastLine + limits.pingTimeout:
+                self._ticket = timers.add(self._lastLine + limits.pingTimeout, self)
+                return
+            self._ticket = None
+            self._noAnswer()
+            return
+        if now < self._lastLine + limits.idleTimeout:
+            self._ticket = timers.add(self._lastLine + limits.idleTimeout, self)
+            return
+        self._pinged = True
+        self._lastLine = now  # the grace is counted from the PING
+        self._ticket = timers.add(now + limits.pingTimeout, self)
+        self._ping()
 
     def end(self, reason: str) -> None:
         """
@@ -173,7 +228,9 @@ class Session:
         if not self.online:
             return
         self.online = False
-        self._heartbeat.stop()
+        if self._ticket is not None:
+            self._ticket[2] = None
+            self._ticket = None
         self.server.quit(self, reason)
 
     def deliver(self, event: Event) -> None:
@@ -185,7 +242,11 @@ class Session:
             data = event._cache.get(door.wire)
             if data is None:
                 data = event.encoded(door.wire, door.encodeEvent)
-            self._write(data)
+            queue = self.turnQueue
+            if queue is not None:
+                queue.write(data)
+            else:
+                door.send(data)
 
     def lineArrived(self) -> float | None:
         """
@@ -196,7 +257,8 @@ class Session:
             it now), or L{None} if the connection has been behind its limit
             for longer than C{floodCut} seconds and is being cut off.
         """
-        self._heartbeat.touch()
+        self._lastLine = self._clock.seconds()
+        self._pinged = False
         if self._bucket is None:
             return 0.0
         wait = self._bucket.take()
@@ -242,6 +304,14 @@ class ChatReceiver(CommandReceiver):
     @ivar session: this connection's L{Session}.
     """
 
+    # Slotted, with the names the receiver and Twisted's Protocol set on
+    # every connection: a server holds many idle connections, and an
+    # instance dict costs hundreds of bytes each.  What is set only now and
+    # then (quitReason, a pause's reasons) goes in the dict.
+    __slots__ = (
+        "server", "session", "_waiting", "transport", "factory", "connected",
+        "_input", "_pos", "_processing", "_outbox", "_admittedAs", "outputLimit", "drainTimeout",
+    )
     _log = Logger()
     # A room's fan-out: one write per member per reactor turn, whatever the
     # number of messages said in it (docs/chat.md, section 7).
@@ -251,6 +321,19 @@ class ChatReceiver(CommandReceiver):
     wire = ""
     session: Session
     quitReason = "connection lost"
+
+    def __init__(self) -> None:
+        # The class defaults the slots hide.
+        self.transport = None  # type: ignore[assignment]
+        self.connected = 0
+        self._input = b""
+        self._pos = 0
+        self._processing = False
+        self._outbox = None
+        self._admittedAs = None
+        self._waiting: Deferred | None = None
+        self.outputLimit = CommandReceiver.outputLimit
+        self.drainTimeout = CommandReceiver.drainTimeout
 
     def makeConnection(self, transport) -> None:
         limits: Limits = self.factory.limits
@@ -266,8 +349,6 @@ class ChatReceiver(CommandReceiver):
             self, self.server, factory.limits, factory.reactor, self.transport.getPeer(),
             getattr(self.transport, "turnQueue", None),
         )
-
-    _waiting: Deferred | None = None
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)

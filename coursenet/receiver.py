@@ -280,9 +280,12 @@ class Outbox:
         # made) in this instance's dict, where it is found first: with
         # __getattr__ defined, every attribute lookup here is slow, and a
         # chat fan-out makes one write per member per message.  Coalescing,
-        # the dict holds the queue's write all along, which comes here
+        # every write comes here and goes to the queue, which comes back
         # (to _writeOut) only when it has no list to append to.
-        self._writeOut(data)
+        if self._queue is not None:
+            self._queue.write(data)
+        else:
+            self._writeOut(data)
 
     def _writeOut(self, data: bytes) -> None:
         if self.cutOff:
@@ -334,8 +337,8 @@ class Outbox:
         coalescing outbox always writes through L{write}.
         """
         if self._queue is not None:
-            self.__dict__["write"] = self._queue.write
-        elif direct:
+            return  # write goes to the queue (its dict would cost memory)
+        if direct:
             self.__dict__["write"] = self.wrappedTransport.write
         else:
             self.__dict__.pop("write", None)
@@ -545,6 +548,10 @@ class CommandReceiver(Protocol):
     _full = False
     _admittedAs: str | None = None
     _outbox: Outbox | None = None
+    #: Why reading is paused, and who waits for the output to drain: made
+    #: when first needed (a server holds many connections that never are).
+    _pausedFor: set[str] | frozenset[str] = frozenset()
+    _drainWaiters: list[Deferred[None]] | tuple[()] = ()
     # Not Protocol's Optional: makeConnection sets it (to the Outbox, which
     # provides what the real transport does) before any other method runs.
     transport: ITransport
@@ -561,8 +568,6 @@ class CommandReceiver(Protocol):
         return clock
 
     def makeConnection(self, transport) -> None:
-        self._pausedFor: set[str] = set()
-        self._drainWaiters: list[Deferred[None]] = []
         self._outbox = Outbox(
             transport,
             self.receiverClock(),
@@ -610,12 +615,18 @@ class CommandReceiver(Protocol):
         """
         if not self._pausedFor:
             self._connectedOutbox().wrappedTransport.pauseProducing()
+            self._pausedFor = {reason}
+            return
+        assert isinstance(self._pausedFor, set)
         self._pausedFor.add(reason)
 
     def resumeReading(self, reason: str) -> None:
         if reason not in self._pausedFor:
             return
+        assert isinstance(self._pausedFor, set)
         self._pausedFor.discard(reason)
+        if not self._pausedFor:
+            self._pausedFor = frozenset()
         if self._pausedFor or self._connectedOutbox().disconnecting:
             return
         self._connectedOutbox().wrappedTransport.resumeProducing()
@@ -645,11 +656,14 @@ class CommandReceiver(Protocol):
         if not self._full or self._outbox is None or self._outbox.disconnecting:
             return succeed(None)
         d: Deferred[None] = Deferred()
+        if not self._drainWaiters:
+            self._drainWaiters = []
+        assert isinstance(self._drainWaiters, list)
         self._drainWaiters.append(d)
         return d
 
     def _wakeDrainWaiters(self) -> None:
-        waiters, self._drainWaiters = getattr(self, "_drainWaiters", []), []
+        waiters, self._drainWaiters = self._drainWaiters, ()
         for d in waiters:
             d.callback(None)
 

@@ -171,3 +171,28 @@ def test_nothing_is_held_past_the_end_of_the_turn():
     world.clock.advance(0)
     assert bob.transport.value() == b"MESSAGE lab ada hi\r\n"
     assert [c for c in world.clock.getDelayedCalls() if c.getTime() <= world.clock.seconds()] == []
+
+
+def test_per_connection_objects_keep_nothing_in_an_instance_dict():
+    """A registered connection's protocol (both doors) puts nothing in an instance dict; its Session has none."""
+    world = World()
+    ada = world.user("ada", "lab")
+    irc = world.connect(irc=True)
+    irc.send("NICK bob")
+    irc.send("USER bob 0 * :Bob")
+    irc.send("JOIN #lab")
+    irc.send("PRIVMSG #lab :hi")
+    ada.send("SAY lab hello")
+    assert irc.lines() and ada.lines()
+    for peer in (ada, irc):
+        assert vars(peer.proto) == {}
+        assert not hasattr(peer.proto.session, "__dict__")
+
+
+def test_idle_connections_share_one_timer():
+    """Many idle connections schedule one call for their PINGs, not one each; each is still PINGed on time."""
+    world = World(limits=Limits(floodRate=0, idleTimeout=10, pingTimeout=5))
+    peers = [world.user(f"u{n}") for n in range(50)]
+    assert len(world.clock.getDelayedCalls()) == 1
+    world.clock.advance(10)
+    assert all(peer.lines()[0].startswith("PING ") for peer in peers)
