@@ -27,6 +27,7 @@ from zope.interface import implementer
 from chat.interfaces import IChatServer, IFrontDoor, IParticipant
 from chat.rooms import Event
 from coursenet.admission import Admission, AdmittingFactory
+from coursenet.bucket import TokenBucket
 from coursenet.logs import peerName
 from coursenet.receiver import CommandReceiver, Outbox
 from coursenet.transport import noDelay
@@ -60,36 +61,6 @@ class Limits:
     drainTimeout: float = 30.0
     idleTimeout: float = 120.0
     pingTimeout: float = 60.0
-
-
-class TokenBucket:
-    """
-    A token bucket: C{burst} tokens, refilled at C{rate} a second.  A
-    token may be taken before it is there: the taker is told how long to
-    wait for it (ngircd's penalty, Ergo's fakelag).
-    """
-
-    def __init__(self, rate: float, burst: int, clock) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._tokens = float(burst)
-        self._stamp = clock.seconds()
-        self.level = self._tokens
-
-    def take(self) -> float:
-        """
-        Take one token.
-
-        @return: the seconds until it is there: 0 if it was.
-        """
-        now = self._clock.seconds()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        #: What was there before this take: how far the client is from its limit.
-        self.level = self._tokens
-        self._tokens -= 1
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
 class IdleTimers:
