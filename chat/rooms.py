@@ -351,6 +351,9 @@ class ChatServer:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        #: The clock whose turns rooms batch their events by (L{_RoomTurn});
+        #: L{None}, each event is delivered at once.
+        self.turnClock = reactor
         self.store = store
         self.checker = checker
         self.portal = makePortal(checker) if checker is not None else None
@@ -607,7 +610,7 @@ class ChatServer:
                     Code.LIMIT,
                     f"too many rooms on this server (limit {self.maxRooms}); join one that LIST shows",
                 )
-        room = self.rooms[name] = Room(name, self.historySize, self.reactor.seconds(), self.reactor)
+        room = self.rooms[name] = Room(name, self.historySize, self.reactor.seconds(), self.turnClock)
         d = self.store.load(name, self.historySize)
         d.addCallbacks(room._loaded, room._failed)
         d.addErrback(lambda f: self._log.failure("loading room {room}", f, room=name))

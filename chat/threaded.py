@@ -17,8 +17,23 @@ from twisted.python import usage
 
 from chat import tap
 from chat.hub import ChatHub, HubForkingServer, RemoteChatServer
-from chat.protocol import ChatFactory
+from chat.protocol import ChatFactory, ChatProtocol
 from coursenet.blocking import ThreadedServer, TwinOptionsMixin, twinMain
+
+
+class TwinProtocol(ChatProtocol):
+    """
+    The course protocol as the twins run it: written at once, not
+    coalesced per reactor turn (their threads share one clock, and a turn
+    is a reactor's).
+    """
+
+    __slots__ = ()
+    coalesceOutput = False
+
+
+class TwinFactory(ChatFactory):
+    protocol = TwinProtocol
 
 
 class Options(TwinOptionsMixin, tap.Options):
@@ -35,12 +50,13 @@ class Options(TwinOptionsMixin, tap.Options):
 
 def makeServer(options: Options, reactor):
     server, limits = tap.makeServer(options, reactor)
+    server.turnClock = None  # no room holds events for a turn (see TwinProtocol)
     if not options["forking"]:
-        return ThreadedServer(options["address"], ChatFactory(server, limits, reactor), reactor)
+        return ThreadedServer(options["address"], TwinFactory(server, limits, reactor), reactor)
 
     def childFactory(link):
         remote = RemoteChatServer(link, reactor)
-        factory = ChatFactory(remote, limits, reactor)
+        factory = TwinFactory(remote, limits, reactor)
         return factory, lambda connection: connection.addReader(link.fileno(), remote.readEvents)
 
     return HubForkingServer(
