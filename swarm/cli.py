@@ -3,8 +3,8 @@ C{swarm}: make a C{.torrent}, show one, seed, or download.
 
     swarm create FILE --tracker http://127.0.0.1:6969/announce -o FILE.torrent
     swarm show FILE.torrent
-    swarm seed FILE.torrent --data FILE [--port N]
-    swarm get FILE.torrent -o DIR [--port N] [--seed]
+    swarm seed FILE.torrent --data FILE [--port N] [--max-upload-rate 500K]
+    swarm get FILE.torrent -o DIR [--port N] [--seed] [--max-download-rate 4M]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import sys
 
 from swarm.metainfo import DEFAULT_PIECE_LENGTH, MetainfoError, makeMetainfo, readMetainfo
+from swarm.ratelimit import parseRate
 
 
 def sha256(path: str) -> str:
@@ -53,11 +54,22 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--port", type=int, default=0, help="TCP port for other peers (default: any)")
         q.add_argument("--host", default="127.0.0.1", help="address to listen on")
         q.add_argument("--tracker", help="announce URL instead of the .torrent's own")
+        for direction in ("upload", "download"):
+            q.add_argument(f"--max-{direction}-rate", type=_rate, default=0, metavar="RATE",
+                           help=f"{direction} at most RATE bytes a second, all connections together"
+                                " (e.g. 500K, 4M; K = 1024; default 0: no limit)")
         q.add_argument("--dht-port", type=int, default=None,
                        help="also run a DHT node (BEP 5) on this UDP port of --host (0: any)")
         q.add_argument("--dht-bootstrap", action="append", default=[], metavar="HOST:PORT",
                        help="a DHT node to bootstrap from (repeatable; there is no public default)")
     return p
+
+
+def _rate(text: str) -> int:
+    try:
+        return parseRate(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parseHostPort(text: str) -> tuple[str, int]:
@@ -84,7 +96,7 @@ async def _run(reactor, args) -> int:
         if bootstrap:
             known = await dht.bootstrap(bootstrap)
             print(f"DHT: {known} nodes known after bootstrap", flush=True)
-    peer = Peer(reactor, dht=dht)
+    peer = Peer(reactor, dht=dht, maxUploadRate=args.max_upload_rate, maxDownloadRate=args.max_download_rate)
     # Ctrl-C or SIGTERM: tell the tracker "stopped" before exiting.
     reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(peer.stop()))
     port = await peer.listen(f"tcp:{args.port}:interface={args.host}")

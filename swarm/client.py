@@ -26,6 +26,7 @@ from twisted.web.http_headers import Headers
 
 from swarm.metainfo import Metainfo
 from swarm.protocol import OutgoingFactory, PeerFactory
+from swarm.ratelimit import rateLimit
 from swarm.torrent import Torrent, openTorrent
 from swarm.tracker import parseCompact
 
@@ -222,10 +223,14 @@ class Peer:
     """
     A BitTorrent peer: one listener, any number of torrents; with C{dht}
     (a listening L{swarm.dht.DHTNode}), each torrent is also announced
-    and looked up in the DHT.
+    and looked up in the DHT.  C{maxUploadRate} and C{maxDownloadRate}
+    (bytes a second) limit all its torrents together (L{swarm.ratelimit}).
     """
 
-    def __init__(self, reactor: Any = None, maxConnections: int | None = None, dht: Any = None) -> None:
+    def __init__(
+        self, reactor: Any = None, maxConnections: int | None = None, dht: Any = None,
+        maxUploadRate: float | None = None, maxDownloadRate: float | None = None,
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _r
 
@@ -238,6 +243,9 @@ class Peer:
         self.stopped = False
         self.dht = dht
         self.dhtAnnouncers: list[DHTAnnouncer] = []
+        #: Bytes a second, shared by every torrent added (None: no limit).
+        self.uploadLimit = rateLimit(maxUploadRate, reactor)
+        self.downloadLimit = rateLimit(maxDownloadRate, reactor)
 
     @property
     def portNumber(self) -> int:
@@ -259,7 +267,8 @@ class Peer:
         C{tracker} or the metainfo's own, unless C{announce} is false.
         """
         torrent: Torrent = await deferToThread(
-            openTorrent, meta, path, self.reactor, download, connect=self._connect
+            openTorrent, meta, path, self.reactor, download, connect=self._connect,
+            uploadLimit=self.uploadLimit, downloadLimit=self.downloadLimit,
         )
         if self.port is not None:
             torrent.ownAddresses.add(("127.0.0.1", self.portNumber))

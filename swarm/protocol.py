@@ -14,6 +14,9 @@ limits:
     its transport's push producer), so a peer that never reads holds at
     most one block beyond the transport's own buffer, and is cut off after
     C{DRAIN_TIMEOUT} seconds stalled;
+  - with the peer's rate limits (L{swarm.ratelimit}), sending pauses
+    between blocks, and receiving stops reading the socket, while the
+    shared bucket is overdrawn;
   - no message for C{IDLE_TIMEOUT} seconds, or no handshake within
     C{HANDSHAKE_TIMEOUT}: closed.  A keep-alive goes out every
     C{KEEPALIVE} seconds.
@@ -93,6 +96,9 @@ class PeerProtocol(Protocol):
         self.peakSentWhilePaused = 0
         self.remotePort: int | None = None
         self._stall: Any = None
+        #: Waits for the upload and download limits' buckets.
+        self._paced: Any = None
+        self._readPaused: Any = None
         self._timers: list[Any] = []
         self._idle: Any = None
         self._keepalive: Any = None
@@ -142,7 +148,7 @@ class PeerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
-        for t in (self._idle, self._keepalive, self._stall, *self._timers):
+        for t in (self._idle, self._keepalive, self._stall, self._paced, self._readPaused, *self._timers):
             if t is not None and t.active():
                 t.cancel()
         if self.torrent is not None:
@@ -209,6 +215,8 @@ class PeerProtocol(Protocol):
         if kind == wire.PIECE:
             self.downloadedBytes += m.length
             self._measure(m.length)
+            if torrent.downloadLimit is not None:
+                self._limitReading(torrent.downloadLimit.take(m.length), torrent.downloadLimit.clock)
             torrent.blockReceived(self, m.index, m.begin, m.data)
         elif kind == wire.REQUEST:
             self.requestReceived(m.index, m.begin, m.length)
@@ -239,6 +247,18 @@ class PeerProtocol(Protocol):
             except ValueError:
                 pass
         # PORT (DHT) and extension messages: not spoken here, ignored.
+
+    def _limitReading(self, wait: float, clock: Any) -> None:
+        # Over the download limit: read nothing more until the bucket's debt
+        # is paid; TCP's window then slows the sender.
+        if wait > 0 and self._readPaused is None and self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+            self._readPaused = clock.callLater(wait, self._resumeReading)
+
+    def _resumeReading(self) -> None:
+        self._readPaused = None
+        if not self.closed and self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def _measure(self, n: int) -> None:
         now = self.clock.seconds()
@@ -293,17 +313,27 @@ class PeerProtocol(Protocol):
 
     def serve(self) -> None:
         """
-        Send queued blocks until the queue is empty or the transport full.
+        Send queued blocks until the queue is empty, the transport full, or
+        the upload limit's bucket overdrawn (then again once it is paid).
         """
         torrent = self.torrent
         if torrent is None or torrent.finishing:
             return
-        while self.queue and not self.paused and not self.closed:
+        limit = torrent.uploadLimit
+        while self.queue and not self.paused and not self.closed and self._paced is None:
             index, begin, length = self.queue.popleft()
             block = torrent.storage.read(index, begin, length)
             self.send(wire.piece(index, begin, block))
             self.uploadedBytes += length
             torrent.uploaded += length
+            if limit is not None:
+                wait = limit.take(length)
+                if wait > 0:
+                    self._paced = limit.clock.callLater(wait, self._unpace)
+
+    def _unpace(self) -> None:
+        self._paced = None
+        self.serve()
 
     def setChoking(self, choking: bool) -> None:
         if choking == self.amChoking:

@@ -23,6 +23,7 @@ from twisted.web.server import Site
 
 from coursenet.options import AdmissionOptionsMixin, atLeast, parseableEndpoint
 from swarm.metainfo import makeMetainfo, readMetainfo
+from swarm.ratelimit import parseRate
 from swarm.tracker import DEFAULT_INTERVAL, Swarms, TrackerRoot
 
 
@@ -39,6 +40,9 @@ class Options(AdmissionOptionsMixin, usage.Options):
         ["numwant", None, 50, "peers in one announce reply, at most", int],
         ["rate", None, 1.0, "announces and scrapes a second from one address (0: no limit)", float],
         ["burst", None, 10, "announces and scrapes one address may make at once", int],
+        ["max-upload-rate", None, 0, "seed at most this many bytes a second, e.g. 500K, 4M (K = 1024; 0: no limit)",
+         parseRate],
+        ["max-download-rate", None, 0, "bytes a second received, at most (0: no limit)", parseRate],
         ["demo-bytes", None, 0, "write this many random bytes to a --seed path that does not exist", int],
     ]
 
@@ -99,7 +103,8 @@ class SeederService(service.Service):
         if not announce and self.tracker is not None:
             port = await self.tracker.listening
             announce = f"http://127.0.0.1:{port.getHost().port}/announce"
-        self.peer = Peer(reactor, o["max-connections"])
+        self.peer = Peer(reactor, o["max-connections"], maxUploadRate=o["max-upload-rate"],
+                         maxDownloadRate=o["max-download-rate"])
         port = await self.peer.listen(o["peer"])
         for path in o["seed"]:
             if not os.path.exists(path):

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from swarm import wire
 from swarm.metainfo import Metainfo
+from swarm.ratelimit import RateLimit
 from swarm.storage import Storage
 
 RANDOM_FIRST = 4
@@ -202,6 +203,8 @@ class Torrent:
         peerId: bytes | None = None,
         maxPeers: int = MAX_PEERS,
         connect: Callable[[Torrent, str, int], None] | None = None,
+        uploadLimit: RateLimit | None = None,
+        downloadLimit: RateLimit | None = None,
     ) -> None:
         self.meta = meta
         self.storage = storage
@@ -226,6 +229,9 @@ class Torrent:
         self.known: dict[tuple[str, int], None] = {}
         self.ownAddresses: set[tuple[str, int]] = set()
         self._connect = connect
+        #: Rate limits, shared with the other torrents of the same peer.
+        self.uploadLimit = uploadLimit
+        self.downloadLimit = downloadLimit
         self.choker = Choker(self)
         self.done: Deferred[str] = Deferred()
         self.stopped = False
