@@ -37,32 +37,59 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="swarm", description="BitTorrent peer (docs/swarm.md)")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("create", help="make a .torrent for a file or a directory")
-    c.add_argument("path")
+    c.add_argument("path", type=_existing)
     c.add_argument("--tracker", help="announce URL, e.g. http://127.0.0.1:6969/announce")
     c.add_argument("-o", "--output", help="the .torrent to write (default: PATH.torrent)")
     c.add_argument("--piece-length", type=int, default=DEFAULT_PIECE_LENGTH, help="bytes a piece (a power of two)")
     s = sub.add_parser("show", help="print what a .torrent holds")
-    s.add_argument("torrent")
+    s.add_argument("torrent", type=_file)
     for name, what in (("seed", "seed the data of a .torrent"), ("get", "download a .torrent")):
         q = sub.add_parser(name, help=what)
-        q.add_argument("torrent")
+        q.add_argument("torrent", type=_file)
         if name == "seed":
-            q.add_argument("--data", required=True, help="the file or directory the .torrent describes")
+            q.add_argument("--data", required=True, type=_existing, help="the file or directory the .torrent describes")
         else:
             q.add_argument("-o", "--output", default=".", help="directory to download into")
             q.add_argument("--seed", action="store_true", help="keep seeding once complete, until Ctrl-C")
-        q.add_argument("--port", type=int, default=0, help="TCP port for other peers (default: any)")
+        q.add_argument("--port", type=_port, default=0, help="TCP port for other peers (default: any)")
         q.add_argument("--host", default="127.0.0.1", help="address to listen on")
         q.add_argument("--tracker", help="announce URL instead of the .torrent's own")
         for direction in ("upload", "download"):
             q.add_argument(f"--max-{direction}-rate", type=_rate, default=0, metavar="RATE",
                            help=f"{direction} at most RATE bytes a second, all connections together"
                                 " (e.g. 500K, 4M; K = 1024; default 0: no limit)")
-        q.add_argument("--dht-port", type=int, default=None,
+        q.add_argument("--dht-port", type=_port, default=None,
                        help="also run a DHT node (BEP 5) on this UDP port of --host (0: any)")
-        q.add_argument("--dht-bootstrap", action="append", default=[], metavar="HOST:PORT",
+        q.add_argument("--dht-bootstrap", action="append", default=[], metavar="HOST:PORT", type=_hostPort,
                        help="a DHT node to bootstrap from (repeatable; there is no public default)")
     return p
+
+
+# Argument types: a mistake is argparse's usage and one line naming the
+# argument, exit status 2, before anything starts.
+def _existing(text: str) -> str:
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
+    return text
+
+
+def _file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text}: {'is a directory' if os.path.isdir(text) else 'no such file'}")
+    return text
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0..65535; 0: any free port)")
+    return int(text)
+
+
+def _hostPort(text: str) -> tuple[str, int]:
+    try:
+        return parseHostPort(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _rate(text: str) -> int:
@@ -75,7 +102,7 @@ def _rate(text: str) -> int:
 def parseHostPort(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--dht-bootstrap {text}: not HOST:PORT")
+        raise ValueError(f"{text!r} is not HOST:PORT")
     return host, int(port)
 
 
@@ -89,7 +116,7 @@ async def _run(reactor, args) -> int:
     if args.dht_port is not None or args.dht_bootstrap:
         from swarm.dht import DHTNode
 
-        bootstrap = [parseHostPort(b) for b in args.dht_bootstrap]
+        bootstrap = args.dht_bootstrap
         dht = DHTNode(reactor)
         udp = reactor.listenUDP(args.dht_port or 0, dht, interface=args.host)
         print(f"DHT node on {args.host}:{udp.getHost().port}", flush=True)

@@ -1,6 +1,6 @@
 """
 The swarm console script: create/show, refusals with a message and exit
-status 1, and seed/get finding each other through the DHT alone.
+status 1 (2 for a mistaken argument), and seed/get finding each other through the DHT alone.
 """
 
 from __future__ import annotations
@@ -94,3 +94,27 @@ def test_twistdSwarmOptionsRefuseMistakesWithReasons(tmp_path):
     for args, reason in cases:
         with pytest.raises(UsageError, match=reason.replace("(", r"\(").replace(")", r"\)")):
             Options().parseOptions(args)
+
+
+def test_argumentMistakesNameTheArgumentAndExit2(tmp_path):
+    """A missing .torrent or data file, a bad --port, rate or bootstrap address: argparse's line naming the argument, exit 2."""
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(b"")
+    cases = [
+        (["seed", "nope.torrent", "--data", str(tmp_path)], "swarm seed: error: argument torrent: nope.torrent: no such file"),
+        (["get", str(tmp_path), "-o", str(tmp_path)], f"swarm get: error: argument torrent: {tmp_path}: is a directory"),
+        (["show", "nope.torrent"], "swarm show: error: argument torrent: nope.torrent: no such file"),
+        (["seed", str(torrent), "--data", "nope.bin"], "swarm seed: error: argument --data: nope.bin: no such file or directory"),
+        (["create", "nope.bin"], "swarm create: error: argument path: nope.bin: no such file or directory"),
+        (["get", str(torrent), "--port", "70000"], "swarm get: error: argument --port: '70000' is not a port number"),
+        (["get", str(torrent), "--port", "http"], "swarm get: error: argument --port: 'http' is not a port number"),
+        (["seed", str(torrent), "--data", str(tmp_path), "--max-upload-rate", "fast"],
+         "swarm seed: error: argument --max-upload-rate: 'fast' is not a rate"),
+        (["get", str(torrent), "--dht-bootstrap", "198.18.0.1"],
+         "swarm get: error: argument --dht-bootstrap: '198.18.0.1' is not HOST:PORT"),
+    ]
+    for args, line in cases:
+        run = _run(*args, cwd=str(tmp_path))
+        assert run.returncode == 2, (args, run.stderr)
+        assert run.stderr.splitlines()[-1].startswith(line), (args, run.stderr)
+        assert "Traceback" not in run.stderr and run.stdout == ""
