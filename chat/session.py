@@ -314,7 +314,7 @@ class ChatReceiver(CommandReceiver):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        noDelay(self.transport)
+        noDelay(self.transport.wrappedTransport)  # the outbox's own dict would cost memory
         self.server: IChatServer = factory.server
         self.session = Session(
             self, self.server, factory.limits, factory.reactor, self.transport.getPeer(),

@@ -202,6 +202,21 @@ def _turnFlush(clock: Any) -> _TurnFlush:
     return flusher
 
 
+class _Callbacks:
+    """
+    An L{Outbox}'s listener made of three callables.
+    """
+
+    __slots__ = ("_outputFull", "_outputDrained", "cutOff")
+
+    def __init__(
+        self, onFull: Callable[[], None], onDrained: Callable[[], None], onCutOff: Callable[[str], None]
+    ) -> None:
+        self._outputFull = onFull
+        self._outputDrained = onDrained
+        self.cutOff = onCutOff
+
+
 @implementer(IPushProducer)
 class Outbox:
     """
@@ -235,7 +250,14 @@ class Outbox:
         onDrained: Callable[[], None] = lambda: None,
         onCutOff: Callable[[str], None] = lambda why: None,
         coalesce: bool = False,
+        listener: Any = None,
     ) -> None:
+        """
+        @param listener: instead of the three callbacks, an object with
+            C{_outputFull()}, C{_outputDrained()} and C{cutOff(why)} (a
+            L{CommandReceiver}): one reference kept, not three bound
+            methods, for each of many connections.
+        """
         self.wrappedTransport = transport
         self.limit = limit
         self.drainTimeout = drainTimeout
@@ -245,9 +267,7 @@ class Outbox:
         self.closing = False
         self.cutOff = False
         self._clock = clock
-        self._onFull = onFull
-        self._onDrained = onDrained
-        self._onCutOff = onCutOff
+        self._listener = listener if listener is not None else _Callbacks(onFull, onDrained, onCutOff)
         self._stall: Any = None
         self._producer: Any = None
         self._flusher = _turnFlush(clock) if coalesce else None
@@ -419,7 +439,7 @@ class Outbox:
         if self._queue is not None:
             self._queue.release()
         self.flush()
-        self._onFull()
+        self._listener._outputFull()
 
     def resumeProducing(self) -> None:
         self._resume()
@@ -434,7 +454,7 @@ class Outbox:
         self.waiting = 0
         self._direct(not self.cutOff)
         self._cancelStall()
-        self._onDrained()
+        self._listener._outputDrained()
 
     def _stalled(self) -> None:
         self._stall = None
@@ -464,7 +484,7 @@ class Outbox:
         self._dropQueued()
         self._direct(False)
         _cutOffLog(self._clock).info("{transport}: cut off: {why}", transport=self.wrappedTransport, why=why)
-        self._onCutOff(why)
+        self._listener.cutOff(why)
         self.abortConnection()
 
 
@@ -574,10 +594,8 @@ class CommandReceiver(Protocol):
             limit=self.outputLimit,
             drainTimeout=self.drainTimeout,
             closeTimeout=self.closeTimeout,
-            onFull=self._outputFull,
-            onDrained=self._outputDrained,
-            onCutOff=self.cutOff,
             coalesce=self.coalesceOutput,
+            listener=self,
         )
         super().makeConnection(self._outbox)
 
