@@ -6,6 +6,12 @@ IRC front door, ngircd (Debian's C IRC server) through IRC, in the same
 run.  Both servers run with their flood penalties off, so the figures are
 capacity, not policy.
 
+Then two nodes: two of our chat nodes sharing the room through one
+redis-server (C{--bus}), against two ngircd servers linked as one IRC
+network, 1000 IRC clients split between the two, the same burst: deliveries
+per second and the p99 delivery latency (CHAT_BENCH_TWO=0 skips it).  On
+one machine this measures what the link costs, not capacity gained.
+
 Each server is a separate process; the load comes from this one (Twisted,
 one reactor), the same load code for every server.
 """
@@ -27,9 +33,11 @@ from twisted.internet.task import deferLater, react
 
 from coursenet.procs import freePort, stopProcess
 
-SIZES = tuple(int(n) for n in os.environ.get("CHAT_BENCH_SIZES", "10,100,1000").split(","))
+SIZES = tuple(int(n) for n in os.environ.get("CHAT_BENCH_SIZES", "10,100,1000").split(",") if n)
 #: Idle connections measured (CHAT_BENCH_IDLE=0 skips the measure).
 IDLE = int(os.environ.get("CHAT_BENCH_IDLE", "10000"))
+#: The two-node measure (CHAT_BENCH_TWO=0 skips it).
+TWO = os.environ.get("CHAT_BENCH_TWO", "1") != "0"
 SENDERS = 10
 MESSAGES = 20
 TIMEOUT = 120.0
@@ -70,6 +78,8 @@ class LoadClient(Protocol):
         self.room = room
         self.ready: defer.Deferred = defer.Deferred()
         self.received = 0
+        #: When set, (time, messages) for each read of the fan-out.
+        self.stamps: list[tuple[float, int]] | None = None
         self._buf = b""
         self._state = "welcome"
 
@@ -84,7 +94,10 @@ class LoadClient(Protocol):
             end = chunk.rfind(b"\n") + 1
             self._buf = chunk[end:]
             whole = chunk[:end]
-            self.received += whole.count(self.dialect.message)
+            got = whole.count(self.dialect.message)
+            self.received += got
+            if self.stamps is not None and got:
+                self.stamps.append((time.perf_counter(), got))
             if b"PING" in whole:
                 for line in whole.split(b"\n"):
                     if line.startswith(b"PING"):
@@ -228,7 +241,7 @@ class Server:
         stopProcess(self.proc)
 
 
-def ours(tmp: str) -> Server:
+def ours(tmp: str, *extra: str) -> Server:
     chat, irc = freePort(), freePort()
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     argv = [
@@ -238,17 +251,18 @@ def ours(tmp: str) -> Server:
         "--flood-rate", "0", "--idle-timeout", "600",
         # Every load client comes from 127.0.0.1.
         "--max-per-address", str(IDLE + 1000),
+        *extra,
     ]
     return Server("coursenet chat", argv, {"chat": chat, "irc": irc}, tmp)
 
 
-def ngircd(tmp: str, binary: str) -> Server:
-    port = freePort()
+def ngircd(tmp: str, binary: str, port: int | None = None, name: str = "bench.ngircd", link: str = "") -> Server:
+    port = port or freePort()
     conf = os.path.join(tmp, f"ngircd-{port}.conf")
     with open(conf, "w") as f:
         f.write(
             f"""[Global]
-Name = bench.ngircd
+Name = {name}
 Info = bench
 Listen = 127.0.0.1
 Ports = {port}
@@ -261,13 +275,122 @@ MaxNickLength = 20
 MaxPenaltyTime = 0
 PingTimeout = 600
 PongTimeout = 600
+ConnectRetry = 5
 [Options]
 DNS = no
 Ident = no
 PAM = no
-"""
+{link}"""
         )
     return Server("ngircd", [binary, "-n", "-f", conf], {"irc": port}, tmp)
+
+
+def linkedNgircds(tmp: str, binary: str) -> list[Server]:
+    """
+    Two ngircd servers linked as one IRC network: the first connects to
+    the second, each with the other's password.
+    """
+    a, b = freePort(), freePort()
+    toB = f"[Server]\nName = b.bench\nHost = 127.0.0.1\nPort = {b}\nMyPassword = ab1\nPeerPassword = ba1\n"
+    toA = f"[Server]\nName = a.bench\nHost = 127.0.0.1\nPassive = yes\nMyPassword = ba1\nPeerPassword = ab1\n"
+    second = ngircd(tmp, binary, b, "b.bench", toA)
+    return [ngircd(tmp, binary, a, "a.bench", toB), second]
+
+
+class Redis(Server):
+    def __init__(self, tmp: str) -> None:
+        port = freePort()
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp]
+        super().__init__("redis-server", argv, {"redis": port}, tmp)
+
+
+async def linked(reactor, ports: list[int], dialect: Dialect, limit: float = 60.0) -> None:
+    """
+    Wait until a message said on the first server reaches a member on the
+    second: the link (or the bus) is up and the nodes take nicknames.
+    """
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            a, b = [(await crowd(reactor, port, dialect, 1, "probe", f"probe{n}x", limit=5))[0]
+                    for n, port in enumerate(ports)]
+        except (IndexError, defer.TimeoutError):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the two servers never linked")
+            await deferLater(reactor, 1.0)
+            continue
+        while time.monotonic() < deadline:
+            a.transport.write(dialect.say("probe", "ping"))
+            await deferLater(reactor, 0.5)
+            if b.received:
+                await hangUp(reactor, [a, b])
+                return
+        raise RuntimeError("messages do not cross between the two servers")
+
+
+async def twoNodeFanout(reactor, ports: list[int], pids: list[int]) -> tuple[float, float, float]:
+    """
+    1000 IRC clients, half on each server, in one room; SENDERS of them
+    (half on each) say MESSAGES lines at once.  Deliveries per second, the
+    p99 of the time from the burst to each delivery, and deliveries per
+    CPU second of the servers (and Redis) together.
+    """
+    dialect = Dialect(irc=True)
+    await linked(reactor, ports, dialect)
+    n = 1000
+    halves = [await crowd(reactor, port, dialect, n // 2, "two", f"t{i}x") for i, port in enumerate(ports)]
+    clients = halves[0] + halves[1]
+    # The JOINs reach the other server (our nodes announce their members
+    # every --bus-heartbeat second).
+    await deferLater(reactor, 3.0)
+    senders = halves[0][: SENDERS // 2] + halves[1][: SENDERS // 2]
+    expected = len(senders) * MESSAGES * (len(clients) - 1)
+    for c in clients:
+        c.stamps = []
+        c.received = 0
+    procs = [psutil.Process(pid) for pid in pids]
+    cpu = [p.cpu_times() for p in procs]
+    start = time.perf_counter()
+    for s in senders:
+        s.transport.write(b"".join(dialect.say("two", f"m{i} from {s.nick}") for i in range(MESSAGES)))
+    deadline = start + TIMEOUT
+    while sum(c.received for c in clients) < expected and time.perf_counter() < deadline:
+        await deferLater(reactor, 0.01)
+    elapsed = time.perf_counter() - start
+    cpuSeconds = sum((p.cpu_times().user - c.user) + (p.cpu_times().system - c.system) for p, c in zip(procs, cpu))
+    got = sum(c.received for c in clients)
+    arrivals = sorted(t for c in clients for t, k in (c.stamps or []) for _ in range(k))
+    p99 = (arrivals[int(0.99 * (len(arrivals) - 1))] - start) if arrivals else float("nan")
+    await hangUp(reactor, clients)
+    print(f"   ({len(halves[0])} + {len(halves[1])} clients, {got} of {expected} delivered in {elapsed:.2f} s)",
+          flush=True)
+    return got / elapsed, p99, got / max(cpuSeconds, 0.01)
+
+
+async def twoNodes(reactor, tmp: str, binary: str, have: bool, results: dict) -> None:
+    kinds = ["ours/bus"] + (["ngircd/link"] if have else [])
+    for kind in kinds:
+        if kind == "ours/bus":
+            redis = Redis(tmp)
+            await redis.ready(reactor)
+            url = f"redis://127.0.0.1:{redis.ports['redis']}/0"
+            servers = [ours(tmp, "--bus", url, "--bus-heartbeat", "1"), ours(tmp, "--bus", url, "--bus-heartbeat", "1")]
+            extra = [redis]
+        else:
+            servers, extra = linkedNgircds(tmp, binary), []
+        try:
+            for server in servers:
+                await server.ready(reactor)
+            rate, p99, perCPU = await twoNodeFanout(
+                reactor, [s.ports["irc"] for s in servers], [s.proc.pid for s in servers + extra]
+            )
+            results[(kind, "two")] = (rate, p99, perCPU)
+            print(f"{kind:11} two nodes, 1000 clients: {rate:12,.0f} msg/s, p99 {p99 * 1000:7.1f} ms,"
+                  f" {perCPU:12,.0f} msg per CPU s", flush=True)
+        finally:
+            for server in servers + extra:
+                server.stop()
 
 
 async def run(reactor, results: dict) -> None:
@@ -282,7 +405,7 @@ async def run(reactor, results: dict) -> None:
     def start(kind: str) -> Server:
         return ngircd(tmp, binary) if kind == "ngircd" else ours(tmp)
 
-    for kind, wire, dialect in kinds:
+    for kind, wire, dialect in kinds if SIZES or IDLE else []:
         server = start(kind)
         try:
             await server.ready(reactor)
@@ -304,6 +427,8 @@ async def run(reactor, results: dict) -> None:
             print(f"{kind:10} idle connections: {per / 1024:8.1f} KiB each", flush=True)
         finally:
             server.stop()
+    if TWO:
+        await twoNodes(reactor, tmp, binary, have, results)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -321,12 +446,22 @@ def table(results: dict) -> str:
         ratio = f"{vals[1] / vals[2]:.2f}" if vals[1] and vals[2] else "-"
         cells = [f"{v:,.0f}" if v else "-" for v in vals]
         rows.append(f"| fan-out, {n} clients (msg per server CPU s) | {' | '.join(cells)} | {ratio} |")
-    if not IDLE:
-        return "\n".join(rows)
-    vals = [results.get((k, "idle")) for k in kinds]
-    ratio = f"{vals[1] / vals[2]:.2f}" if vals[1] and vals[2] else "-"
-    cells = [f"{v / 1024:.1f}" if v else "-" for v in vals]
-    rows.append(f"| {IDLE:,} idle connections (KiB each) | {' | '.join(cells)} | {ratio} |")
+    if IDLE:
+        vals = [results.get((k, "idle")) for k in kinds]
+        ratio = f"{vals[1] / vals[2]:.2f}" if vals[1] and vals[2] else "-"
+        cells = [f"{v / 1024:.1f}" if v else "-" for v in vals]
+        rows.append(f"| {IDLE:,} idle connections (KiB each) | {' | '.join(cells)} | {ratio} |")
+    ours2, theirs2 = results.get(("ours/bus", "two")), results.get(("ngircd/link", "two"))
+    if ours2:
+        rows += ["", "| two nodes, 1000 IRC clients split | ours: 2 nodes + Redis | ngircd: 2 linked servers | ours / ngircd |",
+                 "| --- | ---: | ---: | ---: |"]
+        for i, (what, fmt) in enumerate([("deliveries/s", "{:,.0f}"), ("p99 delivery latency (ms)", "{:.1f}"),
+                                         ("deliveries per server CPU s", "{:,.0f}")]):
+            scale = 1000 if i == 1 else 1
+            a = ours2[i] * scale
+            b = theirs2[i] * scale if theirs2 else None
+            ratio = f"{a / b:.2f}" if b else "-"
+            rows.append(f"| {what} | {fmt.format(a)} | {fmt.format(b) if b else '-'} | {ratio} |")
     return "\n".join(rows)
 
 
