@@ -29,6 +29,7 @@ from chat.rooms import Event
 from coursenet.admission import Admission, AdmittingFactory
 from coursenet.bucket import TokenBucket
 from coursenet.logs import peerName
+from coursenet._compat import sharedAttributeLayout
 from coursenet.receiver import CommandReceiver, Outbox
 from coursenet.transport import noDelay
 
@@ -315,6 +316,7 @@ class ChatReceiver(CommandReceiver):
     def connectionMade(self) -> None:
         factory = self.factory
         noDelay(self.transport.wrappedTransport)  # the outbox's own dict would cost memory
+        sharedAttributeLayout(self.transport.wrappedTransport)
         self.server: IChatServer = factory.server
         self.session = Session(
             self, self.server, factory.limits, factory.reactor, self.transport.getPeer(),

@@ -47,6 +47,29 @@ def setTCPReader(connection: tcp.Connection, doRead) -> None:
         setattr(connection, TCP_DO_READ, doRead)
 
 
+#: What Twisted's C{FileDescriptor} sets on a connection only when it first
+#: writes (its class has defaults until then).
+TCP_WRITE_STATE = ("dataBuffer", "offset")
+
+
+def sharedAttributeLayout(connection) -> None:
+    """
+    Set on C{connection} now, as the first connection of a process will
+    have them too, the attributes Twisted sets only on its first write.
+
+    CPython 3.11 keeps an instance's attributes in a small array laid out
+    by keys shared by the whole class, as long as every attribute set is
+    already one of those keys or fits; each new instance leaves less room
+    to add one.  Connections accepted by the hundred before the first has
+    written would each find C{dataBuffer} missing and full room, and get a
+    dict of their own: 0.8 KiB each.  Set early, the first connection puts
+    the keys in place for all the others.
+    """
+    for name in TCP_WRITE_STATE:
+        if hasattr(connection, name):
+            setattr(connection, name, getattr(connection, name))
+
+
 #: The most plaintext one TLS record carries.
 TLS_RECORD = 1 << 14
 #: How much of the encrypted records L{tlsLargeWrites} reads at a time.

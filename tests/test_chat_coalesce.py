@@ -196,3 +196,16 @@ def test_idle_connections_share_one_timer():
     assert len(world.clock.getDelayedCalls()) == 1
     world.clock.advance(10)
     assert all(peer.lines()[0].startswith("PING ") for peer in peers)
+
+
+def test_write_state_is_set_on_each_tcp_connection_at_once():
+    """Twisted still defaults dataBuffer/offset on the class; sharedAttributeLayout sets them on the instance."""
+    from twisted.internet import abstract, tcp
+
+    from coursenet._compat import TCP_WRITE_STATE, sharedAttributeLayout
+
+    for name in TCP_WRITE_STATE:
+        assert name in vars(abstract.FileDescriptor)
+    connection = tcp.Connection.__new__(tcp.Server)
+    sharedAttributeLayout(connection)
+    assert set(TCP_WRITE_STATE) <= set(vars(connection))
