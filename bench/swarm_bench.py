@@ -22,8 +22,8 @@ docs/swarm-distribution.png; and the DHT lookups against N in
 docs/swarm-dht.png.  Needs root.
 
 C{python -m bench swarm} runs all three (SWARM_BENCH_PARTS=curve,dht
-picks some).  The experiment's knobs: SWARM_CURVE_MIB (file size, 8),
-SWARM_CURVE_MBIT (u, 4; u_s is 10u), SWARM_CURVE_NS (1,2,5,10,20,30),
+picks some).  The experiment's knobs: SWARM_CURVE_MIB (file size, 16),
+SWARM_CURVE_MBIT (u, 4; u_s is 10u), SWARM_CURVE_NS (1,5,10,20,30),
 SWARM_CURVE_PIECE_KIB (64), SWARM_CURVE_ARMS (bftp,swarm,aria2c) and
 SWARM_CURVE_KEEP=1 (keep the temporary folder and its log).
 """
@@ -219,9 +219,9 @@ def throughput() -> int:
 # -- the course's experiment: client-server against P2P distribution time ------
 
 #: File size, peer upload u (bits/s), peer counts; the server uploads 10u.
-CURVE_MIB = float(os.environ.get("SWARM_CURVE_MIB", "8"))
+CURVE_MIB = float(os.environ.get("SWARM_CURVE_MIB", "16"))
 CURVE_U = int(float(os.environ.get("SWARM_CURVE_MBIT", "4")) * 1e6)
-CURVE_NS = tuple(int(n) for n in os.environ.get("SWARM_CURVE_NS", "1,2,5,10,20,30").split(","))
+CURVE_NS = tuple(int(n) for n in os.environ.get("SWARM_CURVE_NS", "1,5,10,20,30").split(","))
 CURVE_PIECE = int(os.environ.get("SWARM_CURVE_PIECE_KIB", "64")) << 10
 #: Which arms run (a dry run may leave some out).
 CURVE_ARMS = os.environ.get("SWARM_CURVE_ARMS", "bftp,swarm,aria2c").split(",")
@@ -466,6 +466,9 @@ class Experiment:
                 raise RuntimeError(f"aria2c: {len(lines)} of {n} leechers complete after {budget:.0f} s")
             ends = [float(line.split()[0]) for line in lines]
         seconds = max(ends) - t0
+        ends.sort()
+        #: When the first, the median and the last leecher completed.
+        self.spread = (ends[0] - t0, ends[len(ends) // 2] - t0, seconds)
         self.stopAll()
         for out in outs:
             if sha256(os.path.join(out, os.path.basename(self.data))) != self.digest:
@@ -501,6 +504,9 @@ def curve() -> int:
             nan = float("nan")
             row["bftp"] = exp.bftp(n) if "bftp" in CURVE_ARMS else nan
             row["swarm"] = exp.swarm("swarm", n) if "swarm" in CURVE_ARMS else nan
+            if "swarm" in CURVE_ARMS:
+                print(f"    our swarm, N = {n}: first, median, last complete at"
+                      f" {', '.join(f'{t:.2f}' for t in exp.spread)} s", flush=True)
             row["aria2c"] = exp.swarm("aria2c", n) if "aria2c" in CURVE_ARMS else nan
             rows.append(row)
             print(f"{n:>3} {row['dcs']:7.2f} {row['bftp']:7.2f} {row['dp2p']:7.2f} {row['swarm']:7.2f}"
