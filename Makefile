@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 RUN_APT_PACKAGES ?= ca-certificates iproute2 nftables
 # ... and what the tests use besides (make test): real clients and peers.
 APT_PACKAGES ?= $(RUN_APT_PACKAGES) openssl ca-certificates curl procps swaks libnet-ssleay-perl isync ii weechat-headless \
-	iproute2 nftables iputils-ping chromium postgresql netcat-openbsd bc aria2 redis-server transmission-cli
+	iproute2 nftables iputils-ping chromium postgresql netcat-openbsd bc aria2 redis-server transmission-cli python3-libtorrent
 # Peers that only the benchmarks run.
 BENCH_APT_PACKAGES ?= postfix ngircd iperf3 dovecot-imapd
 
