@@ -363,10 +363,11 @@ class BufferPool:
             self._wake()
 
     def _wake(self) -> None:
-        # Each waiter tries again; one that finds none free asks again.
-        waiters, self._waiters = self._waiters, collections.deque()
-        for callback in waiters:
-            callback()
+        # As many waiters as there are free buffers try again, first come
+        # first served (not all of them, to find none and wait again); one
+        # that finds none free asks again.
+        for _ in range(min(len(self._free), len(self._waiters))):
+            self._waiters.popleft()()
 
 
 _POOLS: dict[int, BufferPool] = {}

@@ -356,3 +356,18 @@ async def test_getFromZeroMakesANewPartFile(reactor, root, tmp_path):
         await server.stop()
     assert (tmp_path / "other-name").read_bytes() == b"stale"
     assert negotiatedDigest((tmp_path / "copy").read_bytes()) == digest
+
+
+def test_bufferPoolWakesOneWaiterPerFreeBuffer():
+    """A buffer given back wakes the longest waiter only; the others keep waiting for the next ones."""
+    fake = FakeReactor()
+    pool = BufferPool(fake, size=16, limit=1)
+    buf = pool.take()
+    woken = []
+    for name in "abc":
+        pool.whenFree(lambda name=name: woken.append(name))
+    pool.give(buf)
+    assert woken == ["a"]
+    assert pool.take() is buf
+    pool.give(buf)
+    assert woken == ["a", "b"]
