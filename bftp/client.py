@@ -428,6 +428,7 @@ class BFTPClient(LineReceiver):
             return ChunkSink(
                 self._reactor, f, hasher if at else digests.new(algorithm), progress=progress,
                 onBacklog=lambda held: (self._pauseReading if held else self._resumeReading)("hashing"),
+                buffers=bufferPool(self._reactor),
             )
 
         self._onData = start

@@ -780,6 +780,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             charge=None if owner is None else lambda n: quotas.charge(owner, n),
             onBacklog=lambda held: (self.pauseReading if held else self.resumeReading)("hashing"),
             writeback=_WRITEBACK,
+            buffers=self.factory.buffers,
         )
         self.reply(
             Code.SEND_DATA,
