@@ -82,7 +82,7 @@ async def test_uploadLimitPacesBlocks(reactor, tmp_path):
     seeder.uploadLimit = RateLimit(RATE, clock)
     tport, meta, torrent = await _pair(reactor, tmp_path, 1 << 20, seeder, getter)
     try:
-        await _until(reactor, lambda: torrent.downloaded > 0)
+        await _until(reactor, lambda: torrent.downloaded >= 3 * wire.BLOCK)
         # The burst (2 blocks) and the block that overdraws it.
         assert await _settled(reactor, lambda: torrent.downloaded) == 3 * wire.BLOCK
         for step in range(1, 5):
@@ -104,7 +104,7 @@ async def test_downloadLimitStopsReading(reactor, tmp_path):
     getter.downloadLimit = RateLimit(RATE, clock)
     tport, meta, torrent = await _pair(reactor, tmp_path, 4 << 20, seeder, getter)
     try:
-        await _until(reactor, lambda: torrent.downloaded > 0)
+        await _until(reactor, lambda: torrent.downloaded >= 3 * wire.BLOCK)
         held = await _settled(reactor, lambda: torrent.downloaded)
         # The burst, the block that overdrew it, and the rest of the read
         # it came in (at most the requests kept out: 8 blocks).
