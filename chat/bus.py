@@ -136,6 +136,24 @@ class _Subscriber(txredisapi.SubscriberProtocol):
     def messageReceived(self, pattern, channel, message):
         self.factory.bus._received(message)
 
+    # txredisapi's parser, after each bulk reply, pauses and hands the rest
+    # of the read to the next reactor turn (callLater(0)): one pub/sub
+    # message a turn, so each remote room event was a turn of its own and
+    # cost every local member a write.  The rest is parsed here at once, in
+    # a loop (not recursively): a read's messages share a turn, and a
+    # room's events in it one write per member.
+    _rest = b""
+
+    def setLineMode(self, extra=b""):
+        self.line_mode = 1
+        self._rest += extra
+
+    def dataReceived(self, data, unpause=False):
+        super().dataReceived(data, unpause)
+        while self._rest and not self.paused and self.transport is not None and not self.transport.disconnecting:
+            rest, self._rest = self._rest, b""
+            super().dataReceived(rest)
+
     def connectionLost(self, reason):
         self.factory.bus._lost(self)
         return super().connectionLost(reason)
