@@ -329,6 +329,27 @@ async def linked(reactor, ports: list[int], dialect: Dialect, limit: float = 60.
         raise RuntimeError("messages do not cross between the two servers")
 
 
+_probes = 0
+
+
+async def members(reactor, port: int, room: str) -> int:
+    """
+    How many members server C{port} lists in IRC channel C{room} (NAMES).
+    """
+    global _probes
+    _probes += 1
+    probe = (await crowd(reactor, port, Dialect(irc=True), 1, None, f"names{_probes}x", limit=10))[0]
+    lines: list[bytes] = []
+    probe.dataReceived = lambda data: lines.extend(data.split(b"\n"))  # type: ignore[method-assign]
+    probe.transport.write(f"NAMES #{room}\r\n".encode())
+    deadline = time.monotonic() + 10
+    while not any(b" 366 " in line for line in lines) and time.monotonic() < deadline:
+        await deferLater(reactor, 0.1)
+    await hangUp(reactor, [probe])
+    # A reply may be split across reads: count whole 353 lines only, at worst a few short.
+    return sum(len(line.rsplit(b":", 1)[-1].split()) for line in lines if b" 353 " in line)
+
+
 async def twoNodeFanout(reactor, ports: list[int], pids: list[int]) -> tuple[float, float, float]:
     """
     1000 IRC clients, half on each server, in one room; SENDERS of them
@@ -342,9 +363,14 @@ async def twoNodeFanout(reactor, ports: list[int], pids: list[int]) -> tuple[flo
     halves = [await crowd(reactor, port, dialect, n // 2, "two", f"t{i}x") for i, port in enumerate(ports)]
     clients = halves[0] + halves[1]
     procs = [psutil.Process(pid) for pid in pids]
-    # The JOINs cross to the other server and are delivered there: wait
-    # until the servers are quiet (under 20 ms of CPU in half a second).
-    deadline = time.monotonic() + 60
+    # The JOINs cross to the other server: wait until each lists the whole
+    # room (a link may pass them on slowly), then until both are quiet
+    # (under 20 ms of CPU in half a second).
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if min([await members(reactor, port, "two") for port in ports]) >= len(halves[0]) + len(halves[1]) - 5:
+            break
+        await deferLater(reactor, 1.0)
     while time.monotonic() < deadline:
         before = sum(sum(p.cpu_times()[:2]) for p in procs)
         await deferLater(reactor, 0.5)
