@@ -209,3 +209,24 @@ def test_write_state_is_set_on_each_tcp_connection_at_once():
     connection = tcp.Connection.__new__(tcp.Server)
     sharedAttributeLayout(connection)
     assert set(TCP_WRITE_STATE) <= set(vars(connection))
+
+
+def test_bus_subscriber_hands_over_every_message_of_a_read_in_that_turn():
+    """The Redis subscriber passes on all pub/sub messages of one read at once, in order (not one per turn)."""
+    from twisted.internet.testing import StringTransport
+
+    from chat.bus import _Subscriber
+
+    received: list = []
+    subscriber = _Subscriber()
+    subscriber.factory = type("F", (), {})()
+    subscriber.factory.bus = type("Bus", (), {"_received": staticmethod(received.append)})()
+    subscriber.transport = StringTransport()
+
+    def message(text: bytes) -> bytes:
+        return b"*3\r\n$7\r\nmessage\r\n$4\r\nchan\r\n$%d\r\n%s\r\n" % (len(text), text)
+
+    subscriber.dataReceived(message(b"one") + message(b"two") + message(b"three")[:20])
+    assert received == ["one", "two"]
+    subscriber.dataReceived(message(b"three")[20:])
+    assert received == ["one", "two", "three"]
