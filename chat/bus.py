@@ -18,6 +18,14 @@ say) has its members quit the rooms of every other node.
 While Redis is unreachable a node refuses what it would publish (room
 messages, joins, topics...) with a reply saying so (L{Code.LIMIT}); it
 resubscribes and republishes its state as soon as Redis is back.
+
+History: every room message kept in history is appended to the room's
+Redis stream (C{CHANNEL.history.ROOM}, trimmed to the last C{--history}
+entries) and published, carrying its stream ID, in one script, so stream
+order is publish order.  A node opening a room replays the stream's tail;
+it remembers per room the last stream ID it delivered, and after it
+resubscribes reads the stream from there, so what it missed reaches its
+members once (an ID it has passed is dropped, from pub/sub or the stream).
 """
 
 from __future__ import annotations
@@ -57,6 +65,33 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+#: Append a room message to its stream, bounded, and publish it with its ID.
+#: ARGV: the bound, the event (JSON), the node, the bus message (a JSON
+#: object, into which the ID goes first).
+_ADD = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'node', ARGV[3], 'event', ARGV[2])
+redis.call('PUBLISH', KEYS[2], '{"id":"' .. id .. '",' .. string.sub(ARGV[4], 2))
+return id
+"""
+
+
+def streamID(value) -> tuple[int, int]:
+    """
+    A Redis stream entry ID (C{"1700000000000-3"}) as a comparable pair.
+    """
+    if isinstance(value, bytes):
+        value = value.decode("ascii")
+    ms, _, seq = str(value).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def kept(event: "Event") -> bool:
+    """
+    Whether C{event} goes into room history (and so into the stream).
+    """
+    return event.kind == "MESSAGE" and not event.notice and not event.tagOnly
 
 
 @dataclass(frozen=True)
@@ -186,6 +221,11 @@ class RedisBus:
         self._pub = None
         self._subFactory = None
         self._beat = None
+        #: Per open room: the stream ID of the last message delivered here.
+        self.seen: dict[str, tuple[int, int]] = {}
+        #: Rooms being caught up from their stream: the messages that came
+        #: over pub/sub meanwhile, held until the catch-up is delivered.
+        self._catching: dict[str, list[tuple[str, dict]]] = {}
 
     # -- life ------------------------------------------------------------------
 
@@ -226,6 +266,7 @@ class RedisBus:
             self._log.info("chat bus: node {node} subscribed to {channel}", node=self.node, channel=self.channel)
             self.publish({"op": "hello"})
             self._announce()
+            self._catchUp()
 
         d.addCallback(subscribed)
         d.addErrback(lambda f: self._log.failure("chat bus: subscribing", f))
@@ -234,6 +275,7 @@ class RedisBus:
         if protocol is self._sub:
             self._sub = None
             self.up = False
+            self._catching.clear()
             self._log.warn("chat bus: lost Redis; refusing room traffic until it is back")
 
     def _tick(self) -> None:
@@ -301,9 +343,115 @@ class RedisBus:
 
     def event(self, event: "Event", **extra) -> None:
         """
-        Publish C{event}, which one of this node's members caused.
+        Publish C{event}, which one of this node's members caused; a message
+        kept in history is first appended to its room's stream.
         """
-        self.publish({"op": "event", "event": eventToDict(event), **extra})
+        message = {"op": "event", "event": eventToDict(event), **extra}
+        if self._pub is None or self.server is None or not kept(event):
+            self.publish(message)
+            return
+        message["node"] = self.node
+        room = event.room
+        d = self._pub.eval(_ADD, [self.streamKey(room), self.channel], [
+            str(self.bound), json.dumps(message["event"], separators=(",", ":")), self.node,
+            json.dumps(message, separators=(",", ":")),
+        ])
+        d.addCallback(lambda entry: self._fresh(room, streamID(entry)))
+        d.addErrback(lambda f: self._log.failure("chat bus: adding to the history of {room}", f, room=room))
+
+    # -- history -----------------------------------------------------------------
+
+    def streamKey(self, room: str) -> str:
+        return f"{self.channel}.history.{room}"
+
+    @property
+    def bound(self) -> int:
+        """
+        How many entries a room's stream keeps: the history replayed (C{--history}), at least 1.
+        """
+        assert self.server is not None
+        return max(1, self.server.historySize)
+
+    def history(self, loaded: tuple, room: str):
+        """
+        Replace the messages of C{loaded} (what the store loaded for
+        C{room}) with the last of the room's stream, and remember the
+        newest ID as delivered.
+
+        @return: a L{Deferred} firing with the new C{loaded}.
+        """
+        if self._pub is None or self.server is None:
+            return loaded  # not started (tests linking two servers directly)
+        count = self.server.historySize
+        d = self._pub.execute_command("XREVRANGE", self.streamKey(room), "+", "-", "COUNT", str(self.bound))
+
+        def got(entries):
+            entries = list(reversed(entries or []))
+            if entries:
+                self._fresh(room, streamID(entries[-1][0]))
+            else:
+                self.seen.setdefault(room, (0, 0))
+            messages = [eventFromDict(json.loads(_fields(e)["event"])) for e in entries]
+            topic, _, *rest = loaded
+            return (topic, messages[len(messages) - count:] if count else [], *rest)
+
+        return d.addCallback(got)
+
+    def _fresh(self, room: str, entry: tuple[int, int]) -> bool:
+        """
+        Whether C{entry} of C{room}'s stream is past the last delivered
+        here; if so it is the last delivered now.
+        """
+        if entry <= self.seen.get(room, (0, 0)):
+            return False
+        server = self.server
+        if server is not None and room in server.rooms:
+            if room not in self.seen and len(self.seen) >= 2 * server.maxRooms:
+                for gone in [r for r in self.seen if r not in server.rooms]:
+                    del self.seen[gone]  # rooms closed since: bounded memory
+            self.seen[room] = entry
+        return True
+
+    def _catchUp(self) -> None:
+        """
+        Read each open room's stream from the last ID delivered here, and
+        deliver what this node missed while it was not subscribed.
+        """
+        assert self._pub is not None and self.server is not None
+        for room in [r for r in self.seen if r not in self.server.rooms]:
+            del self.seen[room]
+        for room, last in self.seen.items():
+            self._catching[room] = []
+            d = self._pub.execute_command("XRANGE", self.streamKey(room), f"({last[0]}-{last[1]}", "+")
+            d.addCallback(self._caughtUp, room)
+            d.addErrback(lambda f, room=room: self._caughtUp([], room, f))
+
+    def _caughtUp(self, entries, room: str, failure=None) -> None:
+        if failure is not None:
+            self._log.failure("chat bus: catching up room {room}", failure, room=room)
+        held = self._catching.pop(room, None)
+        if held is None:
+            return  # lost Redis meanwhile: caught up after the next subscription
+        missed = 0
+        for entry, data in entries or []:
+            fields = _fields([entry, data])
+            if self._fresh(room, streamID(entry)) and fields.get("node") != self.node:
+                missed += 1
+                self._apply(fields.get("node", ""), {"event": json.loads(fields["event"])})
+        if missed:
+            self._log.info("chat bus: {count} missed messages of {room} delivered", count=missed, room=room)
+        for node, message in held:
+            self._message(node, message)
+
+    def _message(self, node: str, message: dict) -> None:
+        """
+        A room message (with its stream ID) from another node: applied once.
+        """
+        room = message["event"]["room"]
+        if room in self._catching:
+            self._catching[room].append((node, message))
+        elif self._fresh(room, streamID(message["id"])):
+            self._apply(node, message)
 
     def _announce(self) -> None:
         assert self.server is not None
@@ -336,6 +484,8 @@ class RedisBus:
                 self._announce()
             elif op == "state":
                 self._reconcile(node, message["users"])
+            elif op == "event" and "id" in message:
+                self._message(node, message)
             elif op == "event":
                 self._apply(node, message)
             elif op == "direct" and message.get("to") == self.node:
@@ -425,6 +575,14 @@ class RedisBus:
         if room is not None and len(room.invited) < self.server.maxInvited:
             room.invited.add(foldNick(who.nick))
         who.deliver(event)
+
+
+def _fields(entry) -> dict:
+    """
+    A stream entry's fields (C{[id, [field, value, ...]]}) as a dict of str.
+    """
+    flat = [v.decode() if isinstance(v, bytes) else v for v in entry[1]]
+    return dict(zip(flat[::2], flat[1::2]))
 
 
 def memberInfo(who) -> dict:

@@ -612,6 +612,9 @@ class ChatServer:
                 )
         room = self.rooms[name] = Room(name, self.historySize, self.reactor.seconds(), self.turnClock)
         d = self.store.load(name, self.historySize)
+        if self.bus is not None:
+            # The history every node replays is the room's Redis stream (chat.bus).
+            d.addCallback(self.bus.history, name)
         d.addCallbacks(room._loaded, room._failed)
         d.addErrback(lambda f: self._log.failure("loading room {room}", f, room=name))
         return room
