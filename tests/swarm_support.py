@@ -10,7 +10,8 @@ import hashlib
 import os
 import shutil
 import socket
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from twisted.internet import endpoints
 from twisted.web.server import Site
@@ -165,6 +166,28 @@ def namespacesMissing() -> str | None:
         return "needs ip netns"
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
+
+
+@contextmanager
+def runningStar(peers: int, tag: str, missing: str | None = None) -> Iterator[Any]:
+    """
+    A L{swarm.testing.Star} of C{peers} namespaces named after C{tag} and
+    this process, up for the block and deleted after it; skipped (failed
+    under C{COURSENET_REQUIRE_ALL}) when namespaces cannot be made here or
+    C{missing} says what else is missing.
+    """
+    from swarm.testing import Star
+    from tests.conftest import skipOrFail
+
+    why = namespacesMissing() or missing
+    if why is not None:
+        skipOrFail(why)
+    net = Star(peers, f"{tag}{os.getpid()}")
+    net.up()
+    try:
+        yield net
+    finally:
+        net.down()
 
 
 async def waitOutput(reactor: Any, proc: Any, text: bytes, timeout: float = 30) -> None:

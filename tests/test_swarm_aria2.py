@@ -18,10 +18,9 @@ import pytest_twisted
 from twisted.internet import task
 
 from swarm.metainfo import readMetainfo
-from swarm.testing import Star
 from tests.conftest import skipOrFail
 from tests.swarm_support import (
-    ARIA2_SAFE, announced, aria2c, end, finish, freePort, namespacesMissing, sha256, spawn, stop, torrentFor,
+    ARIA2_SAFE, announced, aria2c, end, finish, freePort, runningStar, sha256, spawn, stop, torrentFor,
     trackerIn, waitOutput, writeData,
 )
 
@@ -49,15 +48,8 @@ def _treeSha256(root) -> str:
 
 @pytest.fixture(scope="module")
 def star():
-    why = namespacesMissing()
-    if why is not None:
-        skipOrFail(why)
-    net = Star(2, f"swar{os.getpid()}")
-    net.up()
-    try:
+    with runningStar(2, "swar") as net:
         yield net
-    finally:
-        net.down()
 
 
 @pytest.mark.privileged

@@ -21,9 +21,7 @@ import sys
 import pytest
 import pytest_twisted
 
-from swarm.testing import Star
-from tests.conftest import skipOrFail
-from tests.swarm_support import end, finish, namespacesMissing, sha256, spawn, torrentFor, waitOutput, writeData
+from tests.swarm_support import end, finish, runningStar, sha256, spawn, torrentFor, waitOutput, writeData
 
 BIN = os.path.dirname(sys.executable)
 OURS, THEIRS, GETTER = "p0", "p1", "p2"
@@ -82,15 +80,8 @@ def _libtorrentMissing() -> str | None:
 
 @pytest.fixture(scope="module")
 def star():
-    why = namespacesMissing() or _libtorrentMissing()
-    if why is not None:
-        skipOrFail(why)
-    net = Star(3, f"swlt{os.getpid()}")
-    net.up()
-    try:
+    with runningStar(3, "swlt", _libtorrentMissing()) as net:
         yield net
-    finally:
-        net.down()
 
 
 @pytest.mark.privileged

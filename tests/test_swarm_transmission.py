@@ -24,10 +24,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
-from swarm.testing import Star
-from tests.conftest import skipOrFail
 from tests.swarm_support import (
-    announced, end, finish, namespacesMissing, sha256, spawn, torrentFor, trackerIn, waitOutput, writeData,
+    announced, end, finish, runningStar, sha256, spawn, torrentFor, trackerIn, waitOutput, writeData,
 )
 
 pytestmark = pytest.mark.privileged
@@ -38,17 +36,11 @@ OURS, THEIRS = "p0", "p1"
 
 @pytest.fixture(scope="module")
 def star():
-    why = namespacesMissing()
-    if why is None and shutil.which("transmission-cli") is None:
-        why = "transmission-cli not installed (Debian package transmission-cli, in the Makefile's APT_PACKAGES)"
-    if why is not None:
-        skipOrFail(why)
-    net = Star(2, f"swtx{os.getpid()}")
-    net.up()
-    try:
+    missing = None
+    if shutil.which("transmission-cli") is None:
+        missing = "transmission-cli not installed (Debian package transmission-cli, in the Makefile's APT_PACKAGES)"
+    with runningStar(2, "swtx", missing) as net:
         yield net
-    finally:
-        net.down()
 
 
 def _transmission(net, tmp_path, torrentPath: str, directory: str, verify: bool = False) -> tuple[list[str], str]:
