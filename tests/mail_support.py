@@ -145,10 +145,10 @@ def clock() -> FakeReactor:
     return FakeReactor()
 
 
-def storeWith(root: str, pool: ManualPool, clock: FakeReactor, messages: Iterable[bytes]) -> MaildirStore:
+def storeWith(root: str, pool: ManualPool | None, clock: FakeReactor | None, messages: Iterable[bytes]) -> MaildirStore:
     """
     A L{memoryStore} on C{root} whose alice has C{messages} in her INBOX,
-    in that order.
+    in that order (C{pool} and C{clock} L{None}: L{memoryStore}'s own).
     """
     store = memoryStore(root, pool, reactor=clock)
     inbox = store.maildir(USER)

@@ -14,9 +14,9 @@ from twisted.internet.testing import StringTransport
 from twisted.mail import imap4
 
 from mail.imap import LINE_MAX, IMAPServer, MaildirAccount, _ReadAhead
-from mail.maildir import ensureMaildir, writeMessageFile
+from mail.maildir import writeMessageFile
 from tests.bftp_support import FakeReactor
-from tests.mail_support import DiskGuard, ManualPool, Session, clock, memoryStore, pool, storeWith  # noqa: F401 (fixtures)
+from tests.mail_support import DiskGuard, ManualPool, Session, clock, pool, storeWith  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
@@ -123,10 +123,7 @@ def test_session_never_touches_the_disk_itself(tmp_path, monkeypatch):
     """A whole IMAP session (SELECT, FETCH, SEARCH, STORE, COPY, APPEND, EXPUNGE, folders) does every file operation inside the store's pool."""
     pool = ManualPool()
     clock = FakeReactor()
-    store = memoryStore(str(tmp_path / "mail"), pool, reactor=clock)
-    inbox = store.maildir("alice")
-    ensureMaildir(inbox)
-    writeMessageFile(inbox, b"Subject: m\n\nbody\n")
+    store = storeWith(str(tmp_path / "mail"), pool, clock, [b"Subject: m\n\nbody\n"])
     guard = DiskGuard(monkeypatch, pool)
     s = Session(store, clock, pool)
     lines = s.say(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 
 from mail.imap import EXTENSIONS
-from mail.maildir import ensureMaildir, writeMessageFile
 from tests.mail_support import Session, clock, memoryStore, pool, storeWith  # noqa: F401 (fixtures)
 
 
@@ -146,9 +145,7 @@ def test_modseqs_survive_a_restart(tmp_path):
     from tests.mail_support import result
 
     root = str(tmp_path / "mail")
-    first = memoryStore(root)
-    ensureMaildir(first.maildir("alice"))
-    writeMessageFile(first.maildir("alice"), b"Subject: a\n\n")
+    first = storeWith(root, None, None, [b"Subject: a\n\n"])
     folder = result(first.openFolder("alice"))
     result(folder.setFlags([1], "S"))
     kept, highest = folder.modseq(1), folder.highestModseq
@@ -189,9 +186,7 @@ def test_modseqNeverGoesDownForAMessageWithoutItsLine(tmp_path):
     from tests.mail_support import result
 
     root = str(tmp_path / "mail")
-    store = memoryStore(root)
-    ensureMaildir(store.maildir("alice"))
-    writeMessageFile(store.maildir("alice"), b"Subject: a\n\n")
+    store = storeWith(root, None, None, [b"Subject: a\n\n"])
     folder = result(store.openFolder("alice"))
     result(folder.setFlags([1], "S"))
     before = folder.modseq(1)
@@ -207,9 +202,7 @@ def test_compactingModseqsKeepsOtherSessionsLines(tmp_path):
     from tests.mail_support import result
 
     root = str(tmp_path / "mail")
-    store = memoryStore(root)
-    ensureMaildir(store.maildir("alice"))
-    writeMessageFile(store.maildir("alice"), b"Subject: a\n\n")
+    store = storeWith(root, None, None, [b"Subject: a\n\n"])
     folder = result(store.openFolder("alice"))
     result(folder.setFlags([1], "S"))
     with open(os.path.join(folder.path, MODSEQS), "a") as f:
