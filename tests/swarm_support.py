@@ -242,6 +242,27 @@ async def announced(reactor: Any, tracker: Any, address: str, seeding: bool) -> 
     raise AssertionError(f"no announce from {address}:\n{tracker.output.decode(errors='replace')[-3000:]}")
 
 
+async def swarmGet(reactor: Any, net: Any, role: str, torrentPath: str, out: str, data: str, *extra: str,
+                   timeout: float = 60, others: tuple = ()) -> None:
+    """
+    Run C{swarm get} in C{role}'s namespace of C{net} into C{out} and
+    check it exits 0 having printed, and written, the SHA-256 of C{data}
+    (the file the torrent describes).  C{others}: processes whose output
+    helps explain a failure.
+    """
+    import sys
+
+    get = spawn(reactor, net.exec(role, [
+        os.path.join(os.path.dirname(sys.executable), "swarm"), "get", torrentPath, "-o", out,
+        "--host", net.addresses[role], *extra,
+    ]))
+    code = await finish(get, timeout, reactor)
+    assert code == 0, "".join(p.output.decode(errors="replace")[-2000:] for p in (get, *others))
+    digest = sha256(data)
+    assert f"sha256 {digest}".encode() in get.output
+    assert sha256(os.path.join(out, os.path.basename(data))) == digest
+
+
 async def end(reactor: Any, *procs: Any) -> None:
     """
     SIGTERM each process (by its PID), SIGKILL after 10 s.

@@ -20,7 +20,7 @@ from twisted.internet import task
 from swarm.metainfo import readMetainfo
 from tests.conftest import skipOrFail
 from tests.swarm_support import (
-    ARIA2_SAFE, announced, aria2c, end, finish, freePort, runningStar, sha256, spawn, stop, torrentFor,
+    ARIA2_SAFE, announced, aria2c, end, finish, freePort, runningStar, sha256, spawn, stop, swarmGet, torrentFor,
     trackerIn, waitOutput, writeData,
 )
 
@@ -91,7 +91,7 @@ async def test_weDownloadFromAria2cSeeding(reactor, star, tmp_path):
     """`swarm get` downloads from aria2c seeding, found through our tracker (in namespaces), and the SHA-256 matches."""
     aria = _aria2c()
     tracker, url = await trackerIn(reactor, star)
-    seed = get = None
+    seed = None
     try:
         data = str(tmp_path / "seed" / "lecture.mp4")
         writeData(data, 2_500_000)
@@ -99,15 +99,9 @@ async def test_weDownloadFromAria2cSeeding(reactor, star, tmp_path):
         seed = spawn(reactor, star.exec(THEIRS, [aria, *ARIA2_SAFE, "-V", "--seed-ratio=0.0", "--seed-time=5",
                                                  "--listen-port=6881", "-d", str(tmp_path / "seed"), torrentPath]))
         await announced(reactor, tracker, star.addresses[THEIRS], seeding=True)
-        get = spawn(reactor, star.exec(OURS, [
-            os.path.join(BIN, "swarm"), "get", torrentPath, "-o", str(tmp_path / "ours"),
-            "--host", star.addresses[OURS],
-        ]))
-        assert await finish(get, 60, reactor) == 0, get.output.decode(errors="replace")[-3000:]
-        assert f"sha256 {sha256(data)}".encode() in get.output
-        assert sha256(str(tmp_path / "ours" / "lecture.mp4")) == sha256(data)
+        await swarmGet(reactor, star, OURS, torrentPath, str(tmp_path / "ours"), data, others=(seed,))
     finally:
-        await end(reactor, get, seed, tracker)
+        await end(reactor, seed, tracker)
 
 
 @pytest_twisted.ensureDeferred

@@ -21,7 +21,7 @@ import sys
 import pytest
 import pytest_twisted
 
-from tests.swarm_support import end, finish, runningStar, sha256, spawn, torrentFor, waitOutput, writeData
+from tests.swarm_support import end, runningStar, sha256, swarmGet, spawn, torrentFor, waitOutput, writeData
 
 BIN = os.path.dirname(sys.executable)
 OURS, THEIRS, GETTER = "p0", "p1", "p2"
@@ -94,7 +94,7 @@ async def test_libtorrentDHTAndOursFindEachOther(reactor, star, tmp_path):
     oursTorrent, _ = torrentFor(ours, None)
     theirsTorrent, _ = torrentFor(theirs, None)
     host = star.addresses[OURS]
-    seed = lt = get = None
+    seed = lt = None
     try:
         # Our seeder and its DHT node: the only node the others know.
         seed = spawn(reactor, star.exec(OURS, [
@@ -112,13 +112,7 @@ async def test_libtorrentDHTAndOursFindEachOther(reactor, star, tmp_path):
         await waitOutput(reactor, lt, b"complete notes.bin", 90)
         assert sha256(str(tmp_path / "lt" / "notes.bin")) == sha256(ours)
         # The reverse: libtorrent's seed, found by our getter in the DHT.
-        get = spawn(reactor, star.exec(GETTER, [
-            os.path.join(BIN, "swarm"), "get", theirsTorrent, "-o", str(tmp_path / "got"),
-            "--host", star.addresses[GETTER], "--dht-port", "6881", "--dht-bootstrap", f"{host}:6881",
-        ]))
-        assert await finish(get, 90, reactor) == 0, (
-            get.output.decode(errors="replace")[-2000:] + lt.output.decode(errors="replace")[-2000:])
-        assert sha256(str(tmp_path / "got" / "slides.bin")) == sha256(theirs)
-        assert f"sha256 {sha256(theirs)}".encode() in get.output
+        await swarmGet(reactor, star, GETTER, theirsTorrent, str(tmp_path / "got"), theirs,
+                       "--dht-port", "6881", "--dht-bootstrap", f"{host}:6881", timeout=90, others=(lt,))
     finally:
-        await end(reactor, get, lt, seed)
+        await end(reactor, lt, seed)

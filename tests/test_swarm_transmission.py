@@ -25,7 +25,7 @@ import pytest_twisted
 from twisted.internet import task
 
 from tests.swarm_support import (
-    announced, end, finish, runningStar, sha256, spawn, torrentFor, trackerIn, waitOutput, writeData,
+    announced, end, runningStar, sha256, swarmGet, spawn, torrentFor, trackerIn, waitOutput, writeData,
 )
 
 pytestmark = pytest.mark.privileged
@@ -95,7 +95,7 @@ async def test_transmissionDownloadsFromOurSeeder(reactor, star, tmp_path):
 async def test_weDownloadFromTransmissionSeeding(reactor, star, tmp_path):
     """`swarm get` finds transmission-cli seeding through our tracker (in namespaces) and downloads the file intact."""
     tracker, url = await trackerIn(reactor, star)
-    transmission = get = None
+    transmission = None
     try:
         data = str(tmp_path / "theirs" / "notes.bin")
         writeData(data, 2_500_000, 5)
@@ -103,12 +103,6 @@ async def test_weDownloadFromTransmissionSeeding(reactor, star, tmp_path):
         argv, marker = _transmission(star, tmp_path, torrentPath, str(tmp_path / "theirs"), verify=True)
         transmission = spawn(reactor, argv)
         await announced(reactor, tracker, star.addresses[THEIRS], seeding=True)
-        get = spawn(reactor, star.exec(OURS, [
-            os.path.join(BIN, "swarm"), "get", torrentPath, "-o", str(tmp_path / "ours"),
-            "--host", star.addresses[OURS],
-        ]))
-        assert await finish(get, 60, reactor) == 0, get.output.decode(errors="replace")[-3000:]
-        assert f"sha256 {sha256(data)}".encode() in get.output
-        assert sha256(str(tmp_path / "ours" / "notes.bin")) == sha256(data)
+        await swarmGet(reactor, star, OURS, torrentPath, str(tmp_path / "ours"), data, others=(transmission,))
     finally:
-        await end(reactor, get, transmission, tracker)
+        await end(reactor, transmission, tracker)
