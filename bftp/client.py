@@ -170,6 +170,7 @@ class BFTPClient(LineReceiver):
             self._reader = pooledReader(
                 self.transport, bufferPool(self._reactor), self._received,
                 lambda: self._pauseReading("buffers"), lambda: self._resumeReading("buffers"),
+                sink=self._sink, reactor=self._reactor,
             )
             return
         if self._waiting:

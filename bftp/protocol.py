@@ -791,6 +791,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
         upload.reader = pooledReader(
             self.transport, self.factory.buffers, self._received,
             lambda: self.pauseReading("buffers"), lambda: self.resumeReading("buffers"),
+            sink=upload.sink, reactor=self.factory.reactor,
         )
 
     def rawDataReceived(self, data: bytes) -> None:

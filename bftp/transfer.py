@@ -13,6 +13,8 @@ L{bftp.digests}) in a thread.
 from __future__ import annotations
 
 import collections
+import errno
+import fcntl
 import os
 import threading
 from typing import Callable, Protocol
@@ -28,7 +30,7 @@ from zope.interface import implementer
 
 from bftp import digests
 from bftp.wire import CHUNK_SIZE, END_OF_DATA, HEADER_LEN, ChunkDecoder, FramingError, chunkHeader
-from coursenet._compat import setTCPReader, setTCPReadSize, tlsLargeWrites
+from coursenet._compat import TLSReader, setTCPReader, setTCPReadSize, tlsLargeWrites
 from coursenet.coalesce import Coalescer
 from coursenet.interfaces import IFastTransfer
 
@@ -383,6 +385,25 @@ def bufferPool(reactor) -> BufferPool:
     return pool
 
 
+class _Range:
+    """
+    Bytes C{[start, end)} of file descriptor C{fd}, to be hashed.
+    """
+
+    __slots__ = ("fd", "start", "end")
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        self.fd, self.start, self.end = fd, start, end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+#: Ranges are read back 256 KiB at a time: the buffer stays in the
+#: core's cache between the read and the hash.
+_HASH_READ = 256 << 10
+
+
 class HashFeed:
     """
     Hash data already in memory, in order, in the reactor's thread pool:
@@ -412,6 +433,8 @@ class HashFeed:
         self._closed = False
         self._finished: Deferred[str] | None = None
         self._failure: Failure | None = None
+        #: Where ranges of a file are read back to be hashed (pool thread).
+        self._readBuffer: bytearray | None = None
 
     def update(self, data) -> None:
         """
@@ -422,7 +445,9 @@ class HashFeed:
             if self._closed:
                 return
             self._queue.append(data)
-            self._pending += len(data)
+            if not isinstance(data, _Range):
+                # A range holds no memory: only pieces count.
+                self._pending += len(data)
             start = not self._running
             self._running = True
             over = self._pending > self._backlog
@@ -431,6 +456,16 @@ class HashFeed:
             self._onBacklog(True)
         if start:
             self._start()
+
+    def updateFrom(self, fd: int, start: int, end: int) -> None:
+        """
+        Hash bytes C{[start, end)} of C{fd}, read back from the page cache
+        in the pool thread: for data that went to the file without passing
+        through memory (L{ChunkSink.splice}).  C{fd} must stay open until
+        hashed: close it through L{after}.  Reactor thread.
+        """
+        if end > start:
+            self.update(_Range(fd, start, end))
 
     def after(self, release: Callable[[], None]) -> None:
         """
@@ -457,6 +492,10 @@ class HashFeed:
                     continue
             if callable(item):
                 item()
+            elif isinstance(item, _Range):
+                if self._readBuffer is None:
+                    self._readBuffer = bytearray(_HASH_READ)
+                hashRange(item.fd, item.end, self._hasher, item.start, self._readBuffer)
             else:
                 self._hasher.update(item)
                 with self._lock:
@@ -534,6 +573,73 @@ class HashFeed:
             self._settle()
 
 
+class SplicePipe:
+    """
+    A pipe that payload crosses on its way from a socket to a file with
+    C{splice}: the kernel moves the socket's pages into the pipe and copies
+    them into the page cache, so the bytes are copied once instead of
+    twice (into a buffer, then out of it) and never touch Python.  Empty
+    between calls, so one pipe serves every connection of a reactor.
+    """
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass  # above the system's pipe-max-size: keep the default
+        self.size = fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)
+
+    def fill(self, sock: int, n: int) -> int:
+        """
+        Move up to C{n} bytes from socket C{sock} into the pipe.
+
+        @return: how many; 0 at the end of the stream.
+        @raise BlockingIOError: nothing to read now.
+        """
+        return os.splice(sock, self.w, min(n, self.size), flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+
+    def drainTo(self, fd: int, n: int) -> None:
+        """
+        Write the C{n} bytes in the pipe to C{fd} at its position; on an
+        error the pipe is emptied all the same.
+        """
+        try:
+            while n:
+                n -= os.splice(self.r, fd, n, flags=os.SPLICE_F_MOVE)
+        except OSError:
+            self.discard(n)
+            raise
+
+    def discard(self, n: int) -> None:
+        while n:
+            n -= len(os.read(self.r, n))
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+_PIPE_SIZE = 1 << 20
+_PIPES: dict[int, SplicePipe] = {}
+#: Cleared when the system refuses C{splice} from a socket (EINVAL): every
+#: transfer then reads into pooled buffers.
+_spliceWorks = hasattr(os, "splice")
+
+
+def splicePipe(reactor) -> SplicePipe | None:
+    """
+    The L{SplicePipe} every transfer on C{reactor} shares; L{None} where
+    C{splice} does not work.
+    """
+    if not _spliceWorks:
+        return None
+    pipe = _PIPES.get(id(reactor))
+    if pipe is None:
+        pipe = _PIPES[id(reactor)] = SplicePipe()
+    return pipe
+
+
 class PooledReader:
     """
     While a transfer streams in on a plain TCP connection, read it with
@@ -547,9 +653,14 @@ class PooledReader:
     and, once one is free, C{resume()}.
     """
 
-    def __init__(self, connection: tcp.Connection, pool: BufferPool, deliver, pause, resume) -> None:
+    def __init__(
+        self, connection: tcp.Connection, pool: BufferPool, deliver, pause, resume,
+        sink: ChunkSink | None = None, pipe: SplicePipe | None = None,
+    ) -> None:
         self._connection = connection
         self._pool = pool
+        self._sink = sink
+        self._pipe = pipe
         self._deliver = deliver
         self._pause = pause
         self._resume = resume
@@ -572,6 +683,10 @@ class PooledReader:
         if not self.active:
             # Stopped while the reactor was about to call: Twisted's own.
             return type(self._connection).doRead(self._connection)
+        if self._pipe is not None and self._sink is not None:
+            why = self._splice(self._sink, self._pipe)
+            if why is not _READ_POOLED:
+                return why
         pool = self._pool
         buf = pool.take()
         if buf is None:
@@ -604,6 +719,54 @@ class PooledReader:
             pool.give(buf)
         return why
 
+    def _splice(self, sink: ChunkSink, pipe: SplicePipe):
+        """
+        Payload goes from the socket into the file with L{ChunkSink.splice};
+        the 8 bytes of each chunk header are read as such and delivered.
+        Returns what C{doRead} returns, or L{_READ_POOLED} when the sink
+        takes no spliced data (an error to read past, the end) and a
+        pooled buffer should be read instead.
+        """
+        global _spliceWorks
+        sock = self._connection.socket
+        budget = _SPLICE_TURN
+        while self.active and budget > 0:
+            if sink.spliceable():
+                try:
+                    n = sink.splice(sock.fileno(), pipe)
+                except BlockingIOError:
+                    return None
+                except InterruptedError:
+                    continue
+                except OSError as e:
+                    if e.errno == errno.EINVAL:
+                        # Not a socket the kernel splices from (a failed
+                        # fill moves nothing): read into buffers from now
+                        # on.
+                        _spliceWorks = False
+                        self._pipe = None
+                        return _READ_POOLED
+                    return main.CONNECTION_LOST
+                if not n:
+                    return main.CONNECTION_DONE
+                budget -= n
+                continue
+            need = sink.headerNeed
+            if not need:
+                return _READ_POOLED
+            try:
+                data = sock.recv(need)
+            except BlockingIOError:
+                return None
+            except InterruptedError:
+                continue
+            except OSError:
+                return main.CONNECTION_LOST
+            if not data:
+                return main.CONNECTION_DONE
+            self._deliver(data, None)
+        return None
+
     def _free(self) -> None:
         if self._starved:
             self._starved = False
@@ -611,16 +774,112 @@ class PooledReader:
                 self._resume()
 
 
-def pooledReader(transport, pool: BufferPool, deliver, pause, resume) -> PooledReader | None:
+class TLSPooledReader(PooledReader):
+    """
+    L{PooledReader} for a TLS connection: each read from the socket goes
+    into a pooled buffer, to OpenSSL, and is decrypted back into that same
+    buffer (L{coursenet._compat.TLSReader}), which is then delivered like a
+    plain TCP read: one handover per read instead of one C{bytes} object
+    and one trip up Twisted's TLS layer per 16 KiB record, and no copy to
+    gather records into a buffer.
+    """
+
+    def __init__(self, connection: tcp.Connection, tls, pool: BufferPool, deliver, pause, resume) -> None:
+        super().__init__(connection, pool, deliver, pause, resume)
+        self._tls = TLSReader(tls)
+
+    def doRead(self):
+        tls = self._tls
+        if not self.active or not tls.ready():
+            return type(self._connection).doRead(self._connection)
+        pool = self._pool
+        buf = pool.take()
+        if buf is None:
+            self._starved = True
+            self._pause()
+            pool.whenFree(self._free)
+            return None
+        view = memoryview(buf)
+        try:
+            n = self._connection.socket.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            pool.give(buf)
+            return None
+        except OSError:
+            pool.give(buf)
+            return main.CONNECTION_LOST
+        if not n:
+            pool.give(buf)
+            return main.CONNECTION_DONE
+        # OpenSSL copies what it is given: the buffer is free again, to
+        # take the plaintext.
+        tls.feed(view[:n])
+        filled = 0
+        while True:
+            try:
+                got = tls.readInto(view[filled:])
+            except Exception:
+                # The peer's close_notify or an error: what came before it
+                # first, then Twisted's TLS layer deals with the rest.
+                self._deliverFilled(buf, filled)
+                tls.handBack()
+                return None
+            if not got:
+                break
+            filled += got
+            if filled == len(buf):
+                self._deliverFilled(buf, filled)
+                buf = pool.take() or bytearray(pool.size)
+                view, filled = memoryview(buf), 0
+                if not self.active:
+                    break
+        self._deliverFilled(buf, filled)
+        if not self.active:
+            # Stopped at the end of the data: what OpenSSL still holds
+            # goes up Twisted's path, to the protocol in its line mode.
+            tls.handBack()
+        tls.flush()
+        return None
+
+    def _deliverFilled(self, buf: bytearray, filled: int) -> None:
+        # Only while active: the loop stops decrypting once the receiver
+        # has stopped the reader.
+        pool = self._pool
+        if filled:
+            self._deliver(memoryview(buf)[:filled], lambda: pool.give(buf))
+        else:
+            pool.give(buf)
+
+
+#: What L{PooledReader._splice} returns to have a pooled buffer read.
+_READ_POOLED = object()
+#: At most this much is spliced per call from the reactor, so that other
+#: connections get their turn.
+_SPLICE_TURN = 4 << 20
+
+
+def pooledReader(
+    transport, pool: BufferPool, deliver, pause, resume, sink: ChunkSink | None = None, reactor=None,
+) -> PooledReader | None:
     """
     A started L{PooledReader} on the plain TCP connection under
-    C{transport}; L{None} where there is none (TLS, which must decrypt
-    every byte; the twins' blocking transport; in-memory transports).
+    C{transport}, or a L{TLSPooledReader} on a TLS layer over one; L{None}
+    where there is none (the twins' blocking transport; in-memory
+    transports).
+
+    @param sink: where the data goes; given with C{reactor}, payloads are
+        spliced from the socket into the sink's file (L{SplicePipe}).
     """
     fast = fastTransfer(transport)
+    reader: PooledReader
+    if isinstance(fast, _TLSFastTransfer) and isinstance(fast._tls.transport, tcp.Connection):
+        reader = TLSPooledReader(fast._tls.transport, fast._tls, pool, deliver, pause, resume)
+        reader.start()
+        return reader
     if not isinstance(fast, _TCPFastTransfer) or fast.sendfileSocket() is None:
         return None
-    reader = PooledReader(fast._connection, pool, deliver, pause, resume)
+    pipe = splicePipe(reactor) if sink is not None and reactor is not None else None
+    reader = PooledReader(fast._connection, pool, deliver, pause, resume, sink, pipe)
     reader.start()
     return reader
 
@@ -696,10 +955,75 @@ class ChunkSink:
         self._spare: collections.deque[bytearray] = collections.deque()
         self._flushCall: IDelayedCall | None = None
         self.error: OSError | str | None = None
+        #: A descriptor of the file of its own, for hashing spliced ranges
+        #: in the pool thread whatever happens to C{f} meanwhile.
+        self._hashFd: int | None = None
 
     @property
     def done(self) -> bool:
         return self._decoder.done
+
+    @property
+    def headerNeed(self) -> int:
+        """
+        Bytes of the next chunk header still to come (see
+        L{bftp.wire.ChunkDecoder.headerNeed}); 0 after a write error,
+        when the data is read and dropped.
+        """
+        return 0 if self.error is not None else self._decoder.headerNeed
+
+    def spliceable(self) -> bool:
+        """
+        Whether the next bytes are payload that L{splice} may move: not
+        after an error, nor where the payload would pass the limit.
+        """
+        left = self._decoder.payloadLeft
+        return bool(left) and self.error is None and (self._limit is None or self.size + left <= self._limit)
+
+    def splice(self, sock: int, pipe: SplicePipe) -> int:
+        """
+        Move the next bytes of the current payload from socket C{sock} into
+        the file through C{pipe}, and have them hashed from the page cache
+        (L{HashFeed.updateFrom}).  Only when L{spliceable}.
+
+        @return: how many bytes; 0 at the end of the stream.
+        @raise BlockingIOError: nothing to read now.
+        @raise OSError: reading the socket failed.
+        """
+        if self._gather is not None:
+            self.flush()
+        n = pipe.fill(sock, self._decoder.payloadLeft)
+        if not n:
+            return 0
+        self._decoder.took(n)
+        if self._charge is not None and (refused := self._charge(n)) is not None:
+            self.error = refused
+            pipe.discard(n)
+        else:
+            fd = self._f.fileno()
+            try:
+                pipe.drainTo(fd, n)
+            except OSError as e:
+                if self._charge is not None:
+                    self._charge(-n)
+                self.error = e
+            else:
+                if self._hashFd is None:
+                    self._hashFd = os.dup(fd)
+                self._hashing.updateFrom(self._hashFd, self.size, self.size + n)
+                self.size += n
+                if self._writeback is not None:
+                    self._unsynced += n
+                    if self._unsynced >= self._writeback and not self._syncing:
+                        self._startWriteback()
+        if self._progress is not None:
+            self._progress(n)
+        return n
+
+    def _releaseHashFd(self) -> None:
+        fd, self._hashFd = self._hashFd, None
+        if fd is not None:
+            self._hashing.after(lambda: os.close(fd))
 
     @property
     def rest(self) -> bytes:
@@ -836,6 +1160,7 @@ class ChunkSink:
             chunk has come and every byte is hashed.
         """
         self.flush()
+        self._releaseHashFd()
         return self._hashing.finish()
 
     def close(self) -> None:
@@ -847,19 +1172,24 @@ class ChunkSink:
             self.flush()
         elif self._flushCall is not None and self._flushCall.active():
             self._flushCall.cancel()
+        self._releaseHashFd()
         self._hashing.close()
 
 
-def hashRange(fd: int, end: int, hasher=None, start: int = 0):
+def hashRange(fd: int, end: int, hasher=None, start: int = 0, buf: bytearray | None = None):
     """
     Feed bytes C{[start, end)} of C{fd} to C{hasher} (a new SHA-256 by
     default) and return it.  Blocking: call it in a thread.
+
+    @param buf: the buffer to read into, reused by the caller; a new one
+        by default.
     """
     if hasher is None:
         hasher = digests.new(digests.SHA256)
     # One buffer read into again and again: no allocation per read.  Not
     # mmap: a file truncated meanwhile would kill the process with SIGBUS.
-    buf = bytearray(min(_READ, max(end - start, 0)))
+    if buf is None:
+        buf = bytearray(min(_READ, max(end - start, 0)))
     view = memoryview(buf)
     pos = start
     while pos < end:

@@ -244,6 +244,34 @@ class ChunkDecoder:
         self._header = b""
         self._remaining = 0
 
+    @property
+    def payloadLeft(self) -> int:
+        """
+        Bytes of the current chunk's payload still to come: 0 between
+        chunks.
+        """
+        return self._remaining
+
+    @property
+    def headerNeed(self) -> int:
+        """
+        Bytes still to come of the next chunk header: 0 inside a payload
+        and once the end chunk is seen.
+        """
+        if self.done or self._remaining:
+            return 0
+        return HEADER_LEN - len(self._header)
+
+    def took(self, n: int) -> None:
+        """
+        The next C{n} bytes of the current payload were taken from the
+        stream without passing through L{feed} (spliced into a file).
+        """
+        if not 0 < n <= self._remaining:
+            raise ValueError(f"took {n} bytes of a payload with {self._remaining} left")
+        self._remaining -= n
+        self.received += n
+
     def feed(self, data: bytes) -> list[memoryview]:
         """
         @raise FramingError: for a header that is not 8 hex digits or that

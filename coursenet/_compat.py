@@ -78,7 +78,10 @@ TLS_READ_BACK = 64 << 10
 #: C{write} (Twisted sets it to its small-write aggregator's), that
 #: aggregator, the OpenSSL connection and the state that says whether it
 #: may be written to now, and C{_write}, Twisted's 16 KiB loop.
-TLS_PRIVATE = ("_aggregator", "_tlsConnection", "_handshakeDone", "_lostTLSConnection", "_appSendBuffer", "_producer", "_write")
+TLS_PRIVATE = (
+    "_aggregator", "_tlsConnection", "_handshakeDone", "_lostTLSConnection", "_appSendBuffer", "_producer", "_write",
+    "_aborted", "_flushReceiveBIO", "_flushSendBIO",
+)
 
 
 def tlsLargeWrites(tls) -> None:
@@ -138,3 +141,61 @@ def tlsLargeWrites(tls) -> None:
             tls._write(bytes(view[sent:]))
 
     tls.write = write
+
+
+#: The most plaintext L{tlsReadInto} asks OpenSSL for at once: pyOpenSSL
+#: allocates that much for each call, which returns one record.
+TLS_READ_INTO = 64 << 10
+
+
+class TLSReader:
+    """
+    Decrypt what the connection under the TLS layer C{tls} (a
+    C{TLSMemoryBIOProtocol}) received straight into a caller's buffer,
+    instead of Twisted's path of a C{bytes} per record, each handed up
+    through the protocol stack on its own.  For a reader installed with
+    L{setTCPReader} while bulk data streams in:
+
+        - L{ready}: whether the TLS state lets it (handshake done, nothing
+          waiting to be written, not closing); if not, call Twisted's own
+          C{doRead} instead;
+        - L{feed} what was read from the socket, then L{readInto} until it
+          returns 0;
+        - L{handBack} when L{readInto} raised (the peer closed TLS, an
+          error), or to let Twisted deliver what is left decrypted once
+          the reader stops: Twisted's own path meets the same state and
+          deals with it;
+        - L{flush} after each read: what OpenSSL has to send back (a TLS
+          1.3 key update) goes out.
+    """
+
+    def __init__(self, tls) -> None:
+        from OpenSSL.SSL import WantReadError
+
+        self._tls = tls
+        self._connection = tls._tlsConnection
+        self._wantRead = WantReadError
+
+    def ready(self) -> bool:
+        tls = self._tls
+        return tls._handshakeDone and not (tls._lostTLSConnection or tls._aborted or tls._appSendBuffer)
+
+    def feed(self, data) -> None:
+        self._connection.bio_write(data)
+
+    def readInto(self, view: memoryview) -> int:
+        """
+        @return: how many bytes were decrypted into C{view}; 0 when more
+            must be read from the socket first.
+        @raise OpenSSL.SSL.Error: anything else: call L{handBack}.
+        """
+        try:
+            return self._connection.recv_into(view, min(len(view), TLS_READ_INTO))
+        except self._wantRead:
+            return 0
+
+    def handBack(self) -> None:
+        self._tls._flushReceiveBIO()
+
+    def flush(self) -> None:
+        self._tls._flushSendBIO()
