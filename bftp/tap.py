@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import os
 
-from twisted.application import service, strports
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
 from bftp.auth import makePortal
 from bftp.policy import Policy, parseAge, parseSize
 from bftp.protocol import BFTPFactory
+from coursenet._compat import preferCiphersuites
 from coursenet.accounts import PasswordChecker
 from coursenet.options import AccountOptionsMixin, AdmissionOptionsMixin, atLeast
 from coursenet.throttle import GuessOptionsMixin
@@ -131,6 +134,11 @@ def makeService(options: Options) -> service.IService:
             where=where, root=factory.jail.root,
         )
     top = service.MultiService()
+    from twisted.internet import reactor
+
     for description in options["listen"]:
-        strports.service(description, factory).setServiceParent(top)
+        endpoint = endpoints.serverFromString(reactor, description)
+        # Bulk data over TLS: AES-128-GCM first (docs/bftp.md).
+        preferCiphersuites(endpoint)
+        StreamServerEndpointService(endpoint, factory).setServiceParent(top)
     return top

@@ -1,0 +1,348 @@
+"""
+The fast receive paths of issue 14.
+
+Plain TCP: payload spliced from the socket into the file
+(L{bftp.transfer.SplicePipe}, L{bftp.transfer.ChunkSink.splice}); uploads
+and downloads move their data with C{splice} and hash it back from the page
+cache, exactly; chunk headers are still read and checked; a write error or
+a refused quota drops the rest of the data and keeps the stream in step;
+where splice is not used, the same transfers go through pooled buffers.
+
+TLS: records decrypted straight into pooled buffers
+(L{bftp.transfer.TLSPooledReader}); records that split chunk headers, a
+close_notify in the middle of a chunk and bytes after the data all come
+out as they do through Twisted's own TLS path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+
+import pytest
+import pytest_twisted
+
+from bftp import digests, transfer
+from bftp.transfer import BufferPool, ChunkSink, PooledReader, SplicePipe, TLSPooledReader
+from bftp.wire import CHUNK_SIZE, chunkHeader
+from tests.bftp_support import FakeReactor
+from tests.test_bftp_integration import PASSWORD, USER, Server, settle, writeRandom
+from tests.test_bftp_pooled import QueuedPool, rawPut
+
+SIZE = 6 << 20
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "root"
+    r.mkdir()
+    return r
+
+
+@pytest.fixture
+def spliced(monkeypatch):
+    """
+    Count the bytes that went from a socket into a file by splice.
+    """
+    moved = [0]
+    original = SplicePipe.drainTo
+
+    def drainTo(self, fd, n):
+        moved[0] += n
+        return original(self, fd, n)
+
+    monkeypatch.setattr(SplicePipe, "drainTo", drainTo)
+    return moved
+
+
+def stream(data: bytes, chunk: int = CHUNK_SIZE) -> bytes:
+    pieces = [chunkHeader(len(data[p : p + chunk])) + data[p : p + chunk] for p in range(0, len(data), chunk)]
+    return b"".join(pieces) + b"00000000"
+
+
+class Connection:
+    """
+    What L{PooledReader} needs of a TCP connection: its socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+
+
+def receive(tmp_path, wire: bytes, charge=None, readOnly=False, first: int = 0):
+    """
+    Send C{wire} over a socket pair and read it with a L{PooledReader}
+    splicing into a L{ChunkSink}; the first C{first} bytes are fed from
+    memory, as the bytes that come with the 150 or PUT line are.  Returns
+    the sink, its file's path and the hasher's digest.
+    """
+    fake = FakeReactor()
+    fake._pool = QueuedPool()
+    path = tmp_path / "received"
+    path.write_bytes(b"")
+    f = open(path, "rb" if readOnly else "r+b", buffering=0)
+    sink = ChunkSink(fake, f, digests.new("sha256"), charge=charge)
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    pipe = SplicePipe()
+    try:
+        sink.feed(wire[:first])
+        delivered = []
+
+        def deliver(data, release=None):
+            delivered.append(len(data))
+            sink.feed(data, release)
+            if sink.done:
+                reader.stop()
+
+        reader = PooledReader(Connection(b), BufferPool(fake), deliver, lambda: None, lambda: None, sink, pipe)
+        reader.active = True
+        a.setblocking(True)
+        sent = first
+        while not sink.done:
+            if sent < len(wire):
+                a.settimeout(0)
+                try:
+                    sent += a.send(wire[sent : sent + (256 << 10)])
+                except BlockingIOError:
+                    pass
+            why = reader.doRead()
+            assert why is None, why
+        digest = sink.digest()
+        fake._pool.runAll()
+        out = []
+        digest.addBoth(out.append)
+        sink.close()
+        fake._pool.runAll()
+        # The pipe is left empty for the next transfer.
+        with pytest.raises(BlockingIOError):
+            os.read(pipe.r, 1)
+        return sink, path, out[0], delivered
+    finally:
+        f.close()
+        a.close()
+        b.close()
+        pipe.close()
+
+
+@pytest.mark.parametrize("first", [0, 5, CHUNK_SIZE // 2 + 3])
+def test_splicedPayloadIsWrittenAndHashedExactly(tmp_path, spliced, first):
+    """Chunks spliced from a socket land in the file byte for byte, the digest is of every byte, and headers arrive as 8-byte reads (also when the stream starts in memory, mid-header or mid-payload)."""
+    data = os.urandom(SIZE + 12345)
+    sink, path, digest, delivered = receive(tmp_path, stream(data, 300_001), first=first)
+    assert sink.error is None
+    assert path.read_bytes() == data
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert spliced[0] >= len(data) - first - 300_001
+    assert delivered and max(delivered) <= 8
+
+
+def test_writeErrorWhileSplicingDropsTheRestInStep(tmp_path, spliced):
+    """A file that cannot be written (opened read-only) sets the sink's error, the rest of the data is read and dropped up to the end chunk, and nothing is written."""
+    data = os.urandom(3 << 20)
+    sink, path, digest, _ = receive(tmp_path, stream(data), readOnly=True)
+    assert isinstance(sink.error, OSError)
+    assert path.read_bytes() == b""
+    assert sink.done and sink.rest == b""
+
+
+def test_quotaRefusedWhileSplicing(tmp_path, spliced):
+    """A quota that refuses after 2 MiB stops the writes there, the refusal becomes the error, and the rest of the stream is still consumed."""
+    data = os.urandom(5 << 20)
+    charged = [0]
+
+    def charge(n):
+        if charged[0] + n > 2 << 20:
+            return "quota of 2 MiB exceeded"
+        charged[0] += n
+        return None
+
+    sink, path, _, _ = receive(tmp_path, stream(data), charge=charge)
+    assert sink.error == "quota of 2 MiB exceeded"
+    assert sink.done
+    kept = path.read_bytes()
+    assert len(kept) <= 2 << 20 and data.startswith(kept)
+
+
+@pytest_twisted.ensureDeferred
+async def test_plainPutAndGetSplice(reactor, root, tmp_path, spliced):
+    """Over plain TCP the server's PUT and the client's GET splice their payload into the file; both copies are exact."""
+    local = tmp_path / "up.bin"
+    digest = writeRandom(local, SIZE)
+    server = await Server(reactor, root).start()
+    try:
+        client = await server.client()
+        assert await client.put(str(local), "/up.bin") == digest
+        afterPut = spliced[0]
+        assert afterPut >= SIZE - CHUNK_SIZE
+        assert await client.get("/up.bin", str(tmp_path / "down.bin"), resume=False) == digest
+        assert spliced[0] - afterPut >= SIZE - CHUNK_SIZE
+        await client.quit()
+    finally:
+        await server.stop()
+    assert (root / "up.bin").read_bytes() == local.read_bytes() == (tmp_path / "down.bin").read_bytes()
+
+
+@pytest_twisted.ensureDeferred
+async def test_withoutSpliceThePooledPathCarriesOn(reactor, root, tmp_path, spliced, monkeypatch):
+    """Where splice is not used, uploads and downloads read into pooled buffers instead, exactly, and a wrong digest is still refused."""
+    monkeypatch.setattr(transfer, "_spliceWorks", False)
+    local = tmp_path / "up.bin"
+    digest = writeRandom(local, SIZE)
+    server = await Server(reactor, root).start()
+    try:
+        client = await server.client()
+        assert await client.put(str(local), "/up.bin") == digest
+        assert await client.get("/up.bin", str(tmp_path / "down.bin"), resume=False) == digest
+        await client.quit()
+        data = os.urandom(2 << 20)
+        reply = await rawPut(reactor, server.portNumber, "bad.bin", data, hashlib.sha256(b"other").hexdigest())
+        assert reply.startswith("554"), reply
+    finally:
+        await server.stop()
+    assert spliced[0] == 0
+    assert (tmp_path / "down.bin").read_bytes() == local.read_bytes()
+
+
+@pytest.fixture
+def tlsDelivered(monkeypatch):
+    """
+    Count the bytes a L{TLSPooledReader} decrypted into pooled buffers.
+    """
+    moved = [0]
+    original = TLSPooledReader._deliverFilled
+
+    def deliverFilled(self, buf, filled):
+        moved[0] += filled
+        return original(self, buf, filled)
+
+    monkeypatch.setattr(TLSPooledReader, "_deliverFilled", deliverFilled)
+    return moved
+
+
+@pytest_twisted.ensureDeferred
+async def test_tlsPutAndGetDecryptIntoPooledBuffers(reactor, root, tmp_path, devCert, tlsDelivered):
+    """Over TLS the server's PUT and the client's GET decrypt their data into pooled buffers; both copies are exact."""
+    local = tmp_path / "up.bin"
+    digest = writeRandom(local, SIZE)
+    server = await Server(reactor, root, *devCert).start()
+    try:
+        client = await server.client()
+        assert await client.put(str(local), "/up.bin") == digest
+        afterPut = tlsDelivered[0]
+        # What came in the read that brought the reply before the data
+        # went Twisted's way: all but that.
+        assert afterPut >= SIZE - CHUNK_SIZE
+        assert await client.get("/up.bin", str(tmp_path / "down.bin"), resume=False) == digest
+        assert tlsDelivered[0] - afterPut >= SIZE - CHUNK_SIZE
+        # The connection is back on Twisted's path for commands.
+        assert [e.name for e in await client.list("/")] == ["up.bin"]
+        await client.quit()
+    finally:
+        await server.stop()
+    assert (root / "up.bin").read_bytes() == local.read_bytes() == (tmp_path / "down.bin").read_bytes()
+
+
+async def tlsPut(reactor, port, cafile, name, pieces, digest=None, unwrapAfter=None):
+    """
+    Upload over stdlib TLS from a thread, writing C{pieces} one TLS write
+    each (so records split chunk headers where the test wants), then the
+    digest line; or, with C{unwrapAfter}, close TLS (close_notify) after
+    that many pieces.  The server's last reply line, or "" if it closed.
+    """
+    import ssl
+
+    from twisted.internet.threads import deferToThread
+
+    def run():
+        context = ssl.create_default_context(cafile=cafile)
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            s = context.wrap_socket(raw, server_hostname="localhost")
+            f = s.makefile("rb")
+            s.sendall(f"HELLO BFTP/1 digest=sha256\r\nUSER {USER}\r\nPASS {PASSWORD}\r\nPUT {name}\r\n".encode())
+            lines = [f.readline() for _ in range(5)]
+            assert lines[-1].startswith(b"350"), lines
+            for i, piece in enumerate(pieces):
+                if unwrapAfter is not None and i == unwrapAfter:
+                    f.close()
+                    s.unwrap()
+                    return ""
+                s.sendall(piece)
+            s.sendall(digest.encode() + b"\r\n")
+            return f.readline().decode().strip()
+
+    return await deferToThread(run)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tlsRecordsSplittingHeadersAndTheDigestLine(reactor, root, devCert, tlsDelivered):
+    """Chunk headers cut across TLS records and the end chunk sharing a record with the digest line are read right: the upload is stored exactly."""
+    data = os.urandom(3 << 20)
+    wire = stream(data, 500_000)
+    # Records cut at odd places: inside headers, inside payloads.
+    cuts = [0, 3, 500_005, 500_010, 1 << 20, (2 << 20) + 1, len(wire) - 5]
+    pieces = [wire[a:b] for a, b in zip(cuts, cuts[1:])] + [wire[cuts[-1] :]]
+    server = await Server(reactor, root, *devCert).start()
+    try:
+        reply = await tlsPut(reactor, server.portNumber, devCert[0], "t.bin", pieces, hashlib.sha256(data).hexdigest())
+    finally:
+        await server.stop()
+    assert reply.startswith(f"226 {hashlib.sha256(data).hexdigest()} stored {len(data)} bytes"), reply
+    assert (root / "t.bin").read_bytes() == data
+    assert tlsDelivered[0] > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_tlsCloseNotifyMidChunkKeepsTheExactPrefix(reactor, root, devCert, tlsDelivered):
+    """A client that ends TLS (close_notify) in the middle of a chunk: nothing is stored and the partial upload holds exactly the bytes received, for a resume."""
+    data = os.urandom(3 << 20)
+    wire = stream(data)
+    cut = (1 << 20) + 8 + 70_000
+    server = await Server(reactor, root, *devCert).start()
+    try:
+        await tlsPut(reactor, server.portNumber, devCert[0], "c.bin", [wire[:cut], wire[cut:]], unwrapAfter=1)
+        await settle(reactor, 0.3)
+    finally:
+        await server.stop()
+    assert not (root / "c.bin").exists()
+    partials = [p for p in root.iterdir() if p.name.startswith(".bftp-partial")]
+    assert len(partials) == 1
+    kept = partials[0].read_bytes()
+    assert kept == data[: len(kept)] and len(kept) == cut - 16
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistdTLSListenerPrefersAES128(reactor, tmp_path, devCert):
+    """A TLS listener of `twistd bftp` picks TLS_AES_128_GCM_SHA256 even for a client (stdlib ssl) that offers AES-256-GCM first."""
+    import ssl
+
+    from twisted.internet.threads import deferToThread
+
+    from bftp.tap import Options, makeService
+    from coursenet.procs import freePort
+    from coursenet.tls import tlsListenString
+
+    port = freePort()
+    options = Options()
+    options.parseOptions([
+        "--root", str(tmp_path), "--user", f"{USER}:{PASSWORD}",
+        "--listen", tlsListenString(port, devCert[0], devCert[1], "127.0.0.1"),
+    ])
+    service = makeService(options)
+    service.startService()
+
+    def cipher():
+        context = ssl.create_default_context(cafile=devCert[0])
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as s:
+                assert s.recv(100).startswith(b"220")
+                return s.cipher()[0]
+
+    try:
+        offered = ssl.create_default_context().get_ciphers()[0]["name"]
+        assert offered == "TLS_AES_256_GCM_SHA384"
+        assert await deferToThread(cipher) == "TLS_AES_128_GCM_SHA256"
+    finally:
+        await service.stopService()
+        await settle(reactor)
