@@ -6,11 +6,12 @@ C{socket.sendfile} loop) and every client too, so the bench process only
 starts them, samples the server's CPU time and RSS with psutil, and checks
 the SHA-256 of every file that moved: a wrong byte fails the run instead of
 giving a figure.  Each case gets a fresh server (BFTP's in-memory digest
-cache starts cold) and runs C{BFTP_BENCH_REPEAT} times (default 3), in
-interleaved rounds; the table shows the median run.  A file's digest,
-once computed, is kept in its extended attribute (as BFTP does for a
-file served again); the "digest not stored" row removes it before each
-GET, to show the cost of a file's first download.
+cache starts cold) and runs C{BFTP_BENCH_REPEAT} times (default 5), in
+interleaved rounds (BFTP first in odd rounds, pyftpdlib in even ones);
+the table shows the median run.  A file's digest, once computed, is kept
+in its extended attribute (as BFTP does for a file served again); the
+"digest not stored" row removes it before each GET, to show the cost of
+a file's first download.
 
 Times are measured by the client.  A single transfer is timed from its
 command (BFTP GET/PUT; FTP's TYPE, PASV, data connection and RETR/STOR)
@@ -439,14 +440,18 @@ class Bench:
     def run(self) -> None:
         for i in range(self.repeat):
             print(f"round {i + 1} of {self.repeat}: 1 GiB transfers, then {self.clients} concurrent clients", flush=True)
+            # Who goes first alternates from round to round, so neither
+            # always meets what the other left behind (page cache, dirty
+            # pages, a warm CPU cache).
+            order = ("bftp", "ftp") if i % 2 == 0 else ("ftp", "bftp")
             self.raw()
             for tls in (False, True):
                 for op in ("GET", "PUT"):
-                    for proto in ("bftp", "ftp"):
+                    for proto in order:
                         self.transfer(proto, op, tls)
             self.transfer("bftp", "GET", False, cold=True)
-            self.many("bftp")
-            self.many("ftp")
+            for proto in order:
+                self.many(proto)
 
     def table(self) -> str:
         raw = self.rows.get("raw socket copy (sendfile -> recv_into)")
@@ -486,7 +491,7 @@ class Bench:
 def main(quick: bool = False) -> int:
     quick = quick or bool(os.environ.get("BFTP_BENCH_QUICK"))
     big, small, clients = (64 << 20, MB, 20) if quick else (BIG, SMALL, CLIENTS)
-    repeat = int(os.environ.get("BFTP_BENCH_REPEAT", "3"))
+    repeat = int(os.environ.get("BFTP_BENCH_REPEAT", "5"))
     free = shutil.disk_usage(tempfile.gettempdir()).free
     needs = big + clients * small + big
     if free < needs + (1 << 30):
