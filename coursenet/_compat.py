@@ -84,6 +84,54 @@ TLS_PRIVATE = (
 )
 
 
+#: The records of one large write read back at once (a 1 MiB chunk makes
+#: 64 records, 1 MiB and 1.4 KiB).
+TLS_RECORD_BUFFER = (1 << 20) + (64 << 10)
+
+
+def _idle(transport) -> bool:
+    """
+    Whether C{transport} is a TCP connection, open, with nothing waiting
+    in its buffer: a send to its socket then goes in order.
+    """
+    return (
+        getattr(transport, "_tempDataLen", None) == 0
+        and transport.offset == len(transport.dataBuffer)
+        and transport.connected
+        and not transport.disconnecting
+    )
+
+
+def _bioRead():
+    """
+    OpenSSL's C{BIO_read} and cffi, from pyOpenSSL's bindings; L{None}
+    where they are not there.
+    """
+    try:
+        from OpenSSL._util import ffi, lib
+    except ImportError:  # pragma: no cover
+        return None
+    read = getattr(lib, "BIO_read", None)
+    return None if read is None else (ffi, read)
+
+
+def _bioReadInto(records, connection, buf: bytearray) -> int:
+    """
+    Read what OpenSSL has made for the wire (C{connection}'s memory BIO,
+    pyOpenSSL's C{_from_ssl}) into C{buf}, as much as fits; how much.
+    pyOpenSSL's C{bio_read} would allocate and copy a new buffer each time.
+    """
+    ffi, read = records
+    filled = 0
+    with ffi.from_buffer(buf, require_writable=True) as target:
+        while filled < len(buf):
+            n = read(connection._from_ssl, target + filled, len(buf) - filled)
+            if n <= 0:
+                break
+            filled += n
+    return filled
+
+
 def tlsLargeWrites(tls) -> None:
     """
     Make a write of more than one record to the TLS layer C{tls} (a
@@ -103,6 +151,8 @@ def tlsLargeWrites(tls) -> None:
     if getattr(tls, "_largeWrites", False):
         return
     tls._largeWrites = True
+    tls._recordBuffer = None
+    records = _bioRead()
     small = tls.write
 
     def write(data) -> None:
@@ -127,6 +177,27 @@ def tlsLargeWrites(tls) -> None:
             # Twisted's path meets the same state and deals with it (after
             # the records already made, which go first).
             pass
+        # When nothing waits in the connection's buffer, the records go
+        # from OpenSSL into one buffer kept for that and from there to the
+        # socket, now; what the socket does not take waits in the
+        # connection's buffer, as a copy.
+        below = tls.transport
+        if records is not None and _idle(below):
+            if tls._recordBuffer is None:
+                tls._recordBuffer = bytearray(TLS_RECORD_BUFFER)
+            buf = tls._recordBuffer
+            filled = _bioReadInto(records, connection, buf)
+            if filled:
+                try:
+                    went = below.socket.send(memoryview(buf)[:filled])
+                except (BlockingIOError, InterruptedError):
+                    went = 0
+                except OSError:
+                    # Twisted's write meets the error again and ends the
+                    # connection its way.
+                    went = 0
+                if went < filled:
+                    below.write(bytes(buf[went:filled]))
         # Read back in pieces that malloc serves from memory it has: one
         # fresh MiB per write costs more in page faults than the calls.
         out = []
