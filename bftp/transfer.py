@@ -688,11 +688,8 @@ class PooledReader:
             if why is not _READ_POOLED:
                 return why
         pool = self._pool
-        buf = pool.take()
+        buf = self._take()
         if buf is None:
-            self._starved = True
-            self._pause()
-            pool.whenFree(self._free)
             return None
         view = memoryview(buf)
         size, filled = len(buf), 0
@@ -767,6 +764,18 @@ class PooledReader:
             self._deliver(data, None)
         return None
 
+    def _take(self) -> bytearray | None:
+        """
+        A buffer from the pool; or, when none is free, L{None}, with the
+        connection paused until one is.
+        """
+        buf = self._pool.take()
+        if buf is None:
+            self._starved = True
+            self._pause()
+            self._pool.whenFree(self._free)
+        return buf
+
     def _free(self) -> None:
         if self._starved:
             self._starved = False
@@ -793,11 +802,8 @@ class TLSPooledReader(PooledReader):
         if not self.active or not tls.ready():
             return type(self._connection).doRead(self._connection)
         pool = self._pool
-        buf = pool.take()
+        buf = self._take()
         if buf is None:
-            self._starved = True
-            self._pause()
-            pool.whenFree(self._free)
             return None
         view = memoryview(buf)
         try:

@@ -28,16 +28,25 @@ from bftp.transfer import BufferPool, ChunkSink, PooledReader, SplicePipe, TLSPo
 from bftp.wire import CHUNK_SIZE, chunkHeader
 from tests.bftp_support import FakeReactor
 from tests.test_bftp_integration import PASSWORD, USER, Server, settle, writeRandom
-from tests.test_bftp_pooled import QueuedPool, rawPut
+from tests.test_bftp_pooled import QueuedPool, rawPut, root  # noqa: F401  (root: a fixture)
 
 SIZE = 6 << 20
 
 
-@pytest.fixture
-def root(tmp_path):
-    r = tmp_path / "root"
-    r.mkdir()
-    return r
+def countBytes(monkeypatch, cls, name: str) -> list[int]:
+    """
+    Wrap method C{name} of C{cls}, whose last argument is a byte count,
+    to add up those counts; the one-item list that holds the sum.
+    """
+    moved = [0]
+    original = getattr(cls, name)
+
+    def counted(self, *args):
+        moved[0] += args[-1]
+        return original(self, *args)
+
+    monkeypatch.setattr(cls, name, counted)
+    return moved
 
 
 @pytest.fixture
@@ -45,15 +54,7 @@ def spliced(monkeypatch):
     """
     Count the bytes that went from a socket into a file by splice.
     """
-    moved = [0]
-    original = SplicePipe.drainTo
-
-    def drainTo(self, fd, n):
-        moved[0] += n
-        return original(self, fd, n)
-
-    monkeypatch.setattr(SplicePipe, "drainTo", drainTo)
-    return moved
+    return countBytes(monkeypatch, SplicePipe, "drainTo")
 
 
 def stream(data: bytes, chunk: int = CHUNK_SIZE) -> bytes:
@@ -165,19 +166,26 @@ def test_quotaRefusedWhileSplicing(tmp_path, spliced):
     assert len(kept) <= 2 << 20 and data.startswith(kept)
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 @pytest_twisted.ensureDeferred
-async def test_plainPutAndGetSplice(reactor, root, tmp_path, spliced):
-    """Over plain TCP the server's PUT and the client's GET splice their payload into the file; both copies are exact."""
+async def test_putAndGetTakeTheFastReceivePath(reactor, root, tmp_path, devCert, monkeypatch, tls):
+    """The server's PUT and the client's GET splice their payload into the file over plain TCP and decrypt it into pooled buffers over TLS, all of it but what came with the reply before the data; both copies are exact and commands work after."""
+    if tls:
+        moved = countBytes(monkeypatch, TLSPooledReader, "_deliverFilled")
+    else:
+        moved = countBytes(monkeypatch, SplicePipe, "drainTo")
     local = tmp_path / "up.bin"
     digest = writeRandom(local, SIZE)
-    server = await Server(reactor, root).start()
+    server = await Server(reactor, root, *(devCert if tls else ())).start()
     try:
         client = await server.client()
         assert await client.put(str(local), "/up.bin") == digest
-        afterPut = spliced[0]
+        afterPut = moved[0]
         assert afterPut >= SIZE - CHUNK_SIZE
         assert await client.get("/up.bin", str(tmp_path / "down.bin"), resume=False) == digest
-        assert spliced[0] - afterPut >= SIZE - CHUNK_SIZE
+        assert moved[0] - afterPut >= SIZE - CHUNK_SIZE
+        # The connection is back on Twisted's reading for commands.
+        assert [e.name for e in await client.list("/")] == ["up.bin"]
         await client.quit()
     finally:
         await server.stop()
@@ -210,38 +218,7 @@ def tlsDelivered(monkeypatch):
     """
     Count the bytes a L{TLSPooledReader} decrypted into pooled buffers.
     """
-    moved = [0]
-    original = TLSPooledReader._deliverFilled
-
-    def deliverFilled(self, buf, filled):
-        moved[0] += filled
-        return original(self, buf, filled)
-
-    monkeypatch.setattr(TLSPooledReader, "_deliverFilled", deliverFilled)
-    return moved
-
-
-@pytest_twisted.ensureDeferred
-async def test_tlsPutAndGetDecryptIntoPooledBuffers(reactor, root, tmp_path, devCert, tlsDelivered):
-    """Over TLS the server's PUT and the client's GET decrypt their data into pooled buffers; both copies are exact."""
-    local = tmp_path / "up.bin"
-    digest = writeRandom(local, SIZE)
-    server = await Server(reactor, root, *devCert).start()
-    try:
-        client = await server.client()
-        assert await client.put(str(local), "/up.bin") == digest
-        afterPut = tlsDelivered[0]
-        # What came in the read that brought the reply before the data
-        # went Twisted's way: all but that.
-        assert afterPut >= SIZE - CHUNK_SIZE
-        assert await client.get("/up.bin", str(tmp_path / "down.bin"), resume=False) == digest
-        assert tlsDelivered[0] - afterPut >= SIZE - CHUNK_SIZE
-        # The connection is back on Twisted's path for commands.
-        assert [e.name for e in await client.list("/")] == ["up.bin"]
-        await client.quit()
-    finally:
-        await server.stop()
-    assert (root / "up.bin").read_bytes() == local.read_bytes() == (tmp_path / "down.bin").read_bytes()
+    return countBytes(monkeypatch, TLSPooledReader, "_deliverFilled")
 
 
 async def tlsPut(reactor, port, cafile, name, pieces, digest=None, unwrapAfter=None):
