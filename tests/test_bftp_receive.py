@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pathlib
+import random
 import socket
+import tempfile
 
 import pytest
 import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bftp import digests, transfer
 from bftp.transfer import BufferPool, ChunkSink, PooledReader, SplicePipe, TLSPooledReader
@@ -71,12 +76,13 @@ class Connection:
         self.socket = sock
 
 
-def receive(tmp_path, wire: bytes, charge=None, readOnly=False, first: int = 0):
+def receive(tmp_path, wire: bytes, charge=None, readOnly=False, first: int = 0, step: int = 256 << 10):
     """
-    Send C{wire} over a socket pair and read it with a L{PooledReader}
-    splicing into a L{ChunkSink}; the first C{first} bytes are fed from
-    memory, as the bytes that come with the 150 or PUT line are.  Returns
-    the sink, its file's path and the hasher's digest.
+    Send C{wire} over a socket pair, C{step} bytes per send, and read it
+    with a L{PooledReader} splicing into a L{ChunkSink}; the first C{first}
+    bytes are fed from memory, as the bytes that come with the 150 or PUT
+    line are.  Returns the sink, its file's path, the hasher's digest and
+    the sizes of the reads delivered as bytes.
     """
     fake = FakeReactor()
     fake._pool = QueuedPool()
@@ -105,7 +111,7 @@ def receive(tmp_path, wire: bytes, charge=None, readOnly=False, first: int = 0):
             if sent < len(wire):
                 a.settimeout(0)
                 try:
-                    sent += a.send(wire[sent : sent + (256 << 10)])
+                    sent += a.send(wire[sent : sent + step])
                 except BlockingIOError:
                     pass
             why = reader.doRead()
@@ -137,6 +143,25 @@ def test_splicedPayloadIsWrittenAndHashedExactly(tmp_path, spliced, first):
     assert digest == hashlib.sha256(data).hexdigest()
     assert spliced[0] >= len(data) - first - 300_001
     assert delivered and max(delivered) <= 8
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    size=st.integers(0, 700_000),
+    chunk=st.integers(1, CHUNK_SIZE),
+    first=st.integers(0, 720_000),
+    step=st.integers(1_000, 300_000),
+    seed=st.integers(0, 2**32),
+)
+def test_splicedStreamsOfAnyShapeAreExact(size, chunk, first, step, seed):
+    """Fuzzed: whatever the file and chunk sizes, where the in-memory part of the stream ends and how the sender cuts it, the spliced file and its digest are exactly the data."""
+    data = random.Random(seed).randbytes(size)
+    wire = stream(data, chunk)
+    with tempfile.TemporaryDirectory() as d:
+        sink, path, digest, _ = receive(pathlib.Path(d), wire, first=min(first, len(wire)), step=step)
+        assert sink.error is None and sink.done
+        assert path.read_bytes() == data
+    assert digest == hashlib.sha256(data).hexdigest()
 
 
 def test_writeErrorWhileSplicingDropsTheRestInStep(tmp_path, spliced):
