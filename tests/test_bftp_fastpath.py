@@ -148,6 +148,18 @@ def test_compatTLSPrivatesAreThere():
     assert vars(tls)["write"].__name__ == "write" and tls._largeWrites
 
 
+def test_compatPyOpenSSLPrivatesAreThere():
+    """pyOpenSSL still has what TLSReader and tlsLargeWrites call directly: SSL_read and BIO_read in its cffi bindings, a connection's _ssl and _from_ssl, and _raise_ssl_error."""
+    from OpenSSL import SSL
+
+    from coursenet._compat import _bioRead, _sslRead
+
+    assert _sslRead() is not None and _bioRead() is not None
+    connection = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+    for name in ("_ssl", "_from_ssl", "_raise_ssl_error"):
+        assert hasattr(connection, name), name
+
+
 def test_tlsLargeWritesCarryTheSameBytes():
     """Through a TLS pair in memory, a 3 MiB write from a reused buffer arrives exact, with small writes before and after it in order."""
     from twisted.internet.ssl import CertificateOptions, PrivateCertificate
