@@ -835,10 +835,16 @@ class TLSPooledReader(PooledReader):
             filled += got
             if filled == len(buf):
                 self._deliverFilled(buf, filled)
-                buf = pool.take() or bytearray(pool.size)
-                view, filled = memoryview(buf), 0
-                if not self.active:
-                    break
+                nextBuf = pool.take()
+                if nextBuf is None or not self.active:
+                    # No buffer free, or the data ended: what OpenSSL
+                    # still holds goes Twisted's way (as bytes).
+                    if nextBuf is not None:
+                        pool.give(nextBuf)
+                    tls.handBack()
+                    tls.flush()
+                    return None
+                buf, view, filled = nextBuf, memoryview(nextBuf), 0
         self._deliverFilled(buf, filled)
         if not self.active:
             # Stopped at the end of the data: what OpenSSL still holds
