@@ -91,14 +91,16 @@ TLS_RECORD_BUFFER = (1 << 20) + (64 << 10)
 
 def _idle(transport) -> bool:
     """
-    Whether C{transport} is a TCP connection, open, with nothing waiting
-    in its buffer: a send to its socket then goes in order.
+    Whether C{transport} is a TCP connection, open (not closing, not
+    aborted: Twisted's C{abortConnection} leaves the socket open until the
+    next reactor turn), with nothing waiting in its buffer: a send to its
+    socket then goes in order.
     """
     return (
         getattr(transport, "_tempDataLen", None) == 0
         and transport.offset == len(transport.dataBuffer)
         and transport.connected
-        and not transport.disconnecting
+        and not (transport.disconnecting or transport.disconnected or getattr(transport, "_aborting", True))
     )
 
 
