@@ -127,6 +127,8 @@ class BFTPClient(LineReceiver):
         self.greeting: Deferred[Reply] = Deferred()
         self._waiting.append(self.greeting)
         self.closed: Deferred[None] = Deferred()
+        #: Why the connection was lost, once it is.
+        self._lostWhy: str | None = None
         self.serverInfo = ""
         #: What to offer in HELLO, preferred first (L{bftp.digests}).
         self.digestOffer: tuple[str, ...] = digests.AVAILABLE
@@ -142,10 +144,9 @@ class BFTPClient(LineReceiver):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._stopReader()
         why = reason.getErrorMessage() if reason is not None else "closed"
+        self._lostWhy = f"connection to the BFTP server lost: {why}"
         while self._waiting:
-            self._waiting.popleft().errback(
-                Failure(ConnectionError(f"connection to the BFTP server lost: {why}"))
-            )
+            self._waiting.popleft().errback(Failure(ConnectionError(self._lostWhy)))
         self.closed.callback(None)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -220,7 +221,12 @@ class BFTPClient(LineReceiver):
 
     def _reply(self) -> Deferred[Reply]:
         d: Deferred[Reply] = Deferred()
-        self._waiting.append(d)
+        if self._lostWhy is not None:
+            # Asked for after the connection was lost (a command sent once
+            # an upload's data had gone, say): no reply will come.
+            d.errback(Failure(ConnectionError(self._lostWhy)))
+        else:
+            self._waiting.append(d)
         return d
 
     async def _serially(self, coroutine):

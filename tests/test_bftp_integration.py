@@ -428,3 +428,18 @@ async def test_cliShell(reactor, root, tmp_path):
         assert "up.txt" in text and "553" in text
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_commandAfterTheConnectionIsLostFailsAtOnce(reactor, root):
+    """A command sent once the connection is gone (as the digest line of an upload whose data went out just before) fails with ConnectionError instead of waiting forever for a reply."""
+    server = await startServer(reactor, root, "plain", None)
+    try:
+        client = await server.client()
+        client.transport.abortConnection()
+        await client.closed
+        with pytest.raises(ConnectionError, match="lost"):
+            # Bounded: a regression fails here with TimeoutError, not a hang.
+            await client.stat("/anything").addTimeout(5, reactor)
+    finally:
+        await server.stop()
