@@ -216,8 +216,9 @@ def tlsLargeWrites(tls) -> None:
     tls.write = write
 
 
-#: The most plaintext L{tlsReadInto} asks OpenSSL for at once: pyOpenSSL
-#: allocates that much for each call, which returns one record.
+#: The most plaintext L{TLSReader.readInto} asks OpenSSL for at once (a
+#: call returns one record; pyOpenSSL's public C{recv_into}, the fallback,
+#: allocates that much for each call).
 TLS_READ_INTO = 64 << 10
 
 
