@@ -395,9 +395,6 @@ class _Range:
     def __init__(self, fd: int, start: int, end: int) -> None:
         self.fd, self.start, self.end = fd, start, end
 
-    def __len__(self) -> int:
-        return self.end - self.start
-
 
 #: Ranges are read back 256 KiB at a time: the buffer stays in the
 #: core's cache between the read and the hash.
