@@ -45,6 +45,8 @@ from bftp.transfer import (
     hashInThread,
     largeTLSWrites,
     pooledReader,
+    releaseReserved,
+    reserveSpace,
     setReadSize,
 )
 from bftp.wire import (
@@ -410,6 +412,8 @@ class BFTPClient(LineReceiver):
             finally:
                 os.close(fd)
         files = []
+        #: Part files with space reserved, and up to where.
+        reserved: dict = {}
 
         def start(size: int, at: int) -> ChunkSink:
             # The part file is made only once the server agrees to send.
@@ -429,6 +433,8 @@ class BFTPClient(LineReceiver):
                 f = os.fdopen(os.open(part, flags, 0o644), "r+b", buffering=0)
             f.seek(at)
             files.append(f)
+            if reserveSpace(f.fileno(), at, size):
+                reserved[f] = size
             if onStart is not None:
                 onStart(size, at)
             setReadSize(self.transport, _TRANSFER_READ)
@@ -454,6 +460,10 @@ class BFTPClient(LineReceiver):
                 # Everything gathered reaches the file before it closes.
                 sink.flush()
             for f in files:
+                if f in reserved and os.fstat(f.fileno()).st_size < reserved[f]:
+                    # A cut download keeps its part file for a resume, but
+                    # not the blocks reserved for what did not come.
+                    releaseReserved(f.fileno())
                 f.close()
         if sink is None:
             raise BFTPError(reply.code, f"no data came before: {reply.text}")

@@ -153,7 +153,7 @@ async def test_roundTrip100MB(reactor, root, tmp_path, mode, devCert):
 
 @pytest_twisted.ensureDeferred
 async def test_getResumesAfterCut(reactor, root, tmp_path, mode, devCert):
-    """A download cut mid-way continues from the bytes already on disk and ends with the right digest."""
+    """A download cut mid-way continues from the bytes already on disk and ends with the right digest; the cut part file keeps no disk space reserved past what came."""
     digest = writeRandom(root / "f.bin", 8 * 1024 * 1024)
     server = await startServer(reactor, root, mode, devCert)
     try:
@@ -162,8 +162,12 @@ async def test_getResumesAfterCut(reactor, root, tmp_path, mode, devCert):
         local = tmp_path / "f.bin"
         with pytest.raises(ConnectionError):
             await client.get("/f.bin", str(local), progress=progress)
-        kept = os.path.getsize(str(local) + ".bftp-part")
+        part = os.stat(str(local) + ".bftp-part")
+        kept = part.st_size
         assert 0 < kept < 8 * 1024 * 1024
+        # The space the client reserved for the whole file is given back:
+        # the part file holds blocks for what came, not for 8 MiB.
+        assert part.st_blocks * 512 < kept + 1024 * 1024
         client = await server.client()
         starts = []
         assert await client.get("/f.bin", str(local), onStart=lambda size, at: starts.append(at)) == digest

@@ -12,6 +12,9 @@ TLS: records decrypted straight into pooled buffers
 (L{bftp.transfer.TLSPooledReader}); records that split chunk headers, a
 close_notify in the middle of a chunk and bytes after the data all come
 out as they do through Twisted's own TLS path.
+
+Downloads reserve their disk space ahead (L{bftp.transfer.reserveSpace})
+and give back what a cut transfer did not use.
 """
 
 from __future__ import annotations
@@ -189,6 +192,50 @@ def test_quotaRefusedWhileSplicing(tmp_path, spliced):
     assert sink.done
     kept = path.read_bytes()
     assert len(kept) <= 2 << 20 and data.startswith(kept)
+
+
+def test_reservedSpaceKeepsTheSizeAndIsGivenBack(tmp_path):
+    """reserveSpace allocates blocks past the end without changing the file's size (a part file's size is what came); releaseReserved frees them again."""
+    path = tmp_path / "part"
+    with open(path, "wb") as f:
+        f.write(b"x" * 5000)
+        f.flush()
+        assert transfer.reserveSpace(f.fileno(), 5000, 64 << 20)
+        st = os.fstat(f.fileno())
+        assert st.st_size == 5000
+        assert st.st_blocks * 512 >= 64 << 20
+        transfer.releaseReserved(f.fileno())
+        st = os.fstat(f.fileno())
+        assert st.st_size == 5000
+        assert st.st_blocks * 512 < 1 << 20
+    assert path.read_bytes() == b"x" * 5000
+
+
+@pytest_twisted.ensureDeferred
+async def test_downloadReservesItsSpaceAhead(reactor, root, tmp_path, monkeypatch):
+    """The client reserves space for the part file up to the file's size before the data comes (from the offset on a resume), and the finished file is exact."""
+    calls = []
+    real = transfer.reserveSpace
+
+    def reserve(fd, start, end):
+        calls.append((start, end, os.fstat(fd).st_size))
+        return real(fd, start, end)
+
+    import bftp.client
+
+    monkeypatch.setattr(bftp.client, "reserveSpace", reserve)
+    digest = writeRandom(root / "f.bin", SIZE)
+    server = await Server(reactor, root).start()
+    try:
+        client = await server.client()
+        assert await client.get("/f.bin", str(tmp_path / "f.bin"), resume=False) == digest
+        (tmp_path / "g.bin.bftp-part").write_bytes((root / "f.bin").read_bytes()[:12345])
+        assert await client.get("/f.bin", str(tmp_path / "g.bin")) == digest
+        await client.quit()
+    finally:
+        await server.stop()
+    assert calls == [(0, SIZE, 0), (12345, SIZE, 12345)]
+    assert (tmp_path / "f.bin").read_bytes() == (tmp_path / "g.bin").read_bytes() == (root / "f.bin").read_bytes()
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
