@@ -781,6 +781,7 @@ class BFTPServerProtocol(CommandReceiver, TimeoutMixin):
             onBacklog=lambda held: (self.pauseReading if held else self.resumeReading)("hashing"),
             writeback=_WRITEBACK,
             buffers=self.factory.buffers,
+            reserveAhead=_WRITEBACK,
         )
         self.reply(
             Code.SEND_DATA,

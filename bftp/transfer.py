@@ -978,6 +978,7 @@ class ChunkSink:
         onBacklog: Callable[[bool], None] | None = None,
         writeback: int | None = None,
         buffers: BufferPool | None = None,
+        reserveAhead: int | None = None,
     ) -> None:
         """
         @param f: a binary file open for reading and writing, positioned
@@ -996,6 +997,11 @@ class ChunkSink:
             file durable has little left to do.
         @param buffers: where the buffers that gather small pieces come
             from, when it has one free.
+        @param reserveAhead: keep the file's disk blocks reserved this many
+            bytes ahead of what is written (L{reserveSpace}), a step at a
+            time, for a file whose size is not known in advance; what is
+            reserved past the end is given back when the data ends
+            (L{digest}) or the transfer fails (L{close}).
         """
         self._reactor = reactor
         self._buffers = buffers
@@ -1018,6 +1024,9 @@ class ChunkSink:
         #: A descriptor of the file of its own, for hashing spliced ranges
         #: in the pool thread whatever happens to C{f} meanwhile.
         self._hashFd: int | None = None
+        self._reserveAhead = reserveAhead
+        #: Where the space reserved in the file ends (0: none reserved).
+        self._reservedTo = 0
 
     @property
     def done(self) -> bool:
@@ -1061,6 +1070,7 @@ class ChunkSink:
             pipe.discard(n)
         else:
             fd = self._f.fileno()
+            self._reserveFor(n)
             try:
                 pipe.drainTo(fd, n)
             except OSError as e:
@@ -1180,6 +1190,7 @@ class ChunkSink:
 
     def _write(self, piece) -> bool:
         n = len(piece)
+        self._reserveFor(n)
         try:
             self._f.write(piece)
         except OSError as e:
@@ -1194,6 +1205,28 @@ class ChunkSink:
             if self._unsynced >= self._writeback and not self._syncing:
                 self._startWriteback()
         return True
+
+    def _reserveFor(self, n: int) -> None:
+        # The next n bytes go at self.size (what is gathered is written
+        # first).
+        end = self.size + n
+        if self._reserveAhead is None or end <= self._reservedTo:
+            return
+        start = max(self.size, self._reservedTo)
+        to = end + self._reserveAhead
+        if self._limit is not None:
+            to = max(end, min(to, self._limit))
+        if reserveSpace(self._f.fileno(), start, to):
+            self._reservedTo = to
+        else:
+            # The file system cannot, or the disk has not that much room:
+            # the writes allocate as they go, and fail where it runs out.
+            self._reserveAhead = None
+
+    def _releaseReserved(self) -> None:
+        if self._reservedTo and not self._f.closed:
+            releaseReserved(self._f.fileno())
+        self._reserveAhead, self._reservedTo = None, 0
 
     def _startWriteback(self) -> None:
         self._unsynced = 0
@@ -1220,6 +1253,7 @@ class ChunkSink:
             chunk has come and every byte is hashed.
         """
         self.flush()
+        self._releaseReserved()
         self._releaseHashFd()
         return self._hashing.finish()
 
@@ -1232,6 +1266,7 @@ class ChunkSink:
             self.flush()
         elif self._flushCall is not None and self._flushCall.active():
             self._flushCall.cancel()
+        self._releaseReserved()
         self._releaseHashFd()
         self._hashing.close()
 

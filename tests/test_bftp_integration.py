@@ -180,7 +180,7 @@ async def test_getResumesAfterCut(reactor, root, tmp_path, mode, devCert):
 
 @pytest_twisted.ensureDeferred
 async def test_putResumesAfterCut(reactor, root, tmp_path, mode, devCert):
-    """An upload cut mid-way leaves the old file alone; a resumed PUT sends only the rest and replaces it."""
+    """An upload cut mid-way leaves the old file alone; a resumed PUT sends only the rest and replaces it; neither the kept partial file nor the stored one keeps disk space reserved past its end."""
     (root / "f.bin").write_bytes(b"old contents")
     src = tmp_path / "src.bin"
     digest = writeRandom(src, 8 * 1024 * 1024)
@@ -192,6 +192,10 @@ async def test_putResumesAfterCut(reactor, root, tmp_path, mode, devCert):
             await client.put(str(src), "/f.bin", progress=progress)
         await settle(reactor, 0.2)
         assert (root / "f.bin").read_bytes() == b"old contents"
+        # The server reserves space ahead of an upload (64 MiB at a time)
+        # and gives back what the cut one did not use.
+        [partial] = [os.stat(root / n) for n in os.listdir(root) if n.startswith(PARTIAL_PREFIX)]
+        assert partial.st_blocks * 512 < partial.st_size + 1024 * 1024
         client = await server.client()
         kept = (await client.stat("/f.bin")).partial
         assert kept > 0
@@ -199,6 +203,7 @@ async def test_putResumesAfterCut(reactor, root, tmp_path, mode, devCert):
         assert await client.put(str(src), "/f.bin", resume=True, onStart=lambda size, at: starts.append(at)) == digest
         assert starts == [kept]
         assert negotiatedDigest((root / "f.bin").read_bytes()) == digest
+        assert os.stat(root / "f.bin").st_blocks * 512 < 9 * 1024 * 1024
         assert sorted(os.listdir(root)) == ["f.bin"]
         await client.quit()
     finally:

@@ -79,7 +79,7 @@ class Connection:
         self.socket = sock
 
 
-def receive(tmp_path, wire: bytes, charge=None, readOnly=False, first: int = 0, step: int = 256 << 10):
+def receive(tmp_path, wire: bytes, charge=None, readOnly=False, first: int = 0, step: int = 256 << 10, **sinkArgs):
     """
     Send C{wire} over a socket pair, C{step} bytes per send, and read it
     with a L{PooledReader} splicing into a L{ChunkSink}; the first C{first}
@@ -92,7 +92,7 @@ def receive(tmp_path, wire: bytes, charge=None, readOnly=False, first: int = 0, 
     path = tmp_path / "received"
     path.write_bytes(b"")
     f = open(path, "rb" if readOnly else "r+b", buffering=0)
-    sink = ChunkSink(fake, f, digests.new("sha256"), charge=charge)
+    sink = ChunkSink(fake, f, digests.new("sha256"), charge=charge, **sinkArgs)
     a, b = socket.socketpair()
     b.setblocking(False)
     pipe = SplicePipe()
@@ -209,6 +209,34 @@ def test_reservedSpaceKeepsTheSizeAndIsGivenBack(tmp_path):
         assert st.st_size == 5000
         assert st.st_blocks * 512 < 1 << 20
     assert path.read_bytes() == b"x" * 5000
+
+
+@pytest.mark.parametrize("path", ["spliced", "from memory"])
+def test_uploadReservesSpaceStepByStepAndGivesBackTheRest(tmp_path, monkeypatch, path):
+    """With reserveAhead (the server's uploads), the sink reserves the file's blocks a step ahead of what it writes, in steps that follow each other, before writing into them; at the end what lies past the data is given back, and the file is exact."""
+    data = os.urandom(5 * CHUNK_SIZE + 12345)
+    wire = stream(data)
+    steps = []
+    real = transfer.reserveSpace
+
+    def reserve(fd, start, end):
+        st = os.fstat(fd)
+        steps.append((start, end, st.st_size))
+        assert real(fd, start, end)
+        assert os.fstat(fd).st_blocks * 512 >= end - st.st_size
+        return True
+
+    monkeypatch.setattr(transfer, "reserveSpace", reserve)
+    first = 0 if path == "spliced" else len(wire)
+    sink, out, digest, _ = receive(tmp_path, wire, first=first, reserveAhead=2 * CHUNK_SIZE)
+    assert out.read_bytes() == data
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert steps[0][0] == 0 and steps[-1][1] >= len(data)
+    for (_, end, _), (start, _, size) in zip(steps, steps[1:]):
+        # Each step starts where the last ended, when the data got there.
+        assert start == end and size <= end
+    assert len(steps) <= 4
+    assert os.stat(out).st_blocks * 512 < len(data) + (256 << 10)
 
 
 @pytest_twisted.ensureDeferred
