@@ -952,6 +952,11 @@ def releaseReserved(fd: int) -> None:
     os.ftruncate(fd, os.fstat(fd).st_size)
 
 
+#: An upload reserves its next step only while the disk has this many
+#: steps free.
+_RESERVE_ROOM = 16
+
+
 class ChunkSink:
     """
     Receive chunk payloads into a file, hashing them from memory in a
@@ -1001,7 +1006,9 @@ class ChunkSink:
             bytes ahead of what is written (L{reserveSpace}), a step at a
             time, for a file whose size is not known in advance; what is
             reserved past the end is given back when the data ends
-            (L{digest}) or the transfer fails (L{close}).
+            (L{digest}) or the transfer fails (L{close}).  No step is
+            reserved while the disk has less than L{_RESERVE_ROOM} steps
+            free.
         """
         self._reactor = reactor
         self._buffers = buffers
@@ -1216,11 +1223,18 @@ class ChunkSink:
         to = end + self._reserveAhead
         if self._limit is not None:
             to = max(end, min(to, self._limit))
-        if reserveSpace(self._f.fileno(), start, to):
+        fd = self._f.fileno()
+        disk = os.fstatvfs(fd)
+        if disk.f_bavail * disk.f_frsize < _RESERVE_ROOM * self._reserveAhead:
+            # Nearly full: space reserved for one upload and not used yet
+            # could make another fail that would have fitted.  Write as
+            # the data comes, and look again a step later.
+            self._reservedTo = to
+            return
+        if reserveSpace(fd, start, to):
             self._reservedTo = to
         else:
-            # The file system cannot, or the disk has not that much room:
-            # the writes allocate as they go, and fail where it runs out.
+            # The file system cannot: the writes allocate as they go.
             self._reserveAhead = None
 
     def _releaseReserved(self) -> None:

@@ -452,3 +452,71 @@ async def test_commandAfterTheConnectionIsLostFailsAtOnce(reactor, root):
             await client.stat("/anything").addTimeout(5, reactor)
     finally:
         await server.stop()
+
+
+@pytest.fixture
+def smallDisk(tmp_path):
+    """
+    A 16 MiB tmpfs mounted for the test (root only), unmounted after.
+    """
+    import subprocess
+
+    from tests.conftest import skipOrFail
+
+    where = tmp_path / "small"
+    where.mkdir()
+    if os.geteuid() != 0:
+        skipOrFail("mounting a small file system needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "bftp-test", str(where)], capture_output=True)
+    if done.returncode:
+        skipOrFail(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield where
+    finally:
+        # Lazily: a failed test may have left a file open there.
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_fullDiskUploadAndDownload(reactor, smallDisk, tmp_path, mode, devCert):
+    """On a 16 MiB disk: a 24 MiB PUT is answered 452 (no space), stores nothing, keeps the connection in step and gives all the space back, so a 6 MiB PUT after it succeeds; a 24 MiB GET into the full disk fails with 451 naming the write error, and the space the client reserved is given back with it."""
+    from bftp.client import BFTPError
+
+    root = smallDisk / "root"
+    root.mkdir()
+    big = tmp_path / "big.bin"
+    writeRandom(big, 24 << 20)
+    small = tmp_path / "small.bin"
+    smallDigest = writeRandom(small, 6 << 20)
+    server = await startServer(reactor, root, mode, devCert)
+    try:
+        client = await server.client()
+        with pytest.raises(BFTPError) as e:
+            await client.put(str(big), "/big.bin")
+        assert e.value.code == 452 and "no space" in str(e.value)
+        assert os.listdir(root) == []
+        assert await client.put(str(small), "/small.bin") == smallDigest
+        assert os.path.getsize(root / "small.bin") == 6 << 20
+        await client.quit()
+    finally:
+        await server.stop()
+    # The client's side: a server on the big disk, the download into the
+    # small one, which has 10 MiB left.
+    served = tmp_path / "served"
+    served.mkdir()
+    os.replace(big, served / "big.bin")
+    server = await startServer(reactor, served, mode, devCert)
+    try:
+        client = await server.client()
+        local = smallDisk / "down.bin"
+        with pytest.raises(BFTPError) as e:
+            await client.get("/big.bin", str(local))
+        assert e.value.code == 451 and "could not write" in str(e.value)
+        assert not local.exists()
+        part = os.stat(str(local) + ".bftp-part")
+        assert part.st_blocks * 512 <= part.st_size + (1 << 20)
+        # The connection is still in step.
+        assert [x.name for x in await client.list("/")] == ["big.bin"]
+        await client.quit()
+    finally:
+        await server.stop()

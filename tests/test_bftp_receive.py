@@ -239,6 +239,19 @@ def test_uploadReservesSpaceStepByStepAndGivesBackTheRest(tmp_path, monkeypatch,
     assert os.stat(out).st_blocks * 512 < len(data) + (256 << 10)
 
 
+def test_nearlyFullDiskReservesNothing(tmp_path, monkeypatch):
+    """While the disk has less room than _RESERVE_ROOM steps, an upload reserves no space ahead (it could make another upload fail that would have fitted) and is written exactly all the same."""
+    calls = []
+    monkeypatch.setattr(transfer, "reserveSpace", lambda *a: calls.append(a) or True)
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    monkeypatch.setattr(transfer, "_RESERVE_ROOM", free // CHUNK_SIZE + 1)
+    data = os.urandom(3 * CHUNK_SIZE + 5)
+    sink, out, digest, _ = receive(tmp_path, stream(data), reserveAhead=CHUNK_SIZE)
+    assert calls == []
+    assert out.read_bytes() == data
+    assert digest == hashlib.sha256(data).hexdigest()
+
+
 @pytest_twisted.ensureDeferred
 async def test_downloadReservesItsSpaceAhead(reactor, root, tmp_path, monkeypatch):
     """The client reserves space for the part file up to the file's size before the data comes (from the offset on a resume), and the finished file is exact."""
