@@ -1,7 +1,7 @@
 """
 BFTP over real loopback sockets, plain and TLS: large round trips, resume
-after a cut, many clients at once, disconnects mid-transfer, the `bftp`
-command and the twistd plugin.
+after a cut, many clients at once, disconnects mid-transfer, a full disk
+on either side, the `bftp` command and the twistd plugin.
 """
 
 from __future__ import annotations
@@ -479,7 +479,7 @@ def smallDisk(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_fullDiskUploadAndDownload(reactor, smallDisk, tmp_path, mode, devCert):
-    """On a 16 MiB disk: a 24 MiB PUT is answered 452 (no space), stores nothing, keeps the connection in step and gives all the space back, so a 6 MiB PUT after it succeeds; a 24 MiB GET into the full disk fails with 451 naming the write error, and the space the client reserved is given back with it."""
+    """On a 16 MiB disk: a 24 MiB PUT is answered 452 (no space), stores nothing, keeps the connection in step and gives all the space back, so a 6 MiB PUT after it succeeds; a 24 MiB GET into the full disk (the client's reservation is refused there) fails with 451 naming the write error, leaves a part file with no blocks past what was written, and keeps the connection in step."""
     from bftp.client import BFTPError
 
     root = smallDisk / "root"
