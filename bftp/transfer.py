@@ -1032,7 +1032,8 @@ class ChunkSink:
         #: in the pool thread whatever happens to C{f} meanwhile.
         self._hashFd: int | None = None
         self._reserveAhead = reserveAhead
-        #: Where the space reserved in the file ends (0: none reserved).
+        #: The offset up to which space is reserved or, on a nearly full
+        #: disk, no reservation is tried (0: nothing yet).
         self._reservedTo = 0
 
     @property
@@ -1234,7 +1235,8 @@ class ChunkSink:
         if reserveSpace(fd, start, to):
             self._reservedTo = to
         else:
-            # The file system cannot: the writes allocate as they go.
+            # The file system cannot, or the disk filled meanwhile: the
+            # writes allocate as they go.
             self._reserveAhead = None
 
     def _releaseReserved(self) -> None:

@@ -243,7 +243,8 @@ def test_nearlyFullDiskReservesNothing(tmp_path, monkeypatch):
     """While the disk has less room than _RESERVE_ROOM steps, an upload reserves no space ahead (it could make another upload fail that would have fitted) and is written exactly all the same."""
     calls = []
     monkeypatch.setattr(transfer, "reserveSpace", lambda *a: calls.append(a) or True)
-    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    disk = os.statvfs(tmp_path)
+    free = disk.f_bavail * disk.f_frsize
     monkeypatch.setattr(transfer, "_RESERVE_ROOM", free // CHUNK_SIZE + 1)
     data = os.urandom(3 * CHUNK_SIZE + 5)
     sink, out, digest, _ = receive(tmp_path, stream(data), reserveAhead=CHUNK_SIZE)
